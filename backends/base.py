@@ -1,0 +1,164 @@
+"""The interface every filesystem backend implements, and its errors.
+
+A backend does the filesystem work for one pool (a backend kind plus a
+root).  It knows nothing of HTTP, tokens or SQLite: the service calls it
+with validated container ids and snapshot names, and records what it
+returns in the store.  Every method may block only inside a worker thread
+or a subprocess; none blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+PROJECT_XATTR = "user.container-snapd.project"
+"""Extended attribute holding a directory container's project label."""
+
+PROJECT_PROPERTY = "container-snapd:project"
+"""ZFS user property holding a dataset container's project label."""
+
+SNAPSHOTS_DIR = ".snapshots"
+"""Directory under a directory pool's root that holds snapshots (and temp work)."""
+
+
+@dataclass(frozen=True)
+class SnapshotFacts:
+    """What a backend knows about one snapshot on disk."""
+
+    name: str
+    created_at: float
+    """Seconds since the epoch (UTC)."""
+    size: int | None = None
+    """Bytes the snapshot holds exclusively, or None when not known yet."""
+    ref: str = ""
+    """Where the snapshot lives, in the backend's own terms (stored, passed back)."""
+    alias: str | None = None
+    """Alias mirrored on disk, for backends that mirror metadata (else None)."""
+    expires_at: float | None = None
+    """Expiry mirrored on disk, for backends that mirror metadata (else None)."""
+    mirrored: bool = False
+    """True when alias/expires_at above were read from on-disk metadata."""
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """A snapshot as the service hands it to a backend."""
+
+    name: str
+    ref: str = ""
+
+
+RefUpdates = dict[str, str]
+"""Snapshot name -> new ref, for snapshots an operation moved."""
+
+
+class BackendError(Exception):
+    """A filesystem operation failed; the message is safe to show an admin."""
+
+
+class ContainerNotFound(BackendError):
+    """The container does not exist in this pool (or is not of this pool's kind)."""
+
+
+class SnapshotNotFound(BackendError):
+    """The snapshot does not exist on disk."""
+
+
+class ContainerBusy(BackendError):
+    """The container cannot be changed now (in use, nested subvolumes, ...)."""
+
+    def __init__(self, message: str, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+class NoSpace(BackendError):
+    """The pool has no room for the operation."""
+
+
+class PoolError(BackendError):
+    """The pool itself is unusable (wrong filesystem, missing root, ...)."""
+
+
+@dataclass
+class PoolInfo:
+    """A pool's state, for status reports."""
+
+    kind: str
+    root: str
+    free_bytes: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """One pool: a backend kind and a root (a directory or a ZFS dataset)."""
+
+    kind: str = ""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    async def open(self) -> None:
+        """Check the root is usable (raise PoolError if not) and sweep leftovers."""
+
+    async def close(self) -> None:
+        """Release anything held."""
+
+    @abc.abstractmethod
+    async def container_exists(self, cid: str) -> bool:
+        """Whether the container `cid` lives in this pool."""
+
+    @abc.abstractmethod
+    async def get_project(self, cid: str) -> str | None:
+        """The container's project label, or None when unlabelled."""
+
+    @abc.abstractmethod
+    async def set_project(self, cid: str, project: str | None) -> None:
+        """Set (or with None, remove) the container's project label."""
+
+    @abc.abstractmethod
+    async def create(
+        self, cid: str, name: str, alias: str | None, expires_at: float | None
+    ) -> SnapshotFacts:
+        """Take snapshot `name` of container `cid`, atomically: all or nothing.
+
+        `alias` and `expires_at` are passed so backends that mirror metadata
+        on disk can write it in the same step.
+        """
+
+    @abc.abstractmethod
+    async def restore(
+        self, cid: str, snap: SnapshotRef, others: list[SnapshotRef]
+    ) -> RefUpdates:
+        """Make the container's content equal to `snap`, atomically.
+
+        `others` are the container's other snapshots; none may be lost or
+        altered.  Returns new refs for snapshots the restore moved.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, cid: str, snaps: list[SnapshotRef]) -> dict[str, BackendError | None]:
+        """Delete snapshots of one container, batched where the backend can.
+
+        Returns, per name, None when it is gone (or was already gone) or the
+        error that kept it.
+        """
+
+    @abc.abstractmethod
+    async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
+        """Snapshots on disk, by container id (all containers when cid is None)."""
+
+    async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
+        """Mirror a new alias on disk, for backends that mirror metadata."""
+
+    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
+        """Current exclusive sizes, by container id then snapshot name (batched)."""
+        return {}
+
+    async def free_bytes(self) -> int | None:
+        """Bytes available for new data in the pool, when known."""
+        return None
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.root}"
