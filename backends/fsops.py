@@ -1,0 +1,91 @@
+"""Small filesystem primitives shared by the directory-based backends."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from pathlib import Path
+
+import psutil
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 1 << 1
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (renameat2 with RENAME_EXCHANGE).
+
+    Both must exist on the same filesystem; at no instant is either missing.
+    """
+    rc = _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding `path` to stable storage."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_real_dir(path: Path) -> bool:
+    """A directory, and not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def get_xattr(path: Path, key: str) -> str | None:
+    try:
+        return os.getxattr(path, key, follow_symlinks=False).decode("utf-8", "replace")
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+
+
+def set_xattr(path: Path, key: str, value: str | None) -> None:
+    """Set, or with None remove, an extended attribute."""
+    if value is None:
+        try:
+            os.removexattr(path, key, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    else:
+        os.setxattr(path, key, value.encode("utf-8"), follow_symlinks=False)
+
+
+def fs_type(path: str) -> str | None:
+    """The filesystem type holding `path` (psutil's view of the mount table)."""
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for part in psutil.disk_partitions(all=True):
+        mp = part.mountpoint
+        if real == mp or real.startswith(mp.rstrip("/") + "/"):
+            if best is None or len(mp) > best[0]:
+                best = (len(mp), part.fstype)
+    return best[1] if best else None
+
+
+def free_bytes(path: Path) -> int:
+    return psutil.disk_usage(str(path)).free

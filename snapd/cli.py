@@ -1,0 +1,313 @@
+"""The `snapd` command: `serve` runs the daemon; the rest talk to it.
+
+Exit status: 0 success, 1 an API or connection error (message printed),
+2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .clock import Clock
+from .config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, build, check, load_file
+
+DEMO_CONTAINER = "507f1f77bcf86cd799439011"
+
+
+# -- serve -----------------------------------------------------------------------
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _dev_config(args: argparse.Namespace) -> Config:
+    """The embedded default: everything under one local folder, no root needed."""
+    base = Path(args.dev_dir).absolute()
+    pool = base / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    demo = pool / DEMO_CONTAINER
+    if not demo.exists():
+        (demo / "etc").mkdir(parents=True)
+        (demo / "etc" / "hostname").write_text("demo\n")
+        (demo / "README").write_text("A demo container made by `snapd serve --dev`.\n")
+    flags = {
+        "socket": args.socket or str(base / "api.sock"),
+        "state_dir": args.state_dir or str(base / "state"),
+        "pools": args.pool or [f"overlay:{pool}"],
+        "listen": args.listen,
+        "log_level": args.log_level,
+    }
+    return build({}, flags, "flags")
+
+
+def _serve_config(args: argparse.Namespace) -> Config:
+    if args.dev:
+        return _dev_config(args)
+    file_values: dict[str, Any] = {}
+    if args.config:
+        file_values = load_file(Path(args.config))
+    elif DEFAULT_CONFIG.exists():
+        file_values = load_file(DEFAULT_CONFIG)
+    flags = {
+        "socket": args.socket,
+        "state_dir": args.state_dir,
+        "pools": args.pool,
+        "listen": args.listen,
+        "log_level": args.log_level,
+    }
+    return build(file_values, flags, str(args.config or DEFAULT_CONFIG))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Daemon
+
+    try:
+        cfg = _serve_config(args)
+        check(cfg)
+    except ConfigError as exc:
+        print(f"snapd: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.log_level)
+    daemon = Daemon(cfg, Clock())
+
+    async def main() -> None:
+        await daemon.run()
+
+    async def announce_and_run() -> None:
+        task = asyncio.create_task(main())
+        while not task.done() and not cfg.socket.exists():
+            await asyncio.sleep(0.02)
+        if args.dev and not task.done():
+            print(
+                f"container-snapd {__version__} (dev mode): state, socket and an overlay pool under "
+                f"{Path(args.dev_dir).absolute()}\n"
+                f"  socket: {cfg.socket}\n"
+                f"  pool:   {cfg.pools[0]}  (demo container {DEMO_CONTAINER})\n"
+                f"  try:    curl --unix-socket {cfg.socket} "
+                f"http://localhost/api/v1/containers/{DEMO_CONTAINER}/snapshots\n"
+                f"  Ctrl-C stops it.",
+                file=sys.stderr,
+                flush=True,
+            )
+        await task
+
+    try:
+        asyncio.run(announce_and_run())
+    except ConfigError as exc:
+        print(f"snapd: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- client commands ------------------------------------------------------------
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _relative(seconds: float) -> str:
+    future = seconds > 0
+    s = abs(seconds)
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= span:
+            text = f"{s / span:.0f}{unit}"
+            break
+    else:
+        text = f"{s:.0f}s"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def _when(stamp: str | None) -> str:
+    if stamp is None:
+        return "-"
+    from datetime import datetime
+
+    ts = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=__import__("datetime").timezone.utc)
+    return f"{stamp[:19].replace('T', ' ')}Z ({_relative(ts.timestamp() - time.time())})"
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _snapshot_rows(snaps: list[dict]) -> str:
+    return _table(
+        [
+            [s["name"], s["alias"] or "-", _when(s["created_at"]), _when(s["expires_at"]),
+             _when(s["last_used_at"]), _human_size(s["size"])]
+            for s in snaps
+        ],
+        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE"],
+    )
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
+    from .client import ClientError, call
+
+    socket_path = Path(args.socket or os.environ.get("SNAPD_SOCKET") or DEFAULT_SOCKET)
+    try:
+        status, envelope = call(socket_path, method, path, body)
+    except ClientError as exc:
+        print(f"snapd: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(envelope, indent=2))
+    elif status != 200:
+        details = "".join(
+            f"\n  {d.get('field')}: {d.get('reason')}" for d in envelope.get("details", [])
+        )
+        print(f"snapd: {status} {envelope.get('message')}{details}", file=sys.stderr)
+    else:
+        print(_render(args, envelope["data"]))
+    return 0 if status == 200 else 1
+
+
+def _render(args: argparse.Namespace, data: dict) -> str:
+    if args.command == "list":
+        head = f"container {data['container_id']} (project {data['project_id'] or '-'})"
+        if not data["snapshots"]:
+            return head + "\nno snapshots"
+        return head + "\n" + _snapshot_rows(data["snapshots"])
+    if args.command == "delete":
+        return f"deleted {data['snapshot_name']} of {data['container_id']}"
+    if args.command == "restore":
+        return f"restored {args.id} from {data['snapshot']['name']}"
+    return _snapshot_rows([data["snapshot"]])
+
+
+def _snap_path(args: argparse.Namespace, suffix: str = "") -> str:
+    from urllib.parse import quote
+
+    base = f"/api/v1/containers/{quote(args.id, safe='')}/snapshots"
+    if getattr(args, "name", None) is not None:
+        base += "/" + quote(args.name, safe="")
+    return base + suffix
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    return _request(args, "GET", _snap_path(args))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    return _request(args, "GET", _snap_path(args))
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.alias is not None:
+        body["alias"] = args.alias
+    if args.expiry is not None:
+        body["expiry"] = args.expiry
+    return _request(args, "POST", _snap_path(args), body)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    return _request(args, "PATCH", _snap_path(args))
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    if args.clear == (args.alias is not None):
+        print("snapd alias: give either ALIAS or --clear", file=sys.stderr)
+        return 2
+    return _request(args, "PATCH", _snap_path(args, "/alias"), {"alias": args.alias})
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    return _request(args, "DELETE", _snap_path(args))
+
+
+# -- argument parsing ----------------------------------------------------------------
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapd",
+        description="container-snapd: snapshots of containers' filesystems (ZFS, btrfs, overlay copies).",
+        epilog=_examples("snapd serve --dev", "snapd list 507f1f77bcf86cd799439011"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"snapd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, *examples: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=_examples(*examples),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    serve = add("serve", "run the daemon",
+                "snapd serve --dev",
+                "snapd serve --pool zfs:tank/containers --listen 127.0.0.1:7070",
+                "snapd serve --config /etc/container-snapd/config.toml")
+    serve.add_argument("--config", help=f"TOML config file (default {DEFAULT_CONFIG} if it exists)")
+    serve.add_argument("--socket", help=f"Unix socket path (default {DEFAULT_SOCKET})")
+    serve.add_argument("--listen", action="append", default=[], metavar="HOST:PORT",
+                       help="also serve TCP on HOST:PORT (repeatable)")
+    serve.add_argument("--state-dir", help="where the store lives (default /var/lib/container-snapd)")
+    serve.add_argument("--pool", action="append", default=[], metavar="BACKEND:ROOT",
+                       help="a pool: overlay|btrfs|zfs|auto and its root (repeatable)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--dev", action="store_true",
+                       help="embedded default: socket, state and an overlay pool under --dev-dir")
+    serve.add_argument("--dev-dir", default=".snapd-dev", help="folder for --dev (default ./.snapd-dev)")
+    serve.set_defaults(func=cmd_serve)
+
+    def client(name: str, help_: str, func: Any, *examples: str, name_arg: bool = True) -> argparse.ArgumentParser:
+        p = add(name, help_, *examples)
+        p.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+        p.add_argument("--json", action="store_true", help="print the raw JSON envelope")
+        p.add_argument("id", help="container id (24 hex characters)")
+        if name_arg:
+            p.add_argument("name", help="snapshot name")
+        p.set_defaults(func=func)
+        return p
+
+    cid = DEMO_CONTAINER
+    client("list", "list a container's snapshots, newest first", cmd_list, f"snapd list {cid}", name_arg=False)
+    create = client("create", "take a snapshot", cmd_create,
+                    f"snapd create {cid} --alias before-upgrade --expiry 7", name_arg=False)
+    create.add_argument("--alias", help="a label of 1-100 characters")
+    create.add_argument("--expiry", type=float, metavar="DAYS", help="delete after DAYS days (fractions allowed)")
+    client("show", "show one snapshot", cmd_show, f"snapd show {cid} snap-20250115-103000")
+    client("restore", "restore the container from a snapshot", cmd_restore,
+           f"snapd restore {cid} snap-20250115-103000")
+    alias = client("alias", "set or clear a snapshot's alias", cmd_alias,
+                   f"snapd alias {cid} snap-20250115-103000 production-baseline",
+                   f"snapd alias {cid} snap-20250115-103000 --clear")
+    alias.add_argument("alias", nargs="?", help="the new alias")
+    alias.add_argument("--clear", action="store_true", help="remove the alias")
+    client("delete", "delete a snapshot", cmd_delete, f"snapd delete {cid} snap-20250110-080000")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,131 @@
+"""Daemon configuration: TOML file, command-line flags (which win), validation.
+
+Every problem is a ConfigError whose message names the key or path, so
+start-up can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
+DEFAULT_CONFIG = Path("/etc/container-snapd/config.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_SOCKET_PATH = 107
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key or path."""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    backend: str
+    root: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.root}"
+
+
+@dataclass
+class Config:
+    socket: Path = DEFAULT_SOCKET
+    listen: list[tuple[str, int]] = field(default_factory=list)
+    state_dir: Path = DEFAULT_STATE_DIR
+    pools: list[PoolSpec] = field(default_factory=list)
+    log_level: str = "info"
+
+
+BACKENDS = ("auto", "overlay", "btrfs", "zfs")
+KEYS: dict[str, type | tuple[type, ...]] = {
+    "socket": str,
+    "listen": list,
+    "state_dir": str,
+    "pools": list,
+    "log_level": str,
+}
+
+
+def parse_pool(value: str, where: str) -> PoolSpec:
+    backend, sep, root = value.partition(":")
+    if not sep or not root:
+        raise ConfigError(f"{where}: {value!r} is not BACKEND:ROOT (e.g. overlay:/var/lib/containers)")
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where}: unknown backend {backend!r} in {value!r} (expected one of {', '.join(BACKENDS)})")
+    return PoolSpec(backend, root)
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {value!r} is not HOST:PORT (e.g. 127.0.0.1:7070)")
+    return host, int(port)
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """The table of a TOML config file, with its keys and types checked."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    for key, value in data.items():
+        if key not in KEYS:
+            raise ConfigError(f"config file {path}: unknown key {key!r} (known: {', '.join(KEYS)})")
+        if not isinstance(value, KEYS[key]):
+            kind = "a list of strings" if KEYS[key] is list else "a string"
+            raise ConfigError(f"config file {path}: {key!r} must be {kind}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config file {path}: {key!r} must be a list of strings")
+    return data
+
+
+def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "config") -> Config:
+    """Merge file values and flags (flags win) into a checked Config."""
+    merged = {**file_values, **{k: v for k, v in flags.items() if v not in (None, [])}}
+    cfg = Config()
+    if "socket" in merged:
+        cfg.socket = Path(merged["socket"])
+    if "state_dir" in merged:
+        cfg.state_dir = Path(merged["state_dir"])
+    if "log_level" in merged:
+        if merged["log_level"] not in LOG_LEVELS:
+            raise ConfigError(f"{source}: log_level must be one of {', '.join(LOG_LEVELS)}")
+        cfg.log_level = merged["log_level"]
+    cfg.listen = [parse_listen(v, f"{source}: listen") for v in merged.get("listen", [])]
+    cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    """Paths that must exist or be writable before anything starts."""
+    if not cfg.pools:
+        raise ConfigError("no pools configured: give --pool BACKEND:ROOT or 'pools' in the config file")
+    for pool in cfg.pools:
+        if pool.root.startswith("/") and not Path(pool.root).is_dir():
+            raise ConfigError(f"pool root {pool.root} does not exist or is not a directory")
+        if pool.backend in ("overlay", "btrfs") and not pool.root.startswith("/"):
+            raise ConfigError(f"pool root {pool.root!r} of a {pool.backend} pool must be an absolute path")
+    if len(os.fsencode(str(cfg.socket))) > MAX_SOCKET_PATH:
+        raise ConfigError(f"socket path {cfg.socket} is longer than {MAX_SOCKET_PATH} bytes")
+    _writable_dir(cfg.socket.parent, "socket directory")
+    _writable_dir(cfg.state_dir, "state_dir")
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} is not writable")

@@ -1,0 +1,218 @@
+"""The OpenAPI 3.1 document describing every route, body, response and error."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from . import __version__
+from .validation import MAX_ALIAS, MAX_EXPIRY_DAYS
+
+TIMESTAMP = {
+    "type": ["string", "null"],
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Snapshot": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "alias", "created_at", "last_used_at", "expires_at", "stateful", "size"],
+        "properties": {
+            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+            "alias": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
+            "created_at": {**TIMESTAMP, "type": "string"},
+            "last_used_at": TIMESTAMP,
+            "expires_at": TIMESTAMP,
+            "stateful": {"const": False},
+            "size": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "Bytes the snapshot holds exclusively (what deleting it would free); null while not yet known.",
+            },
+        },
+    },
+    "ContainerId": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+    "ProjectId": {"type": ["string", "null"]},
+    "Error": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["statusCode", "error", "message"],
+        "properties": {
+            "statusCode": {"type": "integer", "minimum": 400, "maximum": 599},
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "details": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "reason"],
+                    "properties": {
+                        "field": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "value": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "CreateBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "alias": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
+            "expiry": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "maximum": MAX_EXPIRY_DAYS,
+                "description": "Days until the snapshot expires (fractions allowed); absent or null: never.",
+            },
+        },
+    },
+    "AliasBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["alias"],
+        "properties": {"alias": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS}},
+    },
+}
+
+
+def _envelope(message: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["statusCode", "message", "data"],
+        "properties": {
+            "statusCode": {"const": 200},
+            "message": {"const": message},
+            "data": {"type": "object", "additionalProperties": False, "required": list(data), "properties": data},
+        },
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _container(extra: dict[str, Any]) -> dict[str, Any]:
+    return {"container_id": _ref("ContainerId"), "project_id": _ref("ProjectId"), **extra}
+
+
+SCHEMAS["ListResponse"] = _envelope(
+    "Snapshots retrieved successfully",
+    _container({"snapshots": {"type": "array", "items": _ref("Snapshot")}}),
+)
+SCHEMAS["GetResponse"] = _envelope(
+    "Snapshot retrieved successfully", _container({"snapshot": _ref("Snapshot")})
+)
+SCHEMAS["CreateResponse"] = _envelope(
+    "Snapshot created successfully", _container({"snapshot": _ref("Snapshot")})
+)
+SCHEMAS["AliasResponse"] = _envelope(
+    "Snapshot alias updated successfully", _container({"snapshot": _ref("Snapshot")})
+)
+SCHEMAS["RestoreResponse"] = _envelope(
+    "Container restored from snapshot successfully",
+    {
+        "success": {"const": True},
+        "message": {"const": "Container restored from snapshot successfully"},
+        "snapshot": _ref("Snapshot"),
+    },
+)
+SCHEMAS["DeleteResponse"] = _envelope(
+    "Snapshot deleted successfully", _container({"snapshot_name": {"type": "string"}})
+)
+
+ERROR_TEXT = {
+    400: "Invalid input (see `details`)",
+    401: "Authentication required (TCP without a valid token)",
+    403: "The caller may not act on this container",
+    404: "Container or snapshot not found",
+    405: "Method not allowed on this route",
+    409: "The container is in use or cannot be changed now",
+    413: "Request body over 64 KiB",
+    500: "An unexpected error occurred",
+    507: "The pool has no room",
+}
+
+
+def _op(summary: str, ok: str, errors: list[int], body: str | None = None,
+        params: tuple[str, ...] = ("id",)) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": "Success", "content": {"application/json": {"schema": _ref(ok)}}}
+    }
+    for code in errors:
+        responses[str(code)] = {
+            "description": ERROR_TEXT[code],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [PARAMS[p] for p in params],
+        "responses": responses,
+    }
+    if body:
+        op["requestBody"] = {
+            "required": body == "AliasBody",
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return op
+
+
+PARAMS = {
+    "id": {
+        "name": "id", "in": "path", "required": True,
+        "description": "Container id: 24 hexadecimal characters",
+        "schema": {"type": "string"},
+    },
+    "name": {
+        "name": "name", "in": "path", "required": True,
+        "description": "Snapshot name",
+        "schema": {"type": "string"},
+    },
+}
+COMMON = [400, 401, 403, 404, 405, 500]
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    base = "/api/v1/containers/{id}/snapshots"
+    both = ("id", "name")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "container-snapd",
+            "version": __version__,
+            "description": "Point-in-time snapshots of containers' filesystems.",
+        },
+        "paths": {
+            base: {
+                "get": _op("List a container's snapshots, newest first", "ListResponse", COMMON),
+                "post": _op("Create a snapshot", "CreateResponse", COMMON + [409, 413, 507], "CreateBody"),
+            },
+            base + "/{name}": {
+                "get": _op("Get one snapshot", "GetResponse", COMMON, params=both),
+                "patch": _op("Restore the container from the snapshot", "RestoreResponse",
+                             COMMON + [409, 413], params=both),
+                "delete": _op("Delete the snapshot", "DeleteResponse", COMMON + [409, 413], params=both),
+            },
+            base + "/{name}/alias": {
+                "patch": _op("Set or clear the snapshot's alias", "AliasResponse",
+                             COMMON + [409, 413], "AliasBody", params=both),
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {"description": "The OpenAPI document",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **{str(c): {"description": ERROR_TEXT[c],
+                                    "content": {"application/json": {"schema": _ref("Error")}}}
+                           for c in (401, 403, 405, 500)},
+                    },
+                }
+            },
+        },
+        "components": {"schemas": SCHEMAS},
+    }

@@ -1,0 +1,163 @@
+"""Validation of everything a client sends: ids, names, JSON bodies."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from .errors import InvalidInput
+
+CONTAINER_ID = re.compile(r"[0-9A-Fa-f]{24}")
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_BODY = 64 * 1024
+MAX_DEPTH = 32
+MAX_EXPIRY_DAYS = 36500
+MAX_ALIAS = 100
+
+_MISSING = object()
+
+
+def parse_container_id(raw: str, kind: str = "id") -> str:
+    """The id in lower case, or InvalidInput (`kind` picks the API message)."""
+    if not CONTAINER_ID.fullmatch(raw):
+        raise InvalidInput(kind, [_detail("id", "must be 24 hexadecimal characters", raw)])
+    return raw.lower()
+
+
+def check_snapshot_name(raw: str) -> str:
+    if not SNAPSHOT_NAME.fullmatch(raw):
+        raise InvalidInput(
+            "name",
+            [_detail("name", "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", raw)],
+        )
+    return raw
+
+
+def _detail(field: str, reason: str, value: Any = _MISSING) -> dict:
+    d: dict[str, Any] = {"field": field, "reason": reason}
+    if isinstance(value, str):
+        d["value"] = value[:80]
+    return d
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def parse_body(raw: bytes, allowed: set[str]) -> dict[str, Any]:
+    """A JSON object with only `allowed` keys; empty body means `{}`.
+
+    Duplicate keys, NaN/Infinity, invalid UTF-8, nesting deeper than
+    MAX_DEPTH, non-objects and unknown keys are InvalidInput("payload").
+    """
+    if not raw.strip():
+        return {}
+    try:
+        text = raw.decode("utf-8")
+        if text.count("[") + text.count("{") > MAX_DEPTH * 4 and _too_deep(text):
+            raise ValueError(f"nesting deeper than {MAX_DEPTH}")
+        value = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidInput("payload", [_detail("body", f"not valid JSON: {exc}")]) from None
+    if not isinstance(value, dict):
+        raise InvalidInput("payload", [_detail("body", "must be a JSON object")])
+    if _depth(value) > MAX_DEPTH:
+        raise InvalidInput("payload", [_detail("body", f"nesting deeper than {MAX_DEPTH}")])
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InvalidInput(
+            "payload", [_detail(k, "unknown field") for k in unknown]
+        )
+    return value
+
+
+def _too_deep(text: str) -> bool:
+    """Cheap bracket-depth scan (ignoring strings) so deep input never reaches the parser."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def parse_alias(value: Any, field_kind: str) -> str | None:
+    """An alias: a string of 1-100 characters, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(field_kind, [_detail("alias", "must be a string or null")])
+    if not 1 <= len(value) <= MAX_ALIAS:
+        raise InvalidInput(
+            field_kind, [_detail("alias", f"must be 1 to {MAX_ALIAS} characters")]
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidInput(field_kind, [_detail("alias", "must not contain control characters")])
+    return value
+
+
+def parse_expiry(value: Any) -> float | None:
+    """Days until expiry: a positive number up to MAX_EXPIRY_DAYS, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput("payload", [_detail("expiry", "must be a number of days")])
+    if not math.isfinite(value) or value <= 0 or value > MAX_EXPIRY_DAYS:
+        raise InvalidInput(
+            "payload",
+            [_detail("expiry", f"must be greater than 0 and at most {MAX_EXPIRY_DAYS} days")],
+        )
+    return float(value)
+
+
+def parse_create_body(raw: bytes) -> tuple[str | None, float | None]:
+    body = parse_body(raw, {"alias", "expiry"})
+    return parse_alias(body.get("alias"), "payload"), parse_expiry(body.get("expiry"))
+
+
+def parse_alias_body(raw: bytes) -> str | None:
+    body = parse_body(raw, {"alias"})
+    if "alias" not in body:
+        raise InvalidInput("alias", [_detail("alias", "required (use null to remove)")])
+    return parse_alias(body["alias"], "alias")
+
+
+def parse_empty_body(raw: bytes) -> None:
+    """Routes without a body accept nothing, or `{}`."""
+    parse_body(raw, set())

@@ -1,0 +1,119 @@
+"""A plain HTTP client for tests: Unix socket or TCP, raw bytes allowed.
+
+Every JSON response is checked against the daemon's own OpenAPI document,
+so each API test also proves the document true.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from snapd.openapi import openapi_document
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 60) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: Any
+    raw: bytes
+
+    @property
+    def data(self) -> Any:
+        return self.body["data"]
+
+
+@lru_cache(maxsize=None)
+def _validator(path: str, method: str, status: int) -> jsonschema.Draft202012Validator | None:
+    doc = openapi_document()
+    op = doc["paths"].get(path, {}).get(method.lower())
+    if op is None:
+        return None
+    response = op["responses"].get(str(status))
+    assert response is not None, f"status {status} of {method} {path} is not in the OpenAPI document"
+    schema = response["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
+
+
+def _template(path: str) -> str:
+    """The OpenAPI path a concrete request path belongs to."""
+    parts = path.split("?")[0].split("/")
+    if len(parts) >= 6 and parts[1:4] == ["api", "v1", "containers"] and parts[5] == "snapshots":
+        parts[4] = "{id}"
+        if len(parts) >= 7:
+            parts[6] = "{name}"
+    return "/".join(parts)
+
+
+class Client:
+    """Requests to one daemon over one transport."""
+
+    def __init__(self, unix: str | Path | None = None, tcp: tuple[str, int] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.unix = str(unix) if unix else None
+        self.tcp = tcp
+        self.headers = headers or {}
+
+    def _conn(self) -> http.client.HTTPConnection:
+        if self.unix:
+            return UnixHTTPConnection(self.unix)
+        assert self.tcp
+        return http.client.HTTPConnection(*self.tcp, timeout=60)
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                headers: dict[str, str] | None = None, check_schema: bool = True) -> Response:
+        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {**self.headers, **(headers or {})}
+        if payload is not None:
+            hdrs.setdefault("Content-Type", "application/json")
+        conn = self._conn()
+        try:
+            conn.request(method, path, body=payload, headers=hdrs)
+            resp = conn.getresponse()
+            data = resp.read()
+            result = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, None, data)
+        finally:
+            conn.close()
+        assert result.headers.get("content-type", "").startswith("application/json"), result
+        result.body = json.loads(data)
+        if check_schema:
+            validator = _validator(_template(path), method, result.status)
+            if validator is not None:
+                validator.validate(result.body)
+        return result
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return self.request("POST", path, body, **kw)
+
+    def patch(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return self.request("PATCH", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Response:
+        return self.request("DELETE", path, **kw)
+
+
+def snaps(cid: str, name: str | None = None, suffix: str = "") -> str:
+    base = f"/api/v1/containers/{cid}/snapshots"
+    return base + (f"/{name}" if name is not None else "") + suffix
