@@ -73,11 +73,12 @@ def _serve_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Daemon
+    from .server import Daemon, clear_socket_path
 
     try:
         cfg = _serve_config(args)
         check(cfg)
+        clear_socket_path(cfg.socket)
     except ConfigError as exc:
         print(f"snapd: {exc}", file=sys.stderr)
         return 2

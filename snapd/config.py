@@ -87,6 +87,7 @@ def load_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: {key!r} must be {kind}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"config file {path}: {key!r} must be a list of strings")
+    build(data, {}, f"config file {path}")  # every value checked, even those flags override
     return data
 
 

@@ -121,6 +121,7 @@ class Reaper:
                     error = results.get(name)
                     if name in results and error is None:
                         done += 1
+                        self.deleted += 1
                         self.failures.pop((cid, name), None)
                         self._record_lag(expiry[(cid, name)])
                     elif name in results:
@@ -143,7 +144,6 @@ class Reaper:
                 else:
                     progressed += count
             total += progressed
-            self.deleted += progressed
             if not progressed and len(due) < BATCH:
                 return total
 

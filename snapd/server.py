@@ -32,27 +32,32 @@ log = logging.getLogger("snapd.server")
 SHUTDOWN_TIMEOUT = 120.0
 
 
-def bind_unix(path: Path) -> socket.socket:
-    """A listening Unix socket at `path`, mode 0660; a stale socket is replaced.
+def clear_socket_path(path: Path) -> None:
+    """Make way for our socket: remove a stale socket, refuse anything else.
 
-    Anything else at that path (a file, a live daemon's socket) is refused.
+    A file that is not a socket, or a socket a live daemon answers on, is a
+    ConfigError.
     """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        pass
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"socket path {path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale, from a run that did not clean up
     else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ConfigError(f"socket path {path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # stale, from a run that did not clean up
-        else:
-            raise ConfigError(f"socket path {path}: another daemon is listening there")
-        finally:
-            probe.close()
+        raise ConfigError(f"socket path {path}: another daemon is listening there")
+    finally:
+        probe.close()
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, mode 0660 (see clear_socket_path)."""
+    clear_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o117)
     try:

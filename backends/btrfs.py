@@ -1,0 +1,616 @@
+"""btrfs backend: containers are subvolumes, snapshots read-only subvolumes.
+
+Layout under the pool root (a directory on btrfs):
+
+    <root>/<id>                          container (a subvolume)
+    <root>/.snapshots/<id>/<name>        snapshot (a read-only subvolume)
+    <root>/.snapshots/.tmp/              work in progress, swept by open()
+
+Snapshots are taken and deleted with the kernel's ioctls (SNAP_CREATE_V2 with
+SUBVOL_RDONLY, SNAP_DESTROY); `btrfs subvolume ...` is the fallback when an
+ioctl is unavailable (or `use_ioctl` is False).  Neither waits for a
+transaction commit per deletion, and neither cost grows with container size.
+
+Restore takes a writable snapshot of the chosen snapshot into `.tmp`, copies
+the container's *current* project label onto it, swaps it with the container
+in one step (renameat2 RENAME_EXCHANGE, so the container path never goes
+missing) and then deletes the old subvolume.  A crash leaves either the old
+or the new container in place plus a leftover in `.tmp` that open() deletes.
+
+Nested subvolumes inside a container are not captured by a btrfs snapshot
+and would be stranded by a restore, so create and restore refuse such a
+container with ContainerBusy naming them.  Restore also refuses a container
+whose subvolume is mounted somewhere in this mount namespace (a running
+container's rootfs): deleting the old subvolume would empty it under its users.
+
+Sizes: when quotas (qgroups) are enabled on the filesystem, a snapshot's size
+is the exclusive bytes of its level-0 qgroup, read for all snapshots in one
+BTRFS_IOC_TREE_SEARCH (accounting is as fresh as the last commit).  When
+quotas are off, create reports 0 (exact at that instant: a new snapshot
+shares every extent with its container, bar a metadata node) and list/sizes
+report nothing (None / {}): there is no exact later figure without walking
+trees, so the creation-time value stands.  This backend never enables quotas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+
+from . import btrfs_ioctl as ioc
+from .base import (
+    PROJECT_XATTR,
+    SNAPSHOTS_DIR,
+    Backend,
+    BackendError,
+    ContainerBusy,
+    ContainerNotFound,
+    NoSpace,
+    PoolError,
+    PoolInfo,
+    RefUpdates,
+    SnapshotFacts,
+    SnapshotNotFound,
+    SnapshotRef,
+)
+
+log = logging.getLogger(__name__)
+
+CID_RE = re.compile(r"^[0-9a-f]{24}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TMP_DIR = ".tmp"
+_FALLBACK_ERRNOS = {errno.ENOTTY, errno.ENOSYS, errno.EOPNOTSUPP}
+
+
+def _error(e: OSError, what: str) -> BackendError:
+    """Map an OSError to the backend error the service understands."""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: no space left in the pool ({reason})")
+    if e.errno in (errno.EBUSY, errno.ETXTBSY):
+        return ContainerBusy(f"{what}: in use ({reason})")
+    return BackendError(f"{what}: {reason}")
+
+
+def _is_subvolume(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_ino == ioc.FIRST_FREE_OBJECTID
+
+
+class _Fd:
+    """A directory fd as a context manager."""
+
+    def __init__(self, path: str, dir_fd: int | None = None) -> None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd = os.open(path, flags, dir_fd=dir_fd)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+class BtrfsBackend(Backend):
+    """A pool of btrfs subvolume containers under one directory."""
+
+    kind = "btrfs"
+    use_ioctl = True
+    """Use the kernel ioctls; False spawns `btrfs` for snapshot and delete."""
+    btrfs_cmd = "btrfs"
+
+    def __init__(self, root: str) -> None:
+        super().__init__(os.path.abspath(root))
+        self._snapdir = os.path.join(self.root, SNAPSHOTS_DIR)
+        self._tmpdir = os.path.join(self._snapdir, TMP_DIR)
+        self._root_treeid: int | None = None
+
+    # -- paths -------------------------------------------------------------
+
+    def _cpath(self, cid: str) -> str:
+        if not CID_RE.match(cid):
+            raise ContainerNotFound(f"invalid container id {cid!r}")
+        return os.path.join(self.root, cid)
+
+    def _sdir(self, cid: str) -> str:
+        self._cpath(cid)
+        return os.path.join(self._snapdir, cid)
+
+    def _spath(self, cid: str, name: str) -> str:
+        if not NAME_RE.match(name):
+            raise SnapshotNotFound(f"invalid snapshot name {name!r}")
+        return os.path.join(self._sdir(cid), name)
+
+    def _ref(self, cid: str, name: str) -> str:
+        return f"{SNAPSHOTS_DIR}/{cid}/{name}"
+
+    # -- pool --------------------------------------------------------------
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        if not os.path.isdir(self.root):
+            raise PoolError(f"btrfs pool root {self.root} does not exist or is not a directory")
+        if not ioc.is_btrfs(self.root):
+            raise PoolError(
+                f"btrfs pool root {self.root} is not on btrfs (it is on {_fstype(self.root)})"
+            )
+        os.makedirs(self._tmpdir, mode=0o700, exist_ok=True)
+        root_dev = os.stat(self.root).st_dev
+        for d in (self._snapdir, self._tmpdir):
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != root_dev:
+                raise PoolError(
+                    f"{d} must be a plain directory in the same subvolume as {self.root}"
+                )
+        with _Fd(self.root) as fd:
+            self._root_treeid = ioc.subvol_info(fd).treeid
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete leftovers of interrupted operations in .tmp."""
+        with _Fd(self._tmpdir) as tfd:
+            for name in os.listdir(tfd):
+                path = os.path.join(self._tmpdir, name)
+                try:
+                    if _is_subvolume(path):
+                        _destroy_tree(tfd, name)
+                    elif os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+                    log.info("swept leftover %s", path)
+                except OSError as e:
+                    log.warning("cannot sweep leftover %s: %s", path, e)
+
+    async def free_bytes(self) -> int | None:
+        st = await asyncio.to_thread(os.statvfs, self.root)
+        return st.f_bavail * st.f_frsize
+
+    async def pool_info(self) -> PoolInfo:
+        """Kind, root, free bytes and whether sizes come from qgroups."""
+        free = await self.free_bytes()
+        status = await asyncio.to_thread(self._quota_status)
+        return PoolInfo(self.kind, self.root, free, {"quotas": status is not None})
+
+    def _quota_status(self) -> int | None:
+        with _Fd(self.root) as fd:
+            try:
+                return ioc.quota_status(fd)
+            except OSError as e:
+                log.debug("cannot read qgroup status: %s", e)
+                return None
+
+    def _exclusive(self, subvolid: int | None = None) -> dict[int, int] | None:
+        """Exclusive bytes by subvolume id, or None when quotas are off/unreadable."""
+        with _Fd(self.root) as fd:
+            try:
+                if ioc.quota_status(fd) is None:
+                    return None
+                return ioc.qgroup_exclusive(fd, subvolid)
+            except OSError as e:
+                log.debug("cannot read qgroups: %s", e)
+                return None
+
+    # -- containers --------------------------------------------------------
+
+    async def container_exists(self, cid: str) -> bool:
+        if not CID_RE.match(cid):
+            return False
+        return await asyncio.to_thread(self._is_container, self._cpath(cid))
+
+    def _is_container(self, path: str) -> bool:
+        if not _is_subvolume(path):
+            return False
+        try:
+            with _Fd(path) as fd:
+                parent = ioc.subvol_info(fd).parent_id  # ENOTTY off btrfs
+        except OSError:
+            return False
+        return self._root_treeid is None or parent == self._root_treeid
+
+    def _need_container(self, cid: str) -> str:
+        path = self._cpath(cid)
+        if not self._is_container(path):
+            raise ContainerNotFound(f"container {cid} is not a subvolume in {self.root}")
+        return path
+
+    async def get_project(self, cid: str) -> str | None:
+        def get() -> str | None:
+            return _get_label(self._need_container(cid))
+
+        return await asyncio.to_thread(get)
+
+    async def set_project(self, cid: str, project: str | None) -> None:
+        def put() -> None:
+            path = self._need_container(cid)
+            try:
+                _set_label(path, project)
+            except OSError as e:
+                raise _error(e, f"cannot label container {cid}") from e
+
+        await asyncio.to_thread(put)
+
+    def _refuse_nested(self, cid: str, cfd: int, action: str) -> None:
+        nested = _nested(cfd)
+        if nested:
+            raise ContainerBusy(
+                f"cannot {action} container {cid}: it holds nested subvolumes "
+                f"({', '.join(nested)}), which btrfs snapshots do not capture",
+                [{"field": "container", "reason": f"nested subvolume {p}"} for p in nested],
+            )
+
+    def _refuse_mounted(self, cid: str, cfd: int) -> None:
+        """A mounted container is in use: swapping would pull it from under its users."""
+        try:
+            mounts = ioc.mounts_of(cfd)
+        except OSError as e:
+            log.debug("cannot read mounts: %s", e)
+            return
+        if mounts:
+            raise ContainerBusy(
+                f"cannot restore container {cid}: it is mounted at {', '.join(mounts)} "
+                "(running?); stop it first",
+                [{"field": "container", "reason": f"mounted at {m}"} for m in mounts],
+            )
+
+    # -- create ------------------------------------------------------------
+
+    async def create(
+        self, cid: str, name: str, alias: str | None, expires_at: float | None
+    ) -> SnapshotFacts:
+        spath = self._spath(cid, name)
+        if self.use_ioctl:
+            try:
+                return await asyncio.to_thread(self._create_ioctl, cid, name)
+            except _NoIoctl:
+                log.info("snapshot ioctl unavailable; using %s", self.btrfs_cmd)
+        cpath = await asyncio.to_thread(self._create_prepare, cid)
+        await self._run("subvolume", "snapshot", "-r", cpath, spath, what=f"snapshot {name}")
+        return await asyncio.to_thread(self._facts_after_create, cid, name)
+
+    def _create_prepare(self, cid: str) -> str:
+        cpath = self._need_container(cid)
+        with _Fd(cpath) as cfd:
+            self._refuse_nested(cid, cfd, "snapshot")
+        os.makedirs(self._sdir(cid), mode=0o700, exist_ok=True)
+        return cpath
+
+    def _create_ioctl(self, cid: str, name: str) -> SnapshotFacts:
+        cpath = self._create_prepare(cid)
+        with _Fd(cpath) as cfd, _Fd(self._sdir(cid)) as sfd:
+            try:
+                ioc.snapshot(cfd, sfd, name, readonly=True)
+            except OSError as e:
+                if e.errno in _FALLBACK_ERRNOS:
+                    raise _NoIoctl from e
+                if e.errno == errno.EEXIST:
+                    raise BackendError(f"snapshot {name} of {cid} already exists") from e
+                raise _error(e, f"cannot snapshot container {cid}") from e
+        return self._facts_after_create(cid, name)
+
+    def _facts_after_create(self, cid: str, name: str) -> SnapshotFacts:
+        cpath = self._cpath(cid)
+        with _Fd(cpath) as cfd:
+            try:
+                # A nested subvolume made while we snapshotted: the copy is partial.
+                self._refuse_nested(cid, cfd, "snapshot")
+            except ContainerBusy:
+                with _Fd(self._sdir(cid)) as sfd:
+                    _destroy_tree(sfd, name)
+                raise
+        facts = self._facts(cid, name)
+        if facts is None:
+            raise BackendError(f"snapshot {name} of {cid} vanished after creation")
+        if facts.size is None:  # no qgroups: a new snapshot shares all its extents
+            facts = dataclasses.replace(facts, size=0)
+        return facts
+
+    def _facts(
+        self, cid: str, name: str, sizes: dict[int, int] | None | bool = True
+    ) -> SnapshotFacts | None:
+        """Facts of one snapshot; `sizes`: True = read its qgroup, else a prefetched map."""
+        path = os.path.join(self._snapdir, cid, name)
+        if not _is_subvolume(path):
+            return None
+        try:
+            with _Fd(path) as fd:
+                info = ioc.subvol_info(fd)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            st = os.lstat(path)
+            return SnapshotFacts(name, st.st_mtime, None, self._ref(cid, name))
+        if sizes is True:
+            sizes = self._exclusive(info.treeid)
+        size = sizes.get(info.treeid) if isinstance(sizes, dict) else None
+        created = info.otime or os.lstat(path).st_mtime
+        return SnapshotFacts(name, created, size, self._ref(cid, name))
+
+    # -- restore -----------------------------------------------------------
+
+    async def restore(
+        self, cid: str, snap: SnapshotRef, others: list[SnapshotRef]
+    ) -> RefUpdates:
+        # `others` live under .snapshots/<id>/ and are never touched: nothing moves.
+        await asyncio.to_thread(self._restore, cid, snap.name)
+        return {}
+
+    def _restore(self, cid: str, name: str) -> None:
+        spath = self._spath(cid, name)
+        cpath = self._need_container(cid)
+        if not _is_subvolume(spath):
+            raise SnapshotNotFound(f"snapshot {name} of container {cid} is not on disk")
+        tmpname = f"restore-{cid}-{secrets.token_hex(4)}"
+        tmppath = os.path.join(self._tmpdir, tmpname)
+        with _Fd(self._tmpdir) as tfd:
+            with _Fd(cpath) as cfd:
+                self._refuse_nested(cid, cfd, "restore")
+                self._refuse_mounted(cid, cfd)
+            self._writable_copy(spath, tfd, tmpname)
+            try:
+                _set_label(tmppath, _get_label(cpath))
+                with _Fd(cpath) as cfd:
+                    self._refuse_nested(cid, cfd, "restore")
+                ioc.exchange(tmppath, cpath)
+            except BaseException as e:
+                _quiet_destroy(tfd, tmpname)
+                if isinstance(e, OSError):
+                    raise _error(e, f"cannot restore {cid} from {name}") from e
+                raise
+            # tmppath now holds the old container.
+            try:
+                _destroy_tree(tfd, tmpname)
+            except OSError as e:
+                log.warning("restored %s; old subvolume %s left for the next sweep: %s",
+                            cid, tmppath, e)
+
+    def _writable_copy(self, spath: str, tfd: int, tmpname: str) -> None:
+        if self.use_ioctl:
+            try:
+                with _Fd(spath) as sfd:
+                    ioc.snapshot(sfd, tfd, tmpname, readonly=False)
+                return
+            except OSError as e:
+                if e.errno not in _FALLBACK_ERRNOS:
+                    raise _error(e, f"cannot copy snapshot {spath}") from e
+        self._run_sync("subvolume", "snapshot", spath, os.path.join(self._tmpdir, tmpname))
+
+    # -- delete ------------------------------------------------------------
+
+    async def delete(
+        self, cid: str, snaps: list[SnapshotRef]
+    ) -> dict[str, BackendError | None]:
+        if not self.use_ioctl:
+            return await self._delete_cmd(cid, snaps)
+        return await asyncio.to_thread(self._delete_ioctl, cid, snaps)
+
+    def _delete_ioctl(self, cid: str, snaps: list[SnapshotRef]) -> dict[str, BackendError | None]:
+        out: dict[str, BackendError | None] = {}
+        sdir = self._sdir(cid)
+        try:
+            dfd = _Fd(sdir)
+        except FileNotFoundError:
+            return {s.name: None for s in snaps}
+        with dfd as fd:
+            for s in snaps:
+                try:
+                    self._spath(cid, s.name)
+                    if not _is_subvolume(os.path.join(sdir, s.name)):
+                        if os.path.lexists(os.path.join(sdir, s.name)):
+                            raise BackendError(f"{s.name} is not a subvolume; left alone")
+                        out[s.name] = None
+                        continue
+                    ioc.destroy(fd, s.name)
+                    out[s.name] = None
+                except FileNotFoundError:
+                    out[s.name] = None
+                except OSError as e:
+                    out[s.name] = _error(e, f"cannot delete snapshot {s.name}")
+                except BackendError as e:
+                    out[s.name] = e
+        _rmdir_if_empty(sdir)
+        return out
+
+    async def _delete_cmd(
+        self, cid: str, snaps: list[SnapshotRef]
+    ) -> dict[str, BackendError | None]:
+        out: dict[str, BackendError | None] = {}
+        paths: dict[str, str] = {}
+        for s in snaps:
+            try:
+                p = self._spath(cid, s.name)
+            except BackendError as e:
+                out[s.name] = e
+                continue
+            if await asyncio.to_thread(_is_subvolume, p):
+                paths[s.name] = p
+            else:
+                out[s.name] = None
+        err: BackendError | None = None
+        if paths:
+            try:
+                await self._run("subvolume", "delete", *paths.values(), what="delete")
+            except BackendError as e:
+                err = e
+        for n, p in paths.items():
+            gone = not await asyncio.to_thread(os.path.lexists, p)
+            out[n] = None if gone else (err or BackendError(f"snapshot {n} still present"))
+        await asyncio.to_thread(_rmdir_if_empty, self._sdir(cid))
+        return out
+
+    # -- list / sizes ------------------------------------------------------
+
+    async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
+        return await asyncio.to_thread(self._list, cid)
+
+    def _snapshot_names(self, cid: str | None) -> dict[str, list[str]]:
+        if cid is not None:
+            self._cpath(cid)
+        try:
+            cids = [cid] if cid is not None else os.listdir(self._snapdir)
+        except FileNotFoundError:
+            return {}
+        out: dict[str, list[str]] = {}
+        for c in cids:
+            if not CID_RE.match(c):
+                continue  # .tmp and strangers
+            try:
+                names = os.listdir(os.path.join(self._snapdir, c))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            names = [n for n in names if NAME_RE.match(n)]
+            if names:
+                out[c] = names
+        return out
+
+    def _list(self, cid: str | None) -> dict[str, list[SnapshotFacts]]:
+        sizes = self._exclusive()
+        out: dict[str, list[SnapshotFacts]] = {}
+        for c, names in self._snapshot_names(cid).items():
+            facts = [f for n in names if (f := self._facts(c, n, sizes)) is not None]
+            if facts:
+                facts.sort(key=lambda f: (f.created_at, f.name), reverse=True)
+                out[c] = facts
+        return out
+
+    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
+        def read() -> dict[str, dict[str, int]]:
+            sizes = self._exclusive()
+            if sizes is None:
+                return {}
+            out: dict[str, dict[str, int]] = {}
+            for c, names in self._snapshot_names(cid).items():
+                for n in names:
+                    f = self._facts(c, n, sizes)
+                    if f is not None and f.size is not None:
+                        out.setdefault(c, {})[n] = f.size
+            return out
+
+        return await asyncio.to_thread(read)
+
+    # -- commands ----------------------------------------------------------
+
+    async def _run(self, *args: str, what: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self.btrfs_cmd, *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode:
+            raise _cmd_error(what, err)
+
+    def _run_sync(self, *args: str) -> None:
+        import subprocess
+
+        p = subprocess.run(
+            [self.btrfs_cmd, *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        if p.returncode:
+            raise _cmd_error(" ".join(args[:2]), p.stderr)
+
+
+class _NoIoctl(Exception):
+    """The kernel lacks an ioctl; use the command instead."""
+
+
+def _cmd_error(what: str, stderr: bytes) -> BackendError:
+    msg = stderr.decode(errors="replace").strip().splitlines()
+    text = msg[-1] if msg else "btrfs command failed"
+    low = text.lower()
+    if "no space" in low or "quota exceeded" in low:
+        return NoSpace(f"{what}: {text}")
+    if "busy" in low:
+        return ContainerBusy(f"{what}: {text}")
+    return BackendError(f"{what}: {text}")
+
+
+def _get_label(path: str) -> str | None:
+    try:
+        return os.getxattr(path, PROJECT_XATTR, follow_symlinks=False).decode()
+    except OSError as e:
+        if e.errno == errno.ENODATA:
+            return None
+        raise
+
+
+def _set_label(path: str, project: str | None) -> None:
+    if project is not None:
+        os.setxattr(path, PROJECT_XATTR, project.encode(), follow_symlinks=False)
+        return
+    try:
+        os.removexattr(path, PROJECT_XATTR, follow_symlinks=False)
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+
+
+def _nested(fd: int) -> list[str]:
+    """Paths (relative to the subvolume of `fd`) of subvolumes directly inside it."""
+    out = []
+    for treeid, dirid in ioc.child_subvolumes(fd):
+        try:
+            out.append(ioc.child_path(fd, treeid, dirid))
+        except OSError:
+            out.append(f"<subvolume id {treeid}>")
+    return sorted(out)
+
+
+def _destroy_tree(parent_fd: int, name: str) -> None:
+    """Delete subvolume `name` in `parent_fd` and any subvolumes nested in it."""
+    try:
+        ioc.destroy(parent_fd, name)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+    with _Fd(name, dir_fd=parent_fd) as fd:
+        for treeid, dirid in ioc.child_subvolumes(fd):
+            head, tail = os.path.split(ioc.child_path(fd, treeid, dirid))
+            with _Fd(head or ".", dir_fd=fd) as pfd:
+                _destroy_tree(pfd, tail)
+    ioc.destroy(parent_fd, name)
+
+
+def _quiet_destroy(parent_fd: int, name: str) -> None:
+    try:
+        _destroy_tree(parent_fd, name)
+    except OSError as e:
+        log.warning("cannot remove temporary subvolume %s: %s", name, e)
+
+
+def _rmdir_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _fstype(path: str) -> str:
+    """Best-effort name of the filesystem holding `path`, for messages."""
+    try:
+        import psutil
+
+        real = os.path.realpath(path)
+        best = ("", "an unknown filesystem")
+        for p in psutil.disk_partitions(all=True):
+            mp = p.mountpoint
+            if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best[0]):
+                best = (mp, p.fstype)
+        return best[1]
+    except Exception:  # noqa: BLE001 - only for a message
+        return "an unknown filesystem"

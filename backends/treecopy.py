@@ -1,0 +1,554 @@
+"""Exact copies of directory trees, for the overlay fallback backend.
+
+`copy_tree` reproduces a tree as a root filesystem needs it: owners, modes
+(setuid/setgid/sticky), atime/mtime in ns, every xattr (``trusted.overlay.*``
+included, POSIX ACLs set last), overlay whiteouts and other device nodes,
+FIFOs, sockets, symlinks (exact bytes), hard links, sparse files and
+arbitrary-byte names.  File data is cloned (FICLONE) where the filesystem
+can, else hard-linked to the previous snapshot when unchanged (rsync
+``--link-dest`` quick check), else copied with ``copy_file_range``.
+
+Behaviour the caller must know:
+
+* ``src`` and ``link_dest`` themselves must be directories, not symlinks to
+  them (ELOOP).  Everything below is opened relative to its parent's
+  descriptor with ``O_NOFOLLOW``: a symlink is never followed, even if a
+  running container swaps a directory for one during the copy, and path
+  length is unbounded.  About three descriptors are held per level of depth.
+* Mount points inside ``src`` (a directory or bind-mounted file whose
+  ``st_dev`` differs from src's) are recreated as an empty directory / empty
+  file with the mounted object's owner, mode and times, not descended into,
+  and listed in `CopyStats.mount_points`.  ``src`` must be a plain
+  directory on one filesystem, not an overlay *merged* mount (whose
+  ``st_dev`` varies per file): copy the upper layer instead.
+* Entries that vanish between listing and copying are skipped and counted in
+  `CopyStats.vanished`; any other change during the copy may raise.
+* Errors are raised as they come (OSError subclasses; ``filename`` and a
+  note name the source path being copied).  A partially built ``dst`` is
+  left behind: the caller removes it.
+* ``allow_reflink=False`` only stops the explicit FICLONE: on btrfs/XFS the
+  kernel's ``copy_file_range`` may still share extents.
+* Without root: owners other than the caller's (EPERM), device nodes other
+  than whiteouts (EPERM) fail with a PermissionError saying so; ``trusted.*``
+  xattrs are invisible to non-root and silently not copied.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FICLONE = 0x40049409
+"""ioctl(dst_fd, FICLONE, src_fd): share all of src's extents (linux/fs.h)."""
+
+_ACL_XATTRS = frozenset({"system.posix_acl_access", "system.posix_acl_default"})
+_NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
+_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+_NO_XATTRS = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK/O_NOCTTY: harmless if a container swaps in a FIFO or tty at the last moment.
+_SRC_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DST_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 30
+_BUF = 1 << 20
+
+Xattrs = list[tuple[str, bytes]]
+
+
+@dataclass
+class CopyStats:
+    """What one `copy_tree` did."""
+
+    files: int = 0
+    """Non-directory entries created (regular, symlink, device, FIFO, socket), links included."""
+    dirs: int = 0
+    """Directories created, dst itself included."""
+    bytes_copied: int = 0
+    """File data written (data segments only; cloned and linked files count 0)."""
+    linked: int = 0
+    """Regular files hard-linked to their unchanged twin in link_dest."""
+    reflinked: int = 0
+    """Regular files cloned with FICLONE."""
+    exclusive_bytes: int = 0
+    """Allocated bytes (st_blocks*512, each inode once) of inodes this copy created.
+
+    Inodes linked from link_dest are not counted.  Cloned files count in
+    full: st_blocks cannot see shared extents, so with reflinks this is an
+    upper bound.
+    """
+    mount_points: list[bytes] = field(default_factory=list)
+    """Paths (relative to src) of mount points recreated empty, not descended."""
+    vanished: int = 0
+    """Entries listed but gone before they could be copied (live trees)."""
+
+
+def copy_tree(
+    src: Path, dst: Path, *, link_dest: Path | None = None, allow_reflink: bool = True
+) -> CopyStats:
+    """Create `dst` (must not exist; its parent must) as an exact copy of directory `src`.
+
+    `link_dest` is the previous snapshot of the same tree: when files are
+    not cloned, a regular file whose twin at the same relative path there
+    has the same size, mtime_ns, mode, uid, gid and xattrs is hard-linked to
+    it instead of copied (content is not compared).  Raises OSError; see the
+    module docstring for what is left behind.
+    """
+    return _Copier(os.fsencode(src), os.fsencode(dst), link_dest, allow_reflink).run()
+
+
+def tree_exclusive_bytes(root: Path) -> int:
+    """Allocated bytes of the inodes under `root` that no path outside `root` links to.
+
+    Directories always count; other inodes count (once) when all their
+    st_nlink links lie inside `root`.  Does not cross mount points or follow
+    symlinks.
+    """
+    root_fd = os.open(os.fsencode(root), _DIR_FLAGS)
+    st = os.fstat(root_fd)
+    dev, total = st.st_dev, st.st_blocks * 512
+    multi: dict[tuple[int, int], list[int]] = {}  # inode -> [links seen, st_nlink, bytes]
+    stack: list[tuple[int, Iterator[os.DirEntry[str]]]] = []
+    try:
+        stack.append((root_fd, iter(_list_dir(root_fd))))
+        while stack:
+            fd, entries = stack[-1]
+            for entry in entries:
+                est = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    if est.st_dev != dev:
+                        continue
+                    total += est.st_blocks * 512
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        stack.append((child, iter(_list_dir(child))))
+                    except BaseException:
+                        os.close(child)
+                        raise
+                    break
+                if est.st_nlink == 1:
+                    total += est.st_blocks * 512
+                else:
+                    rec = multi.setdefault((est.st_dev, est.st_ino), [0, est.st_nlink, est.st_blocks * 512])
+                    rec[0] += 1
+            else:
+                stack.pop()
+                os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return total + sum(size for seen, nlink, size in multi.values() if seen >= nlink)
+
+
+def reflink_supported(directory: Path) -> bool:
+    """Whether files in `directory` can be cloned with FICLONE (tries it on two temp files)."""
+    with tempfile.TemporaryFile(dir=directory) as a, tempfile.TemporaryFile(dir=directory) as b:
+        a.write(b"treecopy reflink probe\n" * 200)
+        a.flush()
+        try:
+            fcntl.ioctl(b.fileno(), FICLONE, a.fileno())
+        except OSError as e:
+            if e.errno in _NO_REFLINK:
+                return False
+            raise
+    return True
+
+
+def _list_dir(fd: int) -> list[os.DirEntry[str]]:
+    # Entries from an fd keep using that fd (not the iterator's) for stat().
+    with os.scandir(fd) as it:
+        return list(it)
+
+
+def _proc_path(dir_fd: int, name: bytes) -> bytes:
+    """A path to `name` in `dir_fd` for calls that take no dir_fd (the xattr family)."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def _read_xattrs(target: int | bytes) -> Xattrs:
+    """All xattrs of an fd or (not followed) path, ACLs last so they are set after chmod."""
+    follow = isinstance(target, int)  # fds refuse follow_symlinks=False
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in _NO_XATTRS:
+            return []
+        raise
+    out: Xattrs = []
+    for name in sorted(names, key=lambda n: (n in _ACL_XATTRS, n)):
+        try:
+            out.append((name, os.getxattr(target, name, follow_symlinks=follow)))
+        except OSError as e:
+            if e.errno != errno.ENODATA:  # removed since listed
+                raise
+    return out
+
+
+def _write_xattrs(target: int | bytes, xattrs: Xattrs) -> None:
+    follow = isinstance(target, int)
+    for name, value in xattrs:
+        os.setxattr(target, name, value, follow_symlinks=follow)
+
+
+def _owner_error(e: PermissionError, st: os.stat_result) -> PermissionError:
+    return PermissionError(
+        e.errno, f"cannot set owner {st.st_uid}:{st.st_gid}: preserving owners needs root (CAP_CHOWN)"
+    )
+
+
+@dataclass(slots=True)
+class _Dir:
+    """A directory being copied: its fds, stat and the entries still to do."""
+
+    src_fd: int
+    dst_fd: int
+    ld_fd: int | None
+    rel: bytes
+    st: os.stat_result
+    entries: Iterator[os.DirEntry[str]]
+
+    def close(self) -> None:
+        for fd in (self.src_fd, self.dst_fd, self.ld_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.src_fd = self.dst_fd = -1
+        self.ld_fd = None
+
+
+class _Copier:
+    """State of one copy_tree call."""
+
+    def __init__(self, src: bytes, dst: bytes, link_dest: Path | None, allow_reflink: bool) -> None:
+        self.src, self.dst = src, dst
+        self.link_dest = None if link_dest is None else os.fsencode(link_dest)
+        self.allow_reflink = allow_reflink
+        self.reflink = False
+        self.use_link_dest = link_dest is not None
+        self.copy_file_range = True
+        self.noatime = os.O_NOATIME if os.geteuid() == 0 else 0
+        self.stats = CopyStats()
+        self.root_dev = 0
+        self.dst_root_fd = -1
+        self.hardlinks: dict[tuple[int, int], bytes] = {}  # source inode -> dst path (rel)
+        self.ld_claims: dict[tuple[int, int], tuple[int, int]] = {}  # link_dest inode -> source inode
+
+    def run(self) -> CopyStats:
+        stack: list[_Dir] = []
+        src_fd = os.open(self.src, _DIR_FLAGS | self.noatime)
+        dst_fd = ld_fd = None
+        try:
+            st = os.fstat(src_fd)
+            self.root_dev = st.st_dev
+            os.mkdir(self.dst, 0o700)
+            dst_fd = os.open(self.dst, _DIR_FLAGS)
+            self.stats.dirs += 1
+            self.reflink = self.allow_reflink and reflink_supported(Path(os.fsdecode(self.dst)))
+            if self.link_dest is not None:
+                ld_fd = os.open(self.link_dest, _DIR_FLAGS)
+            stack.append(_Dir(src_fd, dst_fd, ld_fd, b"", st, iter(_list_dir(src_fd))))
+        except BaseException:
+            for fd in (src_fd, dst_fd, ld_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        self.dst_root_fd = dst_fd
+        try:
+            while stack:
+                d = stack[-1]
+                for entry in d.entries:
+                    child = self._entry(d, entry)
+                    if child is not None:
+                        stack.append(child)
+                        break
+                else:
+                    try:
+                        self._finish_dir(d)
+                    except OSError as e:
+                        self._annotate(e, d.rel, None)
+                        raise
+                    stack.pop()
+                    d.close()
+        finally:
+            for d in stack:
+                d.close()
+        return self.stats
+
+    # -- per entry --------------------------------------------------------
+
+    def _entry(self, d: _Dir, entry: os.DirEntry[str]) -> _Dir | None:
+        """Copy one entry; a directory comes back as a frame to descend into."""
+        name = os.fsencode(entry.name)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                return self._enter_dir(d, name)
+            if entry.is_file(follow_symlinks=False) and self._copy_regular(d, name):
+                return None
+            try:
+                st = os.stat(name, dir_fd=d.src_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                self.stats.vanished += 1
+                return None
+            if stat.S_ISDIR(st.st_mode):
+                return self._enter_dir(d, name)
+            if stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EAGAIN, "file changed type during the copy", entry.name)
+            self._copy_special(d, name, st)
+            return None
+        except OSError as e:
+            self._annotate(e, self._rel(d, name), name)
+            raise
+
+    def _annotate(self, e: OSError, rel: bytes, name: bytes | None) -> None:
+        """Name the source path in `e` (filename when it had none or only a base name)."""
+        path = os.fsdecode(os.path.join(self.src, rel) if rel else self.src)
+        if e.filename is None or (name is not None and e.filename in (name, os.fsdecode(name))):
+            e.filename = path
+        e.add_note(f"copy_tree: while copying {path!r}")
+
+    def _rel(self, d: _Dir, name: bytes) -> bytes:
+        return d.rel + b"/" + name if d.rel else name
+
+    def _enter_dir(self, d: _Dir, name: bytes) -> _Dir | None:
+        try:
+            src_fd = os.open(name, _DIR_FLAGS | self.noatime, dir_fd=d.src_fd)
+        except FileNotFoundError:
+            self.stats.vanished += 1
+            return None
+        dst_fd = ld_fd = None
+        try:
+            st = os.fstat(src_fd)
+            rel = self._rel(d, name)
+            os.mkdir(name, 0o700, dir_fd=d.dst_fd)
+            dst_fd = os.open(name, _DIR_FLAGS, dir_fd=d.dst_fd)
+            self.stats.dirs += 1
+            if st.st_dev != self.root_dev:
+                self.stats.mount_points.append(rel)
+                self._set_meta_fd(dst_fd, st, [])
+                self.stats.exclusive_bytes += os.fstat(dst_fd).st_blocks * 512
+                os.close(src_fd)
+                os.close(dst_fd)
+                return None
+            if d.ld_fd is not None and self.use_link_dest:
+                try:
+                    ld_fd = os.open(name, _DIR_FLAGS, dir_fd=d.ld_fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    ld_fd = None
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+            return _Dir(src_fd, dst_fd, ld_fd, rel, st, iter(_list_dir(src_fd)))
+        except BaseException:
+            for fd in (src_fd, dst_fd, ld_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise
+
+    def _finish_dir(self, d: _Dir) -> None:
+        """Directory metadata goes on last: after its contents, so times and default ACLs stick."""
+        self._set_meta_fd(d.dst_fd, d.st, _read_xattrs(d.src_fd))
+        self.stats.exclusive_bytes += os.fstat(d.dst_fd).st_blocks * 512
+
+    def _copy_regular(self, d: _Dir, name: bytes) -> bool:
+        """Copy a regular file; False if it turns out not to be one (caller re-examines it)."""
+        try:
+            sfd = os.open(name, _SRC_FILE_FLAGS | self.noatime, dir_fd=d.src_fd)
+        except FileNotFoundError:
+            self.stats.vanished += 1
+            return True
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                return False
+            raise
+        try:
+            st = os.fstat(sfd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.hardlinks:
+                self._link_inside(d, name, key)
+                return True
+            rel = self._rel(d, name)
+            if st.st_dev != self.root_dev:
+                self.stats.mount_points.append(rel)
+                self._new_file(d, name, st, [], None)
+            else:
+                xattrs = _read_xattrs(sfd)
+                if not (self.use_link_dest and not self.reflink and self._link_from_dest(d, name, st, xattrs)):
+                    self._new_file(d, name, st, xattrs, sfd)
+            self.stats.files += 1
+            if st.st_nlink > 1:
+                self.hardlinks[key] = rel
+            return True
+        finally:
+            os.close(sfd)
+
+    def _new_file(self, d: _Dir, name: bytes, st: os.stat_result, xattrs: Xattrs, sfd: int | None) -> None:
+        dfd = os.open(name, _DST_FILE_FLAGS, 0o600, dir_fd=d.dst_fd)
+        try:
+            # Data before owner/mode/xattrs: writing clears setuid and security.capability.
+            if sfd is not None and st.st_size:
+                if self.reflink and self._clone(sfd, dfd):
+                    self.stats.reflinked += 1
+                else:
+                    self.stats.bytes_copied += self._copy_data(sfd, dfd, st)
+            self._set_meta_fd(dfd, st, xattrs)
+            self.stats.exclusive_bytes += os.fstat(dfd).st_blocks * 512
+        finally:
+            os.close(dfd)
+
+    def _clone(self, sfd: int, dfd: int) -> bool:
+        try:
+            fcntl.ioctl(dfd, FICLONE, sfd)
+        except OSError as e:
+            if e.errno not in _NO_REFLINK:
+                raise
+            self.reflink = False
+            return False
+        return True
+
+    def _copy_data(self, sfd: int, dfd: int, st: os.stat_result) -> int:
+        """Copy the data segments of `sfd` (all of it unless sparse); holes stay holes."""
+        size = st.st_size
+        if st.st_blocks * 512 >= size:
+            end = self._copy_range(sfd, dfd, 0, size)
+            copied = end
+        else:
+            copied = end = pos = 0
+            while pos < size:
+                try:
+                    data = os.lseek(sfd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # only a hole remains
+                        break
+                    raise
+                if data >= size:
+                    break
+                hole = min(os.lseek(sfd, data, os.SEEK_HOLE), size)
+                n = self._copy_range(sfd, dfd, data, hole - data)
+                copied += n
+                end = data + n
+                if n < hole - data:  # source shrank under us
+                    break
+                pos = hole
+        if end < size:
+            os.ftruncate(dfd, size)
+        return copied
+
+    def _copy_range(self, sfd: int, dfd: int, offset: int, count: int) -> int:
+        done = 0
+        if self.copy_file_range:
+            try:
+                while done < count:
+                    n = os.copy_file_range(sfd, dfd, min(count - done, _CHUNK), offset + done, offset + done)
+                    if n == 0:
+                        return done
+                    done += n
+                return done
+            except OSError as e:
+                if e.errno not in _NO_COPY_FILE_RANGE:
+                    raise
+                self.copy_file_range = False
+        while done < count:
+            buf = os.pread(sfd, min(count - done, _BUF), offset + done)
+            if not buf:
+                break
+            view = memoryview(buf)
+            while view:
+                n = os.pwrite(dfd, view, offset + done)
+                done += n
+                view = view[n:]
+        return done
+
+    def _link_from_dest(self, d: _Dir, name: bytes, st: os.stat_result, xattrs: Xattrs) -> bool:
+        """Hard-link `name` to its unchanged twin in link_dest, if it has one."""
+        if d.ld_fd is None:
+            return False
+        try:
+            lst = os.stat(name, dir_fd=d.ld_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not (
+            stat.S_ISREG(lst.st_mode)
+            and lst.st_size == st.st_size
+            and lst.st_mtime_ns == st.st_mtime_ns
+            and lst.st_mode == st.st_mode
+            and lst.st_uid == st.st_uid
+            and lst.st_gid == st.st_gid
+        ):
+            return False
+        ld_key, src_key = (lst.st_dev, lst.st_ino), (st.st_dev, st.st_ino)
+        # Two source inodes must not end up as one: a second one gets a real copy.
+        if self.ld_claims.get(ld_key, src_key) != src_key:
+            return False
+        if _read_xattrs(_proc_path(d.ld_fd, name)) != xattrs:
+            return False
+        try:
+            os.link(name, name, src_dir_fd=d.ld_fd, dst_dir_fd=d.dst_fd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                self.use_link_dest = False
+                return False
+            if e.errno == errno.EMLINK:
+                return False
+            raise
+        self.ld_claims[ld_key] = src_key
+        self.stats.linked += 1
+        return True
+
+    def _link_inside(self, d: _Dir, name: bytes, key: tuple[int, int]) -> None:
+        os.link(self.hardlinks[key], name, src_dir_fd=self.dst_root_fd, dst_dir_fd=d.dst_fd, follow_symlinks=False)
+        self.stats.files += 1
+
+    def _copy_special(self, d: _Dir, name: bytes, st: os.stat_result) -> None:
+        """Symlinks, device nodes (whiteouts included), FIFOs and sockets."""
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self.hardlinks:
+            self._link_inside(d, name, key)
+            return
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(name, dir_fd=d.src_fd)
+            except FileNotFoundError:
+                self.stats.vanished += 1
+                return
+            os.symlink(target, name, dir_fd=d.dst_fd)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            try:
+                os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=d.dst_fd)
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno,
+                    f"cannot create device node {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}: needs root (CAP_MKNOD)",
+                ) from e
+        else:
+            raise OSError(errno.EINVAL, f"unsupported file type {stat.S_IFMT(mode):#o}", os.fsdecode(name))
+        xattrs = _read_xattrs(_proc_path(d.src_fd, name))
+        try:
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=d.dst_fd, follow_symlinks=False)
+        except PermissionError as e:
+            raise _owner_error(e, st) from e
+        if not stat.S_ISLNK(mode):
+            os.chmod(name, stat.S_IMODE(mode), dir_fd=d.dst_fd)
+        _write_xattrs(_proc_path(d.dst_fd, name), xattrs)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=d.dst_fd, follow_symlinks=False)
+        self.stats.exclusive_bytes += os.stat(name, dir_fd=d.dst_fd, follow_symlinks=False).st_blocks * 512
+        self.stats.files += 1
+        if st.st_nlink > 1:
+            self.hardlinks[key] = self._rel(d, name)
+
+    def _set_meta_fd(self, fd: int, st: os.stat_result, xattrs: Xattrs) -> None:
+        """Owner, then mode (chown clears setuid), then xattrs (ACLs last), then times."""
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except PermissionError as e:
+            raise _owner_error(e, st) from e
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        _write_xattrs(fd, xattrs)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
