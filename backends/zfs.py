@@ -1,0 +1,515 @@
+"""ZFS backend: a container is `<root>/<id>`, a snapshot `<root>/<id>@<name>`.
+
+Restore to an older snapshot without losing newer ones (zfs rollback would
+destroy them): clone the chosen snapshot to `<root>/.snapd-hidden/<id>.restoring`,
+promote the clone, then swap names: the old container dataset becomes a
+hidden *holder* `<root>/.snapd-hidden/<id>-<n>` (canmount=off, no mountpoint)
+keeping the newer snapshots, and the clone becomes `<root>/<id>`.  Refs of
+snapshots that moved are returned.  Holders with no visible snapshot left
+are destroyed (promoting a dependent clone first when needed); snapshots
+that other datasets still depend on are destroyed deferred (`destroy -d`)
+and hidden from list().  `open()` finishes or undoes an interrupted restore.
+
+Alias, expiry and creation time (ms precision) are mirrored into user
+properties of each snapshot so the metadata can be rebuilt from the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from .base import (
+    PROJECT_PROPERTY,
+    Backend,
+    BackendError,
+    ContainerNotFound,
+    PoolError,
+    RefUpdates,
+    SnapshotFacts,
+    SnapshotNotFound,
+    SnapshotRef,
+)
+from .zfs_cmd import ZfsRunner, ZfsStats, valid_dataset_name
+
+log = logging.getLogger(__name__)
+
+ALIAS_PROPERTY = "container-snapd:alias"
+EXPIRES_PROPERTY = "container-snapd:expires_at"
+CREATED_PROPERTY = "container-snapd:created_at"
+PENDING_PROPERTY = "container-snapd:restore-pending"
+HIDDEN = ".snapd-hidden"
+SIZE_TTL = 2.0
+MAX_DESTROY_ARG = 100_000
+
+_CID_RE = re.compile(r"^[0-9a-f]{24}$")
+_HOLDER_RE = re.compile(r"^([0-9a-f]{24})-(\d+)$")
+_TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
+_SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
+               ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY]
+# Properties a clone cannot take at creation or that restore handles itself.
+_NO_COPY = {"mountpoint", "canmount", "casesensitivity", "normalization", "utf8only",
+            "volsize", "volblocksize", "version", PENDING_PROPERTY}
+
+
+@dataclass
+class _Ds:
+    name: str
+    props: dict[str, str]
+
+    @property
+    def is_snap(self) -> bool:
+        return "@" in self.name
+
+    @property
+    def deferred(self) -> bool:
+        return self.props.get("defer_destroy") == "on"
+
+    @property
+    def origin(self) -> str | None:
+        return self.get("origin")
+
+    def get(self, prop: str) -> str | None:
+        """A property's value, None when unset ('-')."""
+        v = self.props.get(prop, "-")
+        return None if v in ("-", "") else v
+
+
+@dataclass
+class _Scan:
+    """One `zfs get` of a container (or the pool) plus the hidden holders."""
+
+    root: str
+    items: dict[str, _Ds]
+    at: float = field(default_factory=time.monotonic)
+
+    def snaps(self, ds: str) -> list[_Ds]:
+        """Snapshots of `ds`, oldest first, deferred ones included."""
+        pre = ds + "@"
+        return [d for d in self.items.values() if d.name.startswith(pre)]
+
+    def holders(self, cid: str) -> list[str]:
+        pre = f"{self.root}/{HIDDEN}/"
+        out = []
+        for name, d in self.items.items():
+            m = _HOLDER_RE.match(name[len(pre):]) if name.startswith(pre) and not d.is_snap else None
+            if m and m.group(1) == cid:
+                out.append(name)
+        return sorted(out, key=lambda n: int(n.rsplit("-", 1)[1]))
+
+    def cids(self) -> list[str]:
+        pre = self.root + "/"
+        return [n[len(pre):] for n, d in self.items.items()
+                if n.startswith(pre) and not d.is_snap and _CID_RE.match(n[len(pre):])]
+
+    def visible(self, cid: str) -> dict[str, _Ds]:
+        """Snapshot name -> snapshot, on the container and its holders."""
+        out: dict[str, _Ds] = {}
+        for ds in [*reversed(self.holders(cid)), f"{self.root}/{cid}"]:
+            for s in self.snaps(ds):
+                if not s.deferred:
+                    out[s.name.split("@", 1)[1]] = s
+        return out
+
+    def clones_of(self, snap: str) -> list[str]:
+        return [d.name for d in self.items.values() if d.origin == snap]
+
+
+def _decode(value: str | None) -> str | None:
+    if value is None or value == "-":
+        return None
+    try:
+        v = json.loads(value)
+        return v if isinstance(v, str) else value
+    except ValueError:
+        return value
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "-", "") else None
+    except ValueError:
+        return None
+
+
+class ZfsBackend(Backend):
+    """Snapshots as native ZFS snapshots of `<root>/<id>`."""
+
+    kind = "zfs"
+
+    def __init__(self, root: str, runner: ZfsRunner | None = None) -> None:
+        super().__init__(root.rstrip("/"))
+        self.zfs = runner or ZfsRunner()
+        self.hidden = f"{self.root}/{HIDDEN}"
+        self.multi_destroy = False
+        """True when `zfs destroy ds@a,b,c` works (OpenZFS); detected by open()."""
+        self._cache: dict[str | None, _Scan] = {}
+
+    @property
+    def stats(self) -> ZfsStats:
+        return self.zfs.stats
+
+    def _ds(self, cid: str) -> str:
+        return f"{self.root}/{cid}"
+
+    # -- pool ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        if not valid_dataset_name(self.root):
+            raise PoolError(f"'{self.root}' is not a ZFS dataset name")
+        res = await self.zfs.zfs("get", "-H", "-o", "value", "type", self.root, check=False)
+        if res.rc != 0 or res.stdout.strip() != "filesystem":
+            why = res.stderr.strip() or f"type {res.stdout.strip()}"
+            raise PoolError(f"ZFS pool root '{self.root}' is not a usable dataset: {why}")
+        ver = await self.zfs.zfs("version", check=False)
+        self.multi_destroy = ver.rc == 0  # OpenZFS >= 0.8; zfs-fuse has no `zfs version`
+        hid = await self.zfs.zfs("get", "-H", "-o", "value", "type", self.hidden, check=False)
+        if hid.rc != 0:
+            await self.zfs.zfs("create", "-o", "canmount=off", "-o", "mountpoint=none",
+                               self.hidden)
+        await self.sweep()
+
+    async def sweep(self) -> None:
+        """Finish or undo interrupted restores; drop holders nothing needs."""
+        scan = await self._scan(None, fresh=True)
+        pre = self.hidden + "/"
+        cids = set()
+        for name in list(scan.items):
+            tail = name[len(pre):] if name.startswith(pre) and "@" not in name else ""
+            m = _TEMP_RE.match(tail) or _HOLDER_RE.match(tail)
+            if m:
+                cids.add(m.group(1))
+        for name, d in scan.items.items():
+            if d.get(PENDING_PROPERTY) and not d.is_snap:
+                cids.add(name.rsplit("/", 1)[1])
+        for cid in sorted(cids):
+            try:
+                await self._repair(cid)
+                await self._gc(cid)
+            except BackendError as e:
+                log.warning("zfs: could not tidy container %s: %s", cid, e)
+        self._cache.clear()
+
+    async def free_bytes(self) -> int | None:
+        got = await self.zfs.get(["available"], [self.root])
+        return int(got[self.root]["available"])
+
+    # -- containers ---------------------------------------------------------
+
+    async def container_exists(self, cid: str) -> bool:
+        if not _CID_RE.match(cid):
+            return False
+        res = await self.zfs.zfs("get", "-H", "-o", "value", "type", self._ds(cid), check=False)
+        return res.rc == 0 and res.stdout.strip() == "filesystem"
+
+    async def _require(self, cid: str) -> None:
+        if not await self.container_exists(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+
+    async def get_project(self, cid: str) -> str | None:
+        if not _CID_RE.match(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+        res = await self.zfs.zfs("get", "-H", "-o", "source,value", PROJECT_PROPERTY,
+                                 self._ds(cid))
+        source, _, value = res.stdout.rstrip("\n").partition("\t")
+        return value if source in ("local", "received") else None
+
+    async def set_project(self, cid: str, project: str | None) -> None:
+        await self._require(cid)
+        if project is None:
+            await self.zfs.zfs("inherit", PROJECT_PROPERTY, self._ds(cid))
+        else:
+            await self.zfs.zfs("set", f"{PROJECT_PROPERTY}={project}", self._ds(cid))
+
+    # -- snapshots ----------------------------------------------------------
+
+    async def create(self, cid: str, name: str, alias: str | None,
+                     expires_at: float | None) -> SnapshotFacts:
+        if not _CID_RE.match(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+        now = time.time()
+        ref = f"{self._ds(cid)}@{name}"
+        args = ["snapshot", "-o", f"{CREATED_PROPERTY}={now!r}"]
+        if alias is not None:
+            args += ["-o", f"{ALIAS_PROPERTY}={json.dumps(alias, ensure_ascii=False)}"]
+        if expires_at is not None:
+            args += ["-o", f"{EXPIRES_PROPERTY}={float(expires_at)!r}"]
+        self._invalidate(cid)
+        try:
+            await self.zfs.zfs(*args, ref)
+        except SnapshotNotFound as e:  # "dataset does not exist" names the container
+            raise ContainerNotFound(f"container {cid} not found: {e}") from None
+        return SnapshotFacts(name=name, created_at=now, size=0, ref=ref, alias=alias,
+                             expires_at=expires_at, mirrored=True)
+
+    async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
+        scan = await self._scan(cid, fresh=True)
+        ref = self._locate(scan, cid, snap)
+        self._invalidate(cid)
+        if alias is None:
+            await self.zfs.zfs("inherit", ALIAS_PROPERTY, ref)
+        else:
+            await self.zfs.zfs("set", f"{ALIAS_PROPERTY}={json.dumps(alias, ensure_ascii=False)}",
+                               ref)
+
+    async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
+        scan = await self._scan(cid)
+        cids = [cid] if cid is not None else scan.cids()
+        if cid is not None and self._ds(cid) not in scan.items:
+            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+        return {c: [self._facts(scan, c, s) for s in scan.visible(c).values()] for c in cids}
+
+    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
+        listed = await self.list(cid)
+        return {c: {f.name: f.size or 0 for f in facts} for c, facts in listed.items()}
+
+    def _facts(self, scan: _Scan, cid: str, s: _Ds) -> SnapshotFacts:
+        p = s.props
+        mirrored = any(p.get(k, "-") != "-" for k in (CREATED_PROPERTY, ALIAS_PROPERTY,
+                                                       EXPIRES_PROPERTY))
+        created = _float(p.get(CREATED_PROPERTY)) or _float(p.get("creation")) or 0.0
+        return SnapshotFacts(
+            name=s.name.split("@", 1)[1], created_at=created, size=int(p.get("used", 0)),
+            ref=s.name, alias=_decode(p.get(ALIAS_PROPERTY)),
+            expires_at=_float(p.get(EXPIRES_PROPERTY)), mirrored=mirrored)
+
+    # -- restore ------------------------------------------------------------
+
+    async def restore(self, cid: str, snap: SnapshotRef,
+                      others: list[SnapshotRef]) -> RefUpdates:
+        scan = await self._scan(cid, fresh=True)
+        ds = self._ds(cid)
+        if ds not in scan.items:
+            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+        if f"{self.hidden}/{cid}.restoring" in scan.items or scan.items[ds].get(PENDING_PROPERTY):
+            await self._repair(cid)
+            scan = await self._scan(cid, fresh=True)
+        target = self._locate(scan, cid, snap)
+        passed = {r.name: r.ref for r in [snap, *others]}
+        before = {n: s.name for n, s in scan.visible(cid).items()}
+        self._invalidate(cid)
+        own = scan.snaps(ds)
+        if own and own[-1].name == target:
+            await self.zfs.zfs("rollback", target)
+            after = before
+        else:
+            await self._restore_by_clone(scan, cid, target)
+            await self._gc(cid)
+            after = {n: s.name for n, s in (await self._scan(cid, fresh=True)).visible(cid).items()}
+        return {n: r for n, r in after.items() if passed.get(n, before.get(n)) != r}
+
+    async def _restore_by_clone(self, scan: _Scan, cid: str, target: str) -> None:
+        ds = self._ds(cid)
+        temp = f"{self.hidden}/{cid}.restoring"
+        local = await self._local_props(ds)
+        pending = {"canmount": local.get("canmount"), "mountpoint": local.get("mountpoint"),
+                   "mounted": scan.items[ds].props.get("mounted") == "yes"}
+        opts = ["-o", "canmount=noauto", "-o", f"{PENDING_PROPERTY}={json.dumps(pending)}"]
+        for k, v in local.items():
+            if k not in _NO_COPY:
+                opts += ["-o", f"{k}={v}"]
+        try:
+            await self.zfs.zfs("clone", *opts, target, temp)
+            await self.zfs.zfs("promote", temp)
+            if pending["mounted"]:
+                await self.zfs.zfs("unmount", ds)
+            await self.zfs.zfs("set", "canmount=off", ds)
+        except BackendError:
+            await self._repair(cid)
+            raise
+        nums = [int(h.rsplit("-", 1)[1]) for h in scan.holders(cid)]
+        holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
+        try:
+            await self.zfs.zfs("rename", ds, holder)
+        except BackendError:
+            await self._repair(cid)
+            raise
+        try:
+            await self.zfs.zfs("rename", temp, ds)
+        except BackendError:
+            await self._repair(cid)
+            raise
+        await self._finish(ds, pending)
+        await self._tidy_holder(holder, rollback=True)
+
+    async def _local_props(self, ds: str) -> dict[str, str]:
+        res = await self.zfs.zfs("get", "-H", "-s", "local", "-o", "property,value", "all", ds)
+        return {k: v for k, v in self.zfs.rows(res.stdout, 2)}
+
+    async def _finish(self, ds: str, pending: dict) -> None:
+        """Give the restored dataset the container's mount settings back."""
+        if pending.get("mountpoint"):
+            await self.zfs.zfs("set", f"mountpoint={pending['mountpoint']}", ds)
+        await self.zfs.zfs("set", f"canmount={pending.get('canmount') or 'on'}", ds)
+        await self.zfs.zfs("inherit", PENDING_PROPERTY, ds)
+        if pending.get("mounted") or (pending.get("canmount") or "on") == "on":
+            got = await self.zfs.get(["mounted", "mountpoint"], [ds])
+            if got[ds]["mounted"] != "yes" and got[ds]["mountpoint"] not in ("none", "legacy"):
+                await self.zfs.zfs("mount", ds)
+
+    async def _tidy_holder(self, holder: str, rollback: bool) -> None:
+        """A holder keeps snapshots only: no mount, no label, no stray data."""
+        local = await self._local_props(holder)
+        if local.get("canmount") != "off":
+            await self.zfs.zfs("set", "canmount=off", holder)
+        for prop in ("mountpoint", PROJECT_PROPERTY):
+            if prop in local:
+                await self.zfs.zfs("inherit", prop, holder)
+        if rollback:
+            snaps = (await self._scan_names([holder]))
+            if snaps:
+                await self.zfs.zfs("rollback", snaps[-1], check=False)
+
+    async def _scan_names(self, datasets: list[str]) -> list[str]:
+        got = await self.zfs.get(["type"], datasets, depth=1, check=False)
+        return [n for n in got if "@" in n]
+
+    async def _repair(self, cid: str) -> None:
+        """Finish or undo an interrupted restore of `cid` (idempotent)."""
+        ds = self._ds(cid)
+        temp = f"{self.hidden}/{cid}.restoring"
+        scan = await self._scan(cid, fresh=True)
+        self._invalidate(cid)
+        cur = scan.items.get(ds)
+        if cur is not None and cur.get(PENDING_PROPERTY) and temp not in scan.items:
+            pending = json.loads(cur.get(PENDING_PROPERTY) or "{}")  # swapped, not finished
+            await self._finish(ds, pending)
+        if temp in scan.items:
+            pending = json.loads(scan.items[temp].get(PENDING_PROPERTY) or "{}")
+            if cur is None:  # container renamed away: complete the swap
+                await self.zfs.zfs("rename", temp, ds)
+                await self._finish(ds, pending)
+            else:  # undo: give the snapshots back, restore mount settings
+                if (cur.origin or "").startswith(temp + "@"):
+                    await self.zfs.zfs("promote", ds)
+                await self.zfs.zfs("destroy", temp)
+                local = await self._local_props(ds)
+                if local.get("canmount", "on") != (pending.get("canmount") or "on"):
+                    await self.zfs.zfs("set", f"canmount={pending.get('canmount') or 'on'}", ds)
+                if pending.get("mounted"):
+                    got = await self.zfs.get(["mounted"], [ds])
+                    if got[ds]["mounted"] != "yes":
+                        await self.zfs.zfs("mount", ds)
+        for holder in scan.holders(cid):
+            local = await self._local_props(holder)
+            if local.get("canmount") != "off" or "mountpoint" in local:
+                await self._tidy_holder(holder, rollback=False)
+
+    # -- delete -------------------------------------------------------------
+
+    async def delete(self, cid: str, snaps: list[SnapshotRef]) -> dict[str, BackendError | None]:
+        scan = await self._scan(cid, fresh=True)
+        result: dict[str, BackendError | None] = {}
+        by_ds: dict[str, list[str]] = {}
+        visible = scan.visible(cid)
+        for s in snaps:
+            found = visible.get(s.name)
+            if found is None:
+                result[s.name] = None  # already gone
+            else:
+                ds, name = found.name.split("@", 1)
+                by_ds.setdefault(ds, []).append(name)
+        self._invalidate(cid)
+        for ds, names in by_ds.items():
+            result.update(await self._destroy(ds, names))
+        await self._gc(cid)
+        return result
+
+    async def _destroy(self, ds: str, names: list[str]) -> dict[str, BackendError | None]:
+        """`zfs destroy -d`: immediate, or deferred while clones depend on it."""
+        out: dict[str, BackendError | None] = {}
+        if self.multi_destroy and len(names) > 1:
+            for chunk in _chunks(names, MAX_DESTROY_ARG - len(ds)):
+                res = await self.zfs.zfs("destroy", "-d", f"{ds}@{','.join(chunk)}", check=False)
+                if res.rc == 0:
+                    out.update(dict.fromkeys(chunk))
+                else:  # find out which ones failed, one by one
+                    out.update(await self._destroy_each(ds, chunk))
+            return out
+        return await self._destroy_each(ds, names)
+
+    async def _destroy_each(self, ds: str, names: list[str]) -> dict[str, BackendError | None]:
+        sem = asyncio.Semaphore(8)
+
+        async def one(name: str) -> tuple[str, BackendError | None]:
+            async with sem:
+                try:
+                    await self.zfs.zfs("destroy", "-d", f"{ds}@{name}")
+                except SnapshotNotFound:
+                    pass
+                except BackendError as e:
+                    return name, e
+                return name, None
+
+        return dict(await asyncio.gather(*(one(n) for n in names)))
+
+    async def _gc(self, cid: str) -> None:
+        """Destroy holders with no visible snapshot, promoting a dependent first."""
+        for _ in range(64):
+            scan = await self._scan(cid, fresh=True)
+            for holder in scan.holders(cid):
+                snaps = scan.snaps(holder)
+                if any(not s.deferred for s in snaps):
+                    continue
+                if snaps:
+                    clones = scan.clones_of(snaps[-1].name)
+                    if not clones:
+                        continue
+                    try:
+                        await self.zfs.zfs("promote", clones[0])
+                    except BackendError as e:
+                        log.warning("zfs: cannot promote %s to free %s: %s", clones[0], holder, e)
+                        continue
+                await self.zfs.zfs("destroy", holder)
+                break
+            else:
+                break
+        self._invalidate(cid)
+
+    # -- scanning -----------------------------------------------------------
+
+    def _locate(self, scan: _Scan, cid: str, snap: SnapshotRef) -> str:
+        """Full name of a visible snapshot: the ref if still right, else by name."""
+        visible = scan.visible(cid)
+        found = visible.get(snap.name)
+        if found is None:
+            raise SnapshotNotFound(f"snapshot {snap.name} of container {cid} not found")
+        return found.name
+
+    def _invalidate(self, cid: str | None) -> None:
+        self._cache.pop(cid, None)
+        self._cache.pop(None, None)
+
+    async def _scan(self, cid: str | None, fresh: bool = False) -> _Scan:
+        """All datasets/snapshots of `cid` (or the pool) + holders, in ONE `zfs get`."""
+        now = time.monotonic()
+        if not fresh:
+            for key in (cid, None):
+                hit = self._cache.get(key)
+                if hit is not None and now - hit.at < SIZE_TTL:
+                    return hit
+        if cid is not None and not _CID_RE.match(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+        top = self.root if cid is None else self._ds(cid)
+        got = await self.zfs.get(_SCAN_PROPS, [top, self.hidden], depth=2, check=False)
+        if cid is None and self.root not in got:
+            raise PoolError(f"ZFS pool root '{self.root}' does not exist")
+        scan = _Scan(self.root, {n: _Ds(n, p) for n, p in got.items()}, now)
+        self._cache[cid] = scan
+        return scan
+
+
+def _chunks(names: list[str], limit: int) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    size = 0
+    for n in names:
+        if out[-1] and size + len(n) + 1 > limit:
+            out.append([])
+            size = 0
+        out[-1].append(n)
+        size += len(n) + 1
+    return out

@@ -1,0 +1,106 @@
+"""The `snapd` CLI against a real daemon over its Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .daemon import DaemonProcess
+from .digest import write_tree
+from .harness import new_cid
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Path]]:
+    base = tmp_path_factory.mktemp("cli")
+    pool = base / "pool"
+    pool.mkdir()
+    d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=False).start()
+    try:
+        yield d, pool
+    finally:
+        assert d.stop() == 0
+
+
+def snapd(d: DaemonProcess, *args: str, socket_flag: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SNAPD_SOCKET": str(d.socket)}
+    extra = ["--socket", str(d.socket)] if socket_flag else []
+    if socket_flag:
+        env.pop("SNAPD_SOCKET")
+    cmd = [sys.executable, "-m", "snapd", *args[:1], *extra, *args[1:]]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.fixture
+def cid(env) -> str:
+    _d, pool = env
+    c = new_cid()
+    write_tree(pool / c, {"file": "v1"})
+    return c
+
+
+def test_a_whole_session(env, cid: str) -> None:
+    d, pool = env
+    out = snapd(d, "list", cid)
+    assert out.returncode == 0 and "no snapshots" in out.stdout
+    out = snapd(d, "create", cid, "--alias", "before-upgrade", "--expiry", "7")
+    assert out.returncode == 0, out.stderr
+    assert "before-upgrade" in out.stdout and "in 7d" in out.stdout
+    name = out.stdout.splitlines()[1].split()[0]
+    assert name.startswith("snap-")
+    out = snapd(d, "list", cid)
+    header, row = out.stdout.splitlines()[1:3]
+    assert header.split()[:2] == ["NAME", "ALIAS"] and row.startswith(name)
+    assert "ago)" in row and ("B" in row.split()[-1] or "KiB" in row)
+    (pool / cid / "file").write_text("v2")
+    out = snapd(d, "restore", cid, name, socket_flag=True)
+    assert out.returncode == 0 and f"restored {cid} from {name}" in out.stdout
+    assert (pool / cid / "file").read_text() == "v1"
+    assert snapd(d, "alias", cid, name, "production").returncode == 0
+    assert "production" in snapd(d, "show", cid, name).stdout
+    assert snapd(d, "alias", cid, name, "--clear").returncode == 0
+    shown = json.loads(snapd(d, "show", "--json", cid, name).stdout)
+    assert shown["statusCode"] == 200 and shown["data"]["snapshot"]["alias"] is None
+    assert shown["data"]["snapshot"]["last_used_at"] is not None
+    out = snapd(d, "delete", cid, name)
+    assert out.returncode == 0 and f"deleted {name}" in out.stdout
+
+
+def test_api_errors_exit_1_with_the_message(env, cid: str) -> None:
+    d, _ = env
+    out = snapd(d, "show", cid, "snap-20200101-000000")
+    assert out.returncode == 1 and "404 Container or snapshot not found" in out.stderr
+    out = snapd(d, "create", cid, "--expiry", "-1")
+    assert out.returncode == 1 and "Invalid request payload" in out.stderr and "expiry" in out.stderr
+    out = snapd(d, "list", "not-an-id")
+    assert out.returncode == 1 and "Invalid container ID format" in out.stderr
+    raw = json.loads(snapd(d, "list", "--json", new_cid()).stdout)
+    assert raw == {"statusCode": 404, "error": "Not Found", "message": "Container not found"}
+
+
+def test_usage_errors_exit_2(env, cid: str) -> None:
+    d, _ = env
+    assert snapd(d, "alias", cid, "snap-1").returncode == 2  # neither ALIAS nor --clear
+    assert snapd(d, "alias", cid, "snap-1", "x", "--clear").returncode == 2
+    assert snapd(d, "create", cid, "--expiry", "soon").returncode == 2
+    assert snapd(d, "frobnicate").returncode == 2
+
+
+def test_unreachable_daemon_exits_1(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "snapd", "list", "--socket", str(tmp_path / "none.sock"), new_cid()],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "cannot reach the daemon" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_subcommand_help_has_an_example() -> None:
+    for sub in ("serve", "list", "create", "show", "restore", "alias", "delete"):
+        out = subprocess.run([sys.executable, "-m", "snapd", sub, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "examples:" in out.stdout and f"snapd {sub}" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "snapd", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("snapd ")
