@@ -25,6 +25,7 @@ from .api import make_app
 from .clock import Clock
 from .config import Config, ConfigError
 from .reaper import Reaper
+from .reconcile import reconcile
 from .service import SnapshotService
 from .store import Store, StoreError
 
@@ -103,6 +104,7 @@ class Daemon:
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
         self.backends = await open_backends(self.cfg)
+        await reconcile(self.store, self.backends)
         self.service = SnapshotService(self.store, self.backends, self.clock)
         self.reaper = Reaper(self.service, self.clock)
         pruned = await self.reaper.reap(self.clock.now())

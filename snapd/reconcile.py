@@ -1,0 +1,101 @@
+"""Make the store agree with the pools: adopt what is on disk, forget what is not.
+
+Runs at start-up (before listening).  A snapshot on disk that the store
+does not know is adopted, with alias and expiry from metadata mirrored on
+disk where the backend keeps it; a row whose snapshot is gone is removed;
+a ref that moved is updated.  Every action is logged with what and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from backends.base import Backend, SnapshotFacts
+
+from .store import SnapshotRow, Store
+
+log = logging.getLogger("snapd.reconcile")
+
+
+@dataclass
+class Plan:
+    """What reconciling one pool would do."""
+
+    pool: str
+    adopt: list[SnapshotRow] = field(default_factory=list)
+    forget: list[SnapshotRow] = field(default_factory=list)
+    moved: list[tuple[SnapshotRow, str]] = field(default_factory=list)
+    refused: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.adopt or self.forget or self.moved)
+
+
+def _adopted(pool: str, cid: str, facts: SnapshotFacts) -> SnapshotRow:
+    return SnapshotRow(
+        container_id=cid,
+        name=facts.name,
+        pool=pool,
+        created_at=round(facts.created_at * 1000) / 1000,
+        alias=facts.alias if facts.mirrored else None,
+        expires_at=facts.expires_at if facts.mirrored else None,
+        size=facts.size,
+        ref=facts.ref,
+    )
+
+
+async def plan(store: Store, backend: Backend) -> Plan:
+    """Compare one pool's snapshots on disk with the store's rows for it."""
+    pool = backend.describe()
+    result = Plan(pool)
+    on_disk = await backend.list(None)
+    rows = {(r.container_id, r.name): r for r in store.pool_rows(pool)}
+    disk = {(cid, f.name): f for cid, facts in on_disk.items() for f in facts}
+    for key, facts in disk.items():
+        row = rows.get(key)
+        if row is None:
+            result.adopt.append(_adopted(pool, key[0], facts))
+        elif facts.ref and facts.ref != row.ref:
+            result.moved.append((row, facts.ref))
+    result.forget = [row for key, row in rows.items() if key not in disk]
+    if result.forget and not disk:
+        # Every known snapshot gone at once looks like an unmounted pool, not deletions.
+        result.refused = (
+            f"none of the {len(result.forget)} known snapshots were found on disk; "
+            "is the pool mounted? rows kept"
+        )
+        result.forget = []
+    return result
+
+
+def apply(store: Store, p: Plan) -> None:
+    if p.refused:
+        log.warning("reconcile pool=%s refused: %s", p.pool, p.refused)
+    for row in p.adopt:
+        log.info("reconcile pool=%s adopt container=%s snapshot=%s why=on disk, not in store",
+                 p.pool, row.container_id, row.name)
+    store.insert_many(p.adopt)
+    for row in p.forget:
+        log.info("reconcile pool=%s forget container=%s snapshot=%s why=in store, not on disk",
+                 p.pool, row.container_id, row.name)
+        store.delete(row.container_id, row.name)
+    for row, ref in p.moved:
+        log.info("reconcile pool=%s update-ref container=%s snapshot=%s ref=%s why=moved on disk",
+                 p.pool, row.container_id, row.name, ref)
+        store.update(row.container_id, row.name, ref=ref)
+
+
+async def reconcile(store: Store, backends: list[Backend]) -> list[Plan]:
+    """Reconcile every pool; a pool whose listing fails is left as it is."""
+    plans = []
+    for backend in backends:
+        try:
+            p = await plan(store, backend)
+        except Exception as exc:
+            log.error("reconcile pool=%s skipped: cannot list snapshots: %s", backend.describe(), exc)
+            continue
+        apply(store, p)
+        plans.append(p)
+    return plans
