@@ -195,3 +195,22 @@ def test_container_symlink_is_not_followed(overlay_daemon, tmp_path: Path) -> No
         assert not (pool / ".snapshots" / cid).exists()
     finally:
         os.unlink(pool / cid)
+
+
+def test_a_full_pool_answers_507_and_leaves_nothing(tmp_path: Path) -> None:
+    require_root()
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=8m", "tmpfs") as pool:
+        cid = new_cid()
+        write_tree(pool / cid, {"big.bin": os.urandom(6 << 20), "small": "s"})
+        d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=False).start()
+        try:
+            r = d.unix.post(snaps(cid))
+            assert (r.status, r.body["error"]) == (507, "Insufficient Storage"), r.body
+            assert "no space" in r.body["message"]
+            assert d.unix.get(snaps(cid)).data["snapshots"] == []
+            assert os.listdir(pool / ".snapshots" / ".tmp") == []
+            assert not (pool / ".snapshots" / cid).exists()
+            (pool / cid / "big.bin").unlink()
+            assert d.unix.post(snaps(cid)).status == 200
+        finally:
+            assert d.stop() == 0
