@@ -1,23 +1,22 @@
-"""The HTTP API: routes, authentication by transport, envelopes, errors.
+"""The snapshot API of the reference, and the application serving it.
 
 The same application serves the Unix socket and TCP; only who may call
-differs.  Handlers validate input, call the service, and shape the
-reference's envelopes; nothing here touches a pool.
+differs (snapd.auth).  Handlers validate input, call the service, and
+shape the reference's envelopes; nothing here touches a pool.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
-import struct
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
+from .admin_api import add_admin_routes
+from .auth import AuthContext, AUTH_KEY, authentication, principal_of
 from .clock import iso
+from .envelope import INTERNAL_MESSAGE, ApiError, Handler, dumps, envelope_errors, ok, read_body
 from .errors import (
     Conflict,
     InsufficientStorage,
@@ -27,6 +26,7 @@ from .errors import (
     ServiceError,
 )
 from .openapi import openapi_document
+from .keys import SERVICE_KEY
 from .service import Container, SnapshotService
 from .store import SnapshotRow
 from .validation import (
@@ -39,20 +39,6 @@ from .validation import (
 )
 
 log = logging.getLogger("snapd.api")
-
-REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    507: "Insufficient Storage",
-}
-SERVICE_KEY = web.AppKey("service", SnapshotService)
-DAEMON_UID = os.getuid()
 
 
 @dataclass(frozen=True)
@@ -94,41 +80,8 @@ DELETE_MSGS = Messages(
     "Invalid snapshot name or container ID",
     "Container or snapshot not found",
 )
-DOC_MSGS = Messages("You do not have permission to read the API document", "", "Not found")
 PAYLOAD_MESSAGE = "Invalid request payload"
 ALIAS_MESSAGE = "Invalid alias value"
-AUTH_MESSAGE = "Authentication required"
-INTERNAL_MESSAGE = "An unexpected error occurred"
-
-
-class ApiError(Exception):
-    """An error response: status, message, optional details."""
-
-    def __init__(self, status: int, message: str, details: list[dict] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def error_response(status: int, message: str, details: list[dict] | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"statusCode": status, "error": REASONS[status], "message": message}
-    if details:
-        body["details"] = details
-    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
-
-
-def ok(message: str, data: dict[str, Any]) -> web.Response:
-    return web.json_response(
-        {"statusCode": 200, "message": message, "data": data}, dumps=_dumps
-    )
 
 
 def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
@@ -143,55 +96,11 @@ def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
     }
 
 
-# -- who is calling ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The peer of a request, as far as the transport tells."""
-
-    transport: str  # "unix" | "tcp"
-    uid: int | None = None
-    pid: int | None = None
-
-
-def caller_of(request: web.Request) -> Caller:
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None and sock.family == socket.AF_UNIX:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return Caller("unix", uid=uid, pid=pid)
-    return Caller("tcp")
-
-
-def authorize(request: web.Request) -> Caller:
-    """TCP: 401 until tokens exist.  Unix: uid 0 or the daemon's uid, else 403.
-
-    Runs before any route is served, known or not.
-    """
-    caller = caller_of(request)
-    if caller.transport == "tcp":
-        raise ApiError(401, AUTH_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
-    if caller.uid not in (0, DAEMON_UID):
-        msgs: Messages | None = getattr(request.match_info.handler, "msgs", None)
-        raise ApiError(403, msgs.forbidden if msgs else "You do not have permission to use this daemon")
-    return caller
-
-
 # -- request plumbing ------------------------------------------------------------
 
 
 def _service(request: web.Request) -> SnapshotService:
     return request.app[SERVICE_KEY]
-
-
-async def read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "Request body too large (limit 64 KiB)")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "Request body too large (limit 64 KiB)") from None
 
 
 def map_service_error(exc: ServiceError, msgs: Messages) -> ApiError:
@@ -215,16 +124,31 @@ def map_service_error(exc: ServiceError, msgs: Messages) -> ApiError:
     return ApiError(500, INTERNAL_MESSAGE)
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+GUARD = "guard"
 
 
-def endpoint(msgs: Messages) -> Callable[[Handler], Handler]:
-    """Turn service errors into this endpoint's responses (`msgs` also serve 403s)."""
+def endpoint(msgs: Messages, write: bool = False) -> Callable[[Handler], Handler]:
+    """A container route: access check through the service's guard, errors as documented.
+
+    A caller that may not see the container gets 403 whether it exists or
+    not, so a 404 never tells another project's containers apart.
+    """
 
     def wrap(fn: Handler) -> Handler:
         async def handler(request: web.Request) -> web.Response:
+            principal = principal_of(request)
+
+            def guard(container: Container) -> None:
+                if not principal.may_access(container.id, container.project, write):
+                    raise ApiError(403, msgs.forbidden)
+
+            request[GUARD] = guard
             try:
                 return await fn(request)
+            except NotFound as exc:
+                if exc.message == "container" and not principal.admin:
+                    raise ApiError(403, msgs.forbidden) from None
+                raise map_service_error(exc, msgs) from None
             except ServiceError as exc:
                 raise map_service_error(exc, msgs) from None
 
@@ -254,18 +178,18 @@ def _container_data(container: Container) -> dict[str, Any]:
 @endpoint(LIST_MSGS)
 async def list_snapshots(request: web.Request) -> web.Response:
     cid = _cid(request)
-    container, rows = await _service(request).list(cid)
+    container, rows = await _service(request).list(cid, request[GUARD])
     return ok(
         "Snapshots retrieved successfully",
         {**_container_data(container), "snapshots": [snapshot_json(r) for r in rows]},
     )
 
 
-@endpoint(CREATE_MSGS)
+@endpoint(CREATE_MSGS, write=True)
 async def create_snapshot(request: web.Request) -> web.Response:
     cid = _cid(request)
     alias, expiry = parse_create_body(await read_body(request))
-    container, row = await _service(request).create(cid, alias, expiry)
+    container, row = await _service(request).create(cid, alias, expiry, request[GUARD])
     return ok(
         "Snapshot created successfully",
         {**_container_data(container), "snapshot": snapshot_json(row)},
@@ -275,80 +199,56 @@ async def create_snapshot(request: web.Request) -> web.Response:
 @endpoint(GET_MSGS)
 async def get_snapshot(request: web.Request) -> web.Response:
     cid, name = _cid_name(request)
-    container, row = await _service(request).get(cid, name)
+    container, row = await _service(request).get(cid, name, request[GUARD])
     return ok(
         "Snapshot retrieved successfully",
         {**_container_data(container), "snapshot": snapshot_json(row)},
     )
 
 
-@endpoint(RESTORE_MSGS)
+@endpoint(RESTORE_MSGS, write=True)
 async def restore_snapshot(request: web.Request) -> web.Response:
     cid, name = _cid_name(request)
     parse_empty_body(await read_body(request))
-    _container, row = await _service(request).restore(cid, name)
+    _container, row = await _service(request).restore(cid, name, request[GUARD])
     message = "Container restored from snapshot successfully"
     return ok(message, {"success": True, "message": message, "snapshot": snapshot_json(row)})
 
 
-@endpoint(ALIAS_MSGS)
+@endpoint(ALIAS_MSGS, write=True)
 async def update_alias(request: web.Request) -> web.Response:
     cid, name = _cid_name(request)
     alias = parse_alias_body(await read_body(request))
-    container, row = await _service(request).set_alias(cid, name, alias)
+    container, row = await _service(request).set_alias(cid, name, alias, request[GUARD])
     return ok(
         "Snapshot alias updated successfully",
         {**_container_data(container), "snapshot": snapshot_json(row)},
     )
 
 
-@endpoint(DELETE_MSGS)
+@endpoint(DELETE_MSGS, write=True)
 async def delete_snapshot(request: web.Request) -> web.Response:
     cid, name = _cid_name(request)
     parse_empty_body(await read_body(request))
-    container = await _service(request).delete(cid, name)
+    container = await _service(request).delete(cid, name, request[GUARD])
     return ok(
         "Snapshot deleted successfully",
         {**_container_data(container), "snapshot_name": name},
     )
 
 
-@endpoint(DOC_MSGS)
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(), dumps=_dumps)
-
-
-# -- errors as envelopes ---------------------------------------------------------
-
-
-@web.middleware
-async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate every request; every error leaves as the documented envelope."""
-    try:
-        authorize(request)
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.message, exc.details, exc.headers)
-    except web.HTTPMethodNotAllowed as exc:
-        return error_response(405, "Method not allowed", headers={"Allow": ",".join(sorted(exc.allowed_methods))})
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, "Request body too large (limit 64 KiB)")
-    except web.HTTPNotFound:
-        return error_response(404, "Route not found")
-    except web.HTTPException as exc:
-        status = exc.status if exc.status in REASONS else 400
-        return error_response(status, exc.reason or REASONS[status])
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, INTERNAL_MESSAGE)
+    """Any authenticated caller may read the API document."""
+    return web.json_response(openapi_document(), dumps=dumps)
 
 
 BASE = "/api/v1/containers/{id}/snapshots"
 
 
-def make_app(service: SnapshotService) -> web.Application:
-    app = web.Application(middlewares=[envelope_errors], client_max_size=MAX_BODY)
+def make_app(service: SnapshotService, auth: AuthContext) -> web.Application:
+    app = web.Application(middlewares=[envelope_errors, authentication], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
+    app[AUTH_KEY] = auth
     app.router.add_get(BASE, list_snapshots, allow_head=False)
     app.router.add_post(BASE, create_snapshot)
     app.router.add_get(BASE + "/{name}", get_snapshot, allow_head=False)
@@ -356,4 +256,5 @@ def make_app(service: SnapshotService) -> web.Application:
     app.router.add_delete(BASE + "/{name}", delete_snapshot)
     app.router.add_patch(BASE + "/{name}/alias", update_alias)
     app.router.add_get("/api/v1/openapi.json", openapi, allow_head=False)
+    add_admin_routes(app)
     return app

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 from . import __version__
 from .clock import Clock
@@ -45,11 +46,10 @@ def _dev_config(args: argparse.Namespace) -> Config:
         (demo / "etc" / "hostname").write_text("demo\n")
         (demo / "README").write_text("A demo container made by `snapd serve --dev`.\n")
     flags = {
+        **_serve_flags(args),
         "socket": args.socket or str(base / "api.sock"),
         "state_dir": args.state_dir or str(base / "state"),
         "pools": args.pool or [f"overlay:{pool}"],
-        "listen": args.listen,
-        "log_level": args.log_level,
     }
     return build({}, flags, "flags")
 
@@ -62,14 +62,21 @@ def _serve_config(args: argparse.Namespace) -> Config:
         file_values = load_file(Path(args.config))
     elif DEFAULT_CONFIG.exists():
         file_values = load_file(DEFAULT_CONFIG)
-    flags = {
+    return build(file_values, _serve_flags(args), str(args.config or DEFAULT_CONFIG))
+
+
+def _serve_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "socket": args.socket,
         "state_dir": args.state_dir,
         "pools": args.pool,
         "listen": args.listen,
         "log_level": args.log_level,
+        "admin_group": args.admin_group,
+        "listen_interfaces": args.listen_interface,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
     }
-    return build(file_values, flags, str(args.config or DEFAULT_CONFIG))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -189,6 +196,9 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
 
 
 def _render(args: argparse.Namespace, data: dict) -> str:
+    render = getattr(args, "render", None)
+    if render is not None:
+        return render(data)
     if args.command == "list":
         head = f"container {data['container_id']} (project {data['project_id'] or '-'})"
         if not data["snapshots"]:
@@ -202,8 +212,6 @@ def _render(args: argparse.Namespace, data: dict) -> str:
 
 
 def _snap_path(args: argparse.Namespace, suffix: str = "") -> str:
-    from urllib.parse import quote
-
     base = f"/api/v1/containers/{quote(args.id, safe='')}/snapshots"
     if getattr(args, "name", None) is not None:
         base += "/" + quote(args.name, safe="")
@@ -242,6 +250,81 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return _request(args, "DELETE", _snap_path(args))
 
 
+# -- admin commands --------------------------------------------------------------------
+
+ADMIN = "/api/v1/admin"
+
+
+def _token_rows(tokens: list[dict]) -> str:
+    def scope(t: dict) -> str:
+        s = t["scope"]
+        if s["admin"]:
+            return "admin"
+        parts = [f"project={s['project']}"] if s["project"] else []
+        parts += [f"containers={','.join(s['containers'])}"] if s["containers"] else []
+        parts += ["read-only"] if s["read_only"] else []
+        parts += ["metrics"] if s["metrics"] else []
+        return " ".join(parts)
+
+    def state(t: dict) -> str:
+        if t["revoked_at"]:
+            return "revoked"
+        if t["expires_at"] and _when(t["expires_at"]).endswith("ago)"):
+            return "expired"
+        return "active"
+
+    return _table(
+        [[t["id"], t["label"] or "-", scope(t), state(t), _when(t["created_at"]), _when(t["last_used_at"]),
+          _when(t["expires_at"])] for t in tokens],
+        ["ID", "LABEL", "SCOPE", "STATE", "CREATED", "LAST USED", "EXPIRES"],
+    )
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    if args.admin == bool(args.project) and not args.metrics:
+        print("snapd token create: give --project P or --admin", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {"admin": args.admin, "read_only": args.read_only, "metrics": args.metrics}
+    for key, value in (("project", args.project), ("label", args.label), ("expires", args.expires)):
+        if value is not None:
+            body[key] = value
+    if args.container:
+        body["containers"] = args.container
+    args.render = lambda d: (
+        f"{d['secret']}\n(token {d['token']['id']}: shown once, store it now; `snapd token revoke "
+        f"{d['token']['id']}` ends it)"
+    )
+    return _request(args, "POST", f"{ADMIN}/tokens", body)
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    args.render = lambda d: _token_rows(d["tokens"]) if d["tokens"] else "no tokens"
+    return _request(args, "GET", f"{ADMIN}/tokens")
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    args.render = lambda d: f"revoked token {d['token']['id']}"
+    return _request(args, "DELETE", f"{ADMIN}/tokens/{quote(args.token_id, safe='')}")
+
+
+def _container_text(d: dict) -> str:
+    return "\n".join(f"{k}: {'-' if v is None else v}" for k, v in d.items())
+
+
+def cmd_container_show(args: argparse.Namespace) -> int:
+    args.render = _container_text
+    return _request(args, "GET", f"{ADMIN}/containers/{quote(args.id, safe='')}")
+
+
+def cmd_container_set_project(args: argparse.Namespace) -> int:
+    if args.clear == (args.project is not None):
+        print("snapd container set-project: give either PROJECT or --clear", file=sys.stderr)
+        return 2
+    args.render = _container_text
+    return _request(args, "PUT", f"{ADMIN}/containers/{quote(args.id, safe='')}/project",
+                    {"project": args.project})
+
+
 # -- argument parsing ----------------------------------------------------------------
 
 
@@ -276,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pool", action="append", default=[], metavar="BACKEND:ROOT",
                        help="a pool: overlay|btrfs|zfs|auto and its root (repeatable)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--admin-group", help="members of this group are admins on the Unix socket "
+                       "(default container-snapd; '' for none)")
+    serve.add_argument("--listen-interface", action="append", default=[], metavar="NAME[:PORT]",
+                       help="serve TCP on every address of interface NAME, following changes (port 7070)")
+    serve.add_argument("--tls-cert", help="PEM certificate for the TCP listeners")
+    serve.add_argument("--tls-key", help="PEM private key for the TCP listeners")
     serve.add_argument("--dev", action="store_true",
                        help="embedded default: socket, state and an overlay pool under --dev-dir")
     serve.add_argument("--dev-dir", default=".snapd-dev", help="folder for --dev (default ./.snapd-dev)")
@@ -306,6 +395,46 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("alias", nargs="?", help="the new alias")
     alias.add_argument("--clear", action="store_true", help="remove the alias")
     client("delete", "delete a snapshot", cmd_delete, f"snapd delete {cid} snap-20250110-080000")
+
+    def group(name: str, help_: str) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_)
+        return p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def admin_cmd(subs: Any, name: str, help_: str, func: Any, *examples: str) -> argparse.ArgumentParser:
+        p = subs.add_parser(name, help=help_, description=help_ + " (admin only)",
+                            epilog=_examples(*examples), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+        p.add_argument("--json", action="store_true", help="print the raw JSON envelope")
+        p.set_defaults(func=func)
+        return p
+
+    token = group("token", "bearer tokens for TCP and non-admin local users (admin only)")
+    tc = admin_cmd(token, "create", "issue a token; it is printed once", cmd_token_create,
+                   "snapd token create --project web --label ci-deploy --expires 90",
+                   f"snapd token create --project web --container {cid} --read-only",
+                   "snapd token create --admin --label break-glass")
+    tc.add_argument("--project", help="the project whose containers the token may use")
+    tc.add_argument("--container", action="append", default=[], metavar="ID",
+                    help="only this container of the project (repeatable)")
+    tc.add_argument("--read-only", action="store_true", help="list and show only")
+    tc.add_argument("--admin", action="store_true", help="may do everything, admin routes included")
+    tc.add_argument("--metrics", action="store_true", help="may read /metrics")
+    tc.add_argument("--label", help="what the token is for")
+    tc.add_argument("--expires", type=float, metavar="DAYS", help="stop working after DAYS days")
+    admin_cmd(token, "list", "list tokens (never their secrets)", cmd_token_list, "snapd token list")
+    tr = admin_cmd(token, "revoke", "revoke a token; takes effect on its next request", cmd_token_revoke,
+                   "snapd token revoke 3f9a1c0d2b7e")
+    tr.add_argument("token_id", help="the token's id (from `snapd token list`)")
+
+    container = group("container", "container project labels (admin only)")
+    cs = admin_cmd(container, "show", "show a container's pool, backend, project and snapshot count",
+                   cmd_container_show, f"snapd container show {cid}")
+    cs.add_argument("id", help="container id")
+    cp = admin_cmd(container, "set-project", "label a container with its project", cmd_container_set_project,
+                   f"snapd container set-project {cid} web", f"snapd container set-project {cid} --clear")
+    cp.add_argument("id", help="container id")
+    cp.add_argument("project", nargs="?", help="project label")
+    cp.add_argument("--clear", action="store_true", help="remove the label")
     return parser
 
 

@@ -16,6 +16,8 @@ DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
 DEFAULT_CONFIG = Path("/etc/container-snapd/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_ADMIN_GROUP = "container-snapd"
+DEFAULT_INTERFACE_PORT = 7070
 MAX_SOCKET_PATH = 107
 
 
@@ -39,6 +41,10 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     pools: list[PoolSpec] = field(default_factory=list)
     log_level: str = "info"
+    admin_group: str | None = DEFAULT_ADMIN_GROUP
+    listen_interfaces: list[tuple[str, int]] = field(default_factory=list)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 BACKENDS = ("auto", "overlay", "btrfs", "zfs")
@@ -48,6 +54,10 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "state_dir": str,
     "pools": list,
     "log_level": str,
+    "admin_group": str,
+    "listen_interfaces": list,
+    "tls_cert": str,
+    "tls_key": str,
 }
 
 
@@ -66,6 +76,13 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: {value!r} is not HOST:PORT (e.g. 127.0.0.1:7070)")
     return host, int(port)
+
+
+def parse_interface(value: str, where: str) -> tuple[str, int]:
+    name, sep, port = value.partition(":")
+    if not name or len(name) > 15 or "/" in name or (sep and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ConfigError(f"{where}: {value!r} is not INTERFACE[:PORT] (e.g. eth1:7070)")
+    return name, int(port) if sep else DEFAULT_INTERFACE_PORT
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -104,6 +121,15 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
             raise ConfigError(f"{source}: log_level must be one of {', '.join(LOG_LEVELS)}")
         cfg.log_level = merged["log_level"]
     cfg.listen = [parse_listen(v, f"{source}: listen") for v in merged.get("listen", [])]
+    cfg.listen_interfaces = [
+        parse_interface(v, f"{source}: listen_interfaces") for v in merged.get("listen_interfaces", [])
+    ]
+    if "admin_group" in merged:
+        cfg.admin_group = merged["admin_group"] or None
+    if bool(merged.get("tls_cert")) != bool(merged.get("tls_key")):
+        raise ConfigError(f"{source}: tls_cert and tls_key go together")
+    if merged.get("tls_cert"):
+        cfg.tls_cert, cfg.tls_key = Path(merged["tls_cert"]), Path(merged["tls_key"])
     cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]
     return cfg
 
@@ -119,6 +145,9 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"pool root {pool.root!r} of a {pool.backend} pool must be an absolute path")
     if len(os.fsencode(str(cfg.socket))) > MAX_SOCKET_PATH:
         raise ConfigError(f"socket path {cfg.socket} is longer than {MAX_SOCKET_PATH} bytes")
+    for path in (cfg.tls_cert, cfg.tls_key):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"TLS file {path} does not exist")
     _writable_dir(cfg.socket.parent, "socket directory")
     _writable_dir(cfg.state_dir, "state_dir")
 

@@ -124,12 +124,73 @@ SCHEMAS["DeleteResponse"] = _envelope(
     "Snapshot deleted successfully", _container({"snapshot_name": {"type": "string"}})
 )
 
+SCHEMAS["Token"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "label", "scope", "created_at", "last_used_at", "expires_at", "revoked_at"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+        "label": {"type": ["string", "null"]},
+        "scope": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["admin", "project", "containers", "read_only", "metrics"],
+            "properties": {
+                "admin": {"type": "boolean"},
+                "project": _ref("ProjectId"),
+                "containers": {"type": "array", "items": _ref("ContainerId")},
+                "read_only": {"type": "boolean"},
+                "metrics": {"type": "boolean"},
+            },
+        },
+        "created_at": {**TIMESTAMP, "type": "string"},
+        "last_used_at": TIMESTAMP,
+        "expires_at": TIMESTAMP,
+        "revoked_at": TIMESTAMP,
+    },
+}
+SCHEMAS["TokenBody"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "admin": {"type": "boolean"},
+        "project": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        "containers": {"type": "array", "items": {"type": "string"}},
+        "read_only": {"type": "boolean"},
+        "metrics": {"type": "boolean"},
+        "label": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
+        "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS},
+    },
+}
+SCHEMAS["ProjectBody"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["project"],
+    "properties": {"project": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
+}
+SCHEMAS["TokenCreated"] = _envelope(
+    "Token created successfully",
+    {"token": _ref("Token"), "secret": {"type": "string", "pattern": "^csd_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$"}},
+)
+SCHEMAS["TokenList"] = _envelope(
+    "Tokens retrieved successfully", {"tokens": {"type": "array", "items": _ref("Token")}}
+)
+SCHEMAS["TokenRevoked"] = _envelope("Token revoked successfully", {"token": _ref("Token")})
+_CONTAINER_INFO = _container({
+    "pool": {"type": "string"},
+    "backend": {"enum": ["overlay", "btrfs", "zfs"]},
+    "snapshot_count": {"type": "integer", "minimum": 0},
+})
+SCHEMAS["ContainerInfo"] = _envelope("Container retrieved successfully", _CONTAINER_INFO)
+SCHEMAS["ContainerProject"] = _envelope("Container project updated successfully", _CONTAINER_INFO)
+
 ERROR_TEXT = {
     400: "Invalid input (see `details`)",
     401: "Authentication required (TCP without a valid token)",
     403: "The caller may not act on this container",
     404: "Container or snapshot not found",
     405: "Method not allowed on this route",
+    408: "The request body did not arrive in time",
     409: "The container is in use or cannot be changed now",
     413: "Request body over 64 KiB",
     500: "An unexpected error occurred",
@@ -154,7 +215,7 @@ def _op(summary: str, ok: str, errors: list[int], body: str | None = None,
     }
     if body:
         op["requestBody"] = {
-            "required": body == "AliasBody",
+            "required": body in ("AliasBody", "ProjectBody"),
             "content": {"application/json": {"schema": _ref(body)}},
         }
     return op
@@ -171,8 +232,15 @@ PARAMS = {
         "description": "Snapshot name",
         "schema": {"type": "string"},
     },
+    "token_id": {
+        "name": "token_id", "in": "path", "required": True,
+        "description": "Token id (the public part of a token)",
+        "schema": {"type": "string"},
+    },
 }
 COMMON = [400, 401, 403, 404, 405, 500]
+ADMIN_ERRORS = [401, 403, 405, 500]
+ADMIN = "/api/v1/admin"
 
 
 @lru_cache(maxsize=1)
@@ -189,17 +257,34 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             base: {
                 "get": _op("List a container's snapshots, newest first", "ListResponse", COMMON),
-                "post": _op("Create a snapshot", "CreateResponse", COMMON + [409, 413, 507], "CreateBody"),
+                "post": _op("Create a snapshot", "CreateResponse", COMMON + [408, 409, 413, 507], "CreateBody"),
             },
             base + "/{name}": {
                 "get": _op("Get one snapshot", "GetResponse", COMMON, params=both),
                 "patch": _op("Restore the container from the snapshot", "RestoreResponse",
-                             COMMON + [409, 413], params=both),
-                "delete": _op("Delete the snapshot", "DeleteResponse", COMMON + [409, 413], params=both),
+                             COMMON + [408, 409, 413], params=both),
+                "delete": _op("Delete the snapshot", "DeleteResponse", COMMON + [408, 409, 413], params=both),
             },
             base + "/{name}/alias": {
                 "patch": _op("Set or clear the snapshot's alias", "AliasResponse",
-                             COMMON + [409, 413], "AliasBody", params=both),
+                             COMMON + [408, 409, 413], "AliasBody", params=both),
+            },
+            f"{ADMIN}/tokens": {
+                "get": _op("List tokens (admin)", "TokenList", ADMIN_ERRORS, params=()),
+                "post": _op("Create a token; its secret is shown only here (admin)", "TokenCreated",
+                            ADMIN_ERRORS + [400, 408, 413], "TokenBody", params=()),
+            },
+            f"{ADMIN}/tokens/{{token_id}}": {
+                "delete": _op("Revoke a token (admin)", "TokenRevoked", ADMIN_ERRORS + [400, 404, 408, 413],
+                              params=("token_id",)),
+            },
+            f"{ADMIN}/containers/{{id}}": {
+                "get": _op("A container's pool, backend, project and snapshot count (admin)", "ContainerInfo",
+                           ADMIN_ERRORS + [400, 404]),
+            },
+            f"{ADMIN}/containers/{{id}}/project": {
+                "put": _op("Set or remove a container's project label (admin)", "ContainerProject",
+                           ADMIN_ERRORS + [400, 404, 408, 413], "ProjectBody"),
             },
             "/api/v1/openapi.json": {
                 "get": {

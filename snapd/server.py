@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import grp
 import logging
 import os
 import signal
@@ -22,12 +23,14 @@ from backends import make_backend
 from backends.base import Backend, PoolError
 
 from .api import make_app
+from .auth import AuthContext
 from .clock import Clock
 from .config import Config, ConfigError
 from .reaper import Reaper
 from .reconcile import reconcile
 from .service import SnapshotService
 from .store import Store, StoreError
+from .tokens import Tokens
 
 log = logging.getLogger("snapd.server")
 SHUTDOWN_TIMEOUT = 120.0
@@ -56,8 +59,15 @@ def clear_socket_path(path: Path) -> None:
         probe.close()
 
 
-def bind_unix(path: Path) -> socket.socket:
-    """A listening Unix socket at `path`, mode 0660 (see clear_socket_path)."""
+def bind_unix(path: Path, group: str | None = None) -> socket.socket:
+    """A listening Unix socket at `path`, mode 0660, owned by `group` when it exists.
+
+    The directory holding it must not be world-writable (anyone could swap
+    the socket); see clear_socket_path for what may already be there.
+    """
+    parent = path.parent.stat()
+    if parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+        raise ConfigError(f"socket directory {path.parent} is world-writable; refusing to serve there")
     clear_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o117)
@@ -69,6 +79,11 @@ def bind_unix(path: Path) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
+    if group:
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except KeyError:
+            log.info("admin group %s does not exist: socket stays owned by gid %d", group, os.getgid())
     sock.listen(512)
     sock.setblocking(False)
     return sock
@@ -110,9 +125,11 @@ class Daemon:
         pruned = await self.reaper.reap(self.clock.now())
         if pruned:
             log.info("pruned %d snapshots that expired while the daemon was down", pruned)
-        self.runner = web.AppRunner(make_app(self.service), access_log=None, handle_signals=False)
+        self.tokens = Tokens(self.store)
+        auth = AuthContext(self.tokens, self.cfg.admin_group, self.clock)
+        self.runner = web.AppRunner(make_app(self.service, auth), access_log=None, handle_signals=False)
         await self.runner.setup()
-        self.unix_sock = bind_unix(self.cfg.socket)
+        self.unix_sock = bind_unix(self.cfg.socket, self.cfg.admin_group)
         await web.SockSite(self.runner, self.unix_sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
         for host, port in self.cfg.listen:
             site = web.TCPSite(self.runner, host, port, shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)

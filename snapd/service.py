@@ -30,6 +30,8 @@ from .store import SnapshotRow, Store
 
 log = logging.getLogger("snapd.service")
 T = TypeVar("T")
+Guard = Callable[["Container"], None]
+"""Sees a found container before anything else happens; raises to refuse."""
 DAY = 86400.0
 
 
@@ -82,11 +84,17 @@ class SnapshotService:
 
     # -- finding containers ------------------------------------------------
 
-    async def find(self, cid: str) -> Container:
-        """The container `cid` in whichever pool holds it, or NotFound."""
+    async def find(self, cid: str, guard: Guard | None = None) -> Container:
+        """The container `cid` in whichever pool holds it, or NotFound.
+
+        `guard`, when given, sees the container first and raises to refuse.
+        """
         for backend in self.backends:
             if await backend.container_exists(cid):
-                return Container(cid, backend, await backend.get_project(cid))
+                container = Container(cid, backend, await backend.get_project(cid))
+                if guard is not None:
+                    guard(container)
+                return container
         raise NotFound("container")
 
     def backend_for_pool(self, pool: str) -> Backend | None:
@@ -94,12 +102,12 @@ class SnapshotService:
 
     # -- reads -------------------------------------------------------------
 
-    async def list(self, cid: str) -> tuple[Container, list[SnapshotRow]]:
-        container = await self.find(cid)
+    async def list(self, cid: str, guard: Guard | None = None) -> tuple[Container, list[SnapshotRow]]:
+        container = await self.find(cid, guard)
         return container, self.store.list(cid)
 
-    async def get(self, cid: str, name: str) -> tuple[Container, SnapshotRow]:
-        container = await self.find(cid)
+    async def get(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
+        container = await self.find(cid, guard)
         row = self.store.get(cid, name)
         if row is None:
             raise NotFound("snapshot")
@@ -153,10 +161,10 @@ class SnapshotService:
         return f"{base}-{n}"
 
     async def create(
-        self, cid: str, alias: str | None, expiry_days: float | None
+        self, cid: str, alias: str | None, expiry_days: float | None, guard: Guard | None = None
     ) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
-            container = await self.find(cid)
+            container = await self.find(cid, guard)
             now = self.clock.now()
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
@@ -182,9 +190,9 @@ class SnapshotService:
 
         return await self._mutate(cid, op)
 
-    async def restore(self, cid: str, name: str) -> tuple[Container, SnapshotRow]:
+    async def restore(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
-            container, row = await self.get(cid, name)
+            container, row = await self.get(cid, name, guard)
             others = [
                 SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name
             ]
@@ -201,9 +209,11 @@ class SnapshotService:
 
         return await self._mutate(cid, op)
 
-    async def set_alias(self, cid: str, name: str, alias: str | None) -> tuple[Container, SnapshotRow]:
+    async def set_alias(
+        self, cid: str, name: str, alias: str | None, guard: Guard | None = None
+    ) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
-            container, row = await self.get(cid, name)
+            container, row = await self.get(cid, name, guard)
             await _backend_call(
                 container.backend.set_alias(cid, SnapshotRef(row.name, row.ref), alias),
                 f"alias {cid}@{name}",
@@ -213,13 +223,24 @@ class SnapshotService:
 
         return await self._mutate(cid, op)
 
-    async def delete(self, cid: str, name: str) -> Container:
+    async def delete(self, cid: str, name: str, guard: Guard | None = None) -> Container:
         async def op() -> Container:
-            container, row = await self.get(cid, name)
+            container, row = await self.get(cid, name, guard)
             error = (await self._delete_rows(container.backend, cid, [row]))[name]
             if error is not None:
                 raise OperationFailed(f"snapshot {name} was not deleted: {error}")
             return container
+
+        return await self._mutate(cid, op)
+
+    async def set_project(self, cid: str, project: str | None) -> Container:
+        """Label the container with `project` (None removes the label)."""
+
+        async def op() -> Container:
+            container = await self.find(cid)
+            await _backend_call(container.backend.set_project(cid, project), f"set-project {cid}")
+            log.info("project set container=%s project=%s", cid, project)
+            return Container(cid, container.backend, project)
 
         return await self._mutate(cid, op)
 

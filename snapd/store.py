@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,28 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1]
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    db["tokens"].create(
+        {
+            "id": str,
+            "hash": str,
+            "admin": int,
+            "project": str,
+            "containers": str,
+            "read_only": int,
+            "metrics": int,
+            "label": str,
+            "created_at": int,
+            "last_used_at": int,
+            "expires_at": int,
+            "revoked_at": int,
+        },
+        pk="id",
+        not_null={"hash", "admin", "read_only", "metrics", "created_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2]
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
 
 

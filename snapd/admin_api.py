@@ -1,0 +1,157 @@
+"""Admin-only routes, all under /api/v1/admin/: tokens and container labels.
+
+Never reachable with a project token (403); the CLI's `snapd token` and
+`snapd container` commands use them over the Unix socket.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from .auth import AUTH_KEY, require_admin
+from .envelope import ApiError, ok, read_body
+from .errors import NotFound, ServiceError
+from .keys import SERVICE_KEY
+from .validation import (
+    MAX_ALIAS,
+    MAX_EXPIRY_DAYS,
+    InvalidInput,
+    parse_body,
+    parse_container_id,
+)
+
+PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TOKEN_ID = re.compile(r"[0-9a-f]{12}")
+DAY = 86400.0
+ADMIN = "/api/v1/admin"
+
+
+def _invalid(field: str, reason: str) -> ApiError:
+    return ApiError(400, "Invalid request payload", [{"field": field, "reason": reason}])
+
+
+def _body(raw: bytes, allowed: set[str]) -> dict[str, Any]:
+    try:
+        return parse_body(raw, allowed)
+    except InvalidInput as exc:
+        raise ApiError(400, "Invalid request payload", exc.details) from None
+
+
+def _project(value: Any, field: str = "project") -> str:
+    if not isinstance(value, str) or not PROJECT.fullmatch(value):
+        raise _invalid(field, "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    return value
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise _invalid(key, "must be true or false")
+    return value
+
+
+def _cid(raw: str) -> str:
+    try:
+        return parse_container_id(raw)
+    except InvalidInput as exc:
+        raise ApiError(400, "Invalid container ID format", exc.details) from None
+
+
+async def create_token(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = _body(await read_body(request), {"admin", "project", "containers", "read_only", "metrics",
+                                            "label", "expires"})
+    admin, read_only, metrics = _flag(body, "admin"), _flag(body, "read_only"), _flag(body, "metrics")
+    project = _project(body["project"]) if body.get("project") is not None else None
+    containers = body.get("containers") or []
+    if not isinstance(containers, list):
+        raise _invalid("containers", "must be a list of container ids")
+    containers = [_cid(c) if isinstance(c, str) else _cid("") for c in containers]
+    if admin and (project or containers or read_only):
+        raise _invalid("admin", "an admin token has no project, containers or read-only scope")
+    if not admin and project is None and not metrics:
+        raise _invalid("project", "required unless the token is an admin or metrics token")
+    if containers and project is None:
+        raise _invalid("containers", "a container scope needs a project")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or not 1 <= len(label) <= MAX_ALIAS):
+        raise _invalid("label", f"must be 1 to {MAX_ALIAS} characters")
+    expires = body.get("expires")
+    if expires is not None and (
+        isinstance(expires, bool) or not isinstance(expires, (int, float))
+        or not 0 < expires <= MAX_EXPIRY_DAYS
+    ):
+        raise _invalid("expires", f"days: greater than 0, at most {MAX_EXPIRY_DAYS}")
+    ctx = request.app[AUTH_KEY]
+    now = ctx.clock.now()
+    token, secret = ctx.tokens.create(
+        now=now, admin=admin, project=project, containers=containers, read_only=read_only,
+        metrics=metrics, label=label, expires_at=now + expires * DAY if expires else None,
+    )
+    return ok("Token created successfully", {"token": token.as_json(), "secret": secret})
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    require_admin(request)
+    return ok("Tokens retrieved successfully",
+              {"tokens": [t.as_json() for t in request.app[AUTH_KEY].tokens.list()]})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    require_admin(request)
+    token_id = request.match_info["token_id"]
+    ctx = request.app[AUTH_KEY]
+    if not TOKEN_ID.fullmatch(token_id):
+        raise ApiError(400, "Invalid token ID", [{"field": "token_id", "reason": "12 hexadecimal characters"}])
+    token = ctx.tokens.revoke(token_id, ctx.clock.now())
+    if token is None:
+        raise ApiError(404, "Token not found")
+    return ok("Token revoked successfully", {"token": token.as_json()})
+
+
+async def _container_json(request: web.Request, cid: str) -> dict[str, Any]:
+    service = request.app[SERVICE_KEY]
+    try:
+        container = await service.find(cid)
+    except NotFound:
+        raise ApiError(404, "Container not found") from None
+    return {
+        "container_id": cid,
+        "project_id": container.project,
+        "pool": container.pool,
+        "backend": container.backend.kind,
+        "snapshot_count": len(service.store.list(cid)),
+    }
+
+
+async def show_container(request: web.Request) -> web.Response:
+    require_admin(request)
+    cid = _cid(request.match_info["id"])
+    return ok("Container retrieved successfully", await _container_json(request, cid))
+
+
+async def set_project(request: web.Request) -> web.Response:
+    require_admin(request)
+    cid = _cid(request.match_info["id"])
+    body = _body(await read_body(request), {"project"})
+    if "project" not in body:
+        raise _invalid("project", "required (null removes the label)")
+    project = None if body["project"] is None else _project(body["project"])
+    try:
+        await request.app[SERVICE_KEY].set_project(cid, project)
+    except NotFound:
+        raise ApiError(404, "Container not found") from None
+    except ServiceError as exc:
+        raise ApiError(500, "An unexpected error occurred", [{"field": "operation", "reason": exc.message}]) from None
+    return ok("Container project updated successfully", await _container_json(request, cid))
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_post(f"{ADMIN}/tokens", create_token)
+    app.router.add_get(f"{ADMIN}/tokens", list_tokens, allow_head=False)
+    app.router.add_delete(f"{ADMIN}/tokens/{{token_id}}", revoke_token)
+    app.router.add_get(f"{ADMIN}/containers/{{id}}", show_container, allow_head=False)
+    app.router.add_put(f"{ADMIN}/containers/{{id}}/project", set_project)

@@ -1,0 +1,103 @@
+"""HTTP plumbing shared by the route modules: envelopes, errors, body reading.
+
+Every response leaves in the reference's envelope: success
+`{statusCode, message, data}`, error `{statusCode, error, message}` with an
+optional `details` list of `{field, reason}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .validation import MAX_BODY
+
+log = logging.getLogger("snapd.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BODY_TIMEOUT = 10.0
+"""Seconds a client may take to send a request body."""
+
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    408: "Request Timeout",
+    500: "Internal Server Error",
+    507: "Insufficient Storage",
+}
+AUTH_MESSAGE = "Authentication required"
+INTERNAL_MESSAGE = "An unexpected error occurred"
+
+
+class ApiError(Exception):
+    """An error response: status, message, optional details."""
+
+    def __init__(self, status: int, message: str, details: list[dict] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def error_response(status: int, message: str, details: list[dict] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"statusCode": status, "error": REASONS[status], "message": message}
+    if details:
+        body["details"] = details
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
+
+
+def ok(message: str, data: dict[str, Any]) -> web.Response:
+    return web.json_response(
+        {"statusCode": 200, "message": message, "data": data}, dumps=dumps
+    )
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "Request body too large (limit 64 KiB)")
+    try:
+        return await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "Request body too large (limit 64 KiB)") from None
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"Request body not received within {BODY_TIMEOUT:.0f} s",
+                       headers={"Connection": "close"}) from None
+
+
+
+@web.middleware
+async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as the documented envelope; never a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.details, exc.headers)
+    except web.HTTPMethodNotAllowed as exc:
+        return error_response(405, "Method not allowed", headers={"Allow": ",".join(sorted(exc.allowed_methods))})
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "Request body too large (limit 64 KiB)")
+    except web.HTTPNotFound:
+        return error_response(404, "Route not found")
+    except web.HTTPException as exc:
+        status = exc.status if exc.status in REASONS else 400
+        return error_response(status, exc.reason or REASONS[status])
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, INTERNAL_MESSAGE)
+
+

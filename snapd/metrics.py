@@ -1,0 +1,307 @@
+"""Prometheus metrics (prometheus_client), one registry per daemon.
+
+What is measured where:
+
+* HTTP requests: `metrics_middleware(metrics)` counts and times every
+  request by route *template* (`/api/v1/containers/{id}/snapshots`, never
+  the raw path, so labels stay bounded), method and status.
+* Operations: `Metrics.operation(backend, kind)` is a context manager the
+  service wraps around create/restore/delete/alias (`outcome` label: ok or
+  error).
+* Filesystem commands: `ZfsStatsCollector` reads backends' `ZfsStats` at
+  scrape time (count, errors, seconds per command).
+* Snapshots per pool and bytes they hold: `PoolCollector` calls a function
+  at scrape time (e.g. one GROUP BY over the store).
+* Reaper: `ReaperCollector` turns `Reaper.lags` (seconds from expires_at
+  to the delete) into a histogram and exposes `Reaper.failures`.
+
+`render(metrics)` gives the body and content type of a /metrics response.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NAMESPACE = "container_snapd"
+
+# Request latency: snapshots list in ms, copies may take minutes.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OPERATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
+REAPER_LAG_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+UNMATCHED = "unmatched"
+
+
+class Metrics:
+    """The daemon's metrics: its own CollectorRegistry (no global state)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "http_requests", "HTTP requests served, by route template, method and status.",
+            ["route", "method", "status"], namespace=NAMESPACE, registry=r)
+        self.request_seconds = Histogram(
+            "http_request_duration_seconds", "Time to answer an HTTP request.",
+            ["route", "method", "status"], namespace=NAMESPACE, registry=r, buckets=REQUEST_BUCKETS)
+        self.requests_in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being answered now.",
+            namespace=NAMESPACE, registry=r)
+        self.operations = Counter(
+            "operations", "Snapshot operations, by backend, kind and outcome.",
+            ["backend", "kind", "outcome"], namespace=NAMESPACE, registry=r)
+        self.operation_seconds = Histogram(
+            "operation_duration_seconds", "Time a snapshot operation took (lock wait included).",
+            ["backend", "kind"], namespace=NAMESPACE, registry=r, buckets=OPERATION_BUCKETS)
+        self.operations_in_flight = Gauge(
+            "operations_in_flight", "Snapshot operations running now.",
+            namespace=NAMESPACE, registry=r)
+        self.start_time = Gauge(
+            "start_time_seconds", "When the daemon started (Unix time).",
+            namespace=NAMESPACE, registry=r)
+        self.start_time.set(time.time())
+
+    # -- recording -----------------------------------------------------------
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        labels = (route, method, str(status))
+        self.requests.labels(*labels).inc()
+        self.request_seconds.labels(*labels).observe(seconds)
+
+    def observe_operation(self, backend: str, kind: str, seconds: float, ok: bool) -> None:
+        self.operations.labels(backend, kind, "ok" if ok else "error").inc()
+        self.operation_seconds.labels(backend, kind).observe(seconds)
+
+    @contextmanager
+    def operation(self, backend: str, kind: str) -> Iterator[None]:
+        """Time and count one operation: `with metrics.operation("zfs", "create"): ...`."""
+        start = time.monotonic()
+        self.operations_in_flight.inc()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.operations_in_flight.dec()
+            self.observe_operation(backend, kind, time.monotonic() - start, ok)
+
+    # -- scrape-time sources -------------------------------------------------------
+
+    def add_collector(self, collector: Collector) -> Collector:
+        self.registry.register(collector)
+        return collector
+
+    def watch_zfs(self, stats_of: Callable[[], Iterable[tuple[str, Any]]]) -> Collector:
+        return self.add_collector(ZfsStatsCollector(stats_of))
+
+    def watch_pools(self, usage: Callable[[], Iterable[tuple[str, int, int]]]) -> Collector:
+        return self.add_collector(PoolCollector(usage))
+
+    def watch_reaper(self, reaper: "ReaperLike") -> Collector:
+        return self.add_collector(ReaperCollector(reaper))
+
+
+def render(metrics: Metrics) -> tuple[bytes, str]:
+    """The text exposition of every metric, and its content type."""
+    return generate_latest(metrics.registry), CONTENT_TYPE
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """GET handler serving METRICS_KEY's registry (mount it where access is checked)."""
+    body, ctype = render(request.app[METRICS_KEY])
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+# -- HTTP middleware ----------------------------------------------------------------
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (`/api/v1/containers/{id}/snapshots`) or 'unmatched'."""
+    try:
+        route = request.match_info.route
+        resource = route.resource
+    except AttributeError:
+        return UNMATCHED
+    if resource is None or request.match_info.http_exception is not None:
+        return UNMATCHED
+    return resource.canonical
+
+
+def metrics_middleware(metrics: Metrics) -> Callable:
+    """Counts and times every request (place it outside the error-envelope middleware,
+    so the status is the one the client got)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+        start = time.monotonic()
+        status = 500
+        metrics.requests_in_flight.inc()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.requests_in_flight.dec()
+            metrics.observe_request(route_template(request), request.method, status,
+                                    time.monotonic() - start)
+
+    return middleware
+
+
+# -- collectors read at scrape time ---------------------------------------------------
+
+
+class ZfsStatsCollector(Collector):
+    """Per-command counters of `backends.zfs_cmd.ZfsStats` objects.
+
+    `stats_of()` yields (pool, ZfsStats) pairs, e.g.
+    ``lambda: [(b.describe(), b.stats) for b in backends if b.kind == "zfs"]``.
+    """
+
+    def __init__(self, stats_of: Callable[[], Iterable[tuple[str, Any]]]) -> None:
+        self.stats_of = stats_of
+
+    def collect(self) -> Iterator:
+        count = CounterMetricFamily(
+            f"{NAMESPACE}_fs_commands", "Filesystem commands run (zfs/zpool), by pool and command.",
+            labels=["pool", "command"])
+        errors = CounterMetricFamily(
+            f"{NAMESPACE}_fs_command_errors", "Filesystem commands that failed.",
+            labels=["pool", "command"])
+        seconds = CounterMetricFamily(
+            f"{NAMESPACE}_fs_command_seconds", "Total time spent in filesystem commands.",
+            labels=["pool", "command"])
+        slowest = GaugeMetricFamily(
+            f"{NAMESPACE}_fs_command_max_seconds", "Longest single run of a filesystem command.",
+            labels=["pool", "command"])
+        for pool, stats in self.stats_of():
+            for cmd, st in sorted(stats.by_cmd.items()):
+                count.add_metric([pool, cmd], st.count)
+                errors.add_metric([pool, cmd], st.errors)
+                seconds.add_metric([pool, cmd], st.seconds)
+                slowest.add_metric([pool, cmd], st.max_seconds)
+        yield from (count, errors, seconds, slowest)
+
+    def describe(self) -> Iterator:
+        return iter(())  # values are only known at scrape time
+
+
+class PoolCollector(Collector):
+    """Snapshots per pool and the bytes they hold: `usage()` yields (pool, count, bytes)."""
+
+    def __init__(self, usage: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator:
+        count = GaugeMetricFamily(
+            f"{NAMESPACE}_snapshots", "Snapshots the store knows, by pool.", labels=["pool"])
+        size = GaugeMetricFamily(
+            f"{NAMESPACE}_snapshot_bytes",
+            "Bytes held exclusively by snapshots (what deleting them would free), by pool.",
+            labels=["pool"])
+        for pool, n, nbytes in self.usage():
+            count.add_metric([pool], n)
+            size.add_metric([pool], nbytes or 0)
+        yield count
+        yield size
+
+    def describe(self) -> Iterator:
+        return iter(())
+
+
+class ReaperLike(Protocol):
+    lags: list[float]
+    failures: dict
+    deleted: int
+
+
+class ReaperCollector(Collector):
+    """The reaper's lag histogram (from `Reaper.lags`), deletions and failures.
+
+    `Reaper.lags` is bounded (the oldest half is dropped past 10,000), so
+    the collector keeps its own cumulative histogram: at each scrape it
+    folds in the lags recorded since the previous one.  `Reaper.deleted`
+    counts every recorded lag, so `deleted - seen` says how many of the
+    list's last entries are new.
+    """
+
+    def __init__(self, reaper: ReaperLike, buckets: tuple[float, ...] = REAPER_LAG_BUCKETS) -> None:
+        self.reaper = reaper
+        self.bounds = list(buckets) + [float("inf")]
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self._seen = 0
+
+    def _fold(self) -> None:
+        lags = self.reaper.lags
+        recorded = max(int(getattr(self.reaper, "deleted", 0)), self._seen)
+        new = min(recorded - self._seen, len(lags))
+        for lag in lags[len(lags) - new:] if new > 0 else []:
+            for i, bound in enumerate(self.bounds):
+                if lag <= bound:
+                    self.counts[i] += 1
+                    break
+            self.total += lag
+        self._seen = recorded
+
+    def collect(self) -> Iterator:
+        self._fold()
+        cumulative, buckets = 0, []
+        for bound, c in zip(self.bounds, self.counts):
+            cumulative += c
+            buckets.append(("+Inf" if bound == float("inf") else _fmt(bound), cumulative))
+        hist = HistogramMetricFamily(
+            f"{NAMESPACE}_reaper_lag_seconds",
+            "Seconds between a snapshot's expires_at and its deletion.",
+            buckets=buckets, sum_value=self.total)
+        yield hist
+        failing = GaugeMetricFamily(
+            f"{NAMESPACE}_reaper_failing_snapshots",
+            "Expired snapshots whose deletion failed and waits for a retry.")
+        failing.add_metric([], len(self.reaper.failures))
+        yield failing
+        attempts = GaugeMetricFamily(
+            f"{NAMESPACE}_reaper_failed_attempts",
+            "Failed delete attempts of the snapshots now waiting for a retry.")
+        attempts.add_metric([], sum(getattr(f, "attempts", 1) for f in self.reaper.failures.values()))
+        yield attempts
+        deleted = CounterMetricFamily(
+            f"{NAMESPACE}_reaper_deleted", "Expired snapshots the reaper deleted.")
+        deleted.add_metric([], getattr(self.reaper, "deleted", 0))
+        yield deleted
+
+    def describe(self) -> Iterator:
+        return iter(())
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+def store_pool_usage(store: Any) -> Callable[[], list[tuple[str, int, int]]]:
+    """A `PoolCollector` source reading the snapshots table with one GROUP BY."""
+
+    def usage() -> list[tuple[str, int, int]]:
+        rows = store.db.execute(
+            "SELECT pool, COUNT(*), COALESCE(SUM(size), 0) FROM snapshots GROUP BY pool ORDER BY pool"
+        ).fetchall()
+        return [(pool, int(n), int(size)) for pool, n, size in rows]
+
+    return usage
