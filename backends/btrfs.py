@@ -23,13 +23,24 @@ container with ContainerBusy naming them.  Restore also refuses a container
 whose subvolume is mounted somewhere in this mount namespace (a running
 container's rootfs): deleting the old subvolume would empty it under its users.
 
+Restore also refuses a container some process holds (an open file, its cwd,
+root, executable or a mapped file inside the subvolume: backends/inuse.py,
+by device number, so processes in other mount namespaces count too).
+
 Sizes: when quotas (qgroups) are enabled on the filesystem, a snapshot's size
 is the exclusive bytes of its level-0 qgroup, read for all snapshots in one
 BTRFS_IOC_TREE_SEARCH (accounting is as fresh as the last commit).  When
-quotas are off, create reports 0 (exact at that instant: a new snapshot
-shares every extent with its container, bar a metadata node) and list/sizes
-report nothing (None / {}): there is no exact later figure without walking
-trees, so the creation-time value stands.  This backend never enables quotas.
+quotas are off, a size is what `btrfs filesystem du -s --raw` reports as
+Exclusive: bytes of data extents no other file or subvolume references
+(FIEMAP's SHARED flag), i.e. roughly what deleting the snapshot would free.
+Counting walks the snapshot, so it never happens on create or list: create
+reports 0 (exact at that instant: a new snapshot shares every extent with
+its container), list reports None, and `sizes()` -- which the service calls
+in the background after every create and delete -- recounts only the
+snapshots whose figure may have changed since its last call: a new snapshot
+and its newest older neighbour after a create, both neighbours after a
+delete, all in ONE `btrfs filesystem du` process.  This backend never
+enables quotas.
 """
 
 from __future__ import annotations
@@ -43,8 +54,10 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 
 from . import btrfs_ioctl as ioc
+from . import inuse
 from .base import (
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
@@ -114,6 +127,11 @@ class BtrfsBackend(Backend):
         self._snapdir = os.path.join(self.root, SNAPSHOTS_DIR)
         self._tmpdir = os.path.join(self._snapdir, TMP_DIR)
         self._root_treeid: int | None = None
+        self._events_lock = threading.Lock()
+        self._events: dict[str, list[tuple[str, float, str]]] = {}
+        """cid -> ("create" | "delete", otime, name) since the last sizes() call."""
+        self._otimes: dict[tuple[str, str], float] = {}
+        """(cid, name) -> creation time of snapshots seen, to order them cheaply."""
 
     # -- paths -------------------------------------------------------------
 
@@ -265,6 +283,28 @@ class BtrfsBackend(Backend):
                 [{"field": "container", "reason": f"mounted at {m}"} for m in mounts],
             )
 
+    def _refuse_held(self, cid: str, cpath: str) -> None:
+        """A process holding a file of the container would keep the old data alive
+        and see none of the restore: refuse while anyone does."""
+        try:
+            found = inuse.holders(cpath)
+        except OSError as e:
+            log.debug("cannot scan processes: %s", e)
+            return
+        if found:
+            raise ContainerBusy(
+                f"cannot restore container {cid}: in use by {inuse.describe(found)}; "
+                "stop it first",
+                [
+                    {
+                        "field": "container",
+                        "reason": f"in use by pid {h['pid']} ({h['command']}): {h['reason']}",
+                        "value": str(h["pid"]),
+                    }
+                    for h in found
+                ],
+            )
+
     # -- create ------------------------------------------------------------
 
     async def create(
@@ -313,6 +353,7 @@ class BtrfsBackend(Backend):
         facts = self._facts(cid, name)
         if facts is None:
             raise BackendError(f"snapshot {name} of {cid} vanished after creation")
+        self._note(cid, "create", facts.created_at, name)
         if facts.size is None:  # no qgroups: a new snapshot shares all its extents
             facts = dataclasses.replace(facts, size=0)
         return facts
@@ -363,6 +404,7 @@ class BtrfsBackend(Backend):
                 _set_label(tmppath, _get_label(cpath))
                 with _Fd(cpath) as cfd:
                     self._refuse_nested(cid, cfd, "restore")
+                self._refuse_held(cid, cpath)  # last, to keep the window to the swap short
                 ioc.exchange(tmppath, cpath)
             except BaseException as e:
                 _quiet_destroy(tfd, tmpname)
@@ -412,7 +454,9 @@ class BtrfsBackend(Backend):
                             raise BackendError(f"{s.name} is not a subvolume; left alone")
                         out[s.name] = None
                         continue
+                    otime = _otime(os.path.join(sdir, s.name))
                     ioc.destroy(fd, s.name)
+                    self._note(cid, "delete", otime, s.name)
                     out[s.name] = None
                 except FileNotFoundError:
                     out[s.name] = None
@@ -428,6 +472,7 @@ class BtrfsBackend(Backend):
     ) -> dict[str, BackendError | None]:
         out: dict[str, BackendError | None] = {}
         paths: dict[str, str] = {}
+        otimes: dict[str, float] = {}
         for s in snaps:
             try:
                 p = self._spath(cid, s.name)
@@ -436,6 +481,7 @@ class BtrfsBackend(Backend):
                 continue
             if await asyncio.to_thread(_is_subvolume, p):
                 paths[s.name] = p
+                otimes[s.name] = await asyncio.to_thread(_otime, p)
             else:
                 out[s.name] = None
         err: BackendError | None = None
@@ -447,6 +493,8 @@ class BtrfsBackend(Backend):
         for n, p in paths.items():
             gone = not await asyncio.to_thread(os.path.lexists, p)
             out[n] = None if gone else (err or BackendError(f"snapshot {n} still present"))
+            if gone:
+                self._note(cid, "delete", otimes[n], n)
         await asyncio.to_thread(_rmdir_if_empty, self._sdir(cid))
         return out
 
@@ -486,19 +534,119 @@ class BtrfsBackend(Backend):
         return out
 
     async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
-        def read() -> dict[str, dict[str, int]]:
-            sizes = self._exclusive()
-            if sizes is None:
-                return {}
-            out: dict[str, dict[str, int]] = {}
-            for c, names in self._snapshot_names(cid).items():
-                for n in names:
-                    f = self._facts(c, n, sizes)
-                    if f is not None and f.size is not None:
-                        out.setdefault(c, {})[n] = f.size
-            return out
+        """Current exclusive sizes: all snapshots from qgroups when quotas are on,
+        else a recount of those a create or delete since the last call may have
+        changed (see the module docstring); {} when nothing changed."""
+        events = self._take_events(cid)
+        quota = await asyncio.to_thread(self._qgroup_sizes, cid)
+        if quota is not None:
+            return quota
+        if not events:
+            return {}
+        targets = await asyncio.to_thread(self._recount_targets, events)
+        return await self.recount(targets)
 
-        return await asyncio.to_thread(read)
+    async def recount(self, targets: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+        """Count exclusive bytes of these snapshots (cid -> names) in one process.
+
+        Walks the snapshots (FIEMAP via `btrfs filesystem du`): call it off the
+        request path.  Snapshots that vanish meanwhile are left out.
+        """
+        paths = {
+            os.path.join(self._snapdir, c, n): (c, n) for c, names in targets.items() for n in names
+        }
+        if not paths:
+            return {}
+        counted = await self._count_exclusive(list(paths))
+        out: dict[str, dict[str, int]] = {}
+        for path, size in counted.items():
+            c, n = paths[path]
+            out.setdefault(c, {})[n] = size
+        return out
+
+    async def _count_exclusive(self, paths: list[str]) -> dict[str, int]:
+        """Path -> Exclusive bytes, from one `btrfs filesystem du -s --raw` process."""
+        proc = await asyncio.create_subprocess_exec(
+            self.btrfs_cmd, "filesystem", "du", "-s", "--raw", *paths,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        counted = parse_du(out.decode(errors="replace"), paths)
+        if proc.returncode or len(counted) != len(paths):
+            missing = [p for p in paths if p not in counted]
+            log.info("btrfs filesystem du counted %d of %d snapshots (exit %s): %s%s",
+                     len(counted), len(paths), proc.returncode, ", ".join(missing),
+                     f"; {err.decode(errors='replace').strip()}" if err.strip() else "")
+        return counted
+
+    def _note(self, cid: str, what: str, otime: float | None, name: str) -> None:
+        with self._events_lock:
+            self._events.setdefault(cid, []).append((what, otime or 0.0, name))
+            if what == "create" and otime:
+                self._otimes[(cid, name)] = otime
+            else:
+                self._otimes.pop((cid, name), None)
+
+    def _take_events(self, cid: str | None) -> dict[str, list[tuple[str, float, str]]]:
+        with self._events_lock:
+            if cid is None:
+                taken, self._events = self._events, {}
+                return taken
+            ev = self._events.pop(cid, None)
+            return {cid: ev} if ev else {}
+
+    def _qgroup_sizes(self, cid: str | None) -> dict[str, dict[str, int]] | None:
+        sizes = self._exclusive()
+        if sizes is None:
+            return None
+        out: dict[str, dict[str, int]] = {}
+        for c, names in self._snapshot_names(cid).items():
+            for n in names:
+                f = self._facts(c, n, sizes)
+                if f is not None and f.size is not None:
+                    out.setdefault(c, {})[n] = f.size
+        return out
+
+    def _recount_targets(
+        self, events: dict[str, list[tuple[str, float, str]]]
+    ) -> dict[str, list[str]]:
+        """Which snapshots to recount after these creates and deletes.
+
+        A snapshot's exclusive bytes change when its neighbours in time come or
+        go (it shares most extents with them), so: a new snapshot and its newest
+        older neighbour; both neighbours of a deleted one.
+        """
+        out: dict[str, list[str]] = {}
+        for c, evs in events.items():
+            now = []
+            for n in self._snapshot_names(c).get(c, []):
+                with self._events_lock:
+                    t = self._otimes.get((c, n))
+                if t is None:
+                    t = _otime(os.path.join(self._snapdir, c, n))
+                    if t is None:
+                        continue
+                    with self._events_lock:
+                        self._otimes[(c, n)] = t
+                now.append((t, n))
+            now.sort()
+            names = {n for _, n in now}
+            want: set[str] = set()
+            for what, t, name in evs:
+                key = (t, name)
+                older = [k for k in now if k < key and k[1] != name]
+                newer = [k for k in now if k > key and k[1] != name]
+                if what == "create" and name in names:
+                    want.add(name)
+                if older:
+                    want.add(older[-1][1])
+                if what == "delete" and newer:
+                    want.add(newer[0][1])
+            if want:
+                out[c] = sorted(want)
+        return out
 
     # -- commands ----------------------------------------------------------
 
@@ -591,6 +739,37 @@ def _quiet_destroy(parent_fd: int, name: str) -> None:
         _destroy_tree(parent_fd, name)
     except OSError as e:
         log.warning("cannot remove temporary subvolume %s: %s", name, e)
+
+
+def parse_du(text: str, paths: list[str]) -> dict[str, int]:
+    """Exclusive bytes per path from `btrfs filesystem du -s --raw` output.
+
+    Expects a header then `<total> <exclusive> <set shared> <path>` lines;
+    anything else (a changed format, an error message) is logged and skipped,
+    never guessed at.
+    """
+    wanted = set(paths)
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.split() == ["Total", "Exclusive", "Set", "shared", "Filename"]:
+            continue
+        fields = line.strip().split(None, 3)
+        if len(fields) != 4 or not fields[0].isdigit() or not fields[1].isdigit():
+            log.warning("unexpected line from btrfs filesystem du: %r", line)
+            continue
+        if fields[3] in wanted:
+            out[fields[3]] = int(fields[1])
+    return out
+
+
+def _otime(path: str) -> float | None:
+    """Creation time of the subvolume at `path`, or None."""
+    try:
+        with _Fd(path) as fd:
+            info = ioc.subvol_info(fd)
+        return info.otime or os.lstat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _rmdir_if_empty(path: str) -> None:

@@ -2,19 +2,29 @@
 """Benchmark the btrfs backend against bare `btrfs` commands (run as root).
 
 Sets up its own loop-mounted btrfs in a temporary directory, fills one
-container per size with real data, and times create, restore and delete
-(median of --runs runs each).  Prints a Markdown table.
+container per size with real data, starts the real daemon on it
+(`python -m snapd serve --socket ... --state-dir ... --pool btrfs:<root>`)
+and times create, restore and delete (median of --runs runs each) at each
+level: the bare `btrfs` command, the backend in-process (ioctls, and the
+command fallback), and the HTTP API over the daemon's Unix socket (one
+keep-alive connection, as a client would hold).  Before each API sample
+the benchmark waits until the daemon has no child process, so the
+background size recount (`btrfs filesystem du`) a previous create/delete
+started is not billed to the next request; its own cost is the "size
+recount" row.  Prints one Markdown table.
 
-Variants are functions registered per operation in VARIANTS; the first one
-named "bare" is the baseline for the ratio columns.  To add a level (e.g.
-the HTTP API), register another variant for each operation.
+Variants are functions registered per operation with @variant; the one
+named "bare" is the baseline for the ratio columns.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,10 +36,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.base import SnapshotRef  # noqa: E402
-from backends.btrfs import BtrfsBackend  # noqa: E402
-from tests.harness import new_cid  # noqa: E402
-from tests.harness.btrfs import BtrfsHarness  # noqa: E402
+import psutil
+
+from backends.base import SnapshotRef
+from backends.btrfs import BtrfsBackend
+from tests.harness import new_cid
+from tests.harness.btrfs import BtrfsHarness
 
 MiB = 1 << 20
 SIZES = {"10 MiB": 10 * MiB, "1 GiB": 1024 * MiB}
@@ -40,6 +52,81 @@ def btrfs(*args: str) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+class Daemon:
+    """The real daemon serving the benchmark's pool, and an HTTP client for it."""
+
+    def __init__(self, workdir: Path, pool_spec: str) -> None:
+        self.socket = workdir / "api.sock"
+        self.log = open(workdir / "daemon.log", "ab")
+        self.command = [
+            sys.executable, "-m", "snapd", "serve", "--socket", str(self.socket),
+            "--state-dir", str(workdir / "state"), "--pool", pool_spec, "--log-level", "warning",
+        ]
+        self.proc = subprocess.Popen(
+            self.command, cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                self.log.close()
+                tail = Path(self.log.name).read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{tail}")
+            try:
+                self.conn = _UnixConnection(str(self.socket))
+                self.conn.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("daemon did not start in 30 s")
+                time.sleep(0.05)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        raw = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if raw is not None else {}
+        self.conn.request(method, path, body=raw, headers=headers)
+        resp = self.conn.getresponse()
+        data = json.loads(resp.read())
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {path}: {resp.status} {data}")
+        return data["data"]
+
+    def idle(self, timeout: float = 60, quiet: float = 0.03) -> None:
+        """Wait until the daemon has run no child (the background size recount,
+        which starts a moment after the response) for `quiet` seconds."""
+        deadline = time.monotonic() + timeout
+        calm_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.ps.children():
+                calm_since = time.monotonic()
+            elif time.monotonic() - calm_since >= quiet:
+                return
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 @dataclass
 class Ctx:
     """One container under test and the pool around it."""
@@ -48,6 +135,7 @@ class Ctx:
     backend: BtrfsBackend
     cmd_backend: BtrfsBackend
     cid: str
+    daemon: Daemon
     seq: int = 0
 
     @property
@@ -60,6 +148,16 @@ class Ctx:
     def fresh(self) -> str:
         self.seq += 1
         return f"b{self.seq}"
+
+    def url(self, name: str | None = None) -> str:
+        base = f"/api/v1/containers/{self.cid}/snapshots"
+        return base if name is None else f"{base}/{name}"
+
+    def api_create(self) -> str:
+        return self.daemon.call("POST", self.url())["snapshot"]["name"]
+
+    def api_delete(self, name: str) -> None:
+        self.daemon.call("DELETE", self.url(name))
 
 
 Timed = Callable[[Ctx], Awaitable[float]]
@@ -117,6 +215,16 @@ async def create_backend_cmd(c: Ctx) -> float:
     return t
 
 
+@variant("create", "api")
+async def create_api(c: Ctx) -> float:
+    c.daemon.idle()
+    t = time.perf_counter()
+    name = c.api_create()
+    t = time.perf_counter() - t
+    c.api_delete(name)
+    return t
+
+
 # -- restore ----------------------------------------------------------------
 
 @variant("restore", "bare")
@@ -154,6 +262,15 @@ async def restore_backend_cmd(c: Ctx) -> float:
     return t
 
 
+@variant("restore", "api")
+async def restore_api(c: Ctx) -> float:
+    name = c.api_create()
+    c.daemon.idle()
+    t = await timed(lambda: c.daemon.call("PATCH", c.url(name)))
+    c.api_delete(name)
+    return t
+
+
 # -- delete -----------------------------------------------------------------
 
 @variant("delete", "bare")
@@ -177,6 +294,13 @@ async def delete_backend_cmd(c: Ctx) -> float:
     return await timed(lambda: c.cmd_backend.delete(c.cid, [SnapshotRef(n)]))
 
 
+@variant("delete", "api")
+async def delete_api(c: Ctx) -> float:
+    name = c.api_create()
+    c.daemon.idle()
+    return await timed(lambda: c.api_delete(name))
+
+
 BATCH = 10
 
 
@@ -196,6 +320,33 @@ async def delete_batch_backend(c: Ctx) -> float:
     return await timed(lambda: c.backend.delete(c.cid, [SnapshotRef(n) for n in names]))
 
 
+# -- size recount (background work after each create/delete, quotas off) --------
+
+async def _two_snapshots(c: Ctx) -> list[str]:
+    names = [c.fresh(), c.fresh()]
+    for n in names:
+        await c.backend.create(c.cid, n, None, None)
+    return names
+
+
+@variant("size recount", "bare")
+async def sizes_bare(c: Ctx) -> float:
+    names = await _two_snapshots(c)
+    t = await timed(lambda: subprocess.run(
+        ["btrfs", "filesystem", "du", "-s", "--raw", *(str(c.snap(n)) for n in names)],
+        check=True, capture_output=True))
+    await c.backend.delete(c.cid, [SnapshotRef(n) for n in names])
+    return t
+
+
+@variant("size recount", "backend")
+async def sizes_backend(c: Ctx) -> float:
+    names = await _two_snapshots(c)
+    t = await timed(lambda: c.backend.recount({c.cid: names}))
+    await c.backend.delete(c.cid, [SnapshotRef(n) for n in names])
+    return t
+
+
 # -- driver -----------------------------------------------------------------
 
 def fill(path: Path, size: int) -> None:
@@ -212,15 +363,18 @@ def fill(path: Path, size: int) -> None:
 async def run(runs: int, sizes: dict[str, int], workdir: Path) -> dict[tuple[str, str], dict[str, float]]:
     results: dict[tuple[str, str], dict[str, float]] = {}
     fs = BtrfsHarness(workdir, size=4 << 30)
+    daemon: Daemon | None = None
     try:
         backend = BtrfsBackend(str(fs.root))
         await backend.open()
         cmd_backend = BtrfsBackend(str(fs.root))
         cmd_backend.use_ioctl = False
+        daemon = Daemon(workdir, fs.spec)
+        print("daemon: " + " ".join(daemon.command), file=sys.stderr)
         for label, size in sizes.items():
             cid = new_cid()
             fill(fs.make_container(cid), size)
-            ctx = Ctx(fs, backend, cmd_backend, cid)
+            ctx = Ctx(fs, backend, cmd_backend, cid, daemon)
             for op in OPS.values():
                 row = results.setdefault((op.name, label), {})
                 for vname, fn in op.variants.items():
@@ -229,26 +383,42 @@ async def run(runs: int, sizes: dict[str, int], workdir: Path) -> dict[tuple[str
                     row[vname] = statistics.median(samples)
                     print(f"  {op.name:>10} {label:>7} {vname:<14} "
                           f"{row[vname] * 1e3:8.2f} ms", file=sys.stderr)
+            daemon.idle()
             assert not any(a.startswith(".snapshots/.tmp") for a in fs.artifacts())
+            assert {a for a in fs.artifacts() if cid in a} == {cid}, "stray snapshots"
     finally:
+        if daemon is not None:
+            daemon.stop()
         fs.close()
     return results
 
 
 def table(results: dict[tuple[str, str], dict[str, float]], runs: int) -> str:
-    variants: list[str] = []
-    for row in results.values():
-        variants += [v for v in row if v not in variants]
-    others = [v for v in variants if v != "bare"]
-    head = ["operation", "container", *(f"{v} (ms)" for v in variants),
-            *(f"{v} / bare" for v in others)]
-    lines = [f"Median of {runs} runs; bare = `btrfs` command(s) spawned per operation.", "",
+    """One table: a row per operation and level; sizes side by side; ratios."""
+    sizes = list(dict.fromkeys(size for _, size in results))
+    ops = list(dict.fromkeys(op for op, _ in results))
+    head = ["operation", "level", *(f"{s} (ms)" for s in sizes)]
+    if len(sizes) > 1:
+        head.append(f"{sizes[-1]} / {sizes[0]}")
+    head += [f"{s} vs bare" for s in sizes]
+    legend = (f"Median of {runs} runs. bare = the `btrfs` command(s) spawned per operation; "
+              "backend = in-process ioctls; backend (cmd) = the backend's command fallback; "
+              "api = HTTP request to the daemon over its Unix socket.")
+    lines = [legend, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (op, size), row in results.items():
-        ms = [f"{row[v] * 1e3:.2f}" if v in row else "" for v in variants]
-        ratio = [f"{row[v] / row['bare']:.2f}" if v in row and "bare" in row else ""
-                 for v in others]
-        lines.append("| " + " | ".join([op, size, *ms, *ratio]) + " |")
+    for op in ops:
+        levels: list[str] = []
+        for size in sizes:
+            levels += [v for v in results.get((op, size), {}) if v not in levels]
+        for level in levels:
+            ms = [results.get((op, s), {}).get(level) for s in sizes]
+            cells = [op, level, *(f"{m * 1e3:.2f}" if m is not None else "" for m in ms)]
+            if len(sizes) > 1:
+                cells.append(f"{ms[-1] / ms[0]:.2f}x" if ms[0] and ms[-1] else "")
+            for s, m in zip(sizes, ms):
+                bare = results.get((op, s), {}).get("bare")
+                cells.append("" if level == "bare" or not m or not bare else f"{m / bare:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from backends import btrfs_ioctl as ioc
+from backends import inuse
 from backends.base import (
     ContainerBusy,
     ContainerNotFound,
@@ -20,7 +22,7 @@ from backends.base import (
     SnapshotNotFound,
     SnapshotRef,
 )
-from backends.btrfs import BtrfsBackend
+from backends.btrfs import BtrfsBackend, parse_du
 from tests.digest import tree_digest
 from tests.harness import new_cid
 from tests.harness.btrfs import BtrfsHarness
@@ -251,7 +253,7 @@ async def test_delete_reports_failures(fs: BtrfsHarness, backend: BtrfsBackend,
 
 async def test_open_sweeps_leftovers(fs: BtrfsHarness, backend: BtrfsBackend) -> None:
     tmp = fs.root / ".snapshots" / ".tmp"
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
     run("btrfs", "subvolume", "create", str(tmp / f"restore-{new_cid()}-dead"))
     left = tmp / f"restore-{new_cid()}-beef"
     run("btrfs", "subvolume", "create", str(left))
@@ -288,18 +290,82 @@ async def test_parallel_containers(fs: BtrfsHarness, backend: BtrfsBackend) -> N
     assert await backend.free_bytes() > 0
 
 
-async def test_sizes_without_and_with_quotas(fs: BtrfsHarness, backend: BtrfsBackend) -> None:
-    cid = new_cid()
-    c = fs.make_container(cid)
-    data = c / "data"
-    data.write_bytes(os.urandom(10 * MiB))
-    s = await backend.create(cid, "s0", None, None)
-    assert s.size == 0  # quotas off: exact at creation, never a tree walk
-    assert await backend.sizes(cid) == {}
-    assert (await backend.list(cid))[cid][0].size is None
-    assert not (await backend.pool_info()).extra["quotas"]
+def rewrite(path: Path) -> None:
+    """Rewrite a file's bytes in place: snapshots keep the old extents."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
 
-    # A fresh container: s0 would share its old extents with s1 (neither exclusive).
+
+async def test_sizes_without_quotas_count_exclusive_extents(
+    fs: BtrfsHarness, backend: BtrfsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not (await backend.pool_info()).extra["quotas"]
+    counted: list[list[str]] = []
+    real_count = backend._count_exclusive
+
+    async def spy(paths: list[str]) -> dict[str, int]:
+        counted.append(sorted(os.path.basename(p) for p in paths))
+        return await real_count(paths)
+
+    monkeypatch.setattr(backend, "_count_exclusive", spy)
+    cid = new_cid()
+    data = fs.make_container(cid) / "data"
+    data.write_bytes(os.urandom(10 * MiB))
+    s1 = await backend.create(cid, "s1", None, None)
+    assert s1.size == 0  # a quick, exact-at-that-instant estimate; no walk on create
+    rewrite(data)
+    await backend.create(cid, "s2", None, None)
+    assert counted == []
+
+    # list never counts: sizes are unknown to it, and nothing was walked
+    assert [(f.name, f.size) for f in (await backend.list(cid))[cid]] == [("s2", None), ("s1", None)]
+    assert counted == []
+
+    sizes = (await backend.sizes(cid))[cid]
+    assert counted == [["s1", "s2"]]  # both, in one process
+    assert 9.5 * MiB <= sizes["s1"] <= 10.5 * MiB, sizes
+    assert sizes["s2"] < MiB, sizes  # shares everything with the container
+    assert await backend.sizes(cid) == {}  # nothing changed since: nothing recounted
+    assert len(counted) == 1
+
+    # A third snapshot can only change its own figure and its older neighbour's.
+    rewrite(data)
+    await backend.create(cid, "s3", None, None)
+    sizes = (await backend.sizes(cid))[cid]
+    assert counted[-1] == ["s2", "s3"]
+    assert 9.5 * MiB <= sizes["s2"] <= 10.5 * MiB and sizes["s3"] < MiB, sizes
+
+    # Deleting s2 changes its neighbours' figures (nothing here: s2 held its own
+    # extents), and only theirs are recounted.
+    assert await backend.delete(cid, [SnapshotRef("s2")]) == {"s2": None}
+    sizes = (await backend.sizes(cid))[cid]
+    assert counted[-1] == ["s1", "s3"]
+    assert 9.5 * MiB <= sizes["s1"] <= 10.5 * MiB and sizes["s3"] < MiB, sizes
+
+    # The command fallback reports deletes too.
+    backend.use_ioctl = False
+    assert await backend.delete(cid, [SnapshotRef("s3")]) == {"s3": None}
+    assert counted and (await backend.sizes(cid))[cid].keys() == {"s1"}
+    assert counted[-1] == ["s1"]
+
+
+def test_parse_du_checks_fields(caplog: pytest.LogCaptureFixture) -> None:
+    text = (
+        "     Total   Exclusive  Set shared  Filename\n"
+        "  10485760    10485760           0  /p/a\n"
+        "  10485760           0           -  /p/b\n"
+        "  garbage line\n"
+        "  12 x 0  /p/c\n"
+        "  5 5 0  /p/other\n"
+    )
+    assert parse_du(text, ["/p/a", "/p/b", "/p/c"]) == {"/p/a": 10 * MiB, "/p/b": 0}
+    assert "unexpected line" in caplog.text
+
+
+async def test_sizes_with_quotas(fs: BtrfsHarness, backend: BtrfsBackend) -> None:
     cid = new_cid()
     data = fs.make_container(cid) / "data"
     data.write_bytes(os.urandom(10 * MiB))
@@ -307,10 +373,7 @@ async def test_sizes_without_and_with_quotas(fs: BtrfsHarness, backend: BtrfsBac
     try:
         s1 = await backend.create(cid, "s1", None, None)
         assert s1.size is not None and s1.size < MiB
-        with open(data, "r+b") as f:  # rewrite in place: the snapshot keeps the old extents
-            f.write(os.urandom(10 * MiB))
-            f.flush()
-            os.fsync(f.fileno())
+        rewrite(data)
         fs.sync()
         sizes = (await backend.sizes(cid))[cid]
         assert 9.5 * MiB <= sizes["s1"] <= 11 * MiB, sizes
@@ -319,10 +382,89 @@ async def test_sizes_without_and_with_quotas(fs: BtrfsHarness, backend: BtrfsBac
         assert (await backend.pool_info()).extra["quotas"]
     finally:
         fs.disable_quotas()
-    assert await backend.sizes(cid) == {}
+    assert await backend.sizes(cid) == {}  # quotas off again, nothing changed since
 
 
-class ioc_fd:  # noqa: N801 - tiny helper
+async def test_restore_refuses_a_held_container(fs: BtrfsHarness, backend: BtrfsBackend) -> None:
+    cid = new_cid()
+    c = fs.make_container(cid)
+    (c / "sub").mkdir()
+    (c / "f").write_text("old")
+    await backend.create(cid, "s1", None, None)
+    (c / "f").write_text("new")
+    # cwd inside the container (also covers a process in another mount namespace:
+    # the check compares device numbers, not paths)
+    child = subprocess.Popen(["sleep", "60"], cwd=c / "sub")
+    try:
+        found = inuse.holders(str(c))
+        assert [h["pid"] for h in found] == [child.pid], found
+        assert found[0]["command"] == "sleep" and "cwd" in found[0]["reason"]
+        with pytest.raises(ContainerBusy, match=rf"pid {child.pid} \(sleep\)") as e:
+            await backend.restore(cid, SnapshotRef("s1"), [])
+        assert e.value.details[0]["value"] == str(child.pid)
+        assert (c / "f").read_text() == "new"
+    finally:
+        child.kill()
+        child.wait()
+    assert os.listdir(fs.root / ".snapshots" / ".tmp") == []
+
+    # an open file (not cwd) counts as well
+    with open(c / "f") as held:
+        opener = subprocess.Popen(["sleep", "60"], stdin=held)
+    try:
+        found = inuse.holders(str(c))
+        assert [(h["pid"], h["reason"]) for h in found] == [(opener.pid, "open file fd 0")]
+    finally:
+        opener.kill()
+        opener.wait()
+
+    # a mapped file whose fd is closed, held by a process living elsewhere
+    (c / "blob").write_bytes(b"x" * 4096)
+    mapper = subprocess.Popen(
+        [sys.executable, "-c", MAP_AND_CLOSE, str(c / "blob")],
+        cwd="/", stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert mapper.stdout.readline() == "mapped\n"
+        found = inuse.holders(str(c))
+        assert [(h["pid"], h["reason"]) for h in found] == [(mapper.pid, "mapped file")]
+    finally:
+        mapper.kill()
+        mapper.wait()
+        mapper.stdout.close()
+
+    assert inuse.holders(str(c)) == []
+    await backend.restore(cid, SnapshotRef("s1"), [])
+    assert (c / "f").read_text() == "old"
+
+
+MAP_AND_CLOSE = (  # mmap a file, close its fd, keep the mapping
+    "import ctypes, os, sys, time\n"
+    "libc = ctypes.CDLL(None, use_errno=True); libc.mmap.restype = ctypes.c_void_p\n"
+    "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,"
+    " ctypes.c_int, ctypes.c_long]\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "assert libc.mmap(None, 4096, 1, 1, fd, 0) not in (None, ctypes.c_void_p(-1).value)\n"
+    "os.close(fd); print('mapped', flush=True); time.sleep(60)"
+)
+
+
+def test_holders_of_a_plain_directory(tmp_path: Path) -> None:
+    """Directories sharing their parent's device (overlay pools) are matched by ancestry."""
+    inside, outside = tmp_path / "c" / "deep", tmp_path / "other"
+    inside.mkdir(parents=True)
+    outside.mkdir()
+    kids = [subprocess.Popen(["sleep", "60"], cwd=d) for d in (inside, outside)]
+    try:
+        assert [h["pid"] for h in inuse.holders(str(tmp_path / "c"))] == [kids[0].pid]
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
+    assert inuse.holders(str(tmp_path / "c")) == []
+
+
+class ioc_fd:
     def __init__(self, path: Path) -> None:
         self.fd = ioc.open_dir(str(path))
 
