@@ -26,6 +26,7 @@ from .errors import (
     ServiceError,
 )
 from .openapi import openapi_document
+from .httpguard import mark_busy
 from .keys import SERVICE_KEY
 from .service import Container, SnapshotService
 from .store import SnapshotRow
@@ -246,7 +247,7 @@ BASE = "/api/v1/containers/{id}/snapshots"
 
 
 def make_app(service: SnapshotService, auth: AuthContext) -> web.Application:
-    app = web.Application(middlewares=[envelope_errors, authentication], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[mark_busy, envelope_errors, authentication], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
     app[AUTH_KEY] = auth
     app.router.add_get(BASE, list_snapshots, allow_head=False)

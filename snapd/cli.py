@@ -76,6 +76,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, Any]:
         "listen_interfaces": args.listen_interface,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
+        "request_timeout": args.request_timeout,
     }
 
 
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve TCP on every address of interface NAME, following changes (port 7070)")
     serve.add_argument("--tls-cert", help="PEM certificate for the TCP listeners")
     serve.add_argument("--tls-key", help="PEM private key for the TCP listeners")
+    serve.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                       help="time a client has to send a request's head, and its body (default 10)")
     serve.add_argument("--dev", action="store_true",
                        help="embedded default: socket, state and an overlay pool under --dev-dir")
     serve.add_argument("--dev-dir", default=".snapd-dev", help="folder for --dev (default ./.snapd-dev)")

@@ -45,6 +45,7 @@ class Config:
     listen_interfaces: list[tuple[str, int]] = field(default_factory=list)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    request_timeout: float = 10.0
 
 
 BACKENDS = ("auto", "overlay", "btrfs", "zfs")
@@ -58,6 +59,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "listen_interfaces": list,
     "tls_cert": str,
     "tls_key": str,
+    "request_timeout": (int, float),
 }
 
 
@@ -99,8 +101,8 @@ def load_file(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         if key not in KEYS:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known: {', '.join(KEYS)})")
-        if not isinstance(value, KEYS[key]):
-            kind = "a list of strings" if KEYS[key] is list else "a string"
+        if not isinstance(value, KEYS[key]) or isinstance(value, bool):
+            kind = {list: "a list of strings", str: "a string"}.get(KEYS[key], "a number")  # type: ignore[call-overload]
             raise ConfigError(f"config file {path}: {key!r} must be {kind}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"config file {path}: {key!r} must be a list of strings")
@@ -128,6 +130,16 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
         cfg.admin_group = merged["admin_group"] or None
     if bool(merged.get("tls_cert")) != bool(merged.get("tls_key")):
         raise ConfigError(f"{source}: tls_cert and tls_key go together")
+    if "request_timeout" in merged:
+        timeout = merged["request_timeout"]
+        if isinstance(timeout, str):
+            try:
+                timeout = float(timeout)
+            except ValueError:
+                timeout = -1.0
+        if not 0 < timeout <= 3600:
+            raise ConfigError(f"{source}: request_timeout must be a number of seconds from 0 to 3600")
+        cfg.request_timeout = float(timeout)
     if merged.get("tls_cert"):
         cfg.tls_cert, cfg.tls_key = Path(merged["tls_cert"]), Path(merged["tls_key"])
     cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]

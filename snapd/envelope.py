@@ -18,8 +18,8 @@ from .validation import MAX_BODY
 
 log = logging.getLogger("snapd.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-BODY_TIMEOUT = 10.0
-"""Seconds a client may take to send a request body."""
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+"""Seconds a client may take to send a request body (config: request_timeout)."""
 
 REASONS = {
     400: "Bad Request",
@@ -71,33 +71,42 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "Request body too large (limit 64 KiB)")
     try:
-        return await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+        return await asyncio.wait_for(request.read(), request.app.get(BODY_TIMEOUT, 10.0))
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "Request body too large (limit 64 KiB)") from None
     except asyncio.TimeoutError:
-        raise ApiError(408, f"Request body not received within {BODY_TIMEOUT:.0f} s",
+        raise ApiError(408, "Request body not received in time",
                        headers={"Connection": "close"}) from None
 
 
 
 @web.middleware
 async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as the documented envelope; never a traceback."""
+    """Every error leaves as the documented envelope; never a traceback.
+
+    An error answered before the body was read closes the connection, so an
+    unread (perhaps enormous) body is not drained for long.
+    """
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:  # every error path, mapped below
+        resp = _error_for(request, exc)
+    if request.body_exists and not request.content.is_eof():
+        resp.force_close()  # then at most httpguard's lingering_time is spent draining it
+    return resp
+
+
+def _error_for(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.details, exc.headers)
-    except web.HTTPMethodNotAllowed as exc:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         return error_response(405, "Method not allowed", headers={"Allow": ",".join(sorted(exc.allowed_methods))})
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(413, "Request body too large (limit 64 KiB)")
-    except web.HTTPNotFound:
+    if isinstance(exc, web.HTTPNotFound):
         return error_response(404, "Route not found")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         status = exc.status if exc.status in REASONS else 400
         return error_response(status, exc.reason or REASONS[status])
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, INTERNAL_MESSAGE)
-
-
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, INTERNAL_MESSAGE)

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from .api import make_app
 from .auth import AuthContext
 from .clock import Clock
 from .config import Config, ConfigError
+from .envelope import BODY_TIMEOUT
+from .httpguard import GuardedRunner
+from .netwatch import InterfaceListener
 from .reaper import Reaper
 from .reconcile import reconcile
 from .service import SnapshotService
@@ -102,6 +106,19 @@ async def open_backends(cfg: Config) -> list[Backend]:
     return backends
 
 
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """A server TLS context for the TCP listeners, when a certificate is configured."""
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS certificate {cfg.tls_cert} / key {cfg.tls_key}: {exc}") from None
+    return ctx
+
+
 class Daemon:
     """One running daemon: store, pools, service, reaper and listeners."""
 
@@ -111,6 +128,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.unix_sock: socket.socket | None = None
+        self.interfaces: list[InterfaceListener] = []
 
     async def start(self) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -127,16 +145,25 @@ class Daemon:
             log.info("pruned %d snapshots that expired while the daemon was down", pruned)
         self.tokens = Tokens(self.store)
         auth = AuthContext(self.tokens, self.cfg.admin_group, self.clock)
-        self.runner = web.AppRunner(make_app(self.service, auth), access_log=None, handle_signals=False)
+        app = make_app(self.service, auth)
+        app[BODY_TIMEOUT] = self.cfg.request_timeout
+        self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
+                                    handle_signals=False)
         await self.runner.setup()
         self.unix_sock = bind_unix(self.cfg.socket, self.cfg.admin_group)
         await web.SockSite(self.runner, self.unix_sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
+        tls = tls_context(self.cfg)
         for host, port in self.cfg.listen:
-            site = web.TCPSite(self.runner, host, port, shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)
+            site = web.TCPSite(self.runner, host, port, ssl_context=tls,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)
             try:
                 await site.start()
             except OSError as exc:
                 raise ConfigError(f"listen {host}:{port}: {exc.strerror}") from None
+        for ifname, port in self.cfg.listen_interfaces:
+            listener = InterfaceListener(self.runner, ifname, port, tls, SHUTDOWN_TIMEOUT)
+            await listener.start()
+            self.interfaces.append(listener)
         self.reaper.start()
         log.info(
             "listening socket=%s tcp=%s pools=%s",
@@ -148,6 +175,8 @@ class Daemon:
     async def stop(self) -> None:
         log.info("stopping: finishing %d operations in flight", self.service.inflight)
         await self.reaper.stop()
+        for listener in self.interfaces:
+            await listener.stop()
         if self.runner is not None:
             await self.runner.cleanup()
         await self.service.drain()
@@ -174,6 +203,8 @@ class Daemon:
 
     async def _abort(self) -> None:
         """Undo a half-done start-up."""
+        for listener in self.interfaces:
+            await listener.stop()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.unix_sock is not None:

@@ -1,0 +1,170 @@
+"""TCP from another network namespace over a veth pair; interface-following listeners; TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .client import snaps
+from .conftest import unavailable
+from .daemon import DaemonProcess, free_port
+from .digest import write_tree
+from .harness import new_cid
+
+# RFC 2544 benchmarking range: only ever inside the namespace this test makes.
+HOST_ADDR, NS_ADDR, EXTRA_ADDR = "198.18.77.1", "198.18.77.2", "198.18.77.3"
+
+
+@dataclass
+class Link:
+    netns: str
+    host_if: str
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[Link]:
+    """A network namespace joined to this one by a veth pair (made and removed here)."""
+    if os.geteuid() != 0:
+        unavailable("network namespaces need root")
+    from pyroute2 import IPRoute, NetNS, netns
+
+    tag = secrets.token_hex(3)
+    name, host_if, ns_if = f"snapdtest-{tag}", f"sdh{tag}", f"sdn{tag}"
+    netns.create(name)
+    try:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=host_if, kind="veth", peer=ns_if)
+            (host_idx,) = ipr.link_lookup(ifname=host_if)
+            (ns_idx,) = ipr.link_lookup(ifname=ns_if)
+            ipr.link("set", index=ns_idx, net_ns_fd=name)
+            ipr.addr("add", index=host_idx, address=HOST_ADDR, prefixlen=24)
+            ipr.link("set", index=host_idx, state="up")
+        with NetNS(name) as ns:
+            (idx,) = ns.link_lookup(ifname=ns_if)
+            ns.addr("add", index=idx, address=NS_ADDR, prefixlen=24)
+            ns.link("set", index=idx, state="up")
+            (lo,) = ns.link_lookup(ifname="lo")
+            ns.link("set", index=lo, state="up")
+        yield Link(name, host_if)
+    finally:
+        with IPRoute() as ipr:
+            if ipr.link_lookup(ifname=host_if):
+                ipr.link("del", ifname=host_if)
+        netns.remove(name)
+
+
+def from_namespace(netns_name: str, requests: list[tuple[str, int, str, str | None]]) -> list:
+    """Run GETs from inside the namespace: (host, port, path, token) -> status or error name."""
+    script = (
+        "import http.client, json, sys\n"
+        "out = []\n"
+        "for host, port, path, token in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        c = http.client.HTTPConnection(host, port, timeout=5)\n"
+        "        c.request('GET', path, headers={'Authorization': f'Bearer {token}'} if token else {})\n"
+        "        out.append(c.getresponse().status)\n"
+        "    except OSError as e:\n"
+        "        out.append(type(e).__name__)\n"
+        "print(json.dumps(out))\n"
+    )
+    import sys
+
+    result = subprocess.run(["ip", "netns", "exec", netns_name, sys.executable, "-c", script, json.dumps(requests)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_another_namespace_reaches_the_daemon_only_with_a_token(link: Link, tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    cid = new_cid()
+    write_tree(pool / cid, {"f": "1"})
+    port = free_port()
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=False,
+                      extra=["--listen-interface", f"{link.host_if}:{port}"]).start()
+    try:
+        r = d.unix.request("PUT", f"/api/v1/admin/containers/{cid}/project", {"project": "web"})
+        assert r.status == 200
+        token = d.unix.post("/api/v1/admin/tokens", {"project": "web"}).data["secret"]
+        other = d.unix.post("/api/v1/admin/tokens", {"project": "db"}).data["secret"]
+        path = snaps(cid)
+        got = from_namespace(link.netns, [(HOST_ADDR, port, path, None), (HOST_ADDR, port, path, "csd_x"),
+                                          (HOST_ADDR, port, path, other), (HOST_ADDR, port, path, token)])
+        assert got == [401, 401, 403, 200]
+        # only the interface's addresses are served: not loopback
+        with pytest.raises(ConnectionRefusedError):
+            import socket
+
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+        # an address added to the interface is served; a removed one is closed
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=link.host_if)
+            ipr.addr("add", index=idx, address=EXTRA_ADDR, prefixlen=24)
+            added = time.monotonic()
+            try:
+                while from_namespace(link.netns, [(EXTRA_ADDR, port, path, token)]) != [200]:
+                    assert time.monotonic() - added < 10, "the new address was never served"
+                    time.sleep(0.05)
+                print(f"new address served after {time.monotonic() - added:.2f}s")
+                assert f"address={EXTRA_ADDR}" in d.log_text()
+            finally:
+                ipr.addr("del", index=idx, address=EXTRA_ADDR, prefixlen=24)
+        deadline = time.monotonic() + 10
+        while from_namespace(link.netns, [(EXTRA_ADDR, port, path, token)]) == [200]:
+            assert time.monotonic() < deadline, "the removed address is still served"
+            time.sleep(0.05)
+        assert f"address={EXTRA_ADDR} (address removed)" in d.log_text()
+        assert from_namespace(link.netns, [(HOST_ADDR, port, path, token)]) == [200]
+    finally:
+        assert d.stop() == 0
+
+
+def test_unknown_interface_is_a_start_up_error(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "pool").mkdir()
+    out = subprocess.run([sys.executable, "-m", "snapd", "serve", "--pool", f"overlay:{tmp_path / 'pool'}",
+                          "--socket", str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "st"),
+                          "--listen-interface", "nosuchif0:7070"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "nosuchif0" in out.stderr.splitlines()[-1]
+    assert "Traceback" not in out.stderr and not (tmp_path / "s.sock").exists()
+
+
+def test_tls_listener(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                           "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if made.returncode != 0:
+        unavailable(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    pool = tmp_path / "pool"
+    cid = new_cid()
+    write_tree(pool / cid, {"f": "1"})
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=True,
+                      extra=["--tls-cert", str(cert), "--tls-key", str(key)]).start()
+    try:
+        token = d.unix.post("/api/v1/admin/tokens", {"admin": True}).data["secret"]
+        import http.client
+
+        ctx = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection("localhost", d.port, context=ctx, timeout=10)
+        conn.request("GET", snaps(cid), headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["data"]["container_id"] == cid
+        plain = http.client.HTTPConnection("localhost", d.port, timeout=10)
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            plain.request("GET", snaps(cid))
+            plain.getresponse().read()
+    finally:
+        assert d.stop() == 0
