@@ -104,3 +104,25 @@ def test_every_subcommand_help_has_an_example() -> None:
         assert out.returncode == 0 and "examples:" in out.stdout and f"snapd {sub}" in out.stdout
     out = subprocess.run([sys.executable, "-m", "snapd", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("snapd ")
+
+
+def test_admin_commands_tokens_and_projects(env, cid: str) -> None:
+    d, _pool = env
+    out = snapd(d, "container", "set-project", cid, "web")
+    assert out.returncode == 0 and "project_id: web" in out.stdout
+    shown = snapd(d, "container", "show", cid)
+    assert "project_id: web" in shown.stdout and "backend: overlay" in shown.stdout
+    out = snapd(d, "token", "create", "--project", "web", "--label", "ci", "--expires", "30", "--read-only")
+    assert out.returncode == 0, out.stderr
+    secret = out.stdout.splitlines()[0]
+    assert secret.startswith("csd_") and "shown once" in out.stdout
+    token_id = secret.split("_")[1]
+    listed = snapd(d, "token", "list").stdout
+    assert token_id in listed and "project=web read-only" in listed and "active" in listed
+    assert secret not in listed and secret.split("_")[2] not in listed
+    assert snapd(d, "token", "revoke", token_id).returncode == 0
+    assert "revoked" in snapd(d, "token", "list").stdout
+    assert snapd(d, "token", "revoke", "000000000000").returncode == 1
+    assert snapd(d, "token", "create").returncode == 2  # neither --project nor --admin
+    assert snapd(d, "container", "set-project", cid, "--clear").returncode == 0
+    assert "project_id: -" in snapd(d, "container", "show", cid).stdout
