@@ -119,12 +119,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def create(
-        self, cid: str, name: str, alias: str | None, expires_at: float | None
+        self, cid: str, name: str, alias: str | None, expires_at: float | None,
+        created_at: float | None = None,
     ) -> SnapshotFacts:
         """Take snapshot `name` of container `cid`, atomically: all or nothing.
 
-        `alias` and `expires_at` are passed so backends that mirror metadata
-        on disk can write it in the same step.
+        `alias`, `expires_at` and `created_at` (the time the service records)
+        are passed so backends that mirror metadata on disk can write it in
+        the same step.
         """
 
     @abc.abstractmethod

@@ -308,7 +308,8 @@ class BtrfsBackend(Backend):
     # -- create ------------------------------------------------------------
 
     async def create(
-        self, cid: str, name: str, alias: str | None, expires_at: float | None
+        self, cid: str, name: str, alias: str | None, expires_at: float | None,
+        created_at: float | None = None,
     ) -> SnapshotFacts:
         spath = self._spath(cid, name)
         if self.use_ioctl:

@@ -110,7 +110,8 @@ class OverlayBackend(Backend):
     # -- create --------------------------------------------------------------
 
     async def create(
-        self, cid: str, name: str, alias: str | None, expires_at: float | None
+        self, cid: str, name: str, alias: str | None, expires_at: float | None,
+        created_at: float | None = None,
     ) -> SnapshotFacts:
         return await asyncio.to_thread(self._create, cid, name)
 

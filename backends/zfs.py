@@ -44,6 +44,8 @@ CREATED_PROPERTY = "container-snapd:created_at"
 PENDING_PROPERTY = "container-snapd:restore-pending"
 HIDDEN = ".snapd-hidden"
 SIZE_TTL = 2.0
+PROBE_TTL = 1.0
+"""Seconds a container's existence + project label are reused between requests."""
 MAX_DESTROY_ARG = 100_000
 
 _CID_RE = re.compile(r"^[0-9a-f]{24}$")
@@ -77,6 +79,14 @@ class _Ds:
         """A property's value, None when unset ('-')."""
         v = self.props.get(prop, "-")
         return None if v in ("-", "") else v
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A container seen to exist, with its project label (one `zfs get`)."""
+
+    project: str | None
+    at: float
 
 
 @dataclass
@@ -148,6 +158,7 @@ class ZfsBackend(Backend):
         self.multi_destroy = False
         """True when `zfs destroy ds@a,b,c` works (OpenZFS); detected by open()."""
         self._cache: dict[str | None, _Scan] = {}
+        self._probes: dict[str, _Probe] = {}
 
     @property
     def stats(self) -> ZfsStats:
@@ -201,25 +212,50 @@ class ZfsBackend(Backend):
     # -- containers ---------------------------------------------------------
 
     async def container_exists(self, cid: str) -> bool:
+        return await self._probe(cid) is not None
+
+    async def _probe(self, cid: str) -> _Probe | None:
+        """Existence and project of `cid` in ONE `zfs get`, reused for PROBE_TTL.
+
+        The service asks container_exists() then get_project() on every
+        request; both are answered by one process, and a burst of requests
+        for one container by one process a second.  Only positive answers
+        are kept (a container made a moment ago is found at once); a stale
+        positive answer is harmless: the operation itself then fails with
+        'dataset does not exist', which is a ContainerNotFound.
+        """
         if not _CID_RE.match(cid):
-            return False
-        res = await self.zfs.zfs("get", "-H", "-o", "value", "type", self._ds(cid), check=False)
-        return res.rc == 0 and res.stdout.strip() == "filesystem"
+            return None
+        now = time.monotonic()
+        hit = self._probes.get(cid)
+        if hit is not None and now - hit.at < PROBE_TTL:
+            return hit
+        self._probes.pop(cid, None)
+        res = await self.zfs.zfs("get", "-H", "-o", "property,source,value",
+                                 f"type,{PROJECT_PROPERTY}", self._ds(cid), check=False)
+        if res.rc != 0:
+            return None
+        props = {p: (src, v) for p, src, v in self.zfs.rows(res.stdout, 3)}
+        if props.get("type", ("", ""))[1] != "filesystem":
+            return None
+        source, value = props.get(PROJECT_PROPERTY, ("-", "-"))
+        probe = _Probe(value if source in ("local", "received") else None, now)
+        self._probes[cid] = probe
+        return probe
 
     async def _require(self, cid: str) -> None:
         if not await self.container_exists(cid):
             raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
 
     async def get_project(self, cid: str) -> str | None:
-        if not _CID_RE.match(cid):
+        probe = await self._probe(cid)
+        if probe is None:
             raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
-        res = await self.zfs.zfs("get", "-H", "-o", "source,value", PROJECT_PROPERTY,
-                                 self._ds(cid))
-        source, _, value = res.stdout.rstrip("\n").partition("\t")
-        return value if source in ("local", "received") else None
+        return probe.project
 
     async def set_project(self, cid: str, project: str | None) -> None:
         await self._require(cid)
+        self._probes.pop(cid, None)
         if project is None:
             await self.zfs.zfs("inherit", PROJECT_PROPERTY, self._ds(cid))
         else:
@@ -228,21 +264,39 @@ class ZfsBackend(Backend):
     # -- snapshots ----------------------------------------------------------
 
     async def create(self, cid: str, name: str, alias: str | None,
-                     expires_at: float | None) -> SnapshotFacts:
+                     expires_at: float | None, created_at: float | None = None) -> SnapshotFacts:
+        """One `zfs snapshot -o ...`: the snapshot and its mirrored metadata at once.
+
+        `created_at` is the time the caller records (its clock); without it,
+        now.  The cached scans are extended rather than dropped: a new
+        snapshot holds no block of its own yet (used 0) and changes no other
+        snapshot's `used`, so the size refresh that follows a create needs
+        no `zfs get` while the cache is fresh.
+        """
         if not _CID_RE.match(cid):
             raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
-        now = time.time()
+        now = time.time() if created_at is None else float(created_at)
         ref = f"{self._ds(cid)}@{name}"
         args = ["snapshot", "-o", f"{CREATED_PROPERTY}={now!r}"]
         if alias is not None:
             args += ["-o", f"{ALIAS_PROPERTY}={json.dumps(alias, ensure_ascii=False)}"]
         if expires_at is not None:
             args += ["-o", f"{EXPIRES_PROPERTY}={float(expires_at)!r}"]
-        self._invalidate(cid)
         try:
             await self.zfs.zfs(*args, ref)
         except SnapshotNotFound as e:  # "dataset does not exist" names the container
+            self._probes.pop(cid, None)
+            self._invalidate(cid)
             raise ContainerNotFound(f"container {cid} not found: {e}") from None
+        except BaseException:
+            self._invalidate(cid)
+            raise
+        self._add_to_cache(cid, _Ds(ref, {
+            "type": "snapshot", "creation": str(int(now)), "used": "0", "origin": "-",
+            "defer_destroy": "off", "mounted": "-", CREATED_PROPERTY: repr(now),
+            ALIAS_PROPERTY: "-" if alias is None else json.dumps(alias, ensure_ascii=False),
+            EXPIRES_PROPERTY: "-" if expires_at is None else repr(float(expires_at)),
+            PENDING_PROPERTY: "-"}))
         return SnapshotFacts(name=name, created_at=now, size=0, ref=ref, alias=alias,
                              expires_at=expires_at, mirrored=True)
 
@@ -297,6 +351,7 @@ class ZfsBackend(Backend):
             await self.zfs.zfs("rollback", target)
             after = before
         else:
+            self._probes.pop(cid, None)  # the dataset is replaced
             await self._restore_by_clone(scan, cid, target)
             await self._gc(cid)
             after = {n: s.name for n, s in (await self._scan(cid, fresh=True)).visible(cid).items()}
@@ -374,6 +429,7 @@ class ZfsBackend(Backend):
         temp = f"{self.hidden}/{cid}.restoring"
         scan = await self._scan(cid, fresh=True)
         self._invalidate(cid)
+        self._probes.pop(cid, None)
         cur = scan.items.get(ds)
         if cur is not None and cur.get(PENDING_PROPERTY) and temp not in scan.items:
             pending = json.loads(cur.get(PENDING_PROPERTY) or "{}")  # swapped, not finished
@@ -416,7 +472,8 @@ class ZfsBackend(Backend):
         self._invalidate(cid)
         for ds, names in by_ds.items():
             result.update(await self._destroy(ds, names))
-        await self._gc(cid)
+        if scan.holders(cid):  # a delete makes no holder; it may empty one
+            await self._gc(cid)
         return result
 
     async def _destroy(self, ds: str, names: list[str]) -> dict[str, BackendError | None]:
@@ -483,6 +540,17 @@ class ZfsBackend(Backend):
     def _invalidate(self, cid: str | None) -> None:
         self._cache.pop(cid, None)
         self._cache.pop(None, None)
+
+    def _add_to_cache(self, cid: str, snap: _Ds) -> None:
+        """Record a snapshot just taken in the cached scans that cover `cid`."""
+        for key in (cid, None):
+            scan = self._cache.get(key)
+            if scan is None:
+                continue
+            if self._ds(cid) in scan.items and snap.name not in scan.items:
+                scan.items[snap.name] = snap
+            else:
+                self._cache.pop(key, None)
 
     async def _scan(self, cid: str | None, fresh: bool = False) -> _Scan:
         """All datasets/snapshots of `cid` (or the pool) + holders, in ONE `zfs get`."""

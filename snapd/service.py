@@ -169,7 +169,7 @@ class SnapshotService:
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
             facts = await _backend_call(
-                container.backend.create(cid, name, alias, expires_at), f"create {cid}@{name}"
+                container.backend.create(cid, name, alias, expires_at, created_at=now), f"create {cid}@{name}"
             )
             row = SnapshotRow(
                 container_id=cid,

@@ -115,7 +115,7 @@ async def test_restore_chain_then_delete(harness, backend, order):
         assert (path / "v").read_text() == "2" and (path / "after").read_text() == "kept"
         check_artifacts(harness, cid, refs)
         if refs:  # every remaining snapshot still restores to its content
-            last = sorted(refs)[-1]
+            last = max(refs)
             await restore(backend, cid, last, refs)
             check_state(harness.container_path(cid), int(last[1]))
             (harness.container_path(cid) / "v").write_text("2")
@@ -260,3 +260,53 @@ async def test_open_repairs_interrupted_restore(harness, backend):
     listed = refs_of((await backend.list(cid))[cid])
     assert set(listed) == {"s1", "s2"}
     check_artifacts(harness, cid, listed)
+
+
+async def test_one_probe_answers_exists_and_project(harness, backend):
+    """The service asks container_exists + get_project per request: one `zfs get`, reused."""
+    cid = new_cid()
+    harness.make_container(cid)
+    await backend.set_project(cid, "p1")
+    backend.stats.reset()
+    for _ in range(5):
+        assert await backend.container_exists(cid)
+        assert await backend.get_project(cid) == "p1"
+    assert backend.stats.count() == 1, backend.stats.as_dict()
+    await backend.set_project(cid, "p2")  # a change through the daemon shows at once
+    assert await backend.get_project(cid) == "p2"
+    await backend.set_project(cid, None)
+    assert await backend.get_project(cid) is None
+    missing = new_cid()
+    assert not await backend.container_exists(missing)
+    harness.make_container(missing)  # negative answers are not cached
+    assert await backend.container_exists(missing)
+
+
+async def test_create_keeps_size_cache_and_mirrors_given_time(harness, backend):
+    cid = new_cid()
+    path = harness.make_container(cid)
+    (path / "f").write_bytes(os.urandom(100_000))
+    await backend.create(cid, "a", None, None)
+    await backend.sizes(cid)  # fills the cache
+    backend.stats.reset()
+    facts = await backend.create(cid, "b", "x", None, created_at=1_700_000_000.123)
+    assert facts.created_at == 1_700_000_000.123
+    sizes = await backend.sizes(cid)
+    assert sizes[cid] == {"a": sizes[cid]["a"], "b": 0}
+    assert backend.stats.count() == 1, backend.stats.as_dict()  # the snapshot only
+    fresh = ZfsBackend(harness.root)
+    await fresh.open()
+    listed = {f.name: f for f in (await fresh.list(cid))[cid]}
+    assert listed["b"].created_at == 1_700_000_000.123 and listed["b"].size == 0
+    assert listed["a"].size == sizes[cid]["a"]
+
+
+async def test_delete_without_holders_is_scan_plus_destroy(harness, backend):
+    cid = new_cid()
+    harness.make_container(cid)
+    for n in ("a", "b"):
+        await backend.create(cid, n, None, None)
+    backend.stats.reset()
+    assert await backend.delete(cid, [SnapshotRef("a")]) == {"a": None}
+    assert backend.stats.as_dict().keys() == {"zfs get", "zfs destroy"}
+    assert backend.stats.count() == 2, backend.stats.as_dict()
