@@ -1,4 +1,4 @@
-"""Admin-only routes, all under /api/v1/admin/: tokens and container labels.
+"""Admin-only routes, all under /api/v1/admin/: status, tokens and container labels.
 
 Never reachable with a project token (403); the CLI's `snapd token` and
 `snapd container` commands use them over the Unix socket.
@@ -7,7 +7,7 @@ Never reachable with a project token (403); the CLI's `snapd token` and
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -23,6 +23,8 @@ from .validation import (
     parse_container_id,
 )
 
+STATUS_KEY = web.AppKey("status", Callable[[], Awaitable[dict]])
+"""The running daemon's status report (snapd.server.Daemon.status)."""
 PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 DAY = 86400.0
@@ -149,7 +151,16 @@ async def set_project(request: web.Request) -> web.Response:
     return ok("Container project updated successfully", await _container_json(request, cid))
 
 
+async def status(request: web.Request) -> web.Response:
+    require_admin(request)
+    report = request.app.get(STATUS_KEY)
+    if report is None:
+        raise ApiError(404, "Status is not available in this application")
+    return ok("Status retrieved successfully", await report())
+
+
 def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(f"{ADMIN}/status", status, allow_head=False)
     app.router.add_post(f"{ADMIN}/tokens", create_token)
     app.router.add_get(f"{ADMIN}/tokens", list_tokens, allow_head=False)
     app.router.add_delete(f"{ADMIN}/tokens/{{token_id}}", revoke_token)

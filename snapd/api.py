@@ -28,6 +28,8 @@ from .errors import (
 from .openapi import openapi_document
 from .httpguard import mark_busy
 from .keys import SERVICE_KEY
+from .logsetup import request_log_middleware
+from .metrics import METRICS_KEY, Metrics, metrics_handler, metrics_middleware
 from .service import Container, SnapshotService
 from .store import SnapshotRow
 from .validation import (
@@ -246,10 +248,26 @@ async def openapi(request: web.Request) -> web.Response:
 BASE = "/api/v1/containers/{id}/snapshots"
 
 
-def make_app(service: SnapshotService, auth: AuthContext) -> web.Application:
-    app = web.Application(middlewares=[mark_busy, envelope_errors, authentication], client_max_size=MAX_BODY)
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, for admins and tokens with the metrics scope."""
+    if not principal_of(request).may_read_metrics:
+        raise ApiError(403, "Metrics access required")
+    return await metrics_handler(request)
+
+
+def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | None = None) -> web.Application:
+    """The application: request log (outermost: X-Request-Id on every answer),
+    metrics, the slow-client guard, error envelopes, then authentication."""
+    metrics_ = metrics_ or Metrics()
+    app = web.Application(
+        middlewares=[request_log_middleware, metrics_middleware(metrics_), mark_busy, envelope_errors,
+                     authentication],
+        client_max_size=MAX_BODY,
+    )
     app[SERVICE_KEY] = service
     app[AUTH_KEY] = auth
+    app[METRICS_KEY] = metrics_
+    app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get(BASE, list_snapshots, allow_head=False)
     app.router.add_post(BASE, create_snapshot)
     app.router.add_get(BASE + "/{name}", get_snapshot, allow_head=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
@@ -25,14 +24,6 @@ DEMO_CONTAINER = "507f1f77bcf86cd799439011"
 
 
 # -- serve -----------------------------------------------------------------------
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _dev_config(args: argparse.Namespace) -> Config:
@@ -72,6 +63,7 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, Any]:
         "pools": args.pool,
         "listen": args.listen,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "admin_group": args.admin_group,
         "listen_interfaces": args.listen_interface,
         "tls_cert": args.tls_cert,
@@ -81,26 +73,30 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from . import logsetup, systemd
     from .server import Daemon, clear_socket_path
 
-    try:
+    def load() -> Config:
         cfg = _serve_config(args)
         check(cfg)
-        clear_socket_path(cfg.socket)
+        return cfg
+
+    try:
+        cfg = load()
+        if not systemd.activation_pending():  # systemd's socket is not ours to probe
+            clear_socket_path(cfg.socket)
     except ConfigError as exc:
         print(f"snapd: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(cfg.log_level)
-    daemon = Daemon(cfg, Clock())
+    logsetup.configure(cfg.log_level, cfg.log_format)
+    daemon = Daemon(cfg, Clock(), reload_config=load)
 
-    async def main() -> None:
-        await daemon.run()
-
-    async def announce_and_run() -> None:
-        task = asyncio.create_task(main())
-        while not task.done() and not cfg.socket.exists():
-            await asyncio.sleep(0.02)
-        if args.dev and not task.done():
+    async def run() -> None:
+        task = asyncio.create_task(daemon.run())
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if args.dev and daemon.ready.is_set():
             print(
                 f"container-snapd {__version__} (dev mode): state, socket and an overlay pool under "
                 f"{Path(args.dev_dir).absolute()}\n"
@@ -115,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await task
 
     try:
-        asyncio.run(announce_and_run())
+        asyncio.run(run())
     except ConfigError as exc:
         print(f"snapd: {exc}", file=sys.stderr)
         return 2
@@ -187,10 +183,11 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
     if args.json:
         print(json.dumps(envelope, indent=2))
     elif status != 200:
-        details = "".join(
-            f"\n  {d.get('field')}: {d.get('reason')}" for d in envelope.get("details", [])
-        )
-        print(f"snapd: {status} {envelope.get('message')}{details}", file=sys.stderr)
+        details = envelope.get("details", [])
+        rid = next((d.get("value") for d in details if d.get("field") == "request_id"), None)
+        lines = "".join(f"\n  {d.get('field')}: {d.get('reason')}" for d in details if d.get("field") != "request_id")
+        suffix = f" (request {rid})" if rid else ""
+        print(f"snapd: {status} {envelope.get('message')}{suffix}{lines}", file=sys.stderr)
     else:
         print(_render(args, envelope["data"]))
     return 0 if status == 200 else 1
@@ -308,6 +305,27 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return _request(args, "DELETE", f"{ADMIN}/tokens/{quote(args.token_id, safe='')}")
 
 
+def _status_text(d: dict) -> str:
+    lines = [f"container-snapd {d['version']}, up {_relative(-d['uptime_s']).replace(' ago', '')}"
+             f" (pid {d['pid']})",
+             f"snapshots: {d['snapshots_total']}   operations in flight: {d['inflight']}",
+             f"next expiry: {_when(d['reaper']['next_expiry'])}   reaper: {d['reaper']['deleted']} deleted, "
+             f"{d['reaper']['failing']} failing",
+             "listeners: " + (", ".join(d["listeners"]) or "-"),
+             "",
+             _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]), str(p["snapshots"]),
+                      _human_size(p["bytes"])] for p in d["pools"]],
+                    ["POOL", "BACKEND", "FREE", "SNAPSHOTS", "HELD"])]
+    if d["last_errors"]:
+        lines += ["", "last errors:"] + [f"  {e['time']} {e['logger']}: {e['message']}" for e in d["last_errors"]]
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    args.render = _status_text
+    return _request(args, "GET", f"{ADMIN}/status")
+
+
 def _container_text(d: dict) -> str:
     return "\n".join(f"{k}: {'-' if v is None else v}" for k, v in d.items())
 
@@ -360,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pool", action="append", default=[], metavar="BACKEND:ROOT",
                        help="a pool: overlay|btrfs|zfs|auto and its root (repeatable)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["kv", "json"], help="log lines as key=value (default) or JSON")
     serve.add_argument("--admin-group", help="members of this group are admins on the Unix socket "
                        "(default container-snapd; '' for none)")
     serve.add_argument("--listen-interface", action="append", default=[], metavar="NAME[:PORT]",
@@ -410,6 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the raw JSON envelope")
         p.set_defaults(func=func)
         return p
+
+    st = sub.add_parser("status", help="the daemon's state (admin only)",
+                        description="version, uptime, pools, listeners, next expiry, operations in flight, "
+                                    "last errors (admin only)",
+                        epilog=_examples("snapd status", "snapd status --json"),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+    st.add_argument("--json", action="store_true", help="print the raw JSON envelope")
+    st.set_defaults(func=cmd_status)
 
     token = group("token", "bearer tokens for TCP and non-admin local users (admin only)")
     tc = admin_cmd(token, "create", "issue a token; it is printed once", cmd_token_create,

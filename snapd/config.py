@@ -16,6 +16,7 @@ DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
 DEFAULT_CONFIG = Path("/etc/container-snapd/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("kv", "json")
 DEFAULT_ADMIN_GROUP = "container-snapd"
 DEFAULT_INTERFACE_PORT = 7070
 MAX_SOCKET_PATH = 107
@@ -41,6 +42,7 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     pools: list[PoolSpec] = field(default_factory=list)
     log_level: str = "info"
+    log_format: str = "kv"
     admin_group: str | None = DEFAULT_ADMIN_GROUP
     listen_interfaces: list[tuple[str, int]] = field(default_factory=list)
     tls_cert: Path | None = None
@@ -55,6 +57,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "state_dir": str,
     "pools": list,
     "log_level": str,
+    "log_format": str,
     "admin_group": str,
     "listen_interfaces": list,
     "tls_cert": str,
@@ -122,6 +125,10 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
         if merged["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {', '.join(LOG_LEVELS)}")
         cfg.log_level = merged["log_level"]
+    if "log_format" in merged:
+        if merged["log_format"] not in LOG_FORMATS:
+            raise ConfigError(f"{source}: log_format must be one of {', '.join(LOG_FORMATS)}")
+        cfg.log_format = merged["log_format"]
     cfg.listen = [parse_listen(v, f"{source}: listen") for v in merged.get("listen", [])]
     cfg.listen_interfaces = [
         parse_interface(v, f"{source}: listen_interfaces") for v in merged.get("listen_interfaces", [])

@@ -8,6 +8,7 @@ optional `details` list of `{field, reason}`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from typing import Any, Awaitable, Callable
@@ -18,6 +19,9 @@ from .validation import MAX_BODY
 
 log = logging.getLogger("snapd.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+"""The id of the request being handled (set by logsetup.request_log_middleware)."""
+
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 """Seconds a client may take to send a request body (config: request_timeout)."""
 
@@ -56,6 +60,10 @@ def dumps(value: Any) -> str:
 def error_response(status: int, message: str, details: list[dict] | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     body: dict[str, Any] = {"statusCode": status, "error": REASONS[status], "message": message}
+    rid = request_id_var.get()
+    if rid:
+        details = [*(details or []), {"field": "request_id", "reason": "quote it when reporting this error",
+                                      "value": rid}]
     if details:
         body["details"] = details
     return web.json_response(body, status=status, headers=headers, dumps=dumps)
@@ -110,3 +118,15 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         return error_response(status, exc.reason or REASONS[status])
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, INTERNAL_MESSAGE)
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (`/api/v1/containers/{id}/snapshots`), or 'unmatched'."""
+    try:
+        info = request.match_info
+        resource = info.route.resource
+    except AttributeError:
+        return "unmatched"
+    if resource is None or info.http_exception is not None:
+        return "unmatched"
+    return resource.canonical

@@ -5,34 +5,35 @@
   for other collectors).  Calling it again (SIGHUP) replaces it.
 * `request_log_middleware` (the OUTERMOST aiohttp middleware) gives every
   request an id — the client's X-Request-Id when it is sane, else a new
-  one —, stores it in `request["request_id"]` and in the `request_id`
-  context variable, returns it as X-Request-Id (error responses of inner
+  one —, stores it on the request (`request_id_of(request)`, key
+  REQUEST_ID_KEY) and in the `request_id` context variable, returns it as X-Request-Id (error responses of inner
   middlewares included) and logs one line per request: method, route,
   status, duration_ms, container, snapshot, peer.
 * `RequestIdFilter` copies the context variable onto every record, so the
   service's own lines (`created snapshot ...`) carry the id of the request
   that caused them.  Extra fields go in `extra={"fields": {...}}` or
-  `log_event(logger, msg, **fields)`.
+  `oplog.log_event(logger, msg, **fields)`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import logging
+import math
 import re
 import secrets
-import socket
-import struct
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+from .auth import peer_of
+from .envelope import request_id_var, route_template
+from .oplog import elapsed_ms
+
 
 FORMATS = ("kv", "json")
 HEADER = "X-Request-Id"
@@ -40,6 +41,14 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _BARE = re.compile(r"^[^\s\"=\\]+$")
 _HANDLER_FLAG = "_snapd_handler"
 access_log = logging.getLogger("snapd.access")
+# Where the middleware keeps the id on the request: a typed key on aiohttp
+# versions that have RequestKey (no NotAppKeyWarning), else the plain string.
+REQUEST_ID_KEY: Any = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
+
+
+def request_id_of(request: web.Request) -> str | None:
+    """The id `request_log_middleware` gave this request."""
+    return request.get(REQUEST_ID_KEY)
 
 # Attributes every LogRecord has; anything else set through `extra=` is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "fields"}
@@ -60,7 +69,7 @@ def sane_request_id(value: str | None) -> str | None:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    dt = datetime.fromtimestamp(record.created, tz=timezone.utc)
+    dt = datetime.fromtimestamp(record.created, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
 
 
@@ -77,7 +86,7 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
         out["request_id"] = rid
     fields = getattr(record, "fields", None)
     if isinstance(fields, dict):
-        out.update(fields)
+        out.update((k, v) for k, v in fields.items() if v is not None)
     for key, value in vars(record).items():
         if key not in _STANDARD and key not in out and key != "request_id" and not key.startswith("_"):
             out[key] = value
@@ -94,7 +103,7 @@ def logfmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        text = f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "NaN"
+        text = "NaN" if math.isnan(value) else f"{value:.3f}".rstrip("0").rstrip(".")
     else:
         text = str(value)
     if text and _BARE.match(text):
@@ -153,83 +162,26 @@ def configure(level: str = "info", fmt: str = "kv", stream: Any = None) -> loggi
     return handler
 
 
-def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
-    """One structured line: `log_event(log, "snapshot created", container=cid, snapshot=name)`."""
-    logger.log(level, msg, extra={"fields": fields})
-
-
-# -- per-operation lines ----------------------------------------------------------------
-
-
-class OperationLog:
-    """Context manager for one line per operation, with duration and outcome.
-
-        with OperationLog(log, "create", container=cid) as op:
-            ...
-            op.fields["snapshot"] = name
-    """
-
-    def __init__(self, logger: logging.Logger, kind: str, **fields: Any) -> None:
-        self.logger = logger
-        self.kind = kind
-        self.fields = fields
-
-    def __enter__(self) -> "OperationLog":
-        self.start = time.monotonic()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None:
-            outcome = "ok"
-        else:
-            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-        fields = {"op": self.kind, **self.fields, "duration_ms": _ms(self.start), "outcome": outcome}
-        if exc is not None:
-            fields["error"] = str(exc) or type(exc).__name__
-        self.logger.log(logging.INFO if exc is None else logging.WARNING, "operation",
-                        extra={"fields": fields})
-
-
-def _ms(start: float) -> float:
-    return round((time.monotonic() - start) * 1000, 3)
-
-
 # -- request middleware -------------------------------------------------------------------
 
 
-def peer_of(request: web.Request) -> str:
-    """`uid=0 pid=123` for a Unix peer, `10.0.0.5:41234` for TCP, '-' if unknown."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport else None
-    if sock is not None and sock.family == socket.AF_UNIX:
-        try:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        except OSError:
-            return "unix"
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return f"unix:uid={uid},pid={pid}"
-    peer = transport.get_extra_info("peername") if transport else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
+def peer_text(request: web.Request) -> str:
+    """`unix:uid=0,pid=123` for a Unix peer, `10.0.0.5:41234` for TCP, '-' if unknown."""
+    peer = peer_of(request)
+    if peer.transport == "unix":
+        return f"unix:uid={peer.uid},pid={peer.pid}"
+    name = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(name, tuple) and len(name) >= 2:
+        host, port = name[0], name[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return "-"
-
-
-def _route(request: web.Request) -> str:
-    try:
-        info = request.match_info
-        if info.http_exception is not None or info.route.resource is None:
-            return "unmatched"
-        return info.route.resource.canonical
-    except AttributeError:
-        return "unmatched"
 
 
 @web.middleware
 async def request_log_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     """Request id in, X-Request-Id out, one access line per request.  Outermost."""
     rid = sane_request_id(request.headers.get(HEADER)) or new_request_id()
-    request["request_id"] = rid
+    request[REQUEST_ID_KEY] = rid
     token = request_id_var.set(rid)
     start = time.monotonic()
     status = 500
@@ -247,13 +199,13 @@ async def request_log_middleware(request: web.Request, handler: Callable) -> web
     finally:
         fields = {
             "method": request.method,
-            "route": _route(request),
+            "route": route_template(request),
             "path": request.rel_url.path,
             "status": status,
-            "duration_ms": _ms(start),
+            "duration_ms": elapsed_ms(start),
             "container": request.match_info.get("id"),
             "snapshot": request.match_info.get("name"),
-            "peer": peer_of(request),
+            "peer": peer_text(request),
         }
         access_log.log(logging.WARNING if status >= 500 else logging.INFO, "request",
                        extra={"fields": {k: v for k, v in fields.items() if v is not None},

@@ -21,11 +21,20 @@ What is measured where:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .envelope import route_template
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -108,7 +117,7 @@ class Metrics:
     def watch_pools(self, usage: Callable[[], Iterable[tuple[str, int, int]]]) -> Collector:
         return self.add_collector(PoolCollector(usage))
 
-    def watch_reaper(self, reaper: "ReaperLike") -> Collector:
+    def watch_reaper(self, reaper: ReaperLike) -> Collector:
         return self.add_collector(ReaperCollector(reaper))
 
 
@@ -127,18 +136,6 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
 # -- HTTP middleware ----------------------------------------------------------------
-
-
-def route_template(request: web.Request) -> str:
-    """The matched route's template (`/api/v1/containers/{id}/snapshots`) or 'unmatched'."""
-    try:
-        route = request.match_info.route
-        resource = route.resource
-    except AttributeError:
-        return UNMATCHED
-    if resource is None or request.match_info.http_exception is not None:
-        return UNMATCHED
-    return resource.canonical
 
 
 def metrics_middleware(metrics: Metrics) -> Callable:

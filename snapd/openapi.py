@@ -181,6 +181,29 @@ _CONTAINER_INFO = _container({
     "backend": {"enum": ["overlay", "btrfs", "zfs"]},
     "snapshot_count": {"type": "integer", "minimum": 0},
 })
+SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
+    "version": {"type": "string"},
+    "pid": {"type": "integer"},
+    "uptime_s": {"type": "number", "minimum": 0},
+    "pools": {"type": "array", "items": {
+        "type": "object",
+        "required": ["pool", "spec", "kind", "root", "free_bytes", "snapshots", "bytes"],
+        "properties": {
+            "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"type": "string"},
+            "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
+            "snapshots": {"type": "integer"}, "bytes": {"type": "integer"},
+        },
+    }},
+    "snapshots_total": {"type": "integer", "minimum": 0},
+    "inflight": {"type": "integer", "minimum": 0},
+    "listeners": {"type": "array", "items": {"type": "string"}},
+    "reaper": {"type": "object", "required": ["deleted", "failing", "next_expiry"],
+               "properties": {"deleted": {"type": "integer"}, "failing": {"type": "integer"},
+                              "next_expiry": TIMESTAMP}},
+    "log": {"type": "object"},
+    "watchdog_interval_s": {"type": ["number", "null"]},
+    "last_errors": {"type": "array", "items": {"type": "object"}},
+})
 SCHEMAS["ContainerInfo"] = _envelope("Container retrieved successfully", _CONTAINER_INFO)
 SCHEMAS["ContainerProject"] = _envelope("Container project updated successfully", _CONTAINER_INFO)
 
@@ -285,6 +308,22 @@ def openapi_document() -> dict[str, Any]:
             f"{ADMIN}/containers/{{id}}/project": {
                 "put": _op("Set or remove a container's project label (admin)", "ContainerProject",
                            ADMIN_ERRORS + [400, 404, 408, 413], "ProjectBody"),
+            },
+            f"{ADMIN}/status": {
+                "get": _op("The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
+                           "StatusResponse", ADMIN_ERRORS + [404], params=()),
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, text format (admin, or a token with the metrics scope)",
+                    "responses": {
+                        "200": {"description": "Prometheus text exposition format",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **{str(c): {"description": ERROR_TEXT[c],
+                                    "content": {"application/json": {"schema": _ref("Error")}}}
+                           for c in (401, 403, 405, 500)},
+                    },
+                }
             },
             "/api/v1/openapi.json": {
                 "get": {

@@ -1,14 +1,18 @@
-"""`snapd serve`: start-up, listeners, signals, orderly shutdown.
+"""`snapd serve`: start-up, listeners, signals, reload, orderly shutdown.
 
-Start-up: open the store -> open each pool -> prune what expired while the
-daemon was down -> start listeners.  SIGTERM/SIGINT: stop accepting,
-finish in-flight operations, close the store, remove the socket, exit 0.
+Start-up: take sockets passed by systemd -> open the store -> open each pool
+-> reconcile pools and store -> prune what expired while the daemon was
+down -> start listeners -> READY=1.  SIGHUP re-reads the configuration
+(pools, listeners, log level and format; a bad one is logged and the
+running one kept).  SIGTERM/SIGINT: STOPPING=1, stop accepting, finish
+in-flight operations, close the store, remove the socket it made, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import collections
+import contextlib
 import grp
 import logging
 import os
@@ -16,17 +20,22 @@ import signal
 import socket
 import ssl
 import stat
+import time
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
 from backends import make_backend
 from backends.base import Backend, PoolError
 
+from . import __version__, logsetup, systemd
+from .admin_api import STATUS_KEY
 from .api import make_app
 from .auth import AuthContext
-from .clock import Clock
-from .config import Config, ConfigError
+from .clock import Clock, iso
+from .config import Config, ConfigError, PoolSpec
+from .metrics import Metrics, store_pool_usage
 from .envelope import BODY_TIMEOUT
 from .httpguard import GuardedRunner
 from .netwatch import InterfaceListener
@@ -34,6 +43,7 @@ from .reaper import Reaper
 from .reconcile import reconcile
 from .service import SnapshotService
 from .store import Store, StoreError
+from .systemd import ActivatedSockets
 from .tokens import Tokens
 
 log = logging.getLogger("snapd.server")
@@ -93,17 +103,14 @@ def bind_unix(path: Path, group: str | None = None) -> socket.socket:
     return sock
 
 
-async def open_backends(cfg: Config) -> list[Backend]:
-    backends = []
-    for spec in cfg.pools:
-        try:
-            backend = make_backend(spec.backend, spec.root)
-            await backend.open()
-        except PoolError as exc:
-            raise ConfigError(f"pool {spec}: {exc}") from None
-        log.info("pool open kind=%s root=%s", backend.kind, backend.root)
-        backends.append(backend)
-    return backends
+async def open_backend(spec: PoolSpec) -> Backend:
+    try:
+        backend = make_backend(spec.backend, spec.root)
+        await backend.open()
+    except PoolError as exc:
+        raise ConfigError(f"pool {spec}: {exc}") from None
+    log.info("pool open kind=%s root=%s", backend.kind, backend.root)
+    return backend
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -119,99 +126,268 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-class Daemon:
-    """One running daemon: store, pools, service, reaper and listeners."""
+class Listeners:
+    """Every socket the daemon serves, brought in line with a config on start and reload."""
 
-    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+    def __init__(self, runner: web.AppRunner, activated: ActivatedSockets, admin_group: str | None) -> None:
+        self.runner = runner
+        self.activated = activated
+        self.admin_group = admin_group
+        self.unix_path: Path | None = None
+        self.unix_site: web.SockSite | None = None
+        self.tcp: dict[tuple[str, int, str], web.BaseSite] = {}
+        self.interfaces: dict[tuple[str, int, str], InterfaceListener] = {}
+        self._passed_started = False
+
+    async def _start_passed(self) -> None:
+        """systemd's sockets: served as they are, for the daemon's whole life."""
+        for sock in self.activated.unix + self.activated.tcp:
+            sock.setblocking(False)
+            await web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
+        self._passed_started = True
+
+    async def apply(self, cfg: Config) -> None:
+        """Start what `cfg` adds, stop what it drops.  Raises ConfigError and changes
+        nothing more when a new listener cannot start."""
+        if not self._passed_started:
+            await self._start_passed()
+        if not self.activated.unix and cfg.socket != self.unix_path:
+            sock = bind_unix(cfg.socket, self.admin_group)
+            site = web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT)
+            await site.start()
+            await self._close_unix()
+            self.unix_path, self.unix_site = cfg.socket, site
+        tls = tls_context(cfg)
+        tls_key = f"{cfg.tls_cert}:{cfg.tls_key}"
+        passed = {tuple(a) for a in self.activated.tcp_addresses()}
+        wanted = {(h, p, tls_key) for h, p in cfg.listen if (h, p) not in passed}
+        for key in wanted - set(self.tcp):
+            site = web.TCPSite(self.runner, key[0], key[1], ssl_context=tls,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(f"listen {key[0]}:{key[1]}: {exc.strerror}") from None
+            self.tcp[key] = site
+        for key in set(self.tcp) - wanted:
+            await self.tcp.pop(key).stop()
+        wanted_if = {(n, p, tls_key) for n, p in cfg.listen_interfaces}
+        for key in wanted_if - set(self.interfaces):
+            listener = InterfaceListener(self.runner, key[0], key[1], tls, SHUTDOWN_TIMEOUT)
+            await listener.start()
+            self.interfaces[key] = listener
+        for key in set(self.interfaces) - wanted_if:
+            await self.interfaces.pop(key).stop()
+
+    async def _close_unix(self) -> None:
+        if self.unix_site is not None:
+            await self.unix_site.stop()
+        if self.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unix_path)
+        self.unix_path = self.unix_site = None
+
+    async def close(self) -> None:
+        """Stop the interface followers; the runner's cleanup closes the sites."""
+        for listener in self.interfaces.values():
+            await listener.stop()
+        self.interfaces.clear()
+
+    def remove_socket(self) -> None:
+        """Remove the socket file the daemon made (never systemd's)."""
+        if self.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unix_path)
+
+    def describe(self) -> list[str]:
+        out = [f"unix:{p} (systemd)" for p in self.activated.unix_paths()]
+        out += [f"tcp:{h}:{p} (systemd)" for h, p in self.activated.tcp_addresses()]
+        if self.unix_path is not None:
+            out.append(f"unix:{self.unix_path}")
+        out += [f"tcp:{h}:{p}" for h, p, _ in sorted(self.tcp)]
+        for (name, port, _), listener in sorted(self.interfaces.items()):
+            out += [f"tcp:{a}:{port} ({name})" for a in listener.addresses] or [f"tcp:{name}:{port} (no address)"]
+        return out
+
+
+class RecentErrors(logging.Handler):
+    """The last warnings and errors, for `snapd status`."""
+
+    def __init__(self, keep: int = 20) -> None:
+        super().__init__(logging.WARNING)
+        self.records: collections.deque[dict[str, str]] = collections.deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append({"time": iso(record.created), "logger": record.name,
+                             "level": record.levelname.lower(), "message": record.getMessage()[:500]})
+
+
+class Daemon:
+    """One running daemon: store, pools, service, reaper, listeners, systemd."""
+
+    def __init__(self, cfg: Config, clock: Clock | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or Clock()
+        self.reload_config = reload_config
         self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.started_at = time.time()
         self.runner: web.AppRunner | None = None
-        self.unix_sock: socket.socket | None = None
-        self.interfaces: list[InterfaceListener] = []
+        self.listeners: Listeners | None = None
+        self.store: Store | None = None
+        self.backends: dict[str, Backend] = {}
+        self.metrics = Metrics()
+        self.watchdog = systemd.Watchdog(status=self.status_line)
+        self.errors = RecentErrors()
+        self.activated = ActivatedSockets()
+
+    # -- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
+        self.activated = ActivatedSockets.take()  # before any child process inherits them
+        logging.getLogger().addHandler(self.errors)
+        self.watchdog.start()
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.store = Store(self.cfg.state_dir / "snapd.db")
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
-        self.backends = await open_backends(self.cfg)
-        await reconcile(self.store, self.backends)
-        self.service = SnapshotService(self.store, self.backends, self.clock)
+        systemd.status("opening pools and reconciling them with the store")
+        for spec in self.cfg.pools:
+            self.backends[str(spec)] = await open_backend(spec)
+        await reconcile(self.store, list(self.backends.values()))
+        self.service = SnapshotService(self.store, list(self.backends.values()), self.clock, self.metrics)
         self.reaper = Reaper(self.service, self.clock)
         pruned = await self.reaper.reap(self.clock.now())
         if pruned:
             log.info("pruned %d snapshots that expired while the daemon was down", pruned)
+        self.metrics.watch_zfs(lambda: [(b.describe(), b.stats) for b in self.service.backends if b.kind == "zfs"])
+        self.metrics.watch_pools(store_pool_usage(self.store))
+        self.metrics.watch_reaper(self.reaper)
         self.tokens = Tokens(self.store)
-        auth = AuthContext(self.tokens, self.cfg.admin_group, self.clock)
-        app = make_app(self.service, auth)
+        app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
+        app[STATUS_KEY] = self.status
         self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
                                     handle_signals=False)
         await self.runner.setup()
-        self.unix_sock = bind_unix(self.cfg.socket, self.cfg.admin_group)
-        await web.SockSite(self.runner, self.unix_sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
-        tls = tls_context(self.cfg)
-        for host, port in self.cfg.listen:
-            site = web.TCPSite(self.runner, host, port, ssl_context=tls,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise ConfigError(f"listen {host}:{port}: {exc.strerror}") from None
-        for ifname, port in self.cfg.listen_interfaces:
-            listener = InterfaceListener(self.runner, ifname, port, tls, SHUTDOWN_TIMEOUT)
-            await listener.start()
-            self.interfaces.append(listener)
+        self.listeners = Listeners(self.runner, self.activated, self.cfg.admin_group)
+        await self.listeners.apply(self.cfg)
         self.reaper.start()
-        log.info(
-            "listening socket=%s tcp=%s pools=%s",
-            self.cfg.socket,
-            ",".join(f"{h}:{p}" for h, p in self.cfg.listen) or "-",
-            ",".join(b.describe() for b in self.backends),
-        )
+        log.info("listening on %s; pools %s", ", ".join(self.listeners.describe()),
+                 ", ".join(self.backends))
+        systemd.ready(self.status_line())
+        self.ready.set()
 
     async def stop(self) -> None:
+        systemd.stopping(f"finishing {self.service.inflight} operations")
         log.info("stopping: finishing %d operations in flight", self.service.inflight)
         await self.reaper.stop()
-        for listener in self.interfaces:
-            await listener.stop()
+        await self._close()
+        log.info("stopped")
+
+    async def _close(self) -> None:
+        """Release everything start() took, however far it got."""
+        if self.listeners is not None:
+            await self.listeners.close()
         if self.runner is not None:
             await self.runner.cleanup()
-        await self.service.drain()
-        for backend in self.backends:
+        if hasattr(self, "service"):
+            await self.service.drain()
+        for backend in self.backends.values():
             await backend.close()
-        self.store.close()
-        try:
-            os.unlink(self.cfg.socket)
-        except FileNotFoundError:
-            pass
-        log.info("stopped")
+        if self.store is not None:
+            self.store.close()
+        if self.listeners is not None:
+            self.listeners.remove_socket()
+        await self.watchdog.stop()
+        logging.getLogger().removeHandler(self.errors)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        reloads: asyncio.Queue[None] = asyncio.Queue()
+        loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
         try:
             await self.start()
         except BaseException:
-            await self._abort()
+            await self._close()
             raise
-        await self.stopping.wait()
+        stop = asyncio.create_task(self.stopping.wait())
+        while not stop.done():
+            hup = asyncio.create_task(reloads.get())
+            await asyncio.wait([stop, hup], return_when=asyncio.FIRST_COMPLETED)
+            if hup.done():
+                await self.reload()
+            else:
+                hup.cancel()
         await self.stop()
 
-    async def _abort(self) -> None:
-        """Undo a half-done start-up."""
-        for listener in self.interfaces:
-            await listener.stop()
-        if self.runner is not None:
-            await self.runner.cleanup()
-        if self.unix_sock is not None:
+    # -- reload ------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Re-read the configuration; keep the running one if the new one is bad."""
+        systemd.reloading("re-reading the configuration")
+        try:
+            if self.reload_config is None:
+                raise ConfigError("this daemon was started without a configuration to re-read")
+            new = self.reload_config()
+            if new.state_dir != self.cfg.state_dir:
+                raise ConfigError("state_dir cannot change on reload; restart the daemon")
+            added = [spec for spec in new.pools if str(spec) not in self.backends]
+            opened = {str(spec): await open_backend(spec) for spec in added}
             try:
-                os.unlink(self.cfg.socket)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-        if hasattr(self, "store"):
-            self.store.close()
+                await self.listeners.apply(new)  # type: ignore[union-attr]
+            except BaseException:
+                for backend in opened.values():
+                    await backend.close()
+                raise
+            await reconcile(self.store, list(opened.values()))  # type: ignore[arg-type]
+            removed = [key for key in self.backends if key not in {str(p) for p in new.pools}]
+            for key in removed:
+                await self.backends.pop(key).close()
+            self.backends.update(opened)
+            self.service.backends = list(self.backends.values())
+            logsetup.configure(new.log_level, new.log_format)
+            logging.getLogger().addHandler(self.errors)
+            self.cfg = new
+            log.info("reloaded: pools added=%s removed=%s; listening on %s",
+                     ",".join(opened) or "-", ",".join(removed) or "-", ", ".join(self.listeners.describe()))
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration stays: %s", exc)
+        systemd.ready(self.status_line())
+
+    # -- status ------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        if not hasattr(self, "service"):
+            return "starting"
+        return (f"{len(self.backends)} pools, {self.store.count()} snapshots, "  # type: ignore[union-attr]
+                f"{self.service.inflight} operations in flight, {len(self.reaper.failures)} failing deletes")
+
+    async def status(self) -> dict:
+        usage = {pool: (count, held) for pool, count, held in store_pool_usage(self.store)()}
+        pools = []
+        for key, backend in self.backends.items():
+            count, held = usage.get(backend.describe(), (0, 0))
+            pools.append({"pool": backend.describe(), "spec": key, "kind": backend.kind, "root": backend.root,
+                          "free_bytes": await backend.free_bytes(), "snapshots": count, "bytes": held})
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "pools": pools,
+            "snapshots_total": self.store.count(),  # type: ignore[union-attr]
+            "inflight": self.service.inflight,
+            "listeners": self.listeners.describe() if self.listeners else [],
+            "reaper": {
+                "deleted": self.reaper.deleted,
+                "failing": len(self.reaper.failures),
+                "next_expiry": iso(self.store.next_expiry()),  # type: ignore[union-attr]
+            },
+            "log": {"level": self.cfg.log_level, "format": self.cfg.log_format},
+            "watchdog_interval_s": self.watchdog.interval,
+            "last_errors": list(self.errors.records),
+        }

@@ -9,10 +9,11 @@ started, runs to its end even if the client that asked goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from backends.base import (
     Backend,
@@ -26,9 +27,11 @@ from backends.base import (
 
 from .clock import Clock, snapshot_stamp
 from .errors import Conflict, InsufficientStorage, NotFound, OperationFailed
+from .oplog import OperationLog
 from .store import SnapshotRow, Store
 
 log = logging.getLogger("snapd.service")
+oplog = logging.getLogger("snapd.operation")
 T = TypeVar("T")
 Guard = Callable[["Container"], None]
 """Sees a found container before anything else happens; raises to refuse."""
@@ -71,8 +74,11 @@ class _Locks:
 class SnapshotService:
     """Snapshot operations over a set of pools and one store."""
 
-    def __init__(self, store: Store, backends: list[Backend], clock: Clock | None = None) -> None:
+    def __init__(self, store: Store, backends: list[Backend], clock: Clock | None = None,
+                 metrics: Any = None) -> None:
         self.store = store
+        self.metrics = metrics
+        """Anything with an `operation(backend_kind, kind)` context manager (snapd.metrics.Metrics)."""
         self.backends = backends
         self.clock = clock or Clock()
         self._locks = _Locks()
@@ -114,6 +120,15 @@ class SnapshotService:
         return container, row
 
     # -- mutations ---------------------------------------------------------
+
+    async def _run(self, kind: str, backend: Backend, cid: str, snapshot: str | None,
+                   call: Awaitable[T]) -> T:
+        """One backend operation: timed into metrics, one log line, errors mapped."""
+        what = f"{kind} {cid}" + (f"@{snapshot}" if snapshot else "")
+        fields = {"backend": backend.kind, "container": cid, "snapshot": snapshot}
+        timer = self.metrics.operation(backend.kind, kind) if self.metrics else contextlib.nullcontext()
+        with OperationLog(oplog, kind, **{k: v for k, v in fields.items() if v}), timer:
+            return await _map_errors(call, what)
 
     async def _mutate(self, cid: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` under the container's lock, shielded from the caller's cancellation."""
@@ -168,9 +183,8 @@ class SnapshotService:
             now = self.clock.now()
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
-            facts = await _backend_call(
-                container.backend.create(cid, name, alias, expires_at, created_at=now), f"create {cid}@{name}"
-            )
+            facts = await self._run("create", container.backend, cid, name,
+                                    container.backend.create(cid, name, alias, expires_at, created_at=now))
             row = SnapshotRow(
                 container_id=cid,
                 name=name,
@@ -183,7 +197,6 @@ class SnapshotService:
             )
             self.store.insert(row)
             self.refresh_sizes_later(container.backend, cid)
-            log.info("created snapshot container=%s snapshot=%s pool=%s", cid, name, container.pool)
             if expires_at is not None:
                 self.on_expiry_set(expires_at)
             return container, row
@@ -196,15 +209,12 @@ class SnapshotService:
             others = [
                 SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name
             ]
-            moved = await _backend_call(
-                container.backend.restore(cid, SnapshotRef(row.name, row.ref), others),
-                f"restore {cid}@{name}",
-            )
+            moved = await self._run("restore", container.backend, cid, name,
+                                    container.backend.restore(cid, SnapshotRef(row.name, row.ref), others))
             for moved_name, ref in moved.items():
                 self.store.update(cid, moved_name, ref=ref)
             now = self.clock.now()
             self.store.update(cid, name, last_used_at=now)
-            log.info("restored container=%s snapshot=%s", cid, name)
             return container, replace(row, last_used_at=now, ref=moved.get(name, row.ref))
 
         return await self._mutate(cid, op)
@@ -214,10 +224,8 @@ class SnapshotService:
     ) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container, row = await self.get(cid, name, guard)
-            await _backend_call(
-                container.backend.set_alias(cid, SnapshotRef(row.name, row.ref), alias),
-                f"alias {cid}@{name}",
-            )
+            await self._run("alias", container.backend, cid, name,
+                            container.backend.set_alias(cid, SnapshotRef(row.name, row.ref), alias))
             self.store.update(cid, name, alias=alias)
             return container, replace(row, alias=alias)
 
@@ -238,8 +246,8 @@ class SnapshotService:
 
         async def op() -> Container:
             container = await self.find(cid)
-            await _backend_call(container.backend.set_project(cid, project), f"set-project {cid}")
-            log.info("project set container=%s project=%s", cid, project)
+            await self._run("set-project", container.backend, cid, None,
+                            container.backend.set_project(cid, project))
             return Container(cid, container.backend, project)
 
         return await self._mutate(cid, op)
@@ -248,16 +256,13 @@ class SnapshotService:
         self, backend: Backend, cid: str, rows: list[SnapshotRow]
     ) -> dict[str, BackendError | None]:
         """Delete snapshots on disk (batched), then drop the rows of those gone."""
-        results = await _backend_call(
-            backend.delete(cid, [SnapshotRef(r.name, r.ref) for r in rows]),
-            f"delete {cid}@{','.join(r.name for r in rows)}",
-        )
+        results = await self._run("delete", backend, cid, ",".join(r.name for r in rows),
+                                  backend.delete(cid, [SnapshotRef(r.name, r.ref) for r in rows]))
         self.refresh_sizes_later(backend, cid)
         for row in rows:
             error = results.get(row.name, BackendError("backend gave no result"))
             if error is None:
                 self.store.delete(cid, row.name)
-                log.info("deleted snapshot container=%s snapshot=%s", cid, row.name)
             else:
                 log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
         return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
@@ -286,7 +291,7 @@ class SnapshotService:
         return await self._mutate(cid, op)
 
 
-async def _backend_call(call: Awaitable[T], what: str) -> T:
+async def _map_errors(call: Awaitable[T], what: str) -> T:
     """Await a backend call, mapping its errors to service errors."""
     try:
         return await call
@@ -299,7 +304,6 @@ async def _backend_call(call: Awaitable[T], what: str) -> T:
     except NoSpace as exc:
         raise InsufficientStorage(str(exc)) from None
     except BackendError as exc:
-        log.error("%s failed: %s", what, exc)
         raise OperationFailed(f"{what} failed: {exc}") from None
     except OSError as exc:
         log.exception("%s failed", what)

@@ -20,8 +20,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 log = logging.getLogger("snapd.systemd")
 
@@ -234,7 +234,7 @@ class ActivatedSockets:
     tcp: list[socket.socket] = field(default_factory=list)
 
     @classmethod
-    def take(cls, unset_environment: bool = True) -> "ActivatedSockets":
+    def take(cls, unset_environment: bool = True) -> ActivatedSockets:
         found = cls()
         for socks in listen_fds(unset_environment).values():
             for s in socks:

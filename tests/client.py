@@ -36,6 +36,8 @@ class Response:
     headers: dict[str, str]
     body: Any
     raw: bytes
+    request_id: str | None = None
+    """From an error's details (moved out of `body`, which keeps the reference's shape)."""
 
     @property
     def data(self) -> Any:
@@ -99,6 +101,15 @@ class Client:
             validator = _validator(_template(path), method, result.status)
             if validator is not None:
                 validator.validate(result.body)
+        details = result.body.get("details") if isinstance(result.body, dict) else None
+        if details:
+            ids = [d for d in details if d.get("field") == "request_id"]
+            if ids:
+                assert ids[0]["value"] == result.headers.get("x-request-id"), result
+                result.request_id = ids[0]["value"]
+                result.body["details"] = [d for d in details if d.get("field") != "request_id"]
+                if not result.body["details"]:
+                    del result.body["details"]
         return result
 
     def get(self, path: str, **kw: Any) -> Response:

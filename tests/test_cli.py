@@ -81,7 +81,10 @@ def test_api_errors_exit_1_with_the_message(env, cid: str) -> None:
     out = snapd(d, "list", "not-an-id")
     assert out.returncode == 1 and "Invalid container ID format" in out.stderr
     raw = json.loads(snapd(d, "list", "--json", new_cid()).stdout)
+    (rid,) = [x["value"] for x in raw.pop("details") if x["field"] == "request_id"]
     assert raw == {"statusCode": 404, "error": "Not Found", "message": "Container not found"}
+    out = snapd(d, "list", new_cid())
+    assert out.stderr.startswith("snapd: 404 Container not found (request ") and "request_id" not in out.stderr
 
 
 def test_usage_errors_exit_2(env, cid: str) -> None:

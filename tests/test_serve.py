@@ -30,7 +30,7 @@ def one_clear_line(result: subprocess.CompletedProcess, *needles: str) -> None:
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("snapd: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert all(" INFO " in line for line in lines[:-1]), result.stderr
+    assert all("level=info" in line for line in lines[:-1]), result.stderr
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
