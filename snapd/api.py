@@ -175,6 +175,10 @@ def _container_data(container: Container) -> dict[str, Any]:
     return {"container_id": container.id, "project_id": container.project}
 
 
+def _snapshot_ok(message: str, container: Container, row: SnapshotRow) -> web.Response:
+    return ok(message, {**_container_data(container), "snapshot": snapshot_json(row)})
+
+
 # -- handlers ----------------------------------------------------------------------
 
 
@@ -193,20 +197,14 @@ async def create_snapshot(request: web.Request) -> web.Response:
     cid = _cid(request)
     alias, expiry = parse_create_body(await read_body(request))
     container, row = await _service(request).create(cid, alias, expiry, request[GUARD])
-    return ok(
-        "Snapshot created successfully",
-        {**_container_data(container), "snapshot": snapshot_json(row)},
-    )
+    return _snapshot_ok("Snapshot created successfully", container, row)
 
 
 @endpoint(GET_MSGS)
 async def get_snapshot(request: web.Request) -> web.Response:
     cid, name = _cid_name(request)
     container, row = await _service(request).get(cid, name, request[GUARD])
-    return ok(
-        "Snapshot retrieved successfully",
-        {**_container_data(container), "snapshot": snapshot_json(row)},
-    )
+    return _snapshot_ok("Snapshot retrieved successfully", container, row)
 
 
 @endpoint(RESTORE_MSGS, write=True)
@@ -223,10 +221,7 @@ async def update_alias(request: web.Request) -> web.Response:
     cid, name = _cid_name(request)
     alias = parse_alias_body(await read_body(request))
     container, row = await _service(request).set_alias(cid, name, alias, request[GUARD])
-    return ok(
-        "Snapshot alias updated successfully",
-        {**_container_data(container), "snapshot": snapshot_json(row)},
-    )
+    return _snapshot_ok("Snapshot alias updated successfully", container, row)
 
 
 @endpoint(DELETE_MSGS, write=True)

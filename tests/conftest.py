@@ -65,3 +65,17 @@ def daemon(pool: PoolHarness, session_tmp: Path) -> Iterator[DaemonProcess]:
     finally:
         code = d.stop()
         assert code == 0, f"daemon exited {code}:\n{d.log_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def overlay_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Path]]:
+    """A daemon on a plain directory pool of its own, shared by one test module."""
+    base = tmp_path_factory.mktemp("overlay-env")
+    pool = base / "pool"
+    pool.mkdir()
+    d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=False).start()
+    try:
+        yield d, pool
+    finally:
+        code = d.stop()
+        assert code == 0, f"daemon exited {code}:\n{d.log_text()[-3000:]}"

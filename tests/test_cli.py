@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,8 @@ from .harness import new_cid
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Path]]:
-    base = tmp_path_factory.mktemp("cli")
-    pool = base / "pool"
-    pool.mkdir()
-    d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=False).start()
-    try:
-        yield d, pool
-    finally:
-        assert d.stop() == 0
+def env(overlay_env: tuple[DaemonProcess, Path]) -> tuple[DaemonProcess, Path]:
+    return overlay_env
 
 
 def snapd(d: DaemonProcess, *args: str, socket_flag: bool = False) -> subprocess.CompletedProcess:

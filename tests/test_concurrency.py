@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,15 +16,8 @@ from .harness import new_cid
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Path]]:
-    base = tmp_path_factory.mktemp("conc")
-    pool = base / "pool"
-    pool.mkdir()
-    d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=False).start()
-    try:
-        yield d, pool
-    finally:
-        assert d.stop() == 0
+def env(overlay_env: tuple[DaemonProcess, Path]) -> tuple[DaemonProcess, Path]:
+    return overlay_env
 
 
 def test_a_slow_operation_blocks_neither_the_loop_nor_other_containers(env) -> None:

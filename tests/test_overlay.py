@@ -17,15 +17,8 @@ from .rootfs import assert_same_tree, build_rootfs, digest, mounted, require_roo
 
 
 @pytest.fixture(scope="module")
-def overlay_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Path]]:
-    base = tmp_path_factory.mktemp("overlay")
-    pool = base / "pool"
-    pool.mkdir()
-    d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=False).start()
-    try:
-        yield d, pool
-    finally:
-        assert d.stop() == 0
+def overlay_daemon(overlay_env: tuple[DaemonProcess, Path]) -> tuple[DaemonProcess, Path]:
+    return overlay_env
 
 
 def create(d: DaemonProcess, cid: str) -> str:
