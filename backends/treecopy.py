@@ -90,17 +90,23 @@ class CopyStats:
 
 
 def copy_tree(
-    src: Path, dst: Path, *, link_dest: Path | None = None, allow_reflink: bool = True
+    src: Path, dst: Path, *, link_dest: Path | None = None, allow_reflink: bool = True,
+    unchanged_since_ns: int | None = None,
 ) -> CopyStats:
     """Create `dst` (must not exist; its parent must) as an exact copy of directory `src`.
 
     `link_dest` is the previous snapshot of the same tree: when files are
     not cloned, a regular file whose twin at the same relative path there
     has the same size, mtime_ns, mode, uid, gid and xattrs is hard-linked to
-    it instead of copied (content is not compared).  Raises OSError; see the
-    module docstring for what is left behind.
+    it instead of copied (content is not compared).  `unchanged_since_ns`
+    (when link_dest was copied, at the latest its start) makes that safe:
+    only a file whose ctime is older is linked.  Every write changes a
+    file's ctime and nobody can set it back, so a file whose mtime was
+    preserved or restored (`touch -r`, tar, rsync -t) after a rewrite is
+    still copied.  Raises OSError; see the module docstring for what is left
+    behind.
     """
-    return _Copier(os.fsencode(src), os.fsencode(dst), link_dest, allow_reflink).run()
+    return _Copier(os.fsencode(src), os.fsencode(dst), link_dest, allow_reflink, unchanged_since_ns).run()
 
 
 def tree_exclusive_bytes(root: Path) -> int:
@@ -224,8 +230,10 @@ class _Dir:
 class _Copier:
     """State of one copy_tree call."""
 
-    def __init__(self, src: bytes, dst: bytes, link_dest: Path | None, allow_reflink: bool) -> None:
+    def __init__(self, src: bytes, dst: bytes, link_dest: Path | None, allow_reflink: bool,
+                 unchanged_since_ns: int | None = None) -> None:
         self.src, self.dst = src, dst
+        self.unchanged_since_ns = unchanged_since_ns
         self.link_dest = None if link_dest is None else os.fsencode(link_dest)
         self.allow_reflink = allow_reflink
         self.reflink = False
@@ -469,6 +477,8 @@ class _Copier:
         """Hard-link `name` to its unchanged twin in link_dest, if it has one."""
         if d.ld_fd is None:
             return False
+        if self.unchanged_since_ns is not None and st.st_ctime_ns >= self.unchanged_since_ns:
+            return False  # changed (or may have) since link_dest was taken
         try:
             lst = os.stat(name, dir_fd=d.ld_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):

@@ -346,3 +346,27 @@ def test_ten_thousand_small_files(tmp_path: Path) -> None:
     stats = copy_tree(src, tmp_path / "dst")
     assert stats.files == 10_000 and stats.dirs == 101
     assert_same_tree(src, tmp_path / "dst")
+
+
+def test_link_dest_never_trusts_a_file_changed_since_it_was_taken(noreflink_dir: Path) -> None:
+    """A rewrite that keeps size and mtime (touch -r, tar -x) is still copied: ctime tells."""
+    src = noreflink_dir / "src"
+    src.mkdir()
+    (src / "same").write_bytes(b"A" * 100)
+    (src / "sneaky").write_bytes(b"B" * 100)
+    first = noreflink_dir / "first"
+    started = time.time_ns()
+    copy_tree(src, first)
+    mtime = os.stat(src / "sneaky").st_mtime_ns
+    time.sleep(0.01)
+    (src / "sneaky").write_bytes(b"C" * 100)  # same size ...
+    os.utime(src / "sneaky", ns=(mtime, mtime))  # ... and mtime put back
+    second = noreflink_dir / "second"
+    stats = copy_tree(src, second, link_dest=first, unchanged_since_ns=started)
+    assert (second / "sneaky").read_bytes() == b"C" * 100
+    assert os.stat(second / "same").st_ino == os.stat(first / "same").st_ino
+    assert stats.linked == 1
+    # without the ctime rule the old quick check would have linked the stale copy
+    third = noreflink_dir / "third"
+    copy_tree(src, third, link_dest=first)
+    assert (third / "sneaky").read_bytes() == b"B" * 100
