@@ -162,5 +162,17 @@ class Backend(abc.ABC):
         """Bytes available for new data in the pool, when known."""
         return None
 
+    async def total_bytes(self) -> int | None:
+        """The pool's size in bytes (for a reserve given as a percentage), when known."""
+        return None
+
+    async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
+        """Tidy what an interrupted `op` on `cid` may have left (start-up, after open()).
+
+        Called for every unfinished journal entry of this pool before reconcile.
+        open() has already swept the pool's scratch area; this is for anything
+        outside it.  Must be idempotent.  The service then settles the store.
+        """
+
     def describe(self) -> str:
         return f"{self.kind}:{self.root}"

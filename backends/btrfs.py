@@ -56,6 +56,8 @@ import shutil
 import stat
 import threading
 
+from snapd import faults
+
 from . import btrfs_ioctl as ioc
 from . import inuse
 from .base import (
@@ -196,6 +198,10 @@ class BtrfsBackend(Backend):
         st = await asyncio.to_thread(os.statvfs, self.root)
         return st.f_bavail * st.f_frsize
 
+    async def total_bytes(self) -> int | None:
+        st = await asyncio.to_thread(os.statvfs, self.root)
+        return st.f_blocks * st.f_frsize
+
     async def pool_info(self) -> PoolInfo:
         """Kind, root, free bytes and whether sizes come from qgroups."""
         free = await self.free_bytes()
@@ -286,24 +292,7 @@ class BtrfsBackend(Backend):
     def _refuse_held(self, cid: str, cpath: str) -> None:
         """A process holding a file of the container would keep the old data alive
         and see none of the restore: refuse while anyone does."""
-        try:
-            found = inuse.holders(cpath)
-        except OSError as e:
-            log.debug("cannot scan processes: %s", e)
-            return
-        if found:
-            raise ContainerBusy(
-                f"cannot restore container {cid}: in use by {inuse.describe(found)}; "
-                "stop it first",
-                [
-                    {
-                        "field": "container",
-                        "reason": f"in use by pid {h['pid']} ({h['command']}): {h['reason']}",
-                        "value": str(h["pid"]),
-                    }
-                    for h in found
-                ],
-            )
+        inuse.refuse_held(cid, [cpath], ContainerBusy, log=log)
 
     # -- create ------------------------------------------------------------
 
@@ -403,10 +392,12 @@ class BtrfsBackend(Backend):
             self._writable_copy(spath, tfd, tmpname)
             try:
                 _set_label(tmppath, _get_label(cpath))
+                faults.point("btrfs.restore.after-copy")
                 with _Fd(cpath) as cfd:
                     self._refuse_nested(cid, cfd, "restore")
                 self._refuse_held(cid, cpath)  # last, to keep the window to the swap short
                 ioc.exchange(tmppath, cpath)
+                faults.point("btrfs.restore.after-exchange")
             except BaseException as e:
                 _quiet_destroy(tfd, tmpname)
                 if isinstance(e, OSError):

@@ -212,3 +212,32 @@ def _dir_under(link: str, target: tuple[int, int]) -> bool:
         prev = here
         walk += "/.."
     return False
+
+
+def refuse_held(cid: str, paths: list[str], busy: type[Exception], *, log: object = None) -> None:
+    """Raise `busy(message, details)` (ContainerBusy) when any process holds files under `paths`.
+
+    Each holder is one detail: {"field": "container", "reason": "in use by pid N (cmd): why",
+    "value": "N"}.  A scan that cannot run (no /proc) refuses nothing.
+    """
+    found: dict[int, dict] = {}
+    for path in paths:
+        try:
+            for h in holders(path):
+                found.setdefault(h["pid"], h)
+        except OSError as e:
+            if log is not None:
+                log.debug("cannot scan processes holding %s: %s", path, e)  # type: ignore[attr-defined]
+    if found:
+        held = [found[p] for p in sorted(found)]
+        raise busy(
+            f"cannot restore container {cid}: in use by {describe(held)}; stop it first",
+            [
+                {
+                    "field": "container",
+                    "reason": f"in use by pid {h['pid']} ({h['command']}): {h['reason']}",
+                    "value": str(h["pid"]),
+                }
+                for h in held
+            ],
+        )

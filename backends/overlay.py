@@ -29,7 +29,9 @@ import secrets
 import shutil
 from pathlib import Path
 
-from . import fsops, treecopy
+from snapd import faults
+
+from . import fsops, inuse, treecopy
 from .base import (
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
@@ -45,6 +47,8 @@ from .base import (
 )
 
 _CID = re.compile(r"[0-9a-f]{24}")
+RESTORE_PREFIX = ".snapd-restore-"
+"""A restore's build beside upper/ (when upper/ is on another filesystem than .tmp)."""
 
 
 def _name_key(name: str) -> tuple:
@@ -107,6 +111,26 @@ class OverlayBackend(Backend):
     async def free_bytes(self) -> int | None:
         return await asyncio.to_thread(fsops.free_bytes, self.path)
 
+    async def total_bytes(self) -> int | None:
+        st = await asyncio.to_thread(os.statvfs, self.path)
+        return st.f_blocks * st.f_frsize
+
+    async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
+        """A restore builds beside upper/ when upper/ is on another filesystem than .tmp:
+        remove such a build (open() has swept .tmp itself)."""
+        if op == "restore" and _CID.fullmatch(cid):
+            await asyncio.to_thread(self._sweep_container, cid)
+
+    def _sweep_container(self, cid: str) -> None:
+        container = self._container(cid)
+        try:
+            entries = [e for e in os.scandir(container) if e.name.startswith(RESTORE_PREFIX)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+
     # -- create --------------------------------------------------------------
 
     async def create(
@@ -136,6 +160,7 @@ class OverlayBackend(Backend):
         try:
             stats = treecopy.copy_tree(self._captured(cid), scratch, link_dest=previous)
             fsops.syncfs(self.tmpdir)
+            faults.point("overlay.create.after-copy")
             (self.snapdir / cid).mkdir(mode=0o700, exist_ok=True)
             os.rename(scratch, final)
             fsops.fsync_dir(final.parent)
@@ -167,26 +192,33 @@ class OverlayBackend(Backend):
         target = self._captured(cid)
         merged = container / "merged"
         if target != container and os.path.ismount(merged):
+            details = [{"field": "container", "reason": f"{merged} is a mount point"}]
+            try:
+                inuse.refuse_held(cid, [str(merged), str(target)], ContainerBusy)
+            except ContainerBusy as busy:
+                details += busy.details
             raise ContainerBusy(
-                "the container's overlay is mounted; unmount it before restoring",
-                [{"field": "container", "reason": f"{merged} is a mount point"}],
-            )
+                "the container's overlay is mounted; unmount it before restoring", details)
         if target == container and os.path.ismount(container):
             raise ContainerBusy(
                 "the container directory is a mount point and cannot be swapped",
                 [{"field": "container", "reason": f"{container} is a mount point"}],
             )
+        inuse.refuse_held(cid, [str(target)], ContainerBusy)  # before the copy: fail fast
         build = self._scratch(f"restore-{cid}")
         if os.lstat(target).st_dev != os.lstat(self.tmpdir).st_dev:
-            build = target.parent / f".restore-{secrets.token_hex(6)}"
+            build = target.parent / f"{RESTORE_PREFIX}{secrets.token_hex(6)}"
         try:
             # A real copy: the live tree must never share an inode with a snapshot.
             treecopy.copy_tree(source, build, link_dest=None)
             if target == container:
                 fsops.set_xattr(build, PROJECT_XATTR, fsops.get_xattr(container, PROJECT_XATTR))
             fsops.syncfs(build)
+            faults.point("overlay.restore.after-copy")
+            inuse.refuse_held(cid, [str(target)], ContainerBusy)  # again, just before the swap
             fsops.exchange(build, target)
             fsops.fsync_dir(target.parent)
+            faults.point("overlay.restore.after-exchange")
         except BaseException:
             if fsops.is_real_dir(build):
                 shutil.rmtree(build, ignore_errors=True)
@@ -211,6 +243,7 @@ class OverlayBackend(Backend):
             except OSError as exc:
                 results[name] = BackendError(f"cannot remove {name}: {exc.strerror}")
                 continue
+            faults.point("overlay.delete.after-rename")
             results[name] = None
             shutil.rmtree(doomed, ignore_errors=True)
         remaining = sorted(self._names(cid), key=_name_key)

@@ -23,10 +23,14 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from snapd import faults
+
+from . import inuse
 from .base import (
     PROJECT_PROPERTY,
     Backend,
     BackendError,
+    ContainerBusy,
     ContainerNotFound,
     PoolError,
     RefUpdates,
@@ -209,6 +213,28 @@ class ZfsBackend(Backend):
         got = await self.zfs.get(["available"], [self.root])
         return int(got[self.root]["available"])
 
+    async def total_bytes(self) -> int | None:
+        """The whole ZFS pool's usable size: its top dataset's used + available."""
+        top = self.root.split("/", 1)[0]
+        got = await self.zfs.get(["available", "used"], [top])
+        return int(got[top]["available"]) + int(got[top]["used"])
+
+    async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
+        """open() repaired restores it could see; repeat for this container (idempotent),
+        and drop holders an interrupted restore or delete left with nothing to keep."""
+        if _CID_RE.match(cid):
+            await self._repair(cid)
+            await self._gc(cid)
+
+    async def _refuse_held(self, cid: str) -> None:
+        """Processes with their cwd, root or open files in the mounted container: 409."""
+        ds = self._ds(cid)
+        got = await self.zfs.get(["mounted", "mountpoint"], [ds], check=False)
+        props = got.get(ds, {})
+        if props.get("mounted") != "yes" or not props.get("mountpoint", "").startswith("/"):
+            return
+        await asyncio.to_thread(inuse.refuse_held, cid, [props["mountpoint"]], ContainerBusy, log=log)
+
     # -- containers ---------------------------------------------------------
 
     async def container_exists(self, cid: str) -> bool:
@@ -343,6 +369,7 @@ class ZfsBackend(Backend):
             await self._repair(cid)
             scan = await self._scan(cid, fresh=True)
         target = self._locate(scan, cid, snap)
+        await self._refuse_held(cid)
         passed = {r.name: r.ref for r in [snap, *others]}
         before = {n: s.name for n, s in scan.visible(cid).items()}
         self._invalidate(cid)
@@ -370,6 +397,7 @@ class ZfsBackend(Backend):
         try:
             await self.zfs.zfs("clone", *opts, target, temp)
             await self.zfs.zfs("promote", temp)
+            faults.point("zfs.restore.after-clone")
             if pending["mounted"]:
                 await self.zfs.zfs("unmount", ds)
             await self.zfs.zfs("set", "canmount=off", ds)
@@ -383,11 +411,13 @@ class ZfsBackend(Backend):
         except BackendError:
             await self._repair(cid)
             raise
+        faults.point("zfs.restore.after-rename-old")
         try:
             await self.zfs.zfs("rename", temp, ds)
         except BackendError:
             await self._repair(cid)
             raise
+        faults.point("zfs.restore.after-rename-new")
         await self._finish(ds, pending)
         await self._tidy_holder(holder, rollback=True)
 

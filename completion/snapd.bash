@@ -2,7 +2,7 @@
 # do not edit: python -m snapd.completion > completion/snapd.bash
 # Installed as /usr/share/bash-completion/completions/snapd (bash >= 4.2).
 declare -gA _snapd_subs _snapd_opts _snapd_valopts _snapd_choices
-_snapd_subs[snapd]='serve list create show restore alias delete status token container'
+_snapd_subs[snapd]='serve list create show restore alias delete status reconcile token container expiry'
 _snapd_opts[snapd]='-h --help --version'
 _snapd_valopts[snapd]=''
 _snapd_subs['snapd serve']=''
@@ -31,6 +31,9 @@ _snapd_valopts['snapd delete']=--socket
 _snapd_subs['snapd status']=''
 _snapd_opts['snapd status']='-h --help --socket --json'
 _snapd_valopts['snapd status']=--socket
+_snapd_subs['snapd reconcile']=''
+_snapd_opts['snapd reconcile']='-h --help --dry-run --socket --json'
+_snapd_valopts['snapd reconcile']=--socket
 _snapd_subs['snapd token']='create list revoke'
 _snapd_opts['snapd token']='-h --help'
 _snapd_valopts['snapd token']=''
@@ -52,6 +55,12 @@ _snapd_valopts['snapd container show']=--socket
 _snapd_subs['snapd container set-project']=''
 _snapd_opts['snapd container set-project']='-h --help --socket --json --clear'
 _snapd_valopts['snapd container set-project']=--socket
+_snapd_subs['snapd expiry']=plan
+_snapd_opts['snapd expiry']='-h --help'
+_snapd_valopts['snapd expiry']=''
+_snapd_subs['snapd expiry plan']=''
+_snapd_opts['snapd expiry plan']='-h --help --socket --json --hours --limit'
+_snapd_valopts['snapd expiry plan']='--socket --hours --limit'
 _snapd_files='--config --socket --tls-cert --tls-key'
 _snapd_dirs='--dev-dir --state-dir'
 _snapd_complete() {

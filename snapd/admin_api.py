@@ -11,6 +11,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from .admin_expiry import add_expiry_routes
+from .admin_reconcile import add_reconcile_routes
 from .auth import AUTH_KEY, require_admin
 from .envelope import ApiError, ok, read_body
 from .errors import NotFound, ServiceError
@@ -166,3 +168,5 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_delete(f"{ADMIN}/tokens/{{token_id}}", revoke_token)
     app.router.add_get(f"{ADMIN}/containers/{{id}}", show_container, allow_head=False)
     app.router.add_put(f"{ADMIN}/containers/{{id}}/project", set_project)
+    add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/admin_reconcile.py)
+    add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/admin_expiry.py)

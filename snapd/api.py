@@ -8,6 +8,7 @@ shape the reference's envelopes; nothing here touches a pool.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -182,14 +183,60 @@ def _snapshot_ok(message: str, container: Container, row: SnapshotRow) -> web.Re
 # -- handlers ----------------------------------------------------------------------
 
 
+MAX_PAGE = 10_000
+CURSOR = re.compile(r"(\d{1,16}):([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
+"""A list cursor (`data.next`): created_at in ms, a colon, the snapshot name."""
+
+
+def _page(request: web.Request, cid: str) -> tuple[int | None, tuple[int, str] | None]:
+    """`?limit=` (1..MAX_PAGE) and `?after=` (a cursor from `data.next`, or a snapshot name)."""
+    query = request.rel_url.query
+
+    def bad(field: str, reason: str) -> ApiError:
+        return ApiError(400, "Invalid query parameter", [{"field": field, "reason": reason}])
+
+    limit = None
+    if "limit" in query:
+        raw = query["limit"]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+            raise bad("limit", f"an integer from 1 to {MAX_PAGE}")
+        limit = int(raw)
+    after = None
+    if "after" in query:
+        raw = query["after"]
+        if m := CURSOR.fullmatch(raw):
+            after = (int(m[1]), m[2])
+        else:
+            try:
+                name = check_snapshot_name(raw)
+            except InvalidInput:
+                raise bad("after", "a cursor from data.next or a snapshot name") from None
+            after = _service(request).store.position(cid, name)
+            if after is None:
+                raise bad("after", "no such snapshot; pass the cursor from data.next")
+    return limit, after
+
+
 @endpoint(LIST_MSGS)
 async def list_snapshots(request: web.Request) -> web.Response:
+    """Newest first, straight from the store's index; each snapshot object is
+    encoded by SQLite and the envelope is spliced around them (10,000 rows in
+    a few tens of ms, no Python object per row).  Optional pagination:
+    `?limit=N[&after=CURSOR]` adds `data.next`, the cursor of the next page
+    (null on the last one); without `limit` every snapshot is returned."""
     cid = _cid(request)
-    container, rows = await _service(request).list(cid, request[GUARD])
-    return ok(
-        "Snapshots retrieved successfully",
-        {**_container_data(container), "snapshots": [snapshot_json(r) for r in rows]},
-    )
+    service = _service(request)
+    container = await service.find(cid, request[GUARD])
+    limit, after = _page(request, cid)
+    items, last = service.store.list_json(cid, limit, after)
+    data: dict[str, Any] = _container_data(container)
+    if limit is not None:
+        data["next"] = f"{last[0]}:{last[1]}" if last else None
+    data["snapshots"] = []
+    head = dumps({"statusCode": 200, "message": "Snapshots retrieved successfully", "data": data})
+    assert head.endswith('"snapshots":[]}}')
+    body = "".join((head[:-3], ",".join(items), "]}}"))
+    return web.Response(text=body, content_type="application/json")
 
 
 @endpoint(CREATE_MSGS, write=True)

@@ -344,6 +344,49 @@ def cmd_container_set_project(args: argparse.Namespace) -> int:
                     {"project": args.project})
 
 
+def _reconcile_text(d: dict) -> str:
+    verb = "would" if d["dry_run"] else "did"
+    lines = [f"dry run: nothing changed" if d["dry_run"] else "reconcile applied"]
+    for e in d["journal"]:
+        lines.append(f"journal: {verb} settle unfinished {e['op']} of {e['container_id']}"
+                     f"{'@' + e['snapshot'] if e['snapshot'] else ''} (pool {e['pool']}, entry {e['id']})")
+    for p in d["pools"]:
+        actions = [("adopt", a) for a in p["adopt"]] + [("forget", a) for a in p["forget"]] + \
+                  [("update-ref", a) for a in p["update_ref"]]
+        head = f"pool {p['pool']}: " + (f"error: {p['error']}" if p["error"] else
+                                         f"{len(actions)} action(s)" if actions else "in agreement")
+        lines.append(head)
+        if p["refused"]:
+            lines.append(f"  refused: {p['refused']}")
+        for what, a in actions:
+            extra = f" -> {a['ref']}" if "ref" in a else ""
+            lines.append(f"  {verb} {what} {a['container_id']}/{a['snapshot']}{extra}  (why: {a['why']})")
+    return "\n".join(lines)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    args.render = _reconcile_text
+    return _request(args, "POST", f"{ADMIN}/reconcile", {"dry_run": bool(args.dry_run)})
+
+
+def _expiry_text(d: dict) -> str:
+    if not d["snapshots"]:
+        return f"nothing expires by {_when(d['until'])}"
+    rows = [[_when(s["expires_at"]) + (" OVERDUE" if s["overdue"] else ""), s["container_id"], s["name"],
+             s["alias"] or "-", s["pool"],
+             f"failing x{s['failing']['attempts']}: {s['failing']['error']}" if s["failing"] else "-"]
+            for s in d["snapshots"]]
+    more = f"\n({d['total'] - len(d['snapshots'])} more not shown; raise --limit)" if d["truncated"] else ""
+    return (f"{d['total']} snapshots expire by {_when(d['until'])}\n"
+            + _table(rows, ["EXPIRES", "CONTAINER", "SNAPSHOT", "ALIAS", "POOL", "FAILING"]) + more)
+
+
+def cmd_expiry_plan(args: argparse.Namespace) -> int:
+    args.render = _expiry_text
+    query = f"?hours={args.hours:g}" + (f"&limit={args.limit}" if args.limit is not None else "")
+    return _request(args, "GET", f"{ADMIN}/expiry{query}")
+
+
 # -- argument parsing ----------------------------------------------------------------
 
 
@@ -439,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the raw JSON envelope")
     st.set_defaults(func=cmd_status)
 
+    rc = sub.add_parser("reconcile", help="make the store agree with the pools (admin only)",
+                        description="settle unfinished operations, adopt snapshots on disk the store lacks, "
+                                    "forget rows whose snapshot is gone (admin only)",
+                        epilog=_examples("snapd reconcile --dry-run", "snapd reconcile"),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rc.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    rc.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+    rc.add_argument("--json", action="store_true", help="print the raw JSON envelope")
+    rc.set_defaults(func=cmd_reconcile)
+
     token = group("token", "bearer tokens for TCP and non-admin local users (admin only)")
     tc = admin_cmd(token, "create", "issue a token; it is printed once", cmd_token_create,
                    "snapd token create --project web --label ci-deploy --expires 90",
@@ -466,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("id", help="container id")
     cp.add_argument("project", nargs="?", help="project label")
     cp.add_argument("--clear", action="store_true", help="remove the label")
+
+    expiry = group("expiry", "what the reaper will delete (admin only)")
+    ep = admin_cmd(expiry, "plan", "list the snapshots that expire in the next N hours, earliest first "
+                   "(overdue ones too)", cmd_expiry_plan, "snapd expiry plan", "snapd expiry plan --hours 168")
+    ep.add_argument("--hours", type=float, default=24.0, metavar="N", help="the window from now (default 24)")
+    ep.add_argument("--limit", type=int, metavar="M", help="show at most M snapshots (default 10000)")
     return parser
 
 

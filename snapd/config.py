@@ -35,6 +35,82 @@ class PoolSpec:
         return f"{self.backend}:{self.root}"
 
 
+DEFAULT_RESERVE = "1GiB,5%"
+"""Free space a create must leave: the smaller of 1 GiB and 5% of the pool."""
+DEFAULT_HOOK_TIMEOUT = 60.0
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4,
+          "tib": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Free space a create must leave in a pool: bytes, a fraction of the pool, or the
+    smaller of both (`"1GiB,5%"`).  Zero disables the check."""
+
+    bytes: int | None = None
+    fraction: float | None = None
+
+    def required(self, total: int | None) -> int:
+        """The reserve in bytes for a pool of `total` bytes (None: size unknown)."""
+        options = []
+        if self.bytes is not None:
+            options.append(self.bytes)
+        if self.fraction is not None and total is not None:
+            options.append(int(total * self.fraction))
+        return min(options) if options else 0
+
+    def __str__(self) -> str:
+        parts = ([f"{self.bytes} bytes"] if self.bytes is not None else []) + (
+            [f"{self.fraction * 100:g}%"] if self.fraction is not None else [])
+        return " or ".join(parts) if parts else "none"
+
+
+def parse_reserve(value: object, where: str) -> Reserve:
+    """`1073741824`, `"512MiB"`, `"5%"`, `"1GiB,5%"` (the smaller), `0`."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: reserve must be bytes, a size like '1GiB', a percentage or both")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where}: reserve must not be negative")
+        return Reserve(bytes=value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: reserve must be bytes, a size like '1GiB', a percentage or both")
+    size: int | None = None
+    fraction: float | None = None
+    for part in value.replace(" ", "").lower().split(","):
+        try:
+            if part.endswith("%"):
+                pct = float(part[:-1])
+                if not 0 <= pct < 100 or fraction is not None:
+                    raise ValueError
+                fraction = pct / 100
+            else:
+                num = part.rstrip("kmgtib")
+                unit = part[len(num):]
+                if unit not in _UNITS or size is not None:
+                    raise ValueError
+                size = int(float(num) * _UNITS[unit])
+                if size < 0:
+                    raise ValueError
+        except ValueError:
+            raise ConfigError(f"{where}: reserve {value!r} is not bytes, a size like '1GiB', "
+                              "a percentage like '5%' or both ('1GiB,5%')") from None
+    return Reserve(size, fraction)
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """Per-pool safety settings: free-space reserve and restore hooks."""
+
+    reserve: Reserve = field(default_factory=lambda: parse_reserve(DEFAULT_RESERVE, "default"))
+    pre_restore: tuple[str, ...] = ()
+    """argv run (no shell) before a restore; failure refuses the restore (409)."""
+    post_restore: tuple[str, ...] = ()
+    """argv run after a restore (also a failed one, once pre_restore ran); failure is logged."""
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+
+
 @dataclass
 class Config:
     socket: Path = DEFAULT_SOCKET
@@ -48,6 +124,12 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     request_timeout: float = 10.0
+    reserve: Reserve = field(default_factory=lambda: parse_reserve(DEFAULT_RESERVE, "default"))
+    pool_options: dict[str, PoolPolicy] = field(default_factory=dict)
+    """Pool spec as written in `pools` -> its policy (pools not named use `reserve`)."""
+
+    def policy(self, spec: "PoolSpec | str") -> PoolPolicy:
+        return self.pool_options.get(str(spec)) or PoolPolicy(reserve=self.reserve)
 
 
 BACKENDS = ("auto", "overlay", "btrfs", "zfs")
@@ -63,7 +145,10 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_cert": str,
     "tls_key": str,
     "request_timeout": (int, float),
+    "reserve": (int, str),
+    "pool_options": dict,
 }
+POOL_OPTION_KEYS = ("reserve", "pre_restore", "post_restore", "hook_timeout")
 
 
 def parse_pool(value: str, where: str) -> PoolSpec:
@@ -105,7 +190,7 @@ def load_file(path: Path) -> dict[str, Any]:
         if key not in KEYS:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known: {', '.join(KEYS)})")
         if not isinstance(value, KEYS[key]) or isinstance(value, bool):
-            kind = {list: "a list of strings", str: "a string"}.get(KEYS[key], "a number")  # type: ignore[call-overload]
+            kind = {list: "a list of strings", str: "a string", dict: "a table"}.get(KEYS[key], "a number")  # type: ignore[call-overload]
             raise ConfigError(f"config file {path}: {key!r} must be {kind}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"config file {path}: {key!r} must be a list of strings")
@@ -150,7 +235,39 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
     if merged.get("tls_cert"):
         cfg.tls_cert, cfg.tls_key = Path(merged["tls_cert"]), Path(merged["tls_key"])
     cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]
+    if "reserve" in merged:
+        cfg.reserve = parse_reserve(merged["reserve"], f"{source}: reserve")
+    cfg.pool_options = {
+        spec: _pool_policy(opts, cfg.reserve, f"{source}: pool_options.{spec!r}")
+        for spec, opts in (merged.get("pool_options") or {}).items()
+    }
     return cfg
+
+
+def _argv(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: must be a command as a non-empty list of strings (argv; no shell)")
+    if not os.path.isabs(value[0]):
+        raise ConfigError(f"{where}: the command {value[0]!r} must be an absolute path")
+    return tuple(value)
+
+
+def _pool_policy(opts: object, reserve: Reserve, where: str) -> PoolPolicy:
+    if not isinstance(opts, dict):
+        raise ConfigError(f"{where}: must be a table with keys {', '.join(POOL_OPTION_KEYS)}")
+    unknown = set(opts) - set(POOL_OPTION_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(POOL_OPTION_KEYS)})")
+    timeout = opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+        raise ConfigError(f"{where}: hook_timeout must be a number of seconds from 0 to 3600")
+    return PoolPolicy(
+        reserve=parse_reserve(opts["reserve"], f"{where}.reserve") if "reserve" in opts else reserve,
+        pre_restore=_argv(opts["pre_restore"], f"{where}.pre_restore") if "pre_restore" in opts else (),
+        post_restore=_argv(opts["post_restore"], f"{where}.post_restore") if "post_restore" in opts else (),
+        hook_timeout=float(timeout),
+    )
 
 
 def check(cfg: Config) -> None:

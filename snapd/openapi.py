@@ -103,6 +103,12 @@ SCHEMAS["ListResponse"] = _envelope(
     "Snapshots retrieved successfully",
     _container({"snapshots": {"type": "array", "items": _ref("Snapshot")}}),
 )
+SCHEMAS["ListResponse"]["properties"]["data"]["properties"]["next"] = {
+    "type": ["string", "null"],
+    "pattern": r"^\d{1,16}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    "description": "Only with `?limit=`: the cursor of the next page (pass it as `after`); "
+                   "null on the last page.",
+}
 SCHEMAS["GetResponse"] = _envelope(
     "Snapshot retrieved successfully", _container({"snapshot": _ref("Snapshot")})
 )
@@ -255,6 +261,18 @@ PARAMS = {
         "description": "Snapshot name",
         "schema": {"type": "string"},
     },
+    "limit": {
+        "name": "limit", "in": "query", "required": False,
+        "description": "Return at most this many snapshots (1-10000) and `data.next`, the cursor "
+                       "of the next page. Absent: every snapshot, no `next`.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+    },
+    "after": {
+        "name": "after", "in": "query", "required": False,
+        "description": "Start after this position in list order: a cursor from `data.next` "
+                       "(stable while snapshots come and go) or the name of a snapshot that exists.",
+        "schema": {"type": "string"},
+    },
     "token_id": {
         "name": "token_id", "in": "path", "required": True,
         "description": "Token id (the public part of a token)",
@@ -264,6 +282,62 @@ PARAMS = {
 COMMON = [400, 401, 403, 404, 405, 500]
 ADMIN_ERRORS = [401, 403, 405, 500]
 ADMIN = "/api/v1/admin"
+
+
+def _expiry_path() -> dict[str, Any]:
+    """GET /api/v1/admin/expiry (snapd/admin_expiry.py): what the reaper deletes in the next N hours."""
+    from .admin_expiry import DEFAULT_HOURS, DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
+
+    SCHEMAS["ExpiryPlan"] = _envelope("Expiry plan retrieved successfully", {
+        "now": {**TIMESTAMP, "type": "string"},
+        "until": {**TIMESTAMP, "type": "string"},
+        "hours": {"type": "number", "minimum": 0},
+        "total": {"type": "integer", "minimum": 0, "description": "How many expire by `until` in all."},
+        "truncated": {"type": "boolean", "description": "True when `total` is more than `limit`."},
+        "snapshots": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["container_id", "name", "alias", "expires_at", "pool", "overdue", "failing"],
+            "properties": {
+                "container_id": _ref("ContainerId"),
+                "name": {"type": "string"},
+                "alias": {"type": ["string", "null"]},
+                "expires_at": {**TIMESTAMP, "type": "string"},
+                "pool": {"type": "string"},
+                "overdue": {"type": "boolean", "description": "Expired already, not yet deleted."},
+                "failing": {
+                    "type": ["object", "null"],
+                    "description": "The reaper's last failed attempt to delete it, if any.",
+                    "required": ["attempts", "error", "retry_at"],
+                    "properties": {"attempts": {"type": "integer"}, "error": {"type": "string"},
+                                   "retry_at": TIMESTAMP},
+                },
+            },
+        }},
+    })
+    params = [
+        {"name": "hours", "in": "query", "required": False,
+         "description": f"The window from now, in hours (default {DEFAULT_HOURS:g}); overdue snapshots "
+                        "are always included.",
+         "schema": {"type": "number", "minimum": 0, "maximum": MAX_HOURS}},
+        {"name": "limit", "in": "query", "required": False,
+         "description": f"At most this many snapshots, earliest first (default {DEFAULT_LIMIT}).",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+    ]
+    op = _op("What the reaper will delete in the next N hours, earliest first (admin)", "ExpiryPlan",
+             ADMIN_ERRORS + [400], params=())
+    op["parameters"] = params
+    return {"get": op}
+
+
+def _reconcile_path() -> dict[str, Any]:
+    """POST /api/v1/admin/reconcile (snapd/admin_reconcile.py owns its schemas)."""
+    from .admin_reconcile import RECONCILE_BODY, RECONCILE_SCHEMA
+
+    SCHEMAS["ReconcileResponse"] = RECONCILE_SCHEMA
+    SCHEMAS["ReconcileBody"] = RECONCILE_BODY
+    return {"post": _op("Reconcile pools and store: adopt, forget, update refs; dry_run shows the plan "
+                        "and changes nothing (admin)", "ReconcileResponse",
+                        ADMIN_ERRORS + [400, 408, 413], "ReconcileBody", params=())}
 
 
 @lru_cache(maxsize=1)
@@ -279,7 +353,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             base: {
-                "get": _op("List a container's snapshots, newest first", "ListResponse", COMMON),
+                "get": _op("List a container's snapshots, newest first (optionally a page: limit, after)",
+                           "ListResponse", COMMON, params=("id", "limit", "after")),
                 "post": _op("Create a snapshot", "CreateResponse", COMMON + [408, 409, 413, 507], "CreateBody"),
             },
             base + "/{name}": {
@@ -309,6 +384,8 @@ def openapi_document() -> dict[str, Any]:
                 "put": _op("Set or remove a container's project label (admin)", "ContainerProject",
                            ADMIN_ERRORS + [400, 404, 408, 413], "ProjectBody"),
             },
+            f"{ADMIN}/reconcile": _reconcile_path(),
+            f"{ADMIN}/expiry": _expiry_path(),
             f"{ADMIN}/status": {
                 "get": _op("The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
                            "StatusResponse", ADMIN_ERRORS + [404], params=()),

@@ -40,6 +40,7 @@ from .envelope import BODY_TIMEOUT
 from .httpguard import GuardedRunner
 from .netwatch import InterfaceListener
 from .reaper import Reaper
+from .journal import recover as recover_journal
 from .reconcile import reconcile
 from .service import SnapshotService
 from .store import Store, StoreError
@@ -256,8 +257,12 @@ class Daemon:
         systemd.status("opening pools and reconciling them with the store")
         for spec in self.cfg.pools:
             self.backends[str(spec)] = await open_backend(spec)
+        # Interrupted operations first (the journal says which way each goes), then
+        # the disk-vs-store reconcile; both before any listener.
+        await recover_journal(self.store, list(self.backends.values()), self.clock)
         await reconcile(self.store, list(self.backends.values()))
         self.service = SnapshotService(self.store, list(self.backends.values()), self.clock, self.metrics)
+        self._apply_policies(self.cfg)
         self.reaper = Reaper(self.service, self.clock)
         pruned = await self.reaper.reap(self.clock.now())
         if pruned:
@@ -325,6 +330,11 @@ class Daemon:
                 hup.cancel()
         await self.stop()
 
+    def _apply_policies(self, cfg: Config) -> None:
+        """Per-pool reserve and restore hooks, keyed as the service sees pools."""
+        self.service.default_policy = cfg.policy("")
+        self.service.policies = {b.describe(): cfg.policy(key) for key, b in self.backends.items()}
+
     # -- reload ------------------------------------------------------------------------
 
     async def reload(self) -> None:
@@ -344,12 +354,15 @@ class Daemon:
                 for backend in opened.values():
                     await backend.close()
                 raise
+            await recover_journal(self.store, list(opened.values()), self.clock,  # type: ignore[arg-type]
+                                  every_pool=False)
             await reconcile(self.store, list(opened.values()))  # type: ignore[arg-type]
             removed = [key for key in self.backends if key not in {str(p) for p in new.pools}]
             for key in removed:
                 await self.backends.pop(key).close()
             self.backends.update(opened)
             self.service.backends = list(self.backends.values())
+            self._apply_policies(new)
             logsetup.configure(new.log_level, new.log_format)
             logging.getLogger().addHandler(self.errors)
             self.cfg = new

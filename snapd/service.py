@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, TypeVar
@@ -25,7 +27,9 @@ from backends.base import (
     SnapshotRef,
 )
 
+from . import faults
 from .clock import Clock, snapshot_stamp
+from .config import PoolPolicy
 from .errors import Conflict, InsufficientStorage, NotFound, OperationFailed
 from .oplog import OperationLog
 from .store import SnapshotRow, Store
@@ -87,6 +91,16 @@ class SnapshotService:
         """Called with a new expires_at (the reaper wakes if it is sooner)."""
         self._size_pending: dict[tuple[str, str], Backend] = {}
         self._size_worker: asyncio.Task | None = None
+        self.policies: dict[str, PoolPolicy] = {}
+        """backend.describe() -> reserve and restore hooks (the server sets them)."""
+        self.default_policy = PoolPolicy()
+        self._open_gate = asyncio.Event()
+        self._open_gate.set()
+        self._exclusive_lock = asyncio.Lock()
+        self._totals: dict[str, tuple[float, int | None]] = {}
+
+    def policy(self, backend: Backend) -> PoolPolicy:
+        return self.policies.get(backend.describe(), self.default_policy)
 
     # -- finding containers ------------------------------------------------
 
@@ -132,10 +146,95 @@ class SnapshotService:
 
     async def _mutate(self, cid: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` under the container's lock, shielded from the caller's cancellation."""
+        while not self._open_gate.is_set():  # an exclusive() run (reconcile) is on
+            await self._open_gate.wait()
         task = asyncio.ensure_future(self._locks.run(cid, fn))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
+
+    async def exclusive(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` with no mutation in flight and none starting until it ends (reconcile)."""
+        async with self._exclusive_lock:
+            self._open_gate.clear()
+            try:
+                while self._inflight:
+                    await asyncio.gather(*list(self._inflight), return_exceptions=True)
+                return await fn()
+            finally:
+                self._open_gate.set()
+
+    # -- journal, space, hooks -------------------------------------------------
+
+    def _journal(self, op: str, container: Container | Backend, cid: str, snapshot: str | None,
+                 data: dict) -> int:
+        pool = container.pool if isinstance(container, Container) else container.describe()
+        return self.store.journal_begin(op, cid, snapshot, pool, data, self.clock.now())
+
+    def _journal_failed(self, jid: int) -> None:
+        try:
+            self.store.journal_end(jid, "failed", self.clock.now())
+        except Exception as exc:  # the next start sees it pending and settles it
+            log.warning("cannot record failure of journal entry %d: %s", jid, exc)
+
+    async def _check_space(self, container: Container) -> None:
+        """Refuse (507) a create that would eat into the pool's reserve; changes nothing."""
+        backend = container.backend
+        reserve = self.policy(backend).reserve
+        if reserve.bytes == 0 or reserve.fraction == 0:
+            return
+        try:
+            free = await backend.free_bytes()
+            total = await self._total_bytes(backend) if reserve.fraction is not None else None
+        except Exception as exc:  # an unreadable figure must not block snapshots
+            log.warning("cannot read free space of pool %s: %s", container.pool, exc)
+            return
+        if free is None:
+            return
+        need = reserve.required(total)
+        if free < need:
+            log.warning("create refused container=%s pool=%s free=%d reserve=%d",
+                        container.id, container.pool, free, need)
+            raise InsufficientStorage(
+                f"Pool {container.pool} has {_size(free)} free, below its reserve of {_size(need)} "
+                f"({reserve}); no snapshot was created. Free space or delete snapshots first."
+            )
+
+    async def _total_bytes(self, backend: Backend) -> int | None:
+        """A pool's size, re-read at most once a minute (it rarely changes; ZFS pays a process)."""
+        key = backend.describe()
+        now = asyncio.get_running_loop().time()
+        hit = self._totals.get(key)
+        if hit is None or now - hit[0] > 60:
+            hit = (now, await backend.total_bytes())
+            self._totals[key] = hit
+        return hit[1]
+
+    async def _hook(self, which: str, argv: tuple[str, ...], container: Container, name: str,
+                    timeout: float) -> str | None:
+        """Run a restore hook (no shell); None when it succeeded, else why it did not."""
+        env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+        env.update(SNAPD_CONTAINER_ID=container.id, SNAPD_SNAPSHOT=name, SNAPD_POOL=container.pool,
+                   SNAPD_HOOK=which)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            return f"cannot run {argv[0]}: {exc.strerror or exc}"
+        try:
+            _out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return f"{argv[0]} timed out after {timeout:g}s"
+        text = err.decode(errors="replace").strip()[-2000:]
+        if proc.returncode:
+            return f"{argv[0]} exited {proc.returncode}" + (f": {text}" if text else "")
+        oplog.info("hook=%s container=%s snapshot=%s ok%s", which, container.id, name,
+                   f" stderr={text!r}" if text else "")
+        return None
 
     async def drain(self) -> None:
         """Wait for every operation in flight to finish; stop the size refresher."""
@@ -180,11 +279,20 @@ class SnapshotService:
     ) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
+            await self._check_space(container)
             now = self.clock.now()
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
-            facts = await self._run("create", container.backend, cid, name,
-                                    container.backend.create(cid, name, alias, expires_at, created_at=now))
+            jid = self._journal("create", container, cid, name,
+                                {"alias": alias, "expires_at": expires_at, "created_at": now})
+            faults.point("service.create.journaled")
+            try:
+                facts = await self._run("create", container.backend, cid, name,
+                                        container.backend.create(cid, name, alias, expires_at, created_at=now))
+            except BaseException:
+                self._journal_failed(jid)
+                raise
+            faults.point("service.create.on-disk")
             row = SnapshotRow(
                 container_id=cid,
                 name=name,
@@ -195,7 +303,9 @@ class SnapshotService:
                 size=facts.size,
                 ref=facts.ref,
             )
-            self.store.insert(row)
+            with self.store.transaction():
+                self.store.insert_row(row)
+                self.store.journal_end(jid, "done", now)
             self.refresh_sizes_later(container.backend, cid)
             if expires_at is not None:
                 self.on_expiry_set(expires_at)
@@ -206,18 +316,45 @@ class SnapshotService:
     async def restore(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container, row = await self.get(cid, name, guard)
-            others = [
-                SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name
-            ]
-            moved = await self._run("restore", container.backend, cid, name,
-                                    container.backend.restore(cid, SnapshotRef(row.name, row.ref), others))
-            for moved_name, ref in moved.items():
-                self.store.update(cid, moved_name, ref=ref)
-            now = self.clock.now()
-            self.store.update(cid, name, last_used_at=now)
-            return container, replace(row, last_used_at=now, ref=moved.get(name, row.ref))
+            policy = self.policy(container.backend)
+            if policy.pre_restore:
+                failed = await self._hook("pre_restore", policy.pre_restore, container, name,
+                                          policy.hook_timeout)
+                if failed:
+                    log.warning("restore refused container=%s snapshot=%s: pre_restore hook failed: %s",
+                                cid, name, failed)
+                    raise Conflict("The pre_restore hook refused the restore; nothing was changed",
+                                   [{"field": "pre_restore", "reason": failed}])
+            try:
+                return await self._restore(container, row)
+            finally:
+                if policy.post_restore:
+                    failed = await self._hook("post_restore", policy.post_restore, container, name,
+                                              policy.hook_timeout)
+                    if failed:  # the restore stands; the operator sees this in logs and status
+                        log.error("post_restore hook failed container=%s snapshot=%s: %s", cid, name, failed)
 
         return await self._mutate(cid, op)
+
+    async def _restore(self, container: Container, row: SnapshotRow) -> tuple[Container, SnapshotRow]:
+        cid, name = container.id, row.name
+        others = [SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name]
+        jid = self._journal("restore", container, cid, name, {"ref": row.ref})
+        faults.point("service.restore.journaled")
+        try:
+            moved = await self._run("restore", container.backend, cid, name,
+                                    container.backend.restore(cid, SnapshotRef(row.name, row.ref), others))
+        except BaseException:
+            self._journal_failed(jid)
+            raise
+        faults.point("service.restore.on-disk")
+        now = self.clock.now()
+        with self.store.transaction():
+            for moved_name, ref in moved.items():
+                self.store.update(cid, moved_name, ref=ref)
+            self.store.update(cid, name, last_used_at=now)
+            self.store.journal_end(jid, "done", now)
+        return container, replace(row, last_used_at=now, ref=moved.get(name, row.ref))
 
     async def set_alias(
         self, cid: str, name: str, alias: str | None, guard: Guard | None = None
@@ -256,15 +393,25 @@ class SnapshotService:
         self, backend: Backend, cid: str, rows: list[SnapshotRow]
     ) -> dict[str, BackendError | None]:
         """Delete snapshots on disk (batched), then drop the rows of those gone."""
-        results = await self._run("delete", backend, cid, ",".join(r.name for r in rows),
-                                  backend.delete(cid, [SnapshotRef(r.name, r.ref) for r in rows]))
+        names = ",".join(r.name for r in rows)
+        jid = self._journal("delete", backend, cid, names, {"refs": {r.name: r.ref for r in rows}})
+        faults.point("service.delete.journaled")
+        try:
+            results = await self._run("delete", backend, cid, names,
+                                      backend.delete(cid, [SnapshotRef(r.name, r.ref) for r in rows]))
+        except BaseException:
+            self._journal_failed(jid)
+            raise
+        faults.point("service.delete.on-disk")
         self.refresh_sizes_later(backend, cid)
-        for row in rows:
-            error = results.get(row.name, BackendError("backend gave no result"))
-            if error is None:
-                self.store.delete(cid, row.name)
-            else:
-                log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
+        with self.store.transaction():
+            for row in rows:
+                error = results.get(row.name, BackendError("backend gave no result"))
+                if error is None:
+                    self.store.delete(cid, row.name)
+                else:
+                    log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
+            self.store.journal_end(jid, "done", self.clock.now())
         return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
 
     async def delete_expired(
@@ -289,6 +436,14 @@ class SnapshotService:
             return await self._delete_rows(backend, cid, rows)
 
         return await self._mutate(cid, op)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 async def _map_errors(call: Awaitable[T], what: str) -> T:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,39 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2]
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    """The operation journal (snapd/journal.py): one row per create, restore, delete."""
+    db.execute(
+        "CREATE TABLE journal ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " op TEXT NOT NULL,"             # create | restore | delete
+        " container_id TEXT NOT NULL,"
+        " snapshot TEXT,"                # name (delete: comma-separated names)
+        " pool TEXT NOT NULL,"
+        " data TEXT NOT NULL,"           # JSON: what recovery needs (alias, expiry, refs, ...)
+        " state TEXT NOT NULL,"          # pending | done | failed | recovered
+        " started_at INTEGER NOT NULL,"
+        " finished_at INTEGER)"
+    )
+    db.execute("CREATE INDEX idx_journal_pending ON journal(id) WHERE state = 'pending'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journalled operation."""
+
+    id: int
+    op: str
+    container_id: str
+    snapshot: str | None
+    pool: str
+    data: dict
+    state: str
+    started_at: float
 
 
 class StoreError(Exception):
@@ -130,6 +161,12 @@ class Store:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL, not NORMAL: in WAL mode NORMAL survives a process crash but may
+            # lose the last commits on power loss -- and a journal intent lost
+            # while its disk work survived would leave reconcile guessing (an
+            # adopted snapshot without its alias and expiry).  The cost is one
+            # WAL fsync per commit; an operation commits twice (intent; outcome
+            # together with its store change).
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
@@ -219,6 +256,14 @@ class Store:
     def insert(self, row: SnapshotRow) -> None:
         self.db["snapshots"].insert(_to_dict(row))
 
+    def insert_row(self, row: SnapshotRow) -> None:
+        """insert() in plain SQL: safe inside transaction() (sqlite-utils commits its own)."""
+        d = _to_dict(row)
+        self.db.execute(
+            f"INSERT INTO snapshots ({', '.join(d)}) VALUES ({', '.join('?' for _ in d)})",
+            list(d.values()),
+        )
+
     def insert_many(self, rows: Iterable[SnapshotRow]) -> None:
         """Bulk insert (one transaction); for reconcile and generated stores."""
         with self.db.conn:
@@ -260,3 +305,132 @@ class Store:
             "SELECT MIN(expires_at) FROM snapshots WHERE expires_at > ?", [_ms(now)]
         ).fetchone()
         return _s(row[0])
+
+    # -- journal (snapd/journal.py) --------------------------------------------
+
+    def journal_begin(self, op: str, cid: str, snapshot: str | None, pool: str, data: dict,
+                      now: float) -> int:
+        """Record an operation's intent (durable before the disk is touched); its id."""
+        import json
+
+        cur = self.db.execute(
+            "INSERT INTO journal (op, container_id, snapshot, pool, data, state, started_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            [op, cid, snapshot, pool, json.dumps(data, sort_keys=True), _ms(now)],
+        )
+        return int(cur.lastrowid)
+
+    def journal_end(self, jid: int, state: str, now: float) -> None:
+        self.db.execute("UPDATE journal SET state = ?, finished_at = ? WHERE id = ?",
+                        [state, _ms(now), jid])
+
+    def journal_pending(self) -> list[JournalEntry]:
+        """Unfinished operations, oldest first."""
+        import json
+
+        return [
+            JournalEntry(d["id"], d["op"], d["container_id"], d["snapshot"], d["pool"],
+                         json.loads(d["data"]), d["state"], d["started_at"] / 1000.0)
+            for d in self.db.query("SELECT * FROM journal WHERE state = 'pending' ORDER BY id")
+        ]
+
+    def journal_prune(self, keep: int = 1000) -> None:
+        """Drop finished entries but the newest `keep` (kept for post-mortems)."""
+        self.db.execute(
+            "DELETE FROM journal WHERE state != 'pending' AND id <= "
+            "(SELECT COALESCE(MAX(id), 0) FROM journal) - ?", [keep])
+
+    def transaction(self):  # noqa: ANN201 - a context manager
+        """BEGIN ... COMMIT (ROLLBACK on an exception) on the store's connection."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def tx():  # noqa: ANN202
+            with self.db.conn:
+                self.db.execute("BEGIN")
+                yield
+
+        return tx()
+
+    # -- read-only queries for scale (#8): list route, reaper, expiry plan -------------
+
+    _ISO_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', {0} / 1000.0, 'unixepoch')"
+    _SNAPSHOT_JSON_SQL = (
+        "json_object('name', name, 'alias', alias, "
+        f"'created_at', {_ISO_SQL.format('created_at')}, "
+        f"'last_used_at', {_ISO_SQL.format('last_used_at')}, "
+        f"'expires_at', {_ISO_SQL.format('expires_at')}, "
+        "'stateful', json('false'), 'size', size)"
+    )
+
+    def list_json(
+        self, cid: str, limit: int | None = None, after: tuple[int, str] | None = None
+    ) -> tuple[list[str], tuple[int, str] | None]:
+        """A container's snapshots, newest first, each already encoded as the API's
+        snapshot object (by SQLite's json_object: no Python object per row).
+
+        `after` is a position (created_at in ms, name): only snapshots after it in
+        list order.  With `limit`, at most that many, and the position of the last
+        one when more follow (else None).  One range scan of the
+        (container_id, created_at, name) index.
+        """
+        sql = f"SELECT {self._SNAPSHOT_JSON_SQL}, created_at, name FROM snapshots WHERE container_id = ?"
+        params: list = [cid]
+        if after is not None:
+            sql += " AND (created_at, name) < (?, ?)"
+            params += [after[0], after[1]]
+        sql += " ORDER BY created_at DESC, name DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit + 1)
+        rows = self.db.execute(sql, params).fetchall()
+        more = limit is not None and len(rows) > limit
+        if more:
+            rows = rows[:limit]
+        return [r[0] for r in rows], ((rows[-1][1], rows[-1][2]) if more and rows else None)
+
+    def position(self, cid: str, name: str) -> tuple[int, str] | None:
+        """(created_at in ms, name) of one snapshot: a list cursor."""
+        row = self.db.execute(
+            "SELECT created_at, name FROM snapshots WHERE container_id = ? AND name = ?", [cid, name]
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def due_containers(self, now: float) -> list[tuple[str, str, int]]:
+        """(container_id, pool, how many) with snapshots expired at `now`, earliest expiry first."""
+        return [
+            (r[0], r[1], r[2])
+            for r in self.db.execute(
+                "SELECT container_id, pool, COUNT(*), MIN(expires_at) AS first FROM snapshots "
+                "WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                "GROUP BY container_id, pool ORDER BY first",
+                [_ms(now)],
+            )
+        ]
+
+    def expired_for(self, cid: str, now: float, limit: int) -> list[SnapshotRow]:
+        """One container's snapshots expired at `now`, earliest first."""
+        return [
+            _row(d)
+            for d in self.db.query(
+                "SELECT * FROM snapshots WHERE container_id = ? AND expires_at IS NOT NULL "
+                "AND expires_at <= ? ORDER BY expires_at, name LIMIT ?",
+                [cid, _ms(now), limit],
+            )
+        ]
+
+    def expiring(self, until: float, limit: int) -> tuple[list[SnapshotRow], int]:
+        """Snapshots whose expiry is at or before `until` (earliest first, at most
+        `limit`), and how many there are in all."""
+        rows = [
+            _row(d)
+            for d in self.db.query(
+                "SELECT * FROM snapshots WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                "ORDER BY expires_at, container_id, name LIMIT ?",
+                [_ms(until), limit],
+            )
+        ]
+        total = self.db.execute(
+            "SELECT COUNT(*) FROM snapshots WHERE expires_at IS NOT NULL AND expires_at <= ?", [_ms(until)]
+        ).fetchone()[0]
+        return rows, total

@@ -22,7 +22,8 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _kinds() -> list[str]:
+def pool_kinds() -> list[str]:
+    """The backend kinds the `pool` fixture runs (all of them under CI)."""
     wanted = os.environ.get("SNAPD_TEST_KINDS")
     if wanted and not IN_CI:
         return [k for k in wanted.split(",") if k in HARNESSES]
@@ -46,7 +47,7 @@ def open_harness(kind: str, workdir: Path) -> PoolHarness:
     return cls(workdir)
 
 
-@pytest.fixture(scope="session", params=_kinds())
+@pytest.fixture(scope="session", params=pool_kinds())
 def pool(request: pytest.FixtureRequest, session_tmp: Path) -> Iterator[PoolHarness]:
     """A real pool of each backend kind (the shared API suite runs on all)."""
     harness = open_harness(request.param, session_tmp / f"pool-{request.param}")

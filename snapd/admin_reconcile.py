@@ -1,0 +1,128 @@
+"""POST /api/v1/admin/reconcile: make the store agree with the pools, on demand (admin).
+
+Body `{"dry_run": true}` computes and returns the plan and changes nothing;
+`{"dry_run": false}` (or no body) applies it.  Runs with no mutation in
+flight and holds new ones back until it is done (SnapshotService.exclusive),
+so an operation's half-recorded state is never mistaken for drift.  A real
+run first settles journal entries still pending (left by a start-up that
+could not settle them), then reconciles every pool; each action is logged
+by snapd.reconcile with what and why.  `snapd reconcile [--dry-run]` calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .auth import require_admin
+from .envelope import ApiError, ok, read_body
+from .journal import recover
+from .keys import SERVICE_KEY
+from .reconcile import Plan, apply, plan
+from .validation import InvalidInput, parse_body
+
+ROUTE = "/api/v1/admin/reconcile"
+
+
+def _plan_json(p: Plan | None, pool: str, error: str | None = None) -> dict[str, Any]:
+    if p is None:
+        return {"pool": pool, "adopt": [], "forget": [], "update_ref": [], "refused": None, "error": error}
+    return {
+        "pool": p.pool,
+        "adopt": [{"container_id": r.container_id, "snapshot": r.name, "why": "on disk, not in store"}
+                  for r in p.adopt],
+        "forget": [{"container_id": r.container_id, "snapshot": r.name, "why": "in store, not on disk"}
+                   for r in p.forget],
+        "update_ref": [{"container_id": r.container_id, "snapshot": r.name, "ref": ref, "why": "moved on disk"}
+                       for r, ref in p.moved],
+        "refused": p.refused,
+        "error": None,
+    }
+
+
+async def reconcile_route(request: web.Request) -> web.Response:
+    require_admin(request)
+    try:
+        body = parse_body(await read_body(request), {"dry_run"})
+    except InvalidInput as exc:
+        raise ApiError(400, "Invalid request payload", exc.details) from None
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ApiError(400, "Invalid request payload", [{"field": "dry_run", "reason": "must be true or false"}])
+    service = request.app[SERVICE_KEY]
+
+    async def run() -> dict[str, Any]:
+        backends = list(service.backends)
+        pending = service.store.journal_pending()
+        settled = 0
+        if not dry_run and pending:
+            settled = await recover(service.store, backends, service.clock)
+        pools = []
+        for backend in backends:
+            try:
+                p = await plan(service.store, backend)
+            except Exception as exc:  # noqa: BLE001 - one pool's trouble is reported, not fatal
+                pools.append(_plan_json(None, backend.describe(), f"cannot list snapshots: {exc}"))
+                continue
+            if not dry_run:
+                apply(service.store, p)
+            pools.append(_plan_json(p, backend.describe()))
+        return {
+            "dry_run": dry_run,
+            "journal": [{"id": e.id, "op": e.op, "container_id": e.container_id, "snapshot": e.snapshot,
+                         "pool": e.pool} for e in pending],
+            "journal_settled": settled,
+            "pools": pools,
+        }
+
+    data = await service.exclusive(run)
+    return ok("Reconcile plan computed (dry run)" if dry_run else "Reconcile applied", data)
+
+
+def add_reconcile_routes(app: web.Application) -> None:
+    app.router.add_post(ROUTE, reconcile_route)
+
+
+_ITEM = {"type": "object", "required": ["container_id", "snapshot", "why"],
+         "properties": {"container_id": {"type": "string"}, "snapshot": {"type": "string"},
+                        "ref": {"type": "string"}, "why": {"type": "string"}}}
+RECONCILE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["statusCode", "message", "data"],
+    "properties": {
+        "statusCode": {"const": 200},
+        "message": {"enum": ["Reconcile plan computed (dry run)", "Reconcile applied"]},
+        "data": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["dry_run", "journal", "journal_settled", "pools"],
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "journal": {"type": "array", "description": "Unfinished journal entries found (settled unless dry_run)",
+                            "items": {"type": "object"}},
+                "journal_settled": {"type": "integer", "minimum": 0},
+                "pools": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["pool", "adopt", "forget", "update_ref", "refused", "error"],
+                    "properties": {
+                        "pool": {"type": "string"},
+                        "adopt": {"type": "array", "items": _ITEM},
+                        "forget": {"type": "array", "items": _ITEM},
+                        "update_ref": {"type": "array", "items": _ITEM},
+                        "refused": {"type": ["string", "null"]},
+                        "error": {"type": ["string", "null"]},
+                    },
+                }},
+            },
+        },
+    },
+}
+"""Response schema, for snapd/openapi.py."""
+
+RECONCILE_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"dry_run": {"type": "boolean", "description": "Compute and return the plan; change nothing"}},
+}
