@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from snapd import faults
@@ -49,6 +50,30 @@ from .base import (
 _CID = re.compile(r"[0-9a-f]{24}")
 RESTORE_PREFIX = ".snapd-restore-"
 """A restore's build beside upper/ (when upper/ is on another filesystem than .tmp)."""
+
+
+COPY_STARTED_XATTR = "user.container-snapd.copy-started"
+"""On a snapshot's root: when its copy began (ns).  The next snapshot links
+only files whose ctime is older, less a margin for filesystems whose
+timestamps are coarse (1 s on ext3 and small-inode ext4, 2 s on FAT), so a
+rewrite that kept size and mtime is never mistaken for unchanged."""
+CTIME_MARGIN_NS = 2_000_000_000
+
+
+def _mark_copy_started(snapshot: Path, started_ns: int) -> None:
+    try:
+        fsops.set_xattr(snapshot, COPY_STARTED_XATTR, str(started_ns))
+    except OSError:
+        pass  # no user xattrs here: the next snapshot copies everything
+
+
+def _copy_started(snapshot: Path) -> int | None:
+    """The ctime threshold for linking to `snapshot`, or None (then nothing is linked)."""
+    try:
+        value = fsops.get_xattr(snapshot, COPY_STARTED_XATTR)
+    except OSError:
+        return None
+    return int(value) - CTIME_MARGIN_NS if value and value.isdigit() else None
 
 
 def _name_key(name: str) -> tuple:
@@ -156,9 +181,14 @@ class OverlayBackend(Backend):
         if os.path.lexists(final):
             raise BackendError(f"snapshot {name} already exists on disk")
         previous = self._latest(cid)
+        since = _copy_started(previous) if previous is not None else None
         scratch = self._scratch(f"create-{cid}")
+        started = time.time_ns()
         try:
-            stats = treecopy.copy_tree(self._captured(cid), scratch, link_dest=previous)
+            stats = treecopy.copy_tree(self._captured(cid), scratch,
+                                       link_dest=previous if since is not None else None,
+                                       unchanged_since_ns=since)
+            _mark_copy_started(scratch, started)
             fsops.syncfs(self.tmpdir)
             faults.point("overlay.create.after-copy")
             (self.snapdir / cid).mkdir(mode=0o700, exist_ok=True)
@@ -211,6 +241,7 @@ class OverlayBackend(Backend):
         try:
             # A real copy: the live tree must never share an inode with a snapshot.
             treecopy.copy_tree(source, build, link_dest=None)
+            fsops.set_xattr(build, COPY_STARTED_XATTR, None)
             if target == container:
                 fsops.set_xattr(build, PROJECT_XATTR, fsops.get_xattr(container, PROJECT_XATTR))
             fsops.syncfs(build)

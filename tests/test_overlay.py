@@ -40,7 +40,12 @@ def test_everything_a_rootfs_holds_survives_snapshot_and_restore(overlay_daemon)
     os.setxattr(pool / cid, "user.container-snapd.project", b"proj-a")
     before = digest(pool / cid)
     name = create(d, cid)
-    assert_same_tree(pool / cid, pool / ".snapshots" / cid / name)
+    from backends.overlay import COPY_STARTED_XATTR
+
+    snap = pool / ".snapshots" / cid / name
+    assert int(os.getxattr(snap, COPY_STARTED_XATTR)) > 0  # the snapshot's own tag, removed on restore
+    os.removexattr(snap, COPY_STARTED_XATTR)
+    assert_same_tree(pool / cid, snap)
     # wreck the container, then restore
     subprocess.run(["rm", "-rf", str(pool / cid / "etc"), str(pool / cid / "usr")], check=True)
     (pool / cid / "home/user/notes").write_text("overwritten")
@@ -70,6 +75,12 @@ def test_unchanged_files_share_inodes_between_consecutive_snapshots(overlay_daem
         pytest.skip("this pool's filesystem clones files (reflink): hard-link dedupe is not used")
     cid = new_cid()
     write_tree(pool / cid, {"big.bin": os.urandom(1 << 20), "small.txt": "v1", "sub/keep": "k"})
+    # files changed within CTIME_MARGIN_NS of a snapshot's copy are never trusted as unchanged
+    import time
+
+    from backends.overlay import CTIME_MARGIN_NS
+
+    time.sleep(CTIME_MARGIN_NS / 1e9 + 0.1)
     s1 = create(d, cid)
     (pool / cid / "small.txt").write_text("v2")
     s2 = create(d, cid)
@@ -96,6 +107,10 @@ def test_unchanged_files_share_inodes_between_consecutive_snapshots(overlay_daem
     # a restore is a real copy: the live tree never shares an inode with a snapshot
     restore(d, cid, s1)
     assert os.lstat(pool / cid / "big.bin").st_ino not in {ino(s1, "big.bin")}
+    from backends.overlay import COPY_STARTED_XATTR
+
+    assert COPY_STARTED_XATTR in os.listxattr(snapdir / s1)
+    assert COPY_STARTED_XATTR not in os.listxattr(pool / cid)  # the tag stays with the snapshot
     assert (pool / cid / "small.txt").read_text() == "v1"
     # deleting the first makes the shared megabyte the second's own
     assert d.unix.delete(snaps(cid, s1)).status == 200
