@@ -23,6 +23,7 @@ neighbouring snapshot shares, that neighbour is marked for recount and
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import re
 import secrets
@@ -281,10 +282,10 @@ class OverlayBackend(Backend):
         if remaining:
             # Only a deleted snapshot's nearest survivors can gain exclusive inodes.
             dirty = self._dirty.setdefault(cid, set())
+            keys = [_name_key(n) for n in remaining]
             for name in names:
-                later = [n for n in remaining if _name_key(n) > _name_key(name)]
-                earlier = [n for n in remaining if _name_key(n) < _name_key(name)]
-                dirty.update(later[:1] + earlier[-1:])
+                i = bisect.bisect_left(keys, _name_key(name))  # name itself is gone
+                dirty.update(remaining[max(i - 1, 0):i + 1])
         else:
             try:
                 (self.snapdir / cid).rmdir()

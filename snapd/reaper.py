@@ -188,9 +188,7 @@ class Reaper:
 
     def _locked(self, cid: str) -> bool:
         """Whether someone holds (or waits for) the container's lock in the service."""
-        locks = getattr(getattr(self.service, "_locks", None), "_locks", None)
-        lock = locks.get(cid) if isinstance(locks, dict) else None
-        return lock is not None and lock.locked()
+        return self.service.busy(cid)
 
     async def _until_free(self, cid: str) -> None:
         loop = asyncio.get_running_loop()

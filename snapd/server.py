@@ -31,6 +31,7 @@ from backends.base import Backend, PoolError
 
 from . import __version__, logsetup, systemd
 from .admin_api import STATUS_KEY
+from .admin_expiry import REAPER_KEY
 from .api import make_app
 from .auth import AuthContext
 from .clock import Clock, iso
@@ -274,6 +275,7 @@ class Daemon:
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
         app[STATUS_KEY] = self.status
+        app[REAPER_KEY] = self.reaper
         self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
                                     handle_signals=False)
         await self.runner.setup()

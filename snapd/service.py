@@ -62,6 +62,11 @@ class _Locks:
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = defaultdict(int)
 
+    def busy(self, cid: str) -> bool:
+        """Whether an operation on `cid` is running (or queued)."""
+        lock = self._locks.get(cid)
+        return lock is not None and lock.locked()
+
     async def run(self, cid: str, fn: Callable[[], Awaitable[T]]) -> T:
         lock = self._locks.setdefault(cid, asyncio.Lock())
         self._users[cid] += 1
@@ -259,6 +264,10 @@ class SnapshotService:
                     self.store.update_sizes(c, sizes)
             except Exception as exc:  # sizes are advisory; never fail an operation for them
                 log.warning("size refresh failed pool=%s container=%s error=%s", _pool, cid, exc)
+
+    def busy(self, cid: str) -> bool:
+        """Whether an operation on container `cid` is running or queued."""
+        return self._locks.busy(cid)
 
     @property
     def inflight(self) -> int:
