@@ -48,6 +48,7 @@ CREATED_PROPERTY = "container-snapd:created_at"
 PENDING_PROPERTY = "container-snapd:restore-pending"
 HIDDEN = ".snapd-hidden"
 SIZE_TTL = 2.0
+FREE_TTL = 1.0
 PROBE_TTL = 1.0
 """Seconds a container's existence + project label are reused between requests."""
 MAX_DESTROY_ARG = 100_000
@@ -163,6 +164,7 @@ class ZfsBackend(Backend):
         """True when `zfs destroy ds@a,b,c` works (OpenZFS); detected by open()."""
         self._cache: dict[str | None, _Scan] = {}
         self._probes: dict[str, _Probe] = {}
+        self._free: tuple[float, int] | None = None  # (monotonic time, available bytes)
 
     @property
     def stats(self) -> ZfsStats:
@@ -210,8 +212,13 @@ class ZfsBackend(Backend):
         self._cache.clear()
 
     async def free_bytes(self) -> int | None:
-        got = await self.zfs.get(["available"], [self.root])
-        return int(got[self.root]["available"])
+        """The root's `available`, read at most once a second (every create asks)."""
+        now = time.monotonic()
+        cached = self._free
+        if cached is None or now - cached[0] > FREE_TTL:
+            got = await self.zfs.get(["available"], [self.root])
+            cached = self._free = (now, int(got[self.root]["available"]))
+        return cached[1]
 
     async def total_bytes(self) -> int | None:
         """The whole ZFS pool's usable size: its top dataset's used + available."""

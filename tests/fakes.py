@@ -1,10 +1,19 @@
-"""Test doubles for pure-logic unit tests (never for the thing under test)."""
+"""Test doubles: a clock that moves when told, and the real overlay backend with
+injected delete failures and a gate to hold operations mid-way."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+from backends.base import BackendError, SnapshotRef
+from backends.overlay import OverlayBackend
 from snapd.clock import Clock
+from snapd.reaper import Reaper
+from snapd.service import SnapshotService
+from snapd.store import Store
 
 
 class FakeClock(Clock):
@@ -35,10 +44,60 @@ class FakeClock(Clock):
                     w.cancel()
 
 
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.01) -> None:
+async def eventually(predicate, timeout: float = 60.0, interval: float = 0.01) -> None:
     """Wait (real time) until predicate() is true; fail after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+class GatedOverlay(OverlayBackend):
+    """The real overlay backend; deleting names in `fail` errors, and create/restore
+    can be held at a gate to look at the world mid-operation."""
+
+    fail: set[str]
+    gate: asyncio.Event | None
+    entered: asyncio.Event
+
+    async def delete(self, cid: str, snaps_: list[SnapshotRef]) -> dict[str, BackendError | None]:
+        results = await super().delete(cid, [s for s in snaps_ if s.name not in self.fail])
+        results.update({s.name: BackendError("injected failure") for s in snaps_ if s.name in self.fail})
+        return results
+
+    async def _held(self) -> None:
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+
+    async def create(self, cid, name, alias, expires_at, created_at=None):  # type: ignore[override]
+        await self._held()
+        return await super().create(cid, name, alias, expires_at, created_at=created_at)
+
+    async def restore(self, cid, snap, others):  # type: ignore[override]
+        await self._held()
+        return await super().restore(cid, snap, others)
+
+
+@contextlib.asynccontextmanager
+async def reaper_world(tmp_path: Path) -> AsyncIterator[tuple[SnapshotService, Reaper, FakeClock, GatedOverlay]]:
+    """A service and a running reaper on a real overlay pool, with a fake clock."""
+    root = tmp_path / "pool"
+    root.mkdir()
+    backend = GatedOverlay(str(root))
+    backend.fail, backend.gate, backend.entered = set(), None, asyncio.Event()
+    await backend.open()
+    clock = FakeClock()
+    store = Store(tmp_path / "snapd.db")
+    service = SnapshotService(store, [backend], clock)
+    reaper = Reaper(service, clock)
+    reaper.start()
+    try:
+        yield service, reaper, clock, backend
+    finally:
+        if backend.gate is not None:
+            backend.gate.set()
+        await reaper.stop()
+        await service.drain()
+        store.close()

@@ -77,7 +77,7 @@ def test_crash_at_fault_point(pool: PoolHarness, tmp_path: Path, point: str) -> 
         elif op == "delete":
             may = {sc.names["s1"]: "s1"}
         sc.check(d, **OPS[op], may_list=may)
-        assert f"recover journal id=" in d.log_text() or op == "create" and point.endswith("journaled")
+        assert "recover journal id=" in d.log_text() or op == "create" and point.endswith("journaled")
         # and it serves normally: snapshot, restore, delete
         made = d.unix.post(snaps(sc.cid))
         assert made.status == 200, made.body

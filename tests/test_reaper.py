@@ -6,48 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import BackendError, SnapshotRef
 from backends.overlay import OverlayBackend
-from snapd.reaper import Reaper
-from snapd.service import SnapshotService
-from snapd.store import Store
 
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
-from .fakes import FakeClock, eventually
+from .fakes import eventually, reaper_world
 from .harness import new_cid
 
 SECOND = 1 / 86400  # in days
 
 
-class FlakyOverlay(OverlayBackend):
-    """The real overlay backend, except that deleting names in `fail` errors."""
-
-    fail: set[str] = set()
-
-    async def delete(self, cid: str, snaps: list[SnapshotRef]) -> dict[str, BackendError | None]:
-        results = await super().delete(cid, [s for s in snaps if s.name not in self.fail])
-        results.update({s.name: BackendError("injected failure") for s in snaps if s.name in self.fail})
-        return results
-
-
 @pytest.fixture
 async def setup(tmp_path: Path):
-    root = tmp_path / "pool"
-    root.mkdir()
-    backend = FlakyOverlay(str(root))
-    backend.fail = set()
-    await backend.open()
-    clock = FakeClock()
-    store = Store(tmp_path / "snapd.db")
-    service = SnapshotService(store, [backend], clock)
-    reaper = Reaper(service, clock)
-    reaper.start()
-    yield service, reaper, clock, backend
-    await reaper.stop()
-    await service.drain()
-    store.close()
+    async with reaper_world(tmp_path) as w:
+        yield w
 
 
 def make_container(backend: OverlayBackend) -> str:

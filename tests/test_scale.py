@@ -19,16 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import BackendError, SnapshotRef
 from backends.overlay import OverlayBackend
-from snapd.reaper import Reaper
-from snapd.service import SnapshotService
 from snapd.store import SnapshotRow, Store
 
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
-from .fakes import FakeClock, eventually
+from .fakes import FakeClock, eventually, reaper_world
 from .harness import new_cid
 
 SECOND = 1 / 86400  # in days
@@ -114,51 +111,10 @@ def test_a_generated_store_of_100000_lists_correctly_and_paginates(pool, daemon)
 # -- the reaper at scale, with an injectable clock ---------------------------------------
 
 
-class GatedOverlay(OverlayBackend):
-    """The real overlay backend; deleting names in `fail` errors, and create/restore
-    can be held at a gate to look at the world mid-operation."""
-
-    fail: set[str]
-    gate: asyncio.Event | None
-    entered: asyncio.Event
-
-    async def delete(self, cid: str, snaps_: list[SnapshotRef]) -> dict[str, BackendError | None]:
-        results = await super().delete(cid, [s for s in snaps_ if s.name not in self.fail])
-        results.update({s.name: BackendError("injected failure") for s in snaps_ if s.name in self.fail})
-        return results
-
-    async def _held(self) -> None:
-        if self.gate is not None:
-            self.entered.set()
-            await self.gate.wait()
-
-    async def create(self, cid, name, alias, expires_at, created_at=None):  # type: ignore[override]
-        await self._held()
-        return await super().create(cid, name, alias, expires_at, created_at=created_at)
-
-    async def restore(self, cid, snap, others):  # type: ignore[override]
-        await self._held()
-        return await super().restore(cid, snap, others)
-
-
 @pytest.fixture
 async def world(tmp_path: Path):
-    root = tmp_path / "pool"
-    root.mkdir()
-    backend = GatedOverlay(str(root))
-    backend.fail, backend.gate, backend.entered = set(), None, asyncio.Event()
-    await backend.open()
-    clock = FakeClock()
-    store = Store(tmp_path / "snapd.db")
-    service = SnapshotService(store, [backend], clock)
-    reaper = Reaper(service, clock)
-    reaper.start()
-    yield service, reaper, clock, backend
-    if backend.gate is not None:
-        backend.gate.set()
-    await reaper.stop()
-    await service.drain()
-    store.close()
+    async with reaper_world(tmp_path) as w:
+        yield w
 
 
 def _fake_snapshots(backend: OverlayBackend, clock: FakeClock, containers: int, each: int,
@@ -311,15 +267,8 @@ async def test_operations_on_one_container_run_in_arrival_order(world) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, Path]]:
-    base = tmp_path_factory.mktemp("scale")
-    pool = base / "pool"
-    pool.mkdir()
-    d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=False).start()
-    try:
-        yield d, pool
-    finally:
-        assert d.stop() == 0
+def served(overlay_env: tuple[DaemonProcess, Path]) -> tuple[DaemonProcess, Path]:
+    return overlay_env
 
 
 def test_200_clients_on_50_containers_get_no_errors_no_duplicates_and_lose_nothing(served) -> None:
