@@ -14,6 +14,8 @@ if [ "$(id -u)" = 0 ]; then
   command -v setfattr >/dev/null || need+=(attr)
   command -v systemd-analyze >/dev/null || need+=(systemd)
   command -v curl >/dev/null || need+=(curl)
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v openssl >/dev/null || need+=(openssl)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"
     apt-get update -qq
