@@ -10,10 +10,21 @@ or a subprocess; none blocks the event loop.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 
-PROJECT_XATTR = "user.container-snapd.project"
-"""Extended attribute holding a directory container's project label."""
+PROJECT_XATTR = (
+    "trusted.container-snapd.project" if os.geteuid() == 0 else "user.container-snapd.project"
+)
+"""Extended attribute holding a directory container's project label.
+
+For a plain-directory or btrfs container the labelled directory is the
+container's own `/`, which its root (even an unprivileged one in a user
+namespace) can give any `user.*` attribute: a label there would let a
+workload move its container into another project.  `trusted.*` needs
+CAP_SYS_ADMIN in the host's user namespace, so the daemon (root) keeps the
+label there; only a daemon running as a normal user (`--dev`) uses `user.*`.
+"""
 
 PROJECT_PROPERTY = "container-snapd:project"
 """ZFS user property holding a dataset container's project label."""

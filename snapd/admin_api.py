@@ -22,6 +22,7 @@ from .validation import (
     MAX_EXPIRY_DAYS,
     InvalidInput,
     parse_body,
+    is_utf8,
     parse_container_id,
 )
 
@@ -81,7 +82,8 @@ async def create_token(request: web.Request) -> web.Response:
     if containers and project is None:
         raise _invalid("containers", "a container scope needs a project")
     label = body.get("label")
-    if label is not None and (not isinstance(label, str) or not 1 <= len(label) <= MAX_ALIAS):
+    if label is not None and (not isinstance(label, str) or not 1 <= len(label) <= MAX_ALIAS
+                              or not is_utf8(label)):
         raise _invalid("label", f"must be 1 to {MAX_ALIAS} characters")
     expires = body.get("expires")
     if expires is not None and (

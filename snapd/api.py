@@ -198,7 +198,7 @@ def _page(request: web.Request, cid: str) -> tuple[int | None, tuple[int, str] |
     limit = None
     if "limit" in query:
         raw = query["limit"]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_PAGE:
             raise bad("limit", f"an integer from 1 to {MAX_PAGE}")
         limit = int(raw)
     after = None

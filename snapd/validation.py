@@ -129,7 +129,18 @@ def parse_alias(value: Any, field_kind: str) -> str | None:
         )
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise InvalidInput(field_kind, [_detail("alias", "must not contain control characters")])
+    if not is_utf8(value):
+        raise InvalidInput(field_kind, [_detail("alias", "must be valid Unicode (no lone surrogates)")])
     return value
+
+
+def is_utf8(value: str) -> bool:
+    """Whether a decoded JSON string can be stored: JSON allows lone surrogates (\\ud800)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_expiry(value: Any) -> float | None:
@@ -138,7 +149,8 @@ def parse_expiry(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput("payload", [_detail("expiry", "must be a number of days")])
-    if not math.isfinite(value) or value <= 0 or value > MAX_EXPIRY_DAYS:
+    # compare before isfinite: a huge JSON integer is an int that float() cannot hold
+    if value <= 0 or value > MAX_EXPIRY_DAYS or not math.isfinite(value):
         raise InvalidInput(
             "payload",
             [_detail("expiry", f"must be greater than 0 and at most {MAX_EXPIRY_DAYS} days")],

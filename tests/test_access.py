@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from backends.base import PROJECT_XATTR
+
 from .client import Client, snaps
 from .conftest import unavailable
 from .daemon import DaemonProcess
@@ -207,7 +209,7 @@ def test_tokens_are_listed_without_secrets_and_stored_only_as_hashes(world: Worl
 
 
 def test_project_label_lives_on_the_container_and_survives_restore(world: World) -> None:
-    assert os.getxattr(world.pool / world.a, "user.container-snapd.project") == b"proj-a"
+    assert os.getxattr(world.pool / world.a, PROJECT_XATTR) == b"proj-a"
     name = world.d.unix.post(snaps(world.a)).data["snapshot"]["name"]
     assert world.d.unix.patch(snaps(world.a, name)).status == 200
     assert world.d.unix.get(snaps(world.a)).data["project_id"] == "proj-a"
@@ -259,3 +261,18 @@ def test_admin_group_members_are_admins_on_the_unix_socket(tmp_path: Path) -> No
         finally:
             assert d.stop() == 0
     assert results == {group: 200, "": 401}
+
+
+def test_a_container_cannot_relabel_itself(world: World) -> None:
+    """The label of a plain container sits on the container's own root: a user.* attribute
+    there (which the container's root can set) must not move it into another project."""
+    if os.geteuid() != 0:
+        unavailable("the daemon keeps labels in trusted.* only when it runs as root")
+    client = Client(tcp=("127.0.0.1", world.d.port), headers={"Authorization": f"Bearer {world.tokens['other']}"})
+    assert client.get(snaps(world.a)).status == 403
+    os.setxattr(world.pool / world.a, "user.container-snapd.project", b"proj-b")
+    try:
+        assert client.get(snaps(world.a)).status == 403
+        assert world.d.unix.get(snaps(world.a)).data["project_id"] == "proj-a"
+    finally:
+        os.removexattr(world.pool / world.a, "user.container-snapd.project")

@@ -192,6 +192,7 @@ def test_alias_need_not_be_unique(daemon: DaemonProcess, container: str) -> None
         ({"alias": "x" * 101}, "Invalid alias value"),
         ({"alias": 5}, "Invalid alias value"),
         ({"alias": ["a"]}, "Invalid alias value"),
+        ({"alias": "\ud800"}, "Invalid alias value"),
         ({"alias": "ok", "extra": 1}, "Invalid request payload"),
         ("not an object", "Invalid request payload"),
     ],
@@ -288,7 +289,8 @@ def test_unknown_snapshot_is_404(daemon: DaemonProcess, container: str) -> None:
     [
         b'{"expiry": 0}', b'{"expiry": -1}', b'{"expiry": "5"}', b'{"expiry": true}',
         b'{"expiry": NaN}', b'{"expiry": Infinity}', b'{"expiry": 36500.001}', b'{"expiry": 1e400}',
-        b'{"expiry": ' + b"9" * 5000 + b"}", b'{"alias": ""}', b'{"alias": 7}',
+        b'{"expiry": ' + b"9" * 5000 + b"}", b'{"expiry": 1' + b"0" * 400 + b"}", b'{"alias": ""}',
+        b'{"alias": 7}', b'{"alias": "\\ud800x"}',
         b'{"alias": "' + b"x" * 101 + b'"}', b'{"surprise": 1}', b"[]", b'"text"', b"null",
         b"not json", b'{"alias": "a", "alias": "b"}', b"\xff\xfe", b"[" * 5000 + b"]" * 5000,
         b'{"alias": {"deep": ' * 40 + b"1" + b"}" * 80,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from backends.base import PROJECT_XATTR
+
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
@@ -37,7 +39,7 @@ def test_everything_a_rootfs_holds_survives_snapshot_and_restore(overlay_daemon)
     d, pool = overlay_daemon
     cid = new_cid()
     build_rootfs(pool / cid)
-    os.setxattr(pool / cid, "user.container-snapd.project", b"proj-a")
+    os.setxattr(pool / cid, PROJECT_XATTR, b"proj-a")
     before = digest(pool / cid)
     name = create(d, cid)
     from backends.overlay import COPY_STARTED_XATTR
@@ -59,11 +61,11 @@ def test_project_label_is_the_current_one_after_restore(overlay_daemon) -> None:
     d, pool = overlay_daemon
     cid = new_cid()
     write_tree(pool / cid, {"f": "1"})
-    os.setxattr(pool / cid, "user.container-snapd.project", b"old-project")
+    os.setxattr(pool / cid, PROJECT_XATTR, b"old-project")
     name = create(d, cid)
-    os.setxattr(pool / cid, "user.container-snapd.project", b"new-project")
+    os.setxattr(pool / cid, PROJECT_XATTR, b"new-project")
     restore(d, cid, name)
-    assert os.getxattr(pool / cid, "user.container-snapd.project") == b"new-project"
+    assert os.getxattr(pool / cid, PROJECT_XATTR) == b"new-project"
     assert d.unix.get(snaps(cid)).data["project_id"] == "new-project"
 
 
