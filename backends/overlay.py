@@ -59,13 +59,21 @@ only files whose ctime is older, less a margin for filesystems whose
 timestamps are coarse (1 s on ext3 and small-inode ext4, 2 s on FAT), so a
 rewrite that kept size and mtime is never mistaken for unchanged."""
 CTIME_MARGIN_NS = 2_000_000_000
+CAPTURED_XATTR = "user.container-snapd.captured"
+"""On a snapshot's root: what it captured, "upper" (an overlay container's
+writable layer) or "whole" (a plain directory).  A restore into a container
+whose layout has changed since is refused rather than put in the wrong place."""
+SNAPSHOT_TAGS = (COPY_STARTED_XATTR, CAPTURED_XATTR)
+"""Attributes that describe a snapshot, not the tree: never restored into a container."""
 
 
-def _mark_copy_started(snapshot: Path, started_ns: int) -> None:
+def _tag(snapshot: Path, key: str, value: str) -> None:
+    """Tag a snapshot's root; without user xattrs here the tag is simply absent
+    (then the next snapshot copies everything, and restore cannot check the layout)."""
     try:
-        fsops.set_xattr(snapshot, COPY_STARTED_XATTR, str(started_ns))
+        fsops.set_xattr(snapshot, key, value)
     except OSError:
-        pass  # no user xattrs here: the next snapshot copies everything
+        pass
 
 
 def _copy_started(snapshot: Path) -> int | None:
@@ -102,9 +110,11 @@ class OverlayBackend(Backend):
     def _captured(self, cid: str) -> Path:
         """The tree a snapshot holds: upper/ of an overlay container, else the container."""
         c = self._container(cid)
-        if fsops.is_real_dir(c / "upper") and fsops.is_real_dir(c / "work"):
-            return c / "upper"
-        return c
+        return c / "upper" if self._is_overlay(cid) else c
+
+    def _is_overlay(self, cid: str) -> bool:
+        c = self._container(cid)
+        return fsops.is_real_dir(c / "upper") and fsops.is_real_dir(c / "work")
 
     def _snapshot(self, cid: str, name: str) -> Path:
         return self.snapdir / cid / name
@@ -148,6 +158,8 @@ class OverlayBackend(Backend):
             await asyncio.to_thread(self._sweep_container, cid)
 
     def _sweep_container(self, cid: str) -> None:
+        if not self._is_overlay(cid):
+            return  # a plain container's root is the container's own data: never swept
         container = self._container(cid)
         try:
             entries = [e for e in os.scandir(container) if e.name.startswith(RESTORE_PREFIX)]
@@ -184,12 +196,14 @@ class OverlayBackend(Backend):
         previous = self._latest(cid)
         since = _copy_started(previous) if previous is not None else None
         scratch = self._scratch(f"create-{cid}")
+        source = self._captured(cid)
         started = time.time_ns()
         try:
-            stats = treecopy.copy_tree(self._captured(cid), scratch,
+            stats = treecopy.copy_tree(source, scratch,
                                        link_dest=previous if since is not None else None,
                                        unchanged_since_ns=since)
-            _mark_copy_started(scratch, started)
+            _tag(scratch, COPY_STARTED_XATTR, str(started))
+            _tag(scratch, CAPTURED_XATTR, "whole" if source == self._container(cid) else "upper")
             fsops.syncfs(self.tmpdir)
             faults.point("overlay.create.after-copy")
             (self.snapdir / cid).mkdir(mode=0o700, exist_ok=True)
@@ -221,6 +235,15 @@ class OverlayBackend(Backend):
         if not fsops.is_real_dir(source):
             raise SnapshotNotFound(name)
         target = self._captured(cid)
+        layout = "upper" if target != container else "whole"
+        captured = fsops.get_xattr(source, CAPTURED_XATTR)
+        if captured is not None and captured != layout:
+            raise ContainerBusy(
+                f"the container's layout changed since the snapshot: it captured "
+                f"{'the overlay upper layer' if captured == 'upper' else 'the whole directory'}, "
+                f"the container is now {'an overlay container' if layout == 'upper' else 'a plain directory'}",
+                [{"field": "container", "reason": f"snapshot layout {captured}, container layout {layout}"}],
+            )
         merged = container / "merged"
         if target != container and os.path.ismount(merged):
             details = [{"field": "container", "reason": f"{merged} is a mount point"}]
@@ -242,7 +265,8 @@ class OverlayBackend(Backend):
         try:
             # A real copy: the live tree must never share an inode with a snapshot.
             treecopy.copy_tree(source, build, link_dest=None)
-            fsops.set_xattr(build, COPY_STARTED_XATTR, None)
+            for tag in SNAPSHOT_TAGS:
+                fsops.set_xattr(build, tag, None)
             if target == container:
                 fsops.set_xattr(build, PROJECT_XATTR, fsops.get_xattr(container, PROJECT_XATTR))
             fsops.syncfs(build)

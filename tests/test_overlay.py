@@ -42,11 +42,12 @@ def test_everything_a_rootfs_holds_survives_snapshot_and_restore(overlay_daemon)
     os.setxattr(pool / cid, PROJECT_XATTR, b"proj-a")
     before = digest(pool / cid)
     name = create(d, cid)
-    from backends.overlay import COPY_STARTED_XATTR
+    from backends.overlay import COPY_STARTED_XATTR, SNAPSHOT_TAGS
 
     snap = pool / ".snapshots" / cid / name
-    assert int(os.getxattr(snap, COPY_STARTED_XATTR)) > 0  # the snapshot's own tag, removed on restore
-    os.removexattr(snap, COPY_STARTED_XATTR)
+    assert int(os.getxattr(snap, COPY_STARTED_XATTR)) > 0  # the snapshot's own tags, never restored
+    for tag in SNAPSHOT_TAGS:
+        os.removexattr(snap, tag)
     assert_same_tree(pool / cid, snap)
     # wreck the container, then restore
     subprocess.run(["rm", "-rf", str(pool / cid / "etc"), str(pool / cid / "usr")], check=True)
@@ -224,3 +225,28 @@ def test_a_full_pool_answers_507_and_leaves_nothing(tmp_path: Path) -> None:
             assert d.unix.post(snaps(cid)).status == 200
         finally:
             assert d.stop() == 0
+
+
+
+@pytest.mark.parametrize("change", ["overlay-becomes-plain", "plain-grows-upper-and-work"])
+def test_restore_refuses_when_the_container_layout_changed(overlay_daemon, change: str) -> None:
+    """A snapshot of upper/ must never replace a whole directory, nor a whole tree land in upper/."""
+    d, pool = overlay_daemon
+    cid = new_cid()
+    c = pool / cid
+    if change == "overlay-becomes-plain":
+        write_tree(c, {"upper/etc/app.conf": "v1", "lower/important": "keep me"})
+        (c / "work").mkdir()
+    else:
+        write_tree(c, {"etc/app.conf": "v1"})
+    name = create(d, cid)
+    if change == "overlay-becomes-plain":
+        (c / "work").rmdir()
+    else:
+        (c / "upper").mkdir()
+        (c / "work").mkdir()
+    before = digest(c)
+    r = d.unix.patch(snaps(cid, name))
+    assert (r.status, r.body["error"]) == (409, "Conflict"), r.body
+    assert "layout changed" in r.body["message"]
+    assert digest(c) == before  # nothing was touched
