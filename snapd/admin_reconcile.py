@@ -61,7 +61,7 @@ async def reconcile_route(request: web.Request) -> web.Response:
         pools = []
         for backend in backends:
             try:
-                p = await plan(service.store, backend)
+                p = await plan(service.store, backend, {b.describe() for b in backends})
             except Exception as exc:  # noqa: BLE001 - one pool's trouble is reported, not fatal
                 pools.append(_plan_json(None, backend.describe(), f"cannot list snapshots: {exc}"))
                 continue

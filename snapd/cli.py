@@ -346,7 +346,7 @@ def cmd_container_set_project(args: argparse.Namespace) -> int:
 
 def _reconcile_text(d: dict) -> str:
     verb = "would" if d["dry_run"] else "did"
-    lines = [f"dry run: nothing changed" if d["dry_run"] else "reconcile applied"]
+    lines = ["dry run: nothing changed" if d["dry_run"] else "reconcile applied"]
     for e in d["journal"]:
         lines.append(f"journal: {verb} settle unfinished {e['op']} of {e['container_id']}"
                      f"{'@' + e['snapshot'] if e['snapshot'] else ''} (pool {e['pool']}, entry {e['id']})")

@@ -157,6 +157,8 @@ def parse_pool(value: str, where: str) -> PoolSpec:
         raise ConfigError(f"{where}: {value!r} is not BACKEND:ROOT (e.g. overlay:/var/lib/containers)")
     if backend not in BACKENDS:
         raise ConfigError(f"{where}: unknown backend {backend!r} in {value!r} (expected one of {', '.join(BACKENDS)})")
+    # one name per pool: "/x/", "/x//", a symlink to /x (or "tank/c/") are the same pool
+    root = os.path.realpath(root) if root.startswith("/") else root.strip("/")
     return PoolSpec(backend, root)
 
 
@@ -238,7 +240,8 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
     if "reserve" in merged:
         cfg.reserve = parse_reserve(merged["reserve"], f"{source}: reserve")
     cfg.pool_options = {
-        spec: _pool_policy(opts, cfg.reserve, f"{source}: pool_options.{spec!r}")
+        str(parse_pool(spec, f"{source}: pool_options")): _pool_policy(
+            opts, cfg.reserve, f"{source}: pool_options.{spec!r}")
         for spec, opts in (merged.get("pool_options") or {}).items()
     }
     return cfg
@@ -279,6 +282,7 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"pool root {pool.root} does not exist or is not a directory")
         if pool.backend in ("overlay", "btrfs") and not pool.root.startswith("/"):
             raise ConfigError(f"pool root {pool.root!r} of a {pool.backend} pool must be an absolute path")
+    _no_overlapping_pools(cfg.pools)
     if len(os.fsencode(str(cfg.socket))) > MAX_SOCKET_PATH:
         raise ConfigError(f"socket path {cfg.socket} is longer than {MAX_SOCKET_PATH} bytes")
     for path in (cfg.tls_cert, cfg.tls_key):
@@ -286,6 +290,20 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"TLS file {path} does not exist")
     _writable_dir(cfg.socket.parent, "socket directory")
     _writable_dir(cfg.state_dir, "state_dir")
+
+
+def _no_overlapping_pools(pools: list[PoolSpec]) -> None:
+    """Two pools on one tree would sweep each other's scratch space and claim the same
+    containers: the same root twice (under any spelling or symlink) or one inside another."""
+    seen: list[tuple[str, PoolSpec]] = []
+    for pool in pools:
+        key = os.path.realpath(pool.root) if pool.root.startswith("/") else pool.root
+        sep = "/"
+        for other_key, other in seen:
+            if key == other_key or key.startswith(other_key.rstrip(sep) + sep) or \
+                    other_key.startswith(key.rstrip(sep) + sep):
+                raise ConfigError(f"pools {other} and {pool} overlap: give each tree one pool")
+        seen.append((key, pool))
 
 
 def _writable_dir(path: Path, what: str) -> None:

@@ -26,11 +26,15 @@ class Plan:
     adopt: list[SnapshotRow] = field(default_factory=list)
     forget: list[SnapshotRow] = field(default_factory=list)
     moved: list[tuple[SnapshotRow, str]] = field(default_factory=list)
+    rehomed: list[tuple[SnapshotRow, str]] = field(default_factory=list)
+    """Rows the store keeps under a pool no longer configured (its spec was renamed)."""
+    conflicts: list[SnapshotRow] = field(default_factory=list)
+    """Rows another configured pool already holds for the same container and name."""
     refused: str | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.adopt or self.forget or self.moved)
+        return not (self.adopt or self.forget or self.moved or self.rehomed)
 
 
 def _adopted(pool: str, cid: str, facts: SnapshotFacts) -> SnapshotRow:
@@ -46,8 +50,13 @@ def _adopted(pool: str, cid: str, facts: SnapshotFacts) -> SnapshotRow:
     )
 
 
-async def plan(store: Store, backend: Backend) -> Plan:
-    """Compare one pool's snapshots on disk with the store's rows for it."""
+async def plan(store: Store, backend: Backend, configured: set[str] | None = None) -> Plan:
+    """Compare one pool's snapshots on disk with the store's rows for it.
+
+    `configured`: every configured pool; a row that another, unconfigured
+    pool name holds is taken over (alias and expiry kept), one that a
+    configured pool holds is a conflict left alone.
+    """
     pool = backend.describe()
     result = Plan(pool)
     on_disk = await backend.list(None)
@@ -56,7 +65,13 @@ async def plan(store: Store, backend: Backend) -> Plan:
     for key, facts in disk.items():
         row = rows.get(key)
         if row is None:
-            result.adopt.append(_adopted(pool, key[0], facts))
+            elsewhere = store.get(*key)
+            if elsewhere is None:
+                result.adopt.append(_adopted(pool, key[0], facts))
+            elif configured is not None and elsewhere.pool in configured:
+                result.conflicts.append(elsewhere)
+            else:
+                result.rehomed.append((elsewhere, facts.ref))
         elif facts.ref and facts.ref != row.ref:
             result.moved.append((row, facts.ref))
     result.forget = [row for key, row in rows.items() if key not in disk]
@@ -77,6 +92,13 @@ def apply(store: Store, p: Plan) -> None:
         log.info("reconcile pool=%s adopt container=%s snapshot=%s why=on disk, not in store",
                  p.pool, row.container_id, row.name)
     store.insert_many(p.adopt)
+    for row, ref in p.rehomed:
+        log.info("reconcile pool=%s take-over container=%s snapshot=%s from=%s why=its pool is no longer "
+                 "configured under that name", p.pool, row.container_id, row.name, row.pool)
+        store.rehome(row.container_id, row.name, p.pool, ref)
+    for row in p.conflicts:
+        log.warning("reconcile pool=%s conflict container=%s snapshot=%s: pool %s holds it too; left alone",
+                    p.pool, row.container_id, row.name, row.pool)
     for row in p.forget:
         log.info("reconcile pool=%s forget container=%s snapshot=%s why=in store, not on disk",
                  p.pool, row.container_id, row.name)
@@ -87,12 +109,14 @@ def apply(store: Store, p: Plan) -> None:
         store.update(row.container_id, row.name, ref=ref)
 
 
-async def reconcile(store: Store, backends: list[Backend]) -> list[Plan]:
-    """Reconcile every pool; a pool whose listing fails is left as it is."""
+async def reconcile(store: Store, backends: list[Backend], configured: set[str] | None = None) -> list[Plan]:
+    """Reconcile these pools (`configured`: every pool, when more than these are);
+    a pool whose listing fails is left as it is."""
+    configured = configured or {b.describe() for b in backends}
     plans = []
     for backend in backends:
         try:
-            p = await plan(store, backend)
+            p = await plan(store, backend, configured)
         except Exception as exc:
             log.error("reconcile pool=%s skipped: cannot list snapshots: %s", backend.describe(), exc)
             continue

@@ -348,6 +348,14 @@ class Daemon:
             new = self.reload_config()
             if new.state_dir != self.cfg.state_dir:
                 raise ConfigError("state_dir cannot change on reload; restart the daemon")
+            wanted = {str(p) for p in new.pools}
+            # A pool whose spec was only respelled (auto:/x -> overlay:/x) keeps its open
+            # backend: opening it again would sweep scratch space under work in flight.
+            by_root = {b.root: key for key, b in self.backends.items() if key not in wanted}
+            renamed = {str(spec): by_root.pop(spec.root) for spec in new.pools
+                       if str(spec) not in self.backends and spec.root in by_root}
+            for new_key, old_key in renamed.items():
+                self.backends[new_key] = self.backends.pop(old_key)
             added = [spec for spec in new.pools if str(spec) not in self.backends]
             opened = {str(spec): await open_backend(spec) for spec in added}
             try:
@@ -358,8 +366,9 @@ class Daemon:
                 raise
             await recover_journal(self.store, list(opened.values()), self.clock,  # type: ignore[arg-type]
                                   every_pool=False)
-            await reconcile(self.store, list(opened.values()))  # type: ignore[arg-type]
-            removed = [key for key in self.backends if key not in {str(p) for p in new.pools}]
+            await reconcile(self.store, list(opened.values()),  # type: ignore[arg-type]
+                            {b.describe() for b in [*self.backends.values(), *opened.values()]})
+            removed = [key for key in self.backends if key not in wanted]
             for key in removed:
                 await self.backends.pop(key).close()
             self.backends.update(opened)
@@ -372,6 +381,8 @@ class Daemon:
                      ",".join(opened) or "-", ",".join(removed) or "-", ", ".join(self.listeners.describe()))
         except ConfigError as exc:
             log.error("reload rejected, the running configuration stays: %s", exc)
+        except Exception as exc:  # a reload must never take the daemon down
+            log.error("reload failed, the running configuration stays: %s", exc, exc_info=exc)
         systemd.ready(self.status_line())
 
     # -- status ------------------------------------------------------------------------

@@ -288,6 +288,13 @@ class Store:
             [*values.values(), cid, name],
         )
 
+    def rehome(self, cid: str, name: str, pool: str, ref: str) -> None:
+        """Move a snapshot's row to another pool name (its pool was renamed)."""
+        self.db.execute(
+            "UPDATE snapshots SET pool = ?, ref = ? WHERE container_id = ? AND name = ?",
+            [pool, ref, cid, name],
+        )
+
     def update_sizes(self, cid: str, sizes: dict[str, int]) -> None:
         with self.db.conn:
             self.db.execute("BEGIN")

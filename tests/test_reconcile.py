@@ -69,3 +69,26 @@ def _ts(stamp: str) -> float:
     from datetime import datetime, timezone
 
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_a_pool_moved_to_another_path_keeps_its_rows(tmp_path: Path) -> None:
+    """A pool whose tree moved (renamed directory, new config) takes its rows over, alias and
+    expiry included, instead of failing on the duplicate or losing what only the store knew."""
+    real = tmp_path / "pool"
+    cid = new_cid()
+    write_tree(real / cid, {"f": "1"})
+    moved = tmp_path / "moved"
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{real}"], tcp=False).start()
+    try:
+        made = d.unix.post(snaps(cid), {"alias": "keep", "expiry": 5}).data["snapshot"]
+    finally:
+        assert d.stop() == 0
+    real.rename(moved)
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{moved}"], tcp=False).start()
+    try:
+        (listed,) = d.unix.get(snaps(cid)).data["snapshots"]
+        assert {**listed, "size": 0} == {**made, "size": 0}
+        assert "take-over" in d.log_text()
+        assert d.unix.delete(snaps(cid, made["name"])).status == 200
+    finally:
+        assert d.stop() == 0

@@ -222,3 +222,10 @@ def test_store_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path, po
     one_clear_line(serve("--pool", f"overlay:{pool}", "--socket", str(tmp_path / "s"),
                          "--state-dir", str(state)), "newer than")
     assert os.path.exists(state / "snapd.db")
+
+
+def test_overlapping_pools_are_refused(tmp_path: Path, pool: Path) -> None:
+    (pool / "inner").mkdir()
+    common = ["--socket", str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "st")]
+    one_clear_line(serve("--pool", f"overlay:{pool}", "--pool", f"auto:{pool}/", *common), "overlap")
+    one_clear_line(serve("--pool", f"overlay:{pool}", "--pool", f"overlay:{pool}/inner", *common), "overlap")
