@@ -46,6 +46,7 @@ enables quotas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -76,6 +77,8 @@ from .base import (
     SnapshotRef,
 )
 
+DU_TIMEOUT = 600.0
+"""Seconds one background `btrfs filesystem du` may take before it is killed."""
 log = logging.getLogger(__name__)
 
 CID_RE = re.compile(r"^[0-9a-f]{24}$")
@@ -564,7 +567,13 @@ class BtrfsBackend(Backend):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await proc.communicate()
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), DU_TIMEOUT)
+        except BaseException:  # timed out, or the daemon is stopping: leave no child behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
         counted = parse_du(out.decode(errors="replace"), paths)
         if proc.returncode or len(counted) != len(paths):
             missing = [p for p in paths if p not in counted]

@@ -117,12 +117,16 @@ def tree_exclusive_bytes(root: Path) -> int:
     symlinks.
     """
     root_fd = os.open(os.fsencode(root), _DIR_FLAGS)
-    st = os.fstat(root_fd)
+    try:
+        st = os.fstat(root_fd)
+        listing = _list_dir(root_fd)
+    except BaseException:
+        os.close(root_fd)
+        raise
     dev, total = st.st_dev, st.st_blocks * 512
     multi: dict[tuple[int, int], list[int]] = {}  # inode -> [links seen, st_nlink, bytes]
-    stack: list[tuple[int, Iterator[os.DirEntry[str]]]] = []
+    stack: list[tuple[int, Iterator[os.DirEntry[str]]]] = [(root_fd, iter(listing))]
     try:
-        stack.append((root_fd, iter(_list_dir(root_fd))))
         while stack:
             fd, entries = stack[-1]
             for entry in entries:

@@ -37,6 +37,7 @@ class InterfaceListener:
         self.sites: dict[str, web.TCPSite] = {}
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task | None = None
+        self._adding: set[asyncio.Task] = set()
         self._index = 0
 
     @property
@@ -69,7 +70,9 @@ class InterfaceListener:
                     if msg["index"] != self._index:
                         continue
                     if msg.get("event") == "RTM_NEWADDR":
-                        asyncio.create_task(self._add(self._host(msg), retries=RETRIES))
+                        task = asyncio.create_task(self._add(self._host(msg), retries=RETRIES))
+                        self._adding.add(task)
+                        task.add_done_callback(self._adding.discard)
                     elif msg.get("event") == "RTM_DELADDR":
                         await self._remove(self._host(msg))
             except asyncio.CancelledError:
@@ -104,9 +107,10 @@ class InterfaceListener:
             log.info("stopped listening interface=%s address=%s (address removed)", self.ifname, host)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._adding]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._adding] if t is not None], return_exceptions=True)
         for host in list(self.sites):
             await self._remove(host)
         await self._stack.aclose()

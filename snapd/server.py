@@ -137,8 +137,9 @@ class Listeners:
         self.admin_group = admin_group
         self.unix_path: Path | None = None
         self.unix_site: web.SockSite | None = None
-        self.tcp: dict[tuple[str, int, str], web.BaseSite] = {}
-        self.interfaces: dict[tuple[str, int, str], InterfaceListener] = {}
+        self.tcp: dict[tuple[str, int, bool], web.BaseSite] = {}
+        self.interfaces: dict[tuple[str, int, bool], InterfaceListener] = {}
+        self.tls: ssl.SSLContext | None = None
         self._passed_started = False
 
     async def _start_passed(self) -> None:
@@ -159,10 +160,12 @@ class Listeners:
             await site.start()
             await self._close_unix()
             self.unix_path, self.unix_site = cfg.socket, site
-        tls = tls_context(cfg)
-        tls_key = f"{cfg.tls_cert}:{cfg.tls_key}"
+        tls = self._tls(cfg)
+        on = tls is not None
         passed = {tuple(a) for a in self.activated.tcp_addresses()}
-        wanted = {(h, p, tls_key) for h, p in cfg.listen if (h, p) not in passed}
+        wanted = {(h, p, on) for h, p in cfg.listen if (h, p) not in passed}
+        for key in set(self.tcp) - wanted:  # first, so a port can switch TLS on or off
+            await self.tcp.pop(key).stop()
         for key in wanted - set(self.tcp):
             site = web.TCPSite(self.runner, key[0], key[1], ssl_context=tls,
                                shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)
@@ -171,15 +174,26 @@ class Listeners:
             except OSError as exc:
                 raise ConfigError(f"listen {key[0]}:{key[1]}: {exc.strerror}") from None
             self.tcp[key] = site
-        for key in set(self.tcp) - wanted:
-            await self.tcp.pop(key).stop()
-        wanted_if = {(n, p, tls_key) for n, p in cfg.listen_interfaces}
+        wanted_if = {(n, p, on) for n, p in cfg.listen_interfaces}
+        for key in set(self.interfaces) - wanted_if:
+            await self.interfaces.pop(key).stop()
         for key in wanted_if - set(self.interfaces):
             listener = InterfaceListener(self.runner, key[0], key[1], tls, SHUTDOWN_TIMEOUT)
             await listener.start()
             self.interfaces[key] = listener
-        for key in set(self.interfaces) - wanted_if:
-            await self.interfaces.pop(key).stop()
+
+    def _tls(self, cfg: Config) -> ssl.SSLContext | None:
+        """One TLS context for every TCP listener; on reload a new certificate is loaded
+        into it, so listeners keep running and new handshakes use the new certificate."""
+        if cfg.tls_cert is None:
+            self.tls = None
+        elif self.tls is None:
+            self.tls = tls_context(cfg)
+        else:
+            fresh = tls_context(cfg)  # ConfigError (and nothing changed) if it does not load
+            assert fresh is not None and cfg.tls_key is not None
+            self.tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        return self.tls
 
     async def _close_unix(self) -> None:
         if self.unix_site is not None:

@@ -168,3 +168,57 @@ def test_tls_listener(tmp_path: Path) -> None:
             plain.getresponse().read()
     finally:
         assert d.stop() == 0
+
+
+def test_a_reload_swaps_the_tls_certificate_without_dropping_the_listener(tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    certs = {}
+    for cn in ("first.test", "second.test"):
+        cert, key = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                               "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+        if made.returncode != 0:
+            unavailable("openssl cannot make a test certificate")
+        certs[cn] = (cert, key)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+
+    def write(cn: str) -> None:
+        cert, key = certs[cn]
+        cfg.write_text(f'pools = ["overlay:{pool}"]\nlisten = ["127.0.0.1:{port}"]\n'
+                       f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+
+    def served_name() -> str:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                der = tls.getpeercert(binary_form=True)
+        pem = ssl.DER_cert_to_PEM_cert(der)
+        out = subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pem, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    write("first.test")
+    d = DaemonProcess(tmp_path / "d", [], tcp=False)
+    d.args = lambda: [sys.executable, "-m", "snapd", "serve", "--socket", str(d.socket),  # type: ignore[method-assign]
+                      "--state-dir", str(d.state_dir), "--config", str(cfg)]
+    d.start()
+    try:
+        assert "first.test" in served_name()
+        write("second.test")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reloaded:" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()
+            time.sleep(0.05)
+        assert "second.test" in served_name()
+    finally:
+        assert d.stop() == 0
