@@ -91,7 +91,7 @@ async def _create(store: Store, backend: Backend, e: JournalEntry) -> str:
         return "rolled back (no snapshot on disk; scratch swept)"
     if store.get(cid, name) is not None:
         return "already recorded"
-    store.insert_row(SnapshotRow(
+    store.insert(SnapshotRow(
         container_id=cid, name=name, pool=e.pool,
         created_at=float(e.data.get("created_at") or facts.created_at),  # type: ignore[attr-defined]
         alias=e.data.get("alias"), expires_at=e.data.get("expires_at"),

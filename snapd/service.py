@@ -313,7 +313,7 @@ class SnapshotService:
                 ref=facts.ref,
             )
             with self.store.transaction():
-                self.store.insert_row(row)
+                self.store.insert(row)
                 self.store.journal_end(jid, "done", now)
             self.refresh_sizes_later(container.backend, cid)
             if expires_at is not None:

@@ -7,10 +7,12 @@ here touches a pool.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -182,8 +184,7 @@ class Store:
                 f"store {self.path} has schema version {version}, newer than this daemon's {SCHEMA_VERSION}"
             )
         for target in range(version, SCHEMA_VERSION):
-            with self.db.conn:
-                self.db.execute("BEGIN")
+            with self.transaction():
                 MIGRATIONS[target](self.db)
                 self.db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -196,6 +197,16 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT (ROLLBACK on an exception) on the store's connection.
+
+        Writes inside use plain SQL: sqlite-utils' table helpers commit on their own.
+        """
+        with self.db.conn:
+            self.db.execute("BEGIN")
+            yield
 
     # -- reads ---------------------------------------------------------------
 
@@ -234,41 +245,30 @@ class Store:
         ).fetchone()
         return _s(row[0])
 
-    def expired(self, now: float, limit: int = 10_000) -> list[SnapshotRow]:
-        """Snapshots whose expiry is at or before `now`, earliest first."""
-        return [
-            _row(d)
-            for d in self.db.query(
-                "SELECT * FROM snapshots WHERE expires_at IS NOT NULL AND expires_at <= ? "
-                "ORDER BY expires_at LIMIT ?",
-                [_ms(now), limit],
-            )
-        ]
-
     def pool_rows(self, pool: str) -> list[SnapshotRow]:
         return [_row(d) for d in self.db.query("SELECT * FROM snapshots WHERE pool = ?", [pool])]
 
-    def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
+    def count(self, cid: str | None = None) -> int:
+        """Snapshots in the store, or of one container (an index count, no rows read)."""
+        if cid is None:
+            return self.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM snapshots WHERE container_id = ?", [cid]).fetchone()[0]
 
     # -- writes --------------------------------------------------------------
 
-    def insert(self, row: SnapshotRow) -> None:
-        self.db["snapshots"].insert(_to_dict(row))
+    _INSERT = (
+        "INSERT INTO snapshots (container_id, name, pool, alias, created_at, last_used_at, "
+        "expires_at, size, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
 
-    def insert_row(self, row: SnapshotRow) -> None:
-        """insert() in plain SQL: safe inside transaction() (sqlite-utils commits its own)."""
-        d = _to_dict(row)
-        self.db.execute(
-            f"INSERT INTO snapshots ({', '.join(d)}) VALUES ({', '.join('?' for _ in d)})",
-            list(d.values()),
-        )
+    def insert(self, row: SnapshotRow) -> None:
+        """One row, in plain SQL so it can share a transaction()."""
+        self.db.execute(self._INSERT, list(_to_dict(row).values()))
 
     def insert_many(self, rows: Iterable[SnapshotRow]) -> None:
-        """Bulk insert (one transaction); for reconcile and generated stores."""
-        with self.db.conn:
-            self.db.execute("BEGIN")
-            self.db["snapshots"].insert_all((_to_dict(r) for r in rows), batch_size=1000)
+        """Bulk insert in one transaction; for reconcile and generated stores."""
+        with self.transaction():
+            self.db.conn.executemany(self._INSERT, (tuple(_to_dict(r).values()) for r in rows))
 
     _UPDATABLE = {"alias", "last_used_at", "size", "ref", "expires_at"}
     _TIME_FIELDS = {"last_used_at", "expires_at"}
@@ -296,8 +296,7 @@ class Store:
         )
 
     def update_sizes(self, cid: str, sizes: dict[str, int]) -> None:
-        with self.db.conn:
-            self.db.execute("BEGIN")
+        with self.transaction():
             self.db.conn.executemany(
                 "UPDATE snapshots SET size = ? WHERE container_id = ? AND name = ?",
                 [(size, cid, name) for name, size in sizes.items()],
@@ -318,8 +317,6 @@ class Store:
     def journal_begin(self, op: str, cid: str, snapshot: str | None, pool: str, data: dict,
                       now: float) -> int:
         """Record an operation's intent (durable before the disk is touched); its id."""
-        import json
-
         cur = self.db.execute(
             "INSERT INTO journal (op, container_id, snapshot, pool, data, state, started_at) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
@@ -333,8 +330,6 @@ class Store:
 
     def journal_pending(self) -> list[JournalEntry]:
         """Unfinished operations, oldest first."""
-        import json
-
         return [
             JournalEntry(d["id"], d["op"], d["container_id"], d["snapshot"], d["pool"],
                          json.loads(d["data"]), d["state"], d["started_at"] / 1000.0)
@@ -346,18 +341,6 @@ class Store:
         self.db.execute(
             "DELETE FROM journal WHERE state != 'pending' AND id <= "
             "(SELECT COALESCE(MAX(id), 0) FROM journal) - ?", [keep])
-
-    def transaction(self):  # noqa: ANN201 - a context manager
-        """BEGIN ... COMMIT (ROLLBACK on an exception) on the store's connection."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def tx():  # noqa: ANN202
-            with self.db.conn:
-                self.db.execute("BEGIN")
-                yield
-
-        return tx()
 
     # -- read-only queries for scale (#8): list route, reaper, expiry plan -------------
 
