@@ -114,6 +114,7 @@ def map_service_error(exc: ServiceError, msgs: Messages) -> ApiError:
             "name": msgs.invalid_id,
             "payload": PAYLOAD_MESSAGE,
             "alias": ALIAS_MESSAGE,
+            "query": "Invalid query parameter",
         }[exc.kind]
         return ApiError(400, message, exc.details)
     if isinstance(exc, NotFound):
@@ -188,8 +189,9 @@ CURSOR = re.compile(r"(\d{1,16}):([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
 """A list cursor (`data.next`): created_at in ms, a colon, the snapshot name."""
 
 
-def _page(request: web.Request, cid: str) -> tuple[int | None, tuple[int, str] | None]:
-    """`?limit=` (1..MAX_PAGE) and `?after=` (a cursor from `data.next`, or a snapshot name)."""
+def _page(request: web.Request) -> tuple[int | None, tuple[int, str] | str | None]:
+    """`?limit=` (1..MAX_PAGE) and `?after=` (a cursor from `data.next`, or a snapshot
+    name, which the service resolves once the caller may see the container)."""
     query = request.rel_url.query
 
     def bad(field: str, reason: str) -> ApiError:
@@ -208,12 +210,9 @@ def _page(request: web.Request, cid: str) -> tuple[int | None, tuple[int, str] |
             after = (int(m[1]), m[2])
         else:
             try:
-                name = check_snapshot_name(raw)
+                after = check_snapshot_name(raw)
             except InvalidInput:
                 raise bad("after", "a cursor from data.next or a snapshot name") from None
-            after = _service(request).store.position(cid, name)
-            if after is None:
-                raise bad("after", "no such snapshot; pass the cursor from data.next")
     return limit, after
 
 
@@ -225,10 +224,8 @@ async def list_snapshots(request: web.Request) -> web.Response:
     `?limit=N[&after=CURSOR]` adds `data.next`, the cursor of the next page
     (null on the last one); without `limit` every snapshot is returned."""
     cid = _cid(request)
-    service = _service(request)
-    container = await service.find(cid, request[GUARD])
-    limit, after = _page(request, cid)
-    items, last = service.store.list_json(cid, limit, after)
+    limit, after = _page(request)
+    container, items, last = await _service(request).list_json(cid, request[GUARD], limit, after)
     data: dict[str, Any] = _container_data(container)
     if limit is not None:
         data["next"] = f"{last[0]}:{last[1]}" if last else None

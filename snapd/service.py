@@ -30,7 +30,7 @@ from backends.base import (
 from . import faults
 from .clock import Clock, snapshot_stamp
 from .config import PoolPolicy
-from .errors import Conflict, InsufficientStorage, NotFound, OperationFailed
+from .errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
 from .oplog import OperationLog
 from .store import SnapshotRow, Store
 
@@ -127,9 +127,22 @@ class SnapshotService:
 
     # -- reads -------------------------------------------------------------
 
-    async def list(self, cid: str, guard: Guard | None = None) -> tuple[Container, list[SnapshotRow]]:
+    async def list_json(
+        self, cid: str, guard: Guard | None = None, limit: int | None = None,
+        after: tuple[int, str] | str | None = None,
+    ) -> tuple[Container, list[str], tuple[int, str] | None]:
+        """The container and a page of its snapshots, newest first, already JSON-encoded
+        (Store.list_json); the position after the page when more follow.  `after` is a
+        position or a snapshot name (looked up only once the guard let the caller in)."""
         container = await self.find(cid, guard)
-        return container, self.store.list(cid)
+        if isinstance(after, str):
+            position = self.store.position(cid, after)
+            if position is None:
+                raise InvalidInput("query", [{"field": "after",
+                                              "reason": "no such snapshot; pass the cursor from data.next"}])
+            after = position
+        items, last = self.store.list_json(cid, limit, after)
+        return container, items, last
 
     async def get(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
         container = await self.find(cid, guard)
