@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PROJECT_XATTR = (
     "trusted.container-snapd.project" if os.geteuid() == 0 else "user.container-snapd.project"
@@ -90,16 +90,6 @@ class NoSpace(BackendError):
 
 class PoolError(BackendError):
     """The pool itself is unusable (wrong filesystem, missing root, ...)."""
-
-
-@dataclass
-class PoolInfo:
-    """A pool's state, for status reports."""
-
-    kind: str
-    root: str
-    free_bytes: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

@@ -70,7 +70,6 @@ from .base import (
     ContainerNotFound,
     NoSpace,
     PoolError,
-    PoolInfo,
     RefUpdates,
     SnapshotFacts,
     SnapshotNotFound,
@@ -205,11 +204,9 @@ class BtrfsBackend(Backend):
         st = await asyncio.to_thread(os.statvfs, self.root)
         return st.f_blocks * st.f_frsize
 
-    async def pool_info(self) -> PoolInfo:
-        """Kind, root, free bytes and whether sizes come from qgroups."""
-        free = await self.free_bytes()
-        status = await asyncio.to_thread(self._quota_status)
-        return PoolInfo(self.kind, self.root, free, {"quotas": status is not None})
+    async def quotas_enabled(self) -> bool:
+        """Whether sizes come from qgroups (quotas on) or from `btrfs filesystem du`."""
+        return await asyncio.to_thread(self._quota_status) is not None
 
     def _quota_status(self) -> int | None:
         with _Fd(self.root) as fd:

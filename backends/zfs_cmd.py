@@ -17,7 +17,6 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -203,27 +202,3 @@ def find_tool(name: str) -> str:
 def valid_dataset_name(name: str) -> bool:
     return bool(_DATASET_RE.match(name)) and "//" not in name and not name.endswith("/") \
         and "@" not in name
-
-
-async def is_dataset_name(root: str, runner: ZfsRunner | None = None) -> bool:
-    """Heuristic for 'auto' pools: no leading '/', and `zfs list` knows it."""
-    if not valid_dataset_name(root) or find_tool("zfs") == "zfs":
-        return False
-    runner = runner or ZfsRunner()
-    try:
-        res = await runner.zfs("list", "-H", "-o", "name", root, check=False)
-    except BackendError:
-        return False
-    return res.rc == 0 and res.stdout.strip() == root
-
-
-def is_dataset_name_sync(root: str) -> bool:
-    """`is_dataset_name` for code that is not async (argument parsing)."""
-    if not valid_dataset_name(root) or find_tool("zfs") == "zfs":
-        return False
-    try:
-        res = subprocess.run([find_tool("zfs"), "list", "-H", "-o", "name", root], capture_output=True,
-                             text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return res.returncode == 0 and res.stdout.strip() == root

@@ -5,14 +5,13 @@
   for other collectors).  Calling it again (SIGHUP) replaces it.
 * `request_log_middleware` (the OUTERMOST aiohttp middleware) gives every
   request an id — the client's X-Request-Id when it is sane, else a new
-  one —, stores it on the request (`request_id_of(request)`, key
-  REQUEST_ID_KEY) and in the `request_id` context variable, returns it as X-Request-Id (error responses of inner
+  one —, keeps it in the `request_id` context variable (envelope.request_id_var),
+  returns it as X-Request-Id (error responses of inner
   middlewares included) and logs one line per request: method, route,
   status, duration_ms, container, snapshot, peer.
 * `RequestIdFilter` copies the context variable onto every record, so the
   service's own lines (`created snapshot ...`) carry the id of the request
-  that caused them.  Extra fields go in `extra={"fields": {...}}` or
-  `oplog.log_event(logger, msg, **fields)`.
+  that caused them.  Extra fields go in `extra={"fields": {...}}`.
 """
 
 from __future__ import annotations
@@ -41,15 +40,6 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _BARE = re.compile(r"^[^\s\"=\\]+$")
 _HANDLER_FLAG = "_snapd_handler"
 access_log = logging.getLogger("snapd.access")
-# Where the middleware keeps the id on the request: a typed key on aiohttp
-# versions that have RequestKey (no NotAppKeyWarning), else the plain string.
-REQUEST_ID_KEY: Any = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
-
-
-def request_id_of(request: web.Request) -> str | None:
-    """The id `request_log_middleware` gave this request."""
-    return request.get(REQUEST_ID_KEY)
-
 # Attributes every LogRecord has; anything else set through `extra=` is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "fields"}
 
@@ -181,7 +171,6 @@ def peer_text(request: web.Request) -> str:
 async def request_log_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     """Request id in, X-Request-Id out, one access line per request.  Outermost."""
     rid = sane_request_id(request.headers.get(HEADER)) or new_request_id()
-    request[REQUEST_ID_KEY] = rid
     token = request_id_var.set(rid)
     start = time.monotonic()
     status = 500

@@ -12,11 +12,6 @@ import time
 from typing import Any
 
 
-def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
-    """One structured line: `log_event(log, "snapshot created", container=cid, snapshot=name)`."""
-    logger.log(level, msg, extra={"fields": fields})
-
-
 class OperationLog:
     """Context manager for one line per operation, with duration and outcome.
 

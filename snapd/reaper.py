@@ -48,7 +48,6 @@ LOCK_PATIENCE = 5.0
 """Seconds (real time) a worker waits for a busy container before queueing for its lock."""
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
-BATCH = CHUNK  # the name this constant had before per-container workers
 
 
 @dataclass

@@ -32,9 +32,6 @@ class Plan:
     """Rows another configured pool already holds for the same container and name."""
     refused: str | None = None
 
-    @property
-    def empty(self) -> bool:
-        return not (self.adopt or self.forget or self.moved or self.rehomed)
 
 
 def _adopted(pool: str, cid: str, facts: SnapshotFacts) -> SnapshotRow:

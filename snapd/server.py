@@ -50,6 +50,8 @@ from .tokens import Tokens
 
 log = logging.getLogger("snapd.server")
 SHUTDOWN_TIMEOUT = 120.0
+STARTUP_STEP = 300.0
+"""Seconds of start-up time asked of systemd before each step (EXTEND_TIMEOUT_USEC)."""
 
 
 def clear_socket_path(path: Path) -> None:
@@ -269,16 +271,23 @@ class Daemon:
             self.store = Store(self.cfg.state_dir / "snapd.db")
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
+        # Each start-up step may take long on a large pool: ask systemd for more time
+        # before each (a no-op without systemd), instead of one fixed TimeoutStartSec.
         systemd.status("opening pools and reconciling them with the store")
         for spec in self.cfg.pools:
+            systemd.extend_timeout(STARTUP_STEP)
             self.backends[str(spec)] = await open_backend(spec)
         # Interrupted operations first (the journal says which way each goes), then
         # the disk-vs-store reconcile; both before any listener.
+        systemd.extend_timeout(STARTUP_STEP)
         await recover_journal(self.store, list(self.backends.values()), self.clock)
-        await reconcile(self.store, list(self.backends.values()))
+        for backend in self.backends.values():
+            systemd.extend_timeout(STARTUP_STEP)
+            await reconcile(self.store, [backend], {b.describe() for b in self.backends.values()})
         self.service = SnapshotService(self.store, list(self.backends.values()), self.clock, self.metrics)
         self._apply_policies(self.cfg)
         self.reaper = Reaper(self.service, self.clock)
+        systemd.extend_timeout(STARTUP_STEP)
         pruned = await self.reaper.reap(self.clock.now())
         if pruned:
             log.info("pruned %d snapshots that expired while the daemon was down", pruned)

@@ -302,7 +302,7 @@ def rewrite(path: Path) -> None:
 async def test_sizes_without_quotas_count_exclusive_extents(
     fs: BtrfsHarness, backend: BtrfsBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert not (await backend.pool_info()).extra["quotas"]
+    assert not await backend.quotas_enabled()
     counted: list[list[str]] = []
     real_count = backend._count_exclusive
 
@@ -379,7 +379,7 @@ async def test_sizes_with_quotas(fs: BtrfsHarness, backend: BtrfsBackend) -> Non
         assert 9.5 * MiB <= sizes["s1"] <= 11 * MiB, sizes
         listed = {f.name: f.size for f in (await backend.list(cid))[cid]}
         assert listed["s1"] == sizes["s1"]
-        assert (await backend.pool_info()).extra["quotas"]
+        assert await backend.quotas_enabled()
     finally:
         fs.disable_quotas()
     assert await backend.sizes(cid) == {}  # quotas off again, nothing changed since

@@ -48,6 +48,9 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
 
         until(lambda: any("READY=1" in m for m in messages))
         ready = next(m for m in messages if "READY=1" in m)
+        # start-up asked for time before its steps (opening pools, recovery, reconcile, pruning)
+        before_ready = messages[:messages.index(ready)]
+        assert sum("EXTEND_TIMEOUT_USEC=300000000" in m for m in before_ready) >= 4, before_ready
         assert "STATUS=1 pools" in ready and f"MAINPID={d.proc.pid}" in ready
         assert d.unix.get(snaps(cid)).status == 200  # ready means serving
         until(lambda: sum("WATCHDOG=1" in m for m in messages) >= 3)  # pinged every 0.2 s

@@ -12,12 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from snapd.envelope import request_id_var
-from snapd.oplog import OperationLog, log_event
+from snapd.oplog import OperationLog
 from snapd.logsetup import (
     HEADER,
     configure,
     logfmt_value,
-    request_id_of,
     request_log_middleware,
 )
 
@@ -52,7 +51,7 @@ def make_app() -> web.Application:
         with OperationLog(service_log, "create", container=request.match_info["id"]) as op:
             op.fields["snapshot"] = "snap-20250115-103000"
         service_log.info("created snapshot with a quote \" and = sign")
-        return web.json_response({"request_id": request_id_of(request)})
+        return web.json_response({"request_id": request_id_var.get()})
 
     async def get(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
@@ -122,7 +121,8 @@ def test_operation_log_error_and_fields(captured) -> None:
     with pytest.raises(ValueError):
         with OperationLog(service_log, "delete", container=CID, snapshot="s1"):
             raise ValueError("no such\nthing")
-    log_event(service_log, "reaped", container=CID, count=3, ratio=0.5, ok=True, note=None)
+    service_log.info("reaped", extra={"fields": {"container": CID, "count": 3, "ratio": 0.5, "ok": True,
+                                                  "note": None}})
     op, ev = lines_of(fmt, stream)
     assert op["outcome"] == "error" and op["error"] == "no such\nthing" and op["level"] == "warning"
     assert "request_id" not in op
