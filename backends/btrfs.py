@@ -57,7 +57,7 @@ import shutil
 import stat
 import threading
 
-from snapd import faults
+from backends import faults
 
 from . import btrfs_ioctl as ioc
 from . import inuse

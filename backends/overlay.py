@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from snapd import faults
+from backends import faults
 
 from . import fsops, inuse, treecopy
 from .base import (

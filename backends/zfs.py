@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from snapd import faults
+from backends import faults
 
 from . import inuse
 from .base import (

@@ -33,9 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends import make_backend
-from snapd.reaper import Reaper
-from snapd.service import SnapshotService
-from snapd.store import SnapshotRow, Store
+from snapd.core.reaper import Reaper
+from snapd.core.service import SnapshotService
+from snapd.core.store import SnapshotRow, Store
 from tests.harness import harness_class, new_cid
 
 

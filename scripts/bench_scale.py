@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
-from snapd.store import SnapshotRow, Store
+from snapd.core.store import SnapshotRow, Store
 from tests.daemon import DaemonProcess
 
 

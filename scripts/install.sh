@@ -247,7 +247,7 @@ rm -f "$tmp"
 
 # 4. bash completion (generated from the installed CLI when possible)
 tmp=$(mktemp)
-if "$VENV/bin/python" -m snapd.completion > "$tmp" 2>/dev/null; then
+if "$VENV/bin/python" -m snapd.cli.completion > "$tmp" 2>/dev/null; then
   put "$tmp" "$COMPLETION" 0644
 elif [ -f "$SRC/completion/snapd.bash" ]; then
   put "$SRC/completion/snapd.bash" "$COMPLETION" 0644

@@ -29,24 +29,26 @@ from aiohttp import web
 from backends import make_backend
 from backends.base import Backend, PoolError
 
-from . import __version__, logsetup, systemd
-from .admin_api import STATUS_KEY
-from .admin_expiry import REAPER_KEY
-from .api import make_app
-from .auth import AuthContext
-from .clock import Clock, iso
-from .config import Config, ConfigError, PoolSpec
-from .metrics import Metrics, store_pool_usage
-from .envelope import BODY_TIMEOUT
-from .httpguard import GuardedRunner
-from .netwatch import InterfaceListener
-from .reaper import Reaper
-from .journal import recover as recover_journal
-from .reconcile import reconcile
-from .service import SnapshotService
-from .store import Store, StoreError
-from .systemd import ActivatedSockets
-from .tokens import Tokens
+from snapd import __version__
+from snapd.host import logsetup
+from snapd.host import systemd
+from snapd.http.admin import STATUS_KEY
+from snapd.http.admin_expiry import REAPER_KEY
+from snapd.http.api import make_app
+from snapd.http.auth import AuthContext
+from snapd.core.clock import Clock, iso
+from snapd.host.config import Config, ConfigError, PoolSpec
+from snapd.host.metrics import Metrics, store_pool_usage
+from snapd.http.envelope import BODY_TIMEOUT
+from snapd.http.guard import GuardedRunner
+from snapd.http.netwatch import InterfaceListener
+from snapd.core.reaper import Reaper
+from snapd.core.journal import recover as recover_journal
+from snapd.core.reconcile import reconcile
+from snapd.core.service import SnapshotService
+from snapd.core.store import Store, StoreError
+from snapd.host.systemd import ActivatedSockets
+from snapd.core.tokens import Tokens
 
 log = logging.getLogger("snapd.server")
 SHUTDOWN_TIMEOUT = 120.0

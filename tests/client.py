@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from snapd.openapi import openapi_document
+from snapd.http.openapi import openapi_document
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from backends.base import BackendError, SnapshotRef
 from backends.overlay import OverlayBackend
-from snapd.clock import Clock
-from snapd.reaper import Reaper
-from snapd.service import SnapshotService
-from snapd.store import Store
+from snapd.core.clock import Clock
+from snapd.core.reaper import Reaper
+from snapd.core.service import SnapshotService
+from snapd.core.store import Store
 
 
 class FakeClock(Clock):

@@ -362,7 +362,7 @@ def test_tcp_requires_authentication(daemon: DaemonProcess, container: str) -> N
 def test_openapi_document_describes_every_route(daemon: DaemonProcess) -> None:
     from jsonschema import Draft202012Validator
 
-    from snapd.api import make_app
+    from snapd.http.api import make_app
 
     r = daemon.unix.get("/api/v1/openapi.json")
     assert r.status == 200

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from snapd.cli import build_parser
-from snapd.completion import bash_script
+from snapd.cli.main import build_parser
+from snapd.cli.completion import bash_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "completion" / "snapd.bash"
 
 
 def test_checked_in_script_is_current() -> None:
     assert SCRIPT.read_text() == bash_script(build_parser()), (
-        "completion/snapd.bash is stale: python -m snapd.completion > completion/snapd.bash")
+        "completion/snapd.bash is stale: python -m snapd.cli.completion > completion/snapd.bash")
 
 
 def complete(*words: str) -> list[str]:

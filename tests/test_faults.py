@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from snapd import faults
+from backends import faults
 
 from .client import snaps
 from .conftest import pool_kinds

@@ -1,4 +1,4 @@
-"""snapd.logsetup: one parseable line per request (kv and json), request ids."""
+"""snapd.host.logsetup: one parseable line per request (kv and json), request ids."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from snapd.envelope import request_id_var
-from snapd.oplog import OperationLog
-from snapd.logsetup import (
-    HEADER,
-    configure,
-    logfmt_value,
-    request_log_middleware,
-)
+from snapd.core.oplog import OperationLog
+from snapd.host.logsetup import HEADER, configure, logfmt_value, request_id_var
+from snapd.http.observe import request_log_middleware
 
 BASE = "/api/v1/containers/{id}/snapshots"
 CID = "507f1f77bcf86cd799439011"

@@ -1,4 +1,4 @@
-"""snapd.metrics: parsed with prometheus_client's own parser; counters move."""
+"""snapd.host.metrics: parsed with prometheus_client's own parser; counters move."""
 
 from __future__ import annotations
 
@@ -13,16 +13,9 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.zfs_cmd import ZfsStats
-from snapd.metrics import (
-    CONTENT_TYPE,
-    METRICS_KEY,
-    Metrics,
-    metrics_handler,
-    metrics_middleware,
-    render,
-    store_pool_usage,
-)
-from snapd.store import SnapshotRow, Store
+from snapd.host.metrics import CONTENT_TYPE, Metrics, render, store_pool_usage
+from snapd.http.observe import METRICS_KEY, metrics_handler, metrics_middleware
+from snapd.core.store import SnapshotRow, Store
 
 BASE = "/api/v1/containers/{id}/snapshots"
 CID = "507f1f77bcf86cd799439011"

@@ -43,11 +43,11 @@ def test_curl_examples_work_against_the_dev_daemon(tmp_path: Path) -> None:
 
 
 def test_readme_config_example_is_a_valid_config(tmp_path: Path) -> None:
-    from snapd.config import load_file
+    from snapd.host.config import load_file
 
     block = re.search(r"```toml\n(.*?)```", README.read_text(), re.S).group(1)
     path = tmp_path / "config.toml"
     path.write_text(block)
-    from snapd.config import KEYS
+    from snapd.host.config import KEYS
 
     assert set(load_file(path)) | {"tls_cert", "tls_key"} == set(KEYS)  # every key documented

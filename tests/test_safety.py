@@ -205,7 +205,7 @@ def test_reconcile_dry_run_then_apply(pool: PoolHarness, tmp_path: Path) -> None
 
 
 def test_reserve_parsing() -> None:
-    from snapd.config import ConfigError, parse_reserve
+    from snapd.host.config import ConfigError, parse_reserve
 
     assert parse_reserve("1GiB,5%", "x").required(100 << 30) == 1 << 30
     assert parse_reserve("1GiB,5%", "x").required(10 << 30) == (10 << 30) // 20

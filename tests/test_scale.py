@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from backends.overlay import OverlayBackend
-from snapd.store import SnapshotRow, Store
+from snapd.core.store import SnapshotRow, Store
 
 from .client import snaps
 from .daemon import DaemonProcess

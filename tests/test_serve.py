@@ -210,7 +210,7 @@ def test_auto_backend_picks_overlay_for_a_plain_directory(tmp_path: Path, pool: 
 
 
 def test_store_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path, pool: Path) -> None:
-    from snapd.store import SCHEMA_VERSION, Store
+    from snapd.core.store import SCHEMA_VERSION, Store
 
     state = tmp_path / "state"
     state.mkdir()

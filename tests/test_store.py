@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from snapd.api import snapshot_json
-from snapd.store import SnapshotRow, Store
+from snapd.http.api import snapshot_json
+from snapd.core.store import SnapshotRow, Store
 
 CID = "a" * 24
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from snapd import systemd
+from snapd.host import systemd
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -192,7 +192,7 @@ def test_watchdog_for_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 CHILD = r"""
 import json, os, socket, sys
-from snapd import systemd
+from snapd.host import systemd
 pending = systemd.activation_pending()
 found = systemd.listen_fds()
 report = {
@@ -348,7 +348,7 @@ def test_install_script_into_a_prefix(tmp_path: Path) -> None:
     import tomllib
     assert tomllib.loads(config) == {}  # all commented: the defaults apply
     py = root / "opt/container-snapd/bin/python"
-    subprocess.run([str(py), "-c", "import snapd.systemd, snapd.completion"], check=True, timeout=30)
+    subprocess.run([str(py), "-c", "import snapd.host.systemd, snapd.cli.completion"], check=True, timeout=30)
 
     digest = tree_digest(root)
     second = install()

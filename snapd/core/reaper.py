@@ -31,9 +31,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from .clock import Clock
-from .service import SnapshotService
-from .store import SnapshotRow
+from snapd.core.clock import Clock
+from snapd.core.service import SnapshotService
+from snapd.core.store import SnapshotRow
 
 log = logging.getLogger("snapd.reaper")
 

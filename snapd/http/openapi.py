@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from . import __version__
-from .validation import MAX_ALIAS, MAX_EXPIRY_DAYS
+from snapd import __version__
+from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS
 
 TIMESTAMP = {
     "type": ["string", "null"],
@@ -286,7 +286,7 @@ ADMIN = "/api/v1/admin"
 
 def _expiry_path() -> dict[str, Any]:
     """GET /api/v1/admin/expiry (snapd/admin_expiry.py): what the reaper deletes in the next N hours."""
-    from .admin_expiry import DEFAULT_HOURS, DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
+    from snapd.http.admin_expiry import DEFAULT_HOURS, DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
 
     SCHEMAS["ExpiryPlan"] = _envelope("Expiry plan retrieved successfully", {
         "now": {**TIMESTAMP, "type": "string"},
@@ -331,7 +331,7 @@ def _expiry_path() -> dict[str, Any]:
 
 def _reconcile_path() -> dict[str, Any]:
     """POST /api/v1/admin/reconcile (snapd/admin_reconcile.py owns its schemas)."""
-    from .admin_reconcile import RECONCILE_BODY, RECONCILE_SCHEMA
+    from snapd.http.admin_reconcile import RECONCILE_BODY, RECONCILE_SCHEMA
 
     SCHEMAS["ReconcileResponse"] = RECONCILE_SCHEMA
     SCHEMAS["ReconcileBody"] = RECONCILE_BODY

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -29,13 +30,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import peer_of
-from .envelope import request_id_var, route_template
-from .oplog import elapsed_ms
 
 
 FORMATS = ("kv", "json")
 HEADER = "X-Request-Id"
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+"""The id of the request being handled (set by snapd.http.observe.request_log_middleware)."""
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _BARE = re.compile(r"^[^\s\"=\\]+$")
 _HANDLER_FLAG = "_snapd_handler"
@@ -150,53 +150,3 @@ def configure(level: str = "info", fmt: str = "kv", stream: Any = None) -> loggi
     # aiohttp's own access log would duplicate ours
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler
-
-
-# -- request middleware -------------------------------------------------------------------
-
-
-def peer_text(request: web.Request) -> str:
-    """`unix:uid=0,pid=123` for a Unix peer, `10.0.0.5:41234` for TCP, '-' if unknown."""
-    peer = peer_of(request)
-    if peer.transport == "unix":
-        return f"unix:uid={peer.uid},pid={peer.pid}"
-    name = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(name, tuple) and len(name) >= 2:
-        host, port = name[0], name[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return "-"
-
-
-@web.middleware
-async def request_log_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """Request id in, X-Request-Id out, one access line per request.  Outermost."""
-    rid = sane_request_id(request.headers.get(HEADER)) or new_request_id()
-    token = request_id_var.set(rid)
-    start = time.monotonic()
-    status = 500
-    try:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # an inner layer let one through: still tag it
-            status = exc.status
-            exc.headers[HEADER] = rid
-            raise
-        status = response.status
-        if not response.prepared:
-            response.headers[HEADER] = rid
-        return response
-    finally:
-        fields = {
-            "method": request.method,
-            "route": route_template(request),
-            "path": request.rel_url.path,
-            "status": status,
-            "duration_ms": elapsed_ms(start),
-            "container": request.match_info.get("id"),
-            "snapshot": request.match_info.get("name"),
-            "peer": peer_text(request),
-        }
-        access_log.log(logging.WARNING if status >= 500 else logging.INFO, "request",
-                       extra={"fields": {k: v for k, v in fields.items() if v is not None},
-                              "request_id": rid})
-        request_id_var.reset(token)

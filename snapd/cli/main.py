@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from . import __version__
-from .clock import Clock
-from .config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, build, check, load_file
+from snapd import __version__
+from snapd.core.clock import Clock
+from snapd.host.config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, build, check, load_file
 
 DEMO_CONTAINER = "507f1f77bcf86cd799439011"
 
@@ -73,8 +73,9 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import logsetup, systemd
-    from .server import Daemon, clear_socket_path
+    from snapd.host import logsetup
+    from snapd.host import systemd
+    from snapd.server import Daemon, clear_socket_path
 
     def load() -> Config:
         cfg = _serve_config(args)
@@ -172,7 +173,7 @@ def _snapshot_rows(snaps: list[dict]) -> str:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
-    from .client import ClientError, call
+    from snapd.cli.client import ClientError, call
 
     socket_path = Path(args.socket or os.environ.get("SNAPD_SOCKET") or DEFAULT_SOCKET)
     try:

@@ -16,7 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from .store import Store, _ms, _s
+from snapd.core.store import Store, _ms, _s
 
 PREFIX = "csd"
 _TOKEN = re.compile(r"csd_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -45,7 +45,7 @@ class Token:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
     def as_json(self) -> dict:
-        from .clock import iso
+        from snapd.core.clock import iso
 
         return {
             "id": self.id,

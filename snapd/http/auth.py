@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .clock import Clock
-from .envelope import AUTH_MESSAGE, ApiError, Handler
-from .tokens import Token, Tokens
+from snapd.core.clock import Clock
+from snapd.http.envelope import AUTH_MESSAGE, ApiError, Handler
+from snapd.core.tokens import Token, Tokens
 
 
 @dataclass(frozen=True)

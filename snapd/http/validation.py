@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from .errors import InvalidInput
+from snapd.core.errors import InvalidInput
 
 CONTAINER_ID = re.compile(r"[0-9A-Fa-f]{24}")
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

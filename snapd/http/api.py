@@ -1,7 +1,7 @@
 """The snapshot API of the reference, and the application serving it.
 
 The same application serves the Unix socket and TCP; only who may call
-differs (snapd.auth).  Handlers validate input, call the service, and
+differs (snapd.http.auth).  Handlers validate input, call the service, and
 shape the reference's envelopes; nothing here touches a pool.
 """
 
@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from .admin_api import add_admin_routes
-from .auth import AuthContext, AUTH_KEY, authentication, principal_of
-from .clock import iso
-from .envelope import INTERNAL_MESSAGE, ApiError, Handler, dumps, envelope_errors, ok, read_body
-from .errors import (
+from snapd.http.admin import add_admin_routes
+from snapd.http.auth import AuthContext, AUTH_KEY, authentication, principal_of
+from snapd.core.clock import iso
+from snapd.http.envelope import INTERNAL_MESSAGE, ApiError, Handler, dumps, envelope_errors, ok, read_body
+from snapd.core.errors import (
     Conflict,
     InsufficientStorage,
     InvalidInput,
@@ -26,14 +26,14 @@ from .errors import (
     OperationFailed,
     ServiceError,
 )
-from .openapi import openapi_document
-from .httpguard import mark_busy
-from .keys import SERVICE_KEY
-from .logsetup import request_log_middleware
-from .metrics import METRICS_KEY, Metrics, metrics_handler, metrics_middleware
-from .service import Container, SnapshotService
-from .store import SnapshotRow
-from .validation import (
+from snapd.http.openapi import openapi_document
+from snapd.http.guard import mark_busy
+from snapd.http.keys import SERVICE_KEY
+from snapd.host.metrics import Metrics
+from snapd.http.observe import METRICS_KEY, metrics_handler, metrics_middleware, request_log_middleware
+from snapd.core.service import Container, SnapshotService
+from snapd.core.store import SnapshotRow
+from snapd.http.validation import (
     MAX_BODY,
     check_snapshot_name,
     parse_alias_body,

@@ -11,13 +11,13 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .admin_expiry import add_expiry_routes
-from .admin_reconcile import add_reconcile_routes
-from .auth import AUTH_KEY, require_admin
-from .envelope import ApiError, ok, read_body
-from .errors import NotFound, ServiceError
-from .keys import SERVICE_KEY
-from .validation import (
+from snapd.http.admin_expiry import add_expiry_routes
+from snapd.http.admin_reconcile import add_reconcile_routes
+from snapd.http.auth import AUTH_KEY, require_admin
+from snapd.http.envelope import ApiError, ok, read_body
+from snapd.core.errors import NotFound, ServiceError
+from snapd.http.keys import SERVICE_KEY
+from snapd.http.validation import (
     MAX_ALIAS,
     MAX_EXPIRY_DAYS,
     InvalidInput,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from backends.base import Backend, SnapshotFacts
 
-from .store import SnapshotRow, Store
+from snapd.core.store import SnapshotRow, Store
 
 log = logging.getLogger("snapd.reconcile")
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
-from .config import ConfigError
+from snapd.host.config import ConfigError
 
 log = logging.getLogger("snapd.netwatch")
 SCOPE_LINK = 253

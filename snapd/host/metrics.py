@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from .envelope import route_template
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -123,42 +122,6 @@ class Metrics:
 def render(metrics: Metrics) -> tuple[bytes, str]:
     """The text exposition of every metric, and its content type."""
     return generate_latest(metrics.registry), CONTENT_TYPE
-
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    """GET handler serving METRICS_KEY's registry (mount it where access is checked)."""
-    body, ctype = render(request.app[METRICS_KEY])
-    return web.Response(body=body, headers={"Content-Type": ctype})
-
-
-METRICS_KEY = web.AppKey("metrics", Metrics)
-
-
-# -- HTTP middleware ----------------------------------------------------------------
-
-
-def metrics_middleware(metrics: Metrics) -> Callable:
-    """Counts and times every request (place it outside the error-envelope middleware,
-    so the status is the one the client got)."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
-        start = time.monotonic()
-        status = 500
-        metrics.requests_in_flight.inc()
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            metrics.requests_in_flight.dec()
-            metrics.observe_request(route_template(request), request.method, status,
-                                    time.monotonic() - start)
-
-    return middleware
 
 
 # -- collectors read at scrape time ---------------------------------------------------

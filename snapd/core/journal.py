@@ -38,8 +38,8 @@ import logging
 
 from backends.base import Backend, BackendError, ContainerNotFound, SnapshotRef
 
-from .clock import Clock
-from .store import JournalEntry, SnapshotRow, Store
+from snapd.core.clock import Clock
+from snapd.core.store import JournalEntry, SnapshotRow, Store
 
 log = logging.getLogger("snapd.journal")
 

@@ -8,19 +8,17 @@ optional `details` list of `{field, reason}`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .validation import MAX_BODY
+from snapd.host.logsetup import request_id_var
+from snapd.http.validation import MAX_BODY
 
 log = logging.getLogger("snapd.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-"""The id of the request being handled (set by logsetup.request_log_middleware)."""
 
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 """Seconds a client may take to send a request body (config: request_timeout)."""

@@ -27,12 +27,12 @@ from backends.base import (
     SnapshotRef,
 )
 
-from . import faults
-from .clock import Clock, snapshot_stamp
-from .config import PoolPolicy
-from .errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
-from .oplog import OperationLog
-from .store import SnapshotRow, Store
+from backends import faults
+from snapd.core.clock import Clock, snapshot_stamp
+from snapd.host.config import PoolPolicy
+from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
+from snapd.core.oplog import OperationLog
+from snapd.core.store import SnapshotRow, Store
 
 log = logging.getLogger("snapd.service")
 oplog = logging.getLogger("snapd.operation")
@@ -87,7 +87,7 @@ class SnapshotService:
                  metrics: Any = None) -> None:
         self.store = store
         self.metrics = metrics
-        """Anything with an `operation(backend_kind, kind)` context manager (snapd.metrics.Metrics)."""
+        """Anything with an `operation(backend_kind, kind)` context manager (snapd.host.metrics.Metrics)."""
         self.backends = backends
         self.clock = clock or Clock()
         self._locks = _Locks()

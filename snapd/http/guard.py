@@ -17,7 +17,7 @@ import logging
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from .envelope import INTERNAL_MESSAGE, error_response
+from snapd.http.envelope import INTERNAL_MESSAGE, error_response
 
 log = logging.getLogger("snapd.httpguard")
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import AUTH_KEY, require_admin
-from .clock import iso
-from .envelope import ApiError, ok
-from .keys import SERVICE_KEY
+from snapd.http.auth import AUTH_KEY, require_admin
+from snapd.core.clock import iso
+from snapd.http.envelope import ApiError, ok
+from snapd.http.keys import SERVICE_KEY
 
 ROUTE = "/api/v1/admin/expiry"
 DEFAULT_HOURS = 24.0
@@ -26,7 +26,7 @@ MAX_HOURS = 24.0 * 36500
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
 REAPER_KEY = web.AppKey("reaper", object)
-"""Optional: the running snapd.reaper.Reaper, so the plan can show failing deletes."""
+"""Optional: the running snapd.core.reaper.Reaper, so the plan can show failing deletes."""
 
 
 def _bad(field: str, reason: str) -> ApiError:

@@ -6,7 +6,7 @@ flight and holds new ones back until it is done (SnapshotService.exclusive),
 so an operation's half-recorded state is never mistaken for drift.  A real
 run first settles journal entries still pending (left by a start-up that
 could not settle them), then reconciles every pool; each action is logged
-by snapd.reconcile with what and why.  `snapd reconcile [--dry-run]` calls it.
+by snapd.core.reconcile with what and why.  `snapd reconcile [--dry-run]` calls it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import require_admin
-from .envelope import ApiError, ok, read_body
-from .journal import recover
-from .keys import SERVICE_KEY
-from .reconcile import Plan, apply, plan
-from .validation import InvalidInput, parse_body
+from snapd.http.auth import require_admin
+from snapd.http.envelope import ApiError, ok, read_body
+from snapd.core.journal import recover
+from snapd.http.keys import SERVICE_KEY
+from snapd.core.reconcile import Plan, apply, plan
+from snapd.http.validation import InvalidInput, parse_body
 
 ROUTE = "/api/v1/admin/reconcile"
 

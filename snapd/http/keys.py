@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .service import SnapshotService
+from snapd.core.service import SnapshotService
 
 SERVICE_KEY = web.AppKey("service", SnapshotService)
