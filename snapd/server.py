@@ -40,7 +40,7 @@ from snapd.core.clock import Clock, iso
 from snapd.host.config import Config, ConfigError, PoolSpec
 from snapd.host.metrics import Metrics, store_pool_usage
 from snapd.http.envelope import BODY_TIMEOUT
-from snapd.http.guard import GuardedRunner
+from snapd.http.guard import BACKLOG, GuardedRunner
 from snapd.http.netwatch import InterfaceListener
 from snapd.core.reaper import Reaper
 from snapd.core.journal import recover as recover_journal
@@ -104,7 +104,7 @@ def bind_unix(path: Path, group: str | None = None) -> socket.socket:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         except KeyError:
             log.info("admin group %s does not exist: socket stays owned by gid %d", group, os.getgid())
-    sock.listen(512)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -150,7 +150,7 @@ class Listeners:
         """systemd's sockets: served as they are, for the daemon's whole life."""
         for sock in self.activated.unix + self.activated.tcp:
             sock.setblocking(False)
-            await web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
+            await web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT, backlog=BACKLOG).start()
         self._passed_started = True
 
     async def apply(self, cfg: Config) -> None:
@@ -160,7 +160,7 @@ class Listeners:
             await self._start_passed()
         if not self.activated.unix and cfg.socket != self.unix_path:
             sock = bind_unix(cfg.socket, self.admin_group)
-            site = web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT)
+            site = web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT, backlog=BACKLOG)
             await site.start()
             await self._close_unix()
             self.unix_path, self.unix_site = cfg.socket, site
@@ -172,7 +172,8 @@ class Listeners:
             await self.tcp.pop(key).stop()
         for key in wanted - set(self.tcp):
             site = web.TCPSite(self.runner, key[0], key[1], ssl_context=tls,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True)
+                               shutdown_timeout=SHUTDOWN_TIMEOUT, reuse_address=True,
+                               backlog=BACKLOG)
             try:
                 await site.start()
             except OSError as exc:

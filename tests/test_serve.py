@@ -229,3 +229,22 @@ def test_overlapping_pools_are_refused(tmp_path: Path, pool: Path) -> None:
     common = ["--socket", str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "st")]
     one_clear_line(serve("--pool", f"overlay:{pool}", "--pool", f"auto:{pool}/", *common), "overlap")
     one_clear_line(serve("--pool", f"overlay:{pool}", "--pool", f"overlay:{pool}/inner", *common), "overlap")
+
+
+def _listen_backlog(kind: str, local: str) -> int:
+    """The backlog of a listening socket, as `ss` reports it (Send-Q of a LISTEN row)."""
+    out = subprocess.run(["ss", f"-{kind}lnH"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if local in line.split()]
+    assert len(rows) == 1, out
+    return int(rows[0][3] if kind == "x" else rows[0][2])
+
+
+def test_listeners_queue_a_burst_of_connections(tmp_path: Path, pool: Path) -> None:
+    """A burst of clients is queued, not refused: aiohttp's default backlog (128) made a
+    200-client burst fail with EAGAIN on the Unix socket under load."""
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=True).start()
+    try:
+        assert _listen_backlog("x", str(d.socket)) >= 1024
+        assert _listen_backlog("t", f"127.0.0.1:{d.port}") >= 1024
+    finally:
+        assert d.stop() == 0

@@ -24,6 +24,9 @@ log = logging.getLogger("snapd.httpguard")
 HEAD_TIMEOUT = 10.0
 """Default seconds for a request's head (config: request_timeout)."""
 KEEPALIVE_TIMEOUT = 30.0
+BACKLOG = 1024
+"""Pending connections a listener queues (aiohttp's default of 128 refuses bursts: EAGAIN
+on a Unix socket, dropped SYNs on TCP); the kernel caps it at net.core.somaxconn."""
 LIMITS = {
     "max_line_size": 8190,  # request line (URL) and each header line
     "max_field_size": 8190,

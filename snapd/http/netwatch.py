@@ -18,6 +18,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
 from snapd.host.config import ConfigError
+from snapd.http.guard import BACKLOG
 
 log = logging.getLogger("snapd.netwatch")
 SCOPE_LINK = 253
@@ -85,7 +86,8 @@ class InterfaceListener:
         if host in self.sites:
             return
         site = web.TCPSite(self.runner, host, self.port, ssl_context=self.ssl_context,
-                           shutdown_timeout=self.shutdown_timeout, reuse_address=True)
+                           shutdown_timeout=self.shutdown_timeout, reuse_address=True,
+                           backlog=BACKLOG)
         for attempt in range(retries + 1):
             try:
                 await site.start()
