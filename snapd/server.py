@@ -38,15 +38,13 @@ from snapd.http.api import make_app
 from snapd.http.auth import AuthContext
 from snapd.core.clock import Clock, iso
 from snapd.host.config import Config, ConfigError, PoolSpec
-from snapd.host.metrics import Metrics, store_pool_usage
+from snapd.host.metrics import Metrics
 from snapd.http.envelope import BODY_TIMEOUT
 from snapd.http.guard import BACKLOG, GuardedRunner
 from snapd.http.netwatch import InterfaceListener
 from snapd.core.reaper import Reaper
-from snapd.core.journal import recover as recover_journal
-from snapd.core.reconcile import reconcile
 from snapd.core.service import SnapshotService
-from snapd.core.store import Store, StoreError
+from snapd.core.state import State, StateError
 from snapd.host.systemd import ActivatedSockets
 from snapd.core.tokens import Tokens
 
@@ -256,7 +254,7 @@ class Daemon:
         self.started_at = time.time()
         self.runner: web.AppRunner | None = None
         self.listeners: Listeners | None = None
-        self.store: Store | None = None
+        self.state: State | None = None
         self.backends: dict[str, Backend] = {}
         self.metrics = Metrics()
         self.watchdog = systemd.Watchdog(status=self.status_line)
@@ -269,10 +267,9 @@ class Daemon:
         self.activated = ActivatedSockets.take()  # before any child process inherits them
         logging.getLogger().addHandler(self.errors)
         self.watchdog.start()
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.store = Store(self.cfg.state_dir / "snapd.db")
-        except StoreError as exc:
+            self.state = State(self.cfg.state_dir)
+        except StateError as exc:
             raise ConfigError(str(exc)) from None
         # Each start-up step may take long on a large pool: ask systemd for more time
         # before each (a no-op without systemd), instead of one fixed TimeoutStartSec.
@@ -280,24 +277,20 @@ class Daemon:
         for spec in self.cfg.pools:
             systemd.extend_timeout(STARTUP_STEP)
             self.backends[str(spec)] = await open_backend(spec)
+        self.service = self.state.service(list(self.backends.values()), self.clock, self.metrics)
+        self._serve_pools(self.cfg)
         # Interrupted operations first (the journal says which way each goes), then
         # the disk-vs-store reconcile; both before any listener.
-        systemd.extend_timeout(STARTUP_STEP)
-        await recover_journal(self.store, list(self.backends.values()), self.clock)
-        for backend in self.backends.values():
-            systemd.extend_timeout(STARTUP_STEP)
-            await reconcile(self.store, [backend], {b.describe() for b in self.backends.values()})
-        self.service = SnapshotService(self.store, list(self.backends.values()), self.clock, self.metrics)
-        self._apply_policies(self.cfg)
+        await self.service.settle(before_each=lambda: systemd.extend_timeout(STARTUP_STEP))
         self.reaper = Reaper(self.service, self.clock)
         systemd.extend_timeout(STARTUP_STEP)
         pruned = await self.reaper.reap(self.clock.now())
         if pruned:
             log.info("pruned %d snapshots that expired while the daemon was down", pruned)
         self.metrics.watch_zfs(lambda: [(b.describe(), b.stats) for b in self.service.backends if b.kind == "zfs"])
-        self.metrics.watch_pools(store_pool_usage(self.store))
+        self.metrics.watch_pools(self.service.pool_usage)
         self.metrics.watch_reaper(self.reaper)
-        self.tokens = Tokens(self.store)
+        self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
         app[STATUS_KEY] = self.status
@@ -330,8 +323,8 @@ class Daemon:
             await self.service.drain()
         for backend in self.backends.values():
             await backend.close()
-        if self.store is not None:
-            self.store.close()
+        if self.state is not None:
+            self.state.close()
         if self.listeners is not None:
             self.listeners.remove_socket()
         await self.watchdog.stop()
@@ -358,10 +351,11 @@ class Daemon:
                 hup.cancel()
         await self.stop()
 
-    def _apply_policies(self, cfg: Config) -> None:
-        """Per-pool reserve and restore hooks, keyed as the service sees pools."""
-        self.service.default_policy = cfg.policy("")
-        self.service.policies = {b.describe(): cfg.policy(key) for key, b in self.backends.items()}
+    def _serve_pools(self, cfg: Config) -> None:
+        """The open pools, each with its reserve and restore hooks, to the service."""
+        self.service.set_pools(list(self.backends.values()),  # type: ignore[union-attr]
+                               {b.describe(): cfg.policy(key) for key, b in self.backends.items()},
+                               cfg.policy(""))
 
     # -- reload ------------------------------------------------------------------------
 
@@ -390,16 +384,12 @@ class Daemon:
                 for backend in opened.values():
                     await backend.close()
                 raise
-            await recover_journal(self.store, list(opened.values()), self.clock,  # type: ignore[arg-type]
-                                  every_pool=False)
-            await reconcile(self.store, list(opened.values()),  # type: ignore[arg-type]
-                            {b.describe() for b in [*self.backends.values(), *opened.values()]})
+            await self.service.settle(list(opened.values()))  # type: ignore[union-attr]
             removed = [key for key in self.backends if key not in wanted]
             for key in removed:
                 await self.backends.pop(key).close()
             self.backends.update(opened)
-            self.service.backends = list(self.backends.values())
-            self._apply_policies(new)
+            self._serve_pools(new)
             logsetup.configure(new.log_level, new.log_format)
             logging.getLogger().addHandler(self.errors)
             self.cfg = new
@@ -416,11 +406,11 @@ class Daemon:
     def status_line(self) -> str:
         if not hasattr(self, "service"):
             return "starting"
-        return (f"{len(self.backends)} pools, {self.store.count()} snapshots, "  # type: ignore[union-attr]
+        return (f"{len(self.backends)} pools, {self.service.count()} snapshots, "  # type: ignore[union-attr]
                 f"{self.service.inflight} operations in flight, {len(self.reaper.failures)} failing deletes")
 
     async def status(self) -> dict:
-        usage = {pool: (count, held) for pool, count, held in store_pool_usage(self.store)()}
+        usage = {pool: (count, held) for pool, count, held in self.service.pool_usage()}
         pools = []
         for key, backend in self.backends.items():
             count, held = usage.get(backend.describe(), (0, 0))
@@ -431,13 +421,13 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "pools": pools,
-            "snapshots_total": self.store.count(),  # type: ignore[union-attr]
+            "snapshots_total": self.service.count(),  # type: ignore[union-attr]
             "inflight": self.service.inflight,
             "listeners": self.listeners.describe() if self.listeners else [],
             "reaper": {
                 "deleted": self.reaper.deleted,
                 "failing": len(self.reaper.failures),
-                "next_expiry": iso(self.store.next_expiry()),  # type: ignore[union-attr]
+                "next_expiry": iso(self.service.next_expiry()),  # type: ignore[union-attr]
             },
             "log": {"level": self.cfg.log_level, "format": self.cfg.log_format},
             "watchdog_interval_s": self.watchdog.interval,

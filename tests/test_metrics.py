@@ -13,7 +13,7 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.zfs_cmd import ZfsStats
-from snapd.host.metrics import CONTENT_TYPE, Metrics, render, store_pool_usage
+from snapd.host.metrics import CONTENT_TYPE, Metrics, render
 from snapd.http.observe import METRICS_KEY, metrics_handler, metrics_middleware
 from snapd.core.store import SnapshotRow, Store
 
@@ -117,7 +117,7 @@ def test_scrape_time_collectors(tmp_path: Path) -> None:
     zstats = ZfsStats()
     metrics.watch_zfs(lambda: [("zfs:tank/containers", zstats)])
     store = Store(tmp_path / "snapd.db")
-    metrics.watch_pools(store_pool_usage(store))
+    metrics.watch_pools(store.pool_usage)
     reaper = FakeReaper()
     metrics.watch_reaper(reaper)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from snapd.core.clock import Clock
 from snapd.core.service import SnapshotService
-from snapd.core.store import SnapshotRow
+from snapd.core.records import SnapshotRow
 
 log = logging.getLogger("snapd.reaper")
 
@@ -120,7 +120,7 @@ class Reaper:
         """When the dispatcher must look again by itself: the earliest future expiry
         or retry.  (Finished workers and new expiries wake it sooner.)"""
         candidates = [f.retry_at for f in self.failures.values() if f.retry_at > now]
-        upcoming = self.service.store.next_expiry_after(now)
+        upcoming = self.service.next_expiry(after=now)
         if upcoming is not None:
             candidates.append(upcoming)
         return min(candidates) if candidates else None
@@ -133,7 +133,7 @@ class Reaper:
         """(container, pool) with snapshots due at `now` that no worker has yet."""
         waiting = self._waiting(now) if self.failures else Counter()
         out = []
-        for cid, pool, count in self.service.store.due_containers(now):
+        for cid, pool, count in self.service.due_containers(now):
             key = (cid, pool)
             if key in self._workers:
                 continue
@@ -147,7 +147,7 @@ class Reaper:
     def _forget_gone(self, cid: str) -> None:
         """Drop failures of snapshots that no longer exist (deleted through the API)."""
         for key in [k for k in self.failures if k[0] == cid]:
-            if self.service.store.get(*key) is None:
+            if self.service.snapshot(*key) is None:
                 del self.failures[key]
 
     def _dispatch(self, now: float) -> int:
@@ -198,7 +198,7 @@ class Reaper:
     def _next_chunk(self, cid: str, pool: str, now: float) -> list[SnapshotRow]:
         failing = sum(1 for k in self.failures if k[0] == cid) if self.failures else 0
         rows = []
-        for r in self.service.store.expired_for(cid, now, self.chunk + failing):
+        for r in self.service.expired(cid, now, self.chunk + failing):
             f = self.failures.get((cid, r.name))
             if r.pool == pool and (f is None or f.retry_at <= now):
                 rows.append(r)
@@ -236,7 +236,7 @@ class Reaper:
                     self._failed(cid, pool, r.name, str(error))
             elif (cid, r.name) in self.failures and self.failures[(cid, r.name)].retry_at > self.clock.now():
                 continue  # failed just now (the call raised)
-            elif self.service.store.get(cid, r.name) is not None:
+            elif self.service.snapshot(cid, r.name) is not None:
                 # not attempted, still there: its pool is not configured (or gone)
                 self._failed(cid, pool, r.name, f"pool {pool} is not configured")
             else:

@@ -104,19 +104,3 @@ def apply(store: Store, p: Plan) -> None:
         log.info("reconcile pool=%s update-ref container=%s snapshot=%s ref=%s why=moved on disk",
                  p.pool, row.container_id, row.name, ref)
         store.update(row.container_id, row.name, ref=ref)
-
-
-async def reconcile(store: Store, backends: list[Backend], configured: set[str] | None = None) -> list[Plan]:
-    """Reconcile these pools (`configured`: every pool, when more than these are);
-    a pool whose listing fails is left as it is."""
-    configured = configured or {b.describe() for b in backends}
-    plans = []
-    for backend in backends:
-        try:
-            p = await plan(store, backend, configured)
-        except Exception as exc:
-            log.error("reconcile pool=%s skipped: cannot list snapshots: %s", backend.describe(), exc)
-            continue
-        apply(store, p)
-        plans.append(p)
-    return plans

@@ -32,6 +32,7 @@ from snapd.core.clock import Clock, snapshot_stamp
 from snapd.host.config import PoolPolicy
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
 from snapd.core.oplog import OperationLog
+from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
 
 log = logging.getLogger("snapd.service")
@@ -107,6 +108,34 @@ class SnapshotService:
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.describe(), self.default_policy)
 
+    def set_pools(self, backends: list[Backend], policies: dict[str, PoolPolicy],
+                  default: PoolPolicy | None = None) -> None:
+        """The pools to serve and their policies (keyed by `backend.describe()`; others
+        get `default`); a reload swaps them at once, between requests."""
+        self.backends = list(backends)
+        self.policies = dict(policies)
+        if default is not None:
+            self.default_policy = default
+
+    async def settle(self, new: list[Backend] | None = None, *, dry_run: bool = False,
+                     before_each: Callable[[], None] = lambda: None) -> Settlement:
+        """Recover the journal, then reconcile pools with the store (core.settle).
+
+        Without `new`: every pool, with no operation in flight (start-up and
+        `snapd reconcile`).  With `new`: pools a reload is about to add, not yet
+        served, beside the ones that are.
+        """
+        if new is not None:
+            configured = {b.describe() for b in [*self.backends, *new]}
+            return await settle(self.store, new, self.clock, configured=configured, every_pool=False,
+                                before_each=before_each)
+
+        async def run() -> Settlement:
+            return await settle(self.store, list(self.backends), self.clock, dry_run=dry_run,
+                                before_each=before_each)
+
+        return await self.exclusive(run)
+
     # -- finding containers ------------------------------------------------
 
     async def find(self, cid: str, guard: Guard | None = None) -> Container:
@@ -150,6 +179,34 @@ class SnapshotService:
         if row is None:
             raise NotFound("snapshot")
         return container, row
+
+    def snapshot(self, cid: str, name: str) -> SnapshotRow | None:
+        """The store's row for one snapshot (no container lookup, no guard)."""
+        return self.store.get(cid, name)
+
+    def count(self, cid: str | None = None) -> int:
+        """Snapshots the store knows, of one container or in all."""
+        return self.store.count(cid)
+
+    def pool_usage(self) -> list[tuple[str, int, int]]:
+        """(pool, snapshots, bytes held) per pool."""
+        return self.store.pool_usage()
+
+    def next_expiry(self, after: float | None = None) -> float | None:
+        """The earliest expires_at (later than `after` when given)."""
+        return self.store.next_expiry() if after is None else self.store.next_expiry_after(after)
+
+    def due_containers(self, now: float) -> list[tuple[str, str, int]]:
+        """(container, pool, count) with snapshots expired at `now`."""
+        return self.store.due_containers(now)
+
+    def expired(self, cid: str, now: float, limit: int) -> list[SnapshotRow]:
+        """Up to `limit` of the container's snapshots expired at `now`, earliest first."""
+        return self.store.expired_for(cid, now, limit)
+
+    def expiring(self, until: float, limit: int) -> tuple[list[SnapshotRow], int]:
+        """Snapshots expiring by `until` (at most `limit`), and how many there are in all."""
+        return self.store.expiring(until, limit)
 
     # -- mutations ---------------------------------------------------------
 

@@ -10,28 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
+from snapd.core.records import JournalEntry, SnapshotRow
+
 SCHEMA_VERSION = 3
-
-
-@dataclass(frozen=True)
-class SnapshotRow:
-    """One snapshot as the store knows it."""
-
-    container_id: str
-    name: str
-    pool: str
-    created_at: float
-    alias: str | None = None
-    last_used_at: float | None = None
-    expires_at: float | None = None
-    size: int | None = None
-    ref: str = ""
 
 
 def _ms(ts: float | None) -> int | None:
@@ -136,20 +122,6 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migra
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
 
 
-@dataclass(frozen=True)
-class JournalEntry:
-    """One journalled operation."""
-
-    id: int
-    op: str
-    container_id: str
-    snapshot: str | None
-    pool: str
-    data: dict
-    state: str
-    started_at: float
-
-
 class StoreError(Exception):
     """The store cannot be opened or is from a newer version."""
 
@@ -208,6 +180,25 @@ class Store:
             self.db.execute("BEGIN")
             yield
 
+    # -- tokens --------------------------------------------------------------
+
+    def token_insert(self, row: dict) -> None:
+        self.db["tokens"].insert(row)
+
+    def token_row(self, token_id: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM tokens WHERE id = ?", [token_id]))
+        return rows[0] if rows else None
+
+    def token_rows(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM tokens ORDER BY created_at, id"))
+
+    def token_revoke(self, token_id: str, at_ms: int | None) -> None:
+        self.db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                        [at_ms, token_id])
+
+    def token_touch(self, token_id: str, at_ms: int | None) -> None:
+        self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [at_ms, token_id])
+
     # -- reads ---------------------------------------------------------------
 
     def list(self, cid: str, limit: int | None = None) -> list[SnapshotRow]:
@@ -247,6 +238,13 @@ class Store:
 
     def pool_rows(self, pool: str) -> list[SnapshotRow]:
         return [_row(d) for d in self.db.query("SELECT * FROM snapshots WHERE pool = ?", [pool])]
+
+    def pool_usage(self) -> list[tuple[str, int, int]]:
+        """(pool, snapshots, bytes held) for every pool with snapshots: one GROUP BY."""
+        rows = self.db.execute(
+            "SELECT pool, COUNT(*), COALESCE(SUM(size), 0) FROM snapshots GROUP BY pool ORDER BY pool"
+        ).fetchall()
+        return [(pool, int(n), int(size)) for pool, n, size in rows]
 
     def count(self, cid: str | None = None) -> int:
         """Snapshots in the store, or of one container (an index count, no rows read)."""

@@ -91,7 +91,7 @@ class Tokens:
     """Token records in the store."""
 
     def __init__(self, store: Store) -> None:
-        self.db = store.db
+        self.store = store
         self._touched: dict[str, float] = {}
 
     def create(
@@ -109,7 +109,7 @@ class Tokens:
         """A new token; returns it and the bearer string (shown once, never stored)."""
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
-        self.db["tokens"].insert(
+        self.store.token_insert(
             {
                 "id": token_id,
                 "hash": _hash(secret),
@@ -128,31 +128,29 @@ class Tokens:
         return self.get(token_id), f"{PREFIX}_{token_id}_{secret}"  # type: ignore[return-value]
 
     def get(self, token_id: str) -> Token | None:
-        rows = list(self.db.query("SELECT * FROM tokens WHERE id = ?", [token_id]))
-        return _token(rows[0]) if rows else None
+        row = self.store.token_row(token_id)
+        return _token(row) if row else None
 
     def list(self) -> list[Token]:
-        return [_token(r) for r in self.db.query("SELECT * FROM tokens ORDER BY created_at, id")]
+        return [_token(r) for r in self.store.token_rows()]
 
     def revoke(self, token_id: str, now: float) -> Token | None:
-        self.db.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [_ms(now), token_id]
-        )
+        self.store.token_revoke(token_id, _ms(now))
         return self.get(token_id)
 
     def verify(self, bearer: str, now: float) -> Token | None:
         """The usable token this bearer string proves, or None.  Constant-time on the secret."""
         m = _TOKEN.fullmatch(bearer)
         token_id, secret = (m.group(1), m.group(2)) if m else ("", "x" * 43)
-        rows = list(self.db.query("SELECT * FROM tokens WHERE id = ?", [token_id])) if m else []
-        stored = rows[0]["hash"] if rows else _DUMMY_HASH
+        row = self.store.token_row(token_id) if m else None
+        stored = row["hash"] if row else _DUMMY_HASH
         match = hmac.compare_digest(_hash(secret), stored)
-        if not (m and rows and match):
+        if not (m and row and match):
             return None
-        token = _token(rows[0])
+        token = _token(row)
         if not token.usable(now):
             return None
         if now - self._touched.get(token.id, 0.0) >= TOUCH_EVERY:
             self._touched[token.id] = now
-            self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [_ms(now), token.id])
+            self.store.token_touch(token.id, _ms(now))
         return token

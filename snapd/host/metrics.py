@@ -252,15 +252,3 @@ class ReaperCollector(Collector):
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))
-
-
-def store_pool_usage(store: Any) -> Callable[[], list[tuple[str, int, int]]]:
-    """A `PoolCollector` source reading the snapshots table with one GROUP BY."""
-
-    def usage() -> list[tuple[str, int, int]]:
-        rows = store.db.execute(
-            "SELECT pool, COUNT(*), COALESCE(SUM(size), 0) FROM snapshots GROUP BY pool ORDER BY pool"
-        ).fetchall()
-        return [(pool, int(n), int(size)) for pool, n, size in rows]
-
-    return usage

@@ -129,7 +129,7 @@ async def _container_json(request: web.Request, cid: str) -> dict[str, Any]:
         "project_id": container.project,
         "pool": container.pool,
         "backend": container.backend.kind,
-        "snapshot_count": service.store.count(cid),
+        "snapshot_count": service.count(cid),
     }
 
 

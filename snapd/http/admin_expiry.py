@@ -53,7 +53,7 @@ async def expiry_plan(request: web.Request) -> web.Response:
     limit = int(_number(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, integer=True))
     now = request.app[AUTH_KEY].clock.now()
     until = now + hours * 3600
-    rows, total = request.app[SERVICE_KEY].store.expiring(until, limit)
+    rows, total = request.app[SERVICE_KEY].expiring(until, limit)
     reaper = request.app.get(REAPER_KEY)
     failures = getattr(reaper, "failures", {}) if reaper is not None else {}
 

@@ -17,17 +17,19 @@ from aiohttp import web
 
 from snapd.http.auth import require_admin
 from snapd.http.envelope import ApiError, ok, read_body
-from snapd.core.journal import recover
 from snapd.http.keys import SERVICE_KEY
-from snapd.core.reconcile import Plan, apply, plan
+from snapd.core.settle import PoolSettlement
 from snapd.http.validation import InvalidInput, parse_body
 
 ROUTE = "/api/v1/admin/reconcile"
 
 
-def _plan_json(p: Plan | None, pool: str, error: str | None = None) -> dict[str, Any]:
+def _pool_json(s: PoolSettlement) -> dict[str, Any]:
+    """Every kind of action the plan holds, each with what and why."""
+    p = s.plan
     if p is None:
-        return {"pool": pool, "adopt": [], "forget": [], "update_ref": [], "refused": None, "error": error}
+        return {"pool": s.pool, "adopt": [], "forget": [], "update_ref": [], "rehome": [], "conflict": [],
+                "refused": None, "error": s.error}
     return {
         "pool": p.pool,
         "adopt": [{"container_id": r.container_id, "snapshot": r.name, "why": "on disk, not in store"}
@@ -36,6 +38,11 @@ def _plan_json(p: Plan | None, pool: str, error: str | None = None) -> dict[str,
                    for r in p.forget],
         "update_ref": [{"container_id": r.container_id, "snapshot": r.name, "ref": ref, "why": "moved on disk"}
                        for r, ref in p.moved],
+        "rehome": [{"container_id": r.container_id, "snapshot": r.name, "ref": ref,
+                    "why": f"recorded under pool {r.pool}, which is no longer configured by that name"}
+                   for r, ref in p.rehomed],
+        "conflict": [{"container_id": r.container_id, "snapshot": r.name,
+                      "why": f"pool {r.pool} holds it too; left alone"} for r in p.conflicts],
         "refused": p.refused,
         "error": None,
     }
@@ -50,33 +57,14 @@ async def reconcile_route(request: web.Request) -> web.Response:
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise ApiError(400, "Invalid request payload", [{"field": "dry_run", "reason": "must be true or false"}])
-    service = request.app[SERVICE_KEY]
-
-    async def run() -> dict[str, Any]:
-        backends = list(service.backends)
-        pending = service.store.journal_pending()
-        settled = 0
-        if not dry_run and pending:
-            settled = await recover(service.store, backends, service.clock)
-        pools = []
-        for backend in backends:
-            try:
-                p = await plan(service.store, backend, {b.describe() for b in backends})
-            except Exception as exc:  # noqa: BLE001 - one pool's trouble is reported, not fatal
-                pools.append(_plan_json(None, backend.describe(), f"cannot list snapshots: {exc}"))
-                continue
-            if not dry_run:
-                apply(service.store, p)
-            pools.append(_plan_json(p, backend.describe()))
-        return {
-            "dry_run": dry_run,
-            "journal": [{"id": e.id, "op": e.op, "container_id": e.container_id, "snapshot": e.snapshot,
-                         "pool": e.pool} for e in pending],
-            "journal_settled": settled,
-            "pools": pools,
-        }
-
-    data = await service.exclusive(run)
+    done = await request.app[SERVICE_KEY].settle(dry_run=dry_run)
+    data = {
+        "dry_run": dry_run,
+        "journal": [{"id": e.id, "op": e.op, "container_id": e.container_id, "snapshot": e.snapshot,
+                     "pool": e.pool} for e in done.pending],
+        "journal_settled": done.settled,
+        "pools": [_pool_json(s) for s in done.pools],
+    }
     return ok("Reconcile plan computed (dry run)" if dry_run else "Reconcile applied", data)
 
 
@@ -105,12 +93,15 @@ RECONCILE_SCHEMA: dict[str, Any] = {
                 "journal_settled": {"type": "integer", "minimum": 0},
                 "pools": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["pool", "adopt", "forget", "update_ref", "refused", "error"],
+                    "required": ["pool", "adopt", "forget", "update_ref", "rehome", "conflict", "refused",
+                                 "error"],
                     "properties": {
                         "pool": {"type": "string"},
                         "adopt": {"type": "array", "items": _ITEM},
                         "forget": {"type": "array", "items": _ITEM},
                         "update_ref": {"type": "array", "items": _ITEM},
+                        "rehome": {"type": "array", "items": _ITEM},
+                        "conflict": {"type": "array", "items": _ITEM},
                         "refused": {"type": ["string", "null"]},
                         "error": {"type": ["string", "null"]},
                     },

@@ -32,7 +32,7 @@ from snapd.http.keys import SERVICE_KEY
 from snapd.host.metrics import Metrics
 from snapd.http.observe import METRICS_KEY, metrics_handler, metrics_middleware, request_log_middleware
 from snapd.core.service import Container, SnapshotService
-from snapd.core.store import SnapshotRow
+from snapd.core.records import SnapshotRow
 from snapd.http.validation import (
     MAX_BODY,
     check_snapshot_name,

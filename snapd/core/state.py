@@ -1,0 +1,44 @@
+"""The daemon's state directory: the store in it, and what is built on the store.
+
+The composition root (snapd/server.py) opens a `State` and asks it for the
+service and the token records, so nothing outside the core holds the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from backends.base import Backend
+
+from snapd.core.clock import Clock
+from snapd.core.service import SnapshotService
+from snapd.core.store import Store, StoreError
+from snapd.core.tokens import Tokens
+
+STORE_FILE = "snapd.db"
+
+
+class StateError(Exception):
+    """The state directory or its store cannot be used."""
+
+
+class State:
+    """The open store of one state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._store = Store(state_dir / STORE_FILE)
+        except (OSError, StoreError) as exc:
+            raise StateError(str(exc)) from None
+
+    def service(self, backends: list[Backend], clock: Clock, metrics: Any = None) -> SnapshotService:
+        return SnapshotService(self._store, backends, clock, metrics)
+
+    def tokens(self) -> Tokens:
+        return Tokens(self._store)
+
+    def close(self) -> None:
+        self._store.close()
