@@ -210,6 +210,10 @@ SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
             "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"type": "string"},
             "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
             "snapshots": {"type": "integer"}, "bytes": {"type": "integer"},
+            "problems": {"type": "array", "items": {"type": "string"},
+                         "description": "What the pool holds that the backend could not read "
+                                        "(e.g. a ZFS property value set by hand with a newline); "
+                                        "skipped, not fatal."},
         },
     }},
     "snapshots_total": {"type": "integer", "minimum": 0},
