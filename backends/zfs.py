@@ -274,13 +274,13 @@ class ZfsBackend(Backend):
         if hit is not None and now - hit.at < PROBE_TTL:
             return hit
         self._probes.pop(cid, None)
-        res = await self.zfs.zfs("get", "-H", "-o", "property,source,value",
-                                 f"type,{PROJECT_PROPERTY}", self._ds(cid), check=False)
+        ds = self._ds(cid)
+        res = await self.zfs.zfs("get", "-H", "-o", "name,property,source,value",
+                                 f"type,{PROJECT_PROPERTY}", ds, check=False)
         if res.rc != 0:
             return None
-        rows = self.zfs.rows(res.stdout, 3, lambda r: r[0] in ("type", PROJECT_PROPERTY),
-                             context=self._ds(cid))
-        props = {p: (src, v) for p, src, v in rows}
+        rows = self.zfs.rows(res.stdout, 4, lambda r: r[0] == ds)
+        props = {p: (src, v) for _, p, src, v in rows}
         if props.get("type", ("", ""))[1] != "filesystem":
             return None
         source, value = props.get(PROJECT_PROPERTY, ("-", "-"))
@@ -441,8 +441,8 @@ class ZfsBackend(Backend):
         await self._tidy_holder(holder, rollback=True)
 
     async def _local_props(self, ds: str) -> dict[str, str]:
-        res = await self.zfs.zfs("get", "-H", "-s", "local", "-o", "property,value", "all", ds)
-        return {k: v for k, v in self.zfs.rows(res.stdout, 2, context=ds)}
+        res = await self.zfs.zfs("get", "-H", "-s", "local", "-o", "name,property,value", "all", ds)
+        return {k: v for _, k, v in self.zfs.rows(res.stdout, 3, lambda r: r[0] == ds)}
 
     async def _finish(self, ds: str, pending: dict) -> None:
         """Give the restored dataset the container's mount settings back."""

@@ -172,16 +172,15 @@ class ZfsRunner:
     async def zpool(self, *args: str, check: bool = True) -> CmdResult:
         return await self.run("zpool", *args, check=check)
 
-    def rows(self, text: str, fields: int, is_row: Callable[[list[str]], bool] | None = None,
-             context: str = "") -> list[list[str]]:
+    def rows(self, text: str, fields: int,
+             is_row: Callable[[list[str]], bool] | None = None) -> list[list[str]]:
         """Tab-split `-H` output, one row per "\n"-terminated line.
 
         The last field keeps any further tabs (values may contain them).  A
         line with too few fields, or that `is_row` refuses, continues the
-        value of the row before it: that row is dropped and reported
-        (`context`, e.g. the dataset, prefixes the report).
+        value of the row before it: that row is dropped and reported.
+        Ask for the name as the first column so reports say what it was.
         """
-        where = f"{context}: " if context else ""
         rows: list[list[str]] = []
         broken = False
         for line in text.split("\n"):
@@ -194,12 +193,13 @@ class ZfsRunner:
                 continue
             if rows and not broken:
                 bad = rows.pop()
-                self.report(f"{where}value of {' '.join(bad[:-1])} spans lines, ignored "
+                self.report(f"value of {' '.join(bad[:-1])} spans lines, ignored "
                             f"(set by hand?): {bad[-1]!r} + {line!r}")
                 broken = True  # further lines of the same value add nothing
             elif not rows:
-                self.report(f"{where}unreadable zfs output line, ignored: {line!r}")
+                self.report(f"unreadable zfs output line, ignored: {line!r}")
         return rows
+
     async def get(self, props: list[str], datasets: list[str], *, depth: int | None = None,
                   recursive: bool = False, sources: str | None = None,
                   check: bool = True) -> dict[str, dict[str, str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.base import PROJECT_PROPERTY
 from backends.zfs import ALIAS_PROPERTY
 from backends.zfs_cmd import find_tool
 from snapd.store import Store
@@ -79,6 +80,9 @@ def test_zfs_aliases_no_line_reader_can_split(zpool: ZfsHarness, tmp_path: Path)
     zfs("snapshot", f"{ds}@hand-newline")
     zfs("set", f"{ALIAS_PROPERTY}=line1\nline2\tx\ty", f"{ds}@hand-newline")
     zfs("set", f'{ALIAS_PROPERTY}="prod\u2028backup"', f"{ds}@{kept}")
+    labelled = new_cid()
+    zpool.make_container(labelled)
+    zfs("set", f"{PROJECT_PROPERTY}=web\nops", zpool.dataset(labelled))
 
     d.start()
     try:
@@ -89,9 +93,13 @@ def test_zfs_aliases_no_line_reader_can_split(zpool: ZfsHarness, tmp_path: Path)
             "old-plain": "plain\u0085\ttab\x1c\x0b\x0c\u2029",  # taken as it is
             "hand-newline": None,  # unreadable: adopted without alias, and reported
         }
+        r = d.unix.get(snaps(labelled))  # an unreadable label: the container is unlabelled
+        assert (r.status, r.data["project_id"], r.data["snapshots"]) == (200, None, []), r.body
         pools = d.unix.get(f"{ADMIN}/status").data["pools"]
         problems = [p for pool in pools for p in pool["problems"]]
-        assert len(problems) == 1 and f"{ds}@hand-newline {ALIAS_PROPERTY}" in problems[0], problems
+        assert len(problems) == 2, problems
+        assert f"{ds}@hand-newline {ALIAS_PROPERTY}" in problems[0]
+        assert f"{zpool.dataset(labelled)} {PROJECT_PROPERTY} local" in problems[1]
         assert "spans lines" in d.log_text()
 
         out = cli(d, "list", cid)
