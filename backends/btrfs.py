@@ -748,7 +748,7 @@ def parse_du(text: str, paths: list[str]) -> dict[str, int]:
     """
     wanted = set(paths)
     out: dict[str, int] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if not line.strip() or line.split() == ["Total", "Exclusive", "Set", "shared", "Filename"]:
             continue
         fields = line.strip().split(None, 3)

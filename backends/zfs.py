@@ -134,7 +134,15 @@ class _Scan:
         return [d.name for d in self.items.values() if d.origin == snap]
 
 
+def _encode(alias: str) -> str:
+    """An alias as its property value: a JSON string literal in ASCII, so no
+    character of it (U+2028, a tab, a newline) can break `zfs get -H` output."""
+    return json.dumps(alias, ensure_ascii=True)
+
+
 def _decode(value: str | None) -> str | None:
+    """A property value back to the alias; a value that is not JSON (set by
+    hand) is taken as it is."""
     if value is None or value == "-":
         return None
     try:
@@ -159,6 +167,8 @@ class ZfsBackend(Backend):
     def __init__(self, root: str, runner: ZfsRunner | None = None) -> None:
         super().__init__(root.rstrip("/"))
         self.zfs = runner or ZfsRunner()
+        self.problems: list[str] = self.zfs.problems
+        """What the pool holds that could not be read (see ZfsRunner.rows); for `snapd status`."""
         self.hidden = f"{self.root}/{HIDDEN}"
         self.multi_destroy = False
         """True when `zfs destroy ds@a,b,c` works (OpenZFS); detected by open()."""
@@ -264,11 +274,13 @@ class ZfsBackend(Backend):
         if hit is not None and now - hit.at < PROBE_TTL:
             return hit
         self._probes.pop(cid, None)
-        res = await self.zfs.zfs("get", "-H", "-o", "property,source,value",
-                                 f"type,{PROJECT_PROPERTY}", self._ds(cid), check=False)
+        ds = self._ds(cid)
+        res = await self.zfs.zfs("get", "-H", "-o", "name,property,source,value",
+                                 f"type,{PROJECT_PROPERTY}", ds, check=False)
         if res.rc != 0:
             return None
-        props = {p: (src, v) for p, src, v in self.zfs.rows(res.stdout, 3)}
+        rows = self.zfs.rows(res.stdout, 4, lambda r: r[0] == ds)
+        props = {p: (src, v) for _, p, src, v in rows}
         if props.get("type", ("", ""))[1] != "filesystem":
             return None
         source, value = props.get(PROJECT_PROPERTY, ("-", "-"))
@@ -312,7 +324,7 @@ class ZfsBackend(Backend):
         ref = f"{self._ds(cid)}@{name}"
         args = ["snapshot", "-o", f"{CREATED_PROPERTY}={now!r}"]
         if alias is not None:
-            args += ["-o", f"{ALIAS_PROPERTY}={json.dumps(alias, ensure_ascii=False)}"]
+            args += ["-o", f"{ALIAS_PROPERTY}={_encode(alias)}"]
         if expires_at is not None:
             args += ["-o", f"{EXPIRES_PROPERTY}={float(expires_at)!r}"]
         try:
@@ -327,7 +339,7 @@ class ZfsBackend(Backend):
         self._add_to_cache(cid, _Ds(ref, {
             "type": "snapshot", "creation": str(int(now)), "used": "0", "origin": "-",
             "defer_destroy": "off", "mounted": "-", CREATED_PROPERTY: repr(now),
-            ALIAS_PROPERTY: "-" if alias is None else json.dumps(alias, ensure_ascii=False),
+            ALIAS_PROPERTY: "-" if alias is None else _encode(alias),
             EXPIRES_PROPERTY: "-" if expires_at is None else repr(float(expires_at)),
             PENDING_PROPERTY: "-"}))
         return SnapshotFacts(name=name, created_at=now, size=0, ref=ref, alias=alias,
@@ -340,7 +352,7 @@ class ZfsBackend(Backend):
         if alias is None:
             await self.zfs.zfs("inherit", ALIAS_PROPERTY, ref)
         else:
-            await self.zfs.zfs("set", f"{ALIAS_PROPERTY}={json.dumps(alias, ensure_ascii=False)}",
+            await self.zfs.zfs("set", f"{ALIAS_PROPERTY}={_encode(alias)}",
                                ref)
 
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
@@ -429,8 +441,8 @@ class ZfsBackend(Backend):
         await self._tidy_holder(holder, rollback=True)
 
     async def _local_props(self, ds: str) -> dict[str, str]:
-        res = await self.zfs.zfs("get", "-H", "-s", "local", "-o", "property,value", "all", ds)
-        return {k: v for k, v in self.zfs.rows(res.stdout, 2)}
+        res = await self.zfs.zfs("get", "-H", "-s", "local", "-o", "name,property,value", "all", ds)
+        return {k: v for _, k, v in self.zfs.rows(res.stdout, 3, lambda r: r[0] == ds)}
 
     async def _finish(self, ds: str, pending: dict) -> None:
         """Give the restored dataset the container's mount settings back."""

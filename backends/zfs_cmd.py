@@ -9,15 +9,23 @@ ContainerBusy, daemon/module missing -> PoolError.
 Works with OpenZFS 2.x and zfs-fuse (pool v23): only `-H` output of
 `zfs get -Hp` / `zfs list -H` is parsed (zfs-fuse has no `zfs list -p`,
 no `zfs get -t`, no comma lists in `zfs destroy`).
+
+Output is split on "\n" only (str.splitlines() would also split on
+U+2028, U+0085, \x0b, \x1c ... which property values may hold).  A line
+that is not a row (a user property value written by hand with a newline
+in it) never raises: the row it continues is dropped, the problem is
+logged once and kept in `ZfsRunner.problems`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .base import (
@@ -29,7 +37,10 @@ from .base import (
     SnapshotNotFound,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT = 120.0
+MAX_PROBLEMS = 100
 _DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 
 
@@ -117,6 +128,16 @@ class ZfsRunner:
         self.bins = {"zfs": zfs or find_tool("zfs"), "zpool": zpool or find_tool("zpool")}
         self.stats = stats if stats is not None else ZfsStats()
         self.timeout = timeout
+        self.problems: list[str] = []
+        """Output that could not be read (newest last, at most MAX_PROBLEMS, no repeats)."""
+
+    def report(self, problem: str) -> None:
+        """Log and keep a problem once (a scan repeats every few seconds)."""
+        if problem in self.problems:
+            return
+        log.warning("zfs: %s", problem)
+        self.problems.append(problem)
+        del self.problems[:-MAX_PROBLEMS]
 
     async def run(self, tool: str, *args: str, check: bool = True) -> CmdResult:
         argv = (self.bins[tool], *args)
@@ -151,20 +172,32 @@ class ZfsRunner:
     async def zpool(self, *args: str, check: bool = True) -> CmdResult:
         return await self.run("zpool", *args, check=check)
 
-    @staticmethod
-    def rows(text: str, fields: int) -> list[list[str]]:
-        """Tab-split `-H` output; every line must have `fields` fields.
+    def rows(self, text: str, fields: int,
+             is_row: Callable[[list[str]], bool] | None = None) -> list[list[str]]:
+        """Tab-split `-H` output, one row per "\n"-terminated line.
 
-        The last field keeps any further tabs (values may contain them).
+        The last field keeps any further tabs (values may contain them).  A
+        line with too few fields, or that `is_row` refuses, continues the
+        value of the row before it: that row is dropped and reported.
+        Ask for the name as the first column so reports say what it was.
         """
-        rows = []
-        for line in text.splitlines():
+        rows: list[list[str]] = []
+        broken = False
+        for line in text.split("\n"):
             if not line:
                 continue
             parts = line.split("\t", fields - 1)
-            if len(parts) != fields:
-                raise ZfsError(f"unexpected zfs output (want {fields} fields): {line!r}")
-            rows.append(parts)
+            if len(parts) == fields and (is_row is None or is_row(parts)):
+                rows.append(parts)
+                broken = False
+                continue
+            if rows and not broken:
+                bad = rows.pop()
+                self.report(f"value of {' '.join(bad[:-1])} spans lines, ignored "
+                            f"(set by hand?): {bad[-1]!r} + {line!r}")
+                broken = True  # further lines of the same value add nothing
+            elif not rows:
+                self.report(f"unreadable zfs output line, ignored: {line!r}")
         return rows
 
     async def get(self, props: list[str], datasets: list[str], *, depth: int | None = None,
@@ -187,8 +220,15 @@ class ZfsRunner:
             err = error_for(res.argv, res.stderr)
             if not isinstance(err, (ContainerNotFound, SnapshotNotFound)):
                 raise err
+        wanted = set(props)
+
+        def is_row(row: list[str]) -> bool:
+            name, prop = row[0], row[1]
+            return ("all" in wanted or prop in wanted) and any(
+                name == d or name.startswith((d + "/", d + "@")) for d in datasets)
+
         out: dict[str, dict[str, str]] = {}
-        for name, prop, value in self.rows(res.stdout, 3):
+        for name, prop, value in self.rows(res.stdout, 3, is_row):
             out.setdefault(name, {})[prop] = value
         return out
 

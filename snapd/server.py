@@ -415,7 +415,8 @@ class Daemon:
         for key, backend in self.backends.items():
             count, held = usage.get(backend.describe(), (0, 0))
             pools.append({"pool": backend.describe(), "spec": key, "kind": backend.kind, "root": backend.root,
-                          "free_bytes": await backend.free_bytes(), "snapshots": count, "bytes": held})
+                          "free_bytes": await backend.free_bytes(), "snapshots": count, "bytes": held,
+                          "problems": list(getattr(backend, "problems", []))})
         return {
             "version": __version__,
             "pid": os.getpid(),

@@ -232,6 +232,7 @@ def test_bad_project_labels_are_refused(world: World, body: dict, field: str) ->
     ({}, "project"), ({"admin": True, "project": "p"}, "admin"), ({"project": "p", "read_only": "yes"}, "read_only"),
     ({"project": "p", "expires": 0}, "expires"), ({"project": "p", "containers": ["nope"]}, "id"),
     ({"containers": [new_cid()]}, "project"), ({"project": "p", "label": ""}, "label"),
+    ({"project": "p", "label": "ci\u202egpj.exe"}, "label"), ({"project": "p", "label": "a\x1b[31m"}, "label"),
 ])
 def test_bad_token_requests_are_refused(world: World, body: dict, field: str) -> None:
     before = len(world.d.unix.get(f"{ADMIN}/tokens").data["tokens"])

@@ -205,6 +205,36 @@ def test_alias_rejects_bad_values(daemon: DaemonProcess, container: str, body: o
     assert daemon.unix.get(snaps(container, snap["name"])).data["snapshot"]["alias"] == "keep"
 
 
+UNSAFE_CHARS = {
+    "\u2028": "U+2028 (LINE SEPARATOR), a Unicode separator character",
+    "\u2029": "U+2029 (PARAGRAPH SEPARATOR), a Unicode separator character",
+    "\u0085": "U+0085, a Unicode control character",
+    "\u009b": "U+009B, a Unicode control character",
+    "\x1b": "U+001B, a Unicode control character",
+    "\u202e": "U+202E (RIGHT-TO-LEFT OVERRIDE), a Unicode format character",
+    "\u200e": "U+200E (LEFT-TO-RIGHT MARK), a Unicode format character",
+    "\u200d": "U+200D (ZERO WIDTH JOINER), a Unicode format character",
+    "\ufeff": "U+FEFF (ZERO WIDTH NO-BREAK SPACE), a Unicode format character",
+}
+
+
+@pytest.mark.parametrize("char", UNSAFE_CHARS, ids=lambda c: f"U+{ord(c):04X}")
+def test_alias_refuses_control_format_and_separator_characters(
+    daemon: DaemonProcess, container: str, char: str
+) -> None:
+    alias = f"prod{char}backup"
+    r = daemon.unix.post(snaps(container), {"alias": alias})
+    assert (r.status, r.body["message"]) == (400, "Invalid request payload"), r.body
+    assert r.body["details"][0]["field"] == "alias"
+    assert r.body["details"][0]["reason"].startswith(f"contains {UNSAFE_CHARS[char]};")
+    assert daemon.unix.get(snaps(container)).data["snapshots"] == []
+    snap = create(daemon, container, {"alias": "keep"})
+    r = daemon.unix.patch(snaps(container, snap["name"], "/alias"), {"alias": alias})
+    assert (r.status, r.body["message"]) == (400, "Invalid alias value"), r.body
+    assert UNSAFE_CHARS[char] in r.body["details"][0]["reason"]
+    assert daemon.unix.get(snaps(container, snap["name"])).data["snapshot"]["alias"] == "keep"
+
+
 def test_alias_of_100_characters_is_fine(daemon: DaemonProcess, container: str) -> None:
     assert create(daemon, container, {"alias": "é" * 100})["alias"] == "é" * 100
 

@@ -19,7 +19,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "snapd.core": ("backends",),
     "snapd.host": ("snapd.core", "backends"),
     "snapd.http": ("snapd.core", "snapd.host", "backends"),
-    "snapd.cli": ("snapd.core.clock", "snapd.host", "snapd.server"),
+    "snapd.cli": ("snapd.core.clock", "snapd.core.text", "snapd.host", "snapd.server"),
     "snapd.server": ("snapd.core", "snapd.host", "snapd.http", "backends"),
     "snapd": ("snapd.cli",),
 }

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from snapd import __version__
 from snapd.core.clock import Clock
 from snapd.host.config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, build, check, load_file
+from snapd.core.text import visible
 
 DEMO_CONTAINER = "507f1f77bcf86cd799439011"
 
@@ -179,11 +180,13 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
     try:
         status, envelope = call(socket_path, method, path, body)
     except ClientError as exc:
-        print(f"snapd: {exc}", file=sys.stderr)
+        print(f"snapd: {visible(str(exc))}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(envelope, indent=2))
-    elif status != 200:
+        print(json.dumps(envelope, indent=2))  # ensure_ascii: every control character escaped
+        return 0 if status == 200 else 1
+    envelope = _shown(envelope)
+    if status != 200:
         details = envelope.get("details", [])
         rid = next((d.get("value") for d in details if d.get("field") == "request_id"), None)
         lines = "".join(f"\n  {d.get('field')}: {d.get('reason')}" for d in details if d.get("field") != "request_id")
@@ -192,6 +195,17 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
     else:
         print(_render(args, envelope["data"]))
     return 0 if status == 200 else 1
+
+
+def _shown(value: Any) -> Any:
+    """`value` with every string in it made safe for a terminal (text.visible)."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
 
 
 def _render(args: argparse.Namespace, data: dict) -> str:
@@ -317,6 +331,9 @@ def _status_text(d: dict) -> str:
              _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]), str(p["snapshots"]),
                       _human_size(p["bytes"])] for p in d["pools"]],
                     ["POOL", "BACKEND", "FREE", "SNAPSHOTS", "HELD"])]
+    problems = [f"  {p['pool']}: {text}" for p in d["pools"] for text in p.get("problems", [])]
+    if problems:
+        lines += ["", "unreadable on disk (skipped):"] + problems
     if d["last_errors"]:
         lines += ["", "last errors:"] + [f"  {e['time']} {e['logger']}: {e['message']}" for e in d["last_errors"]]
     return "\n".join(lines)

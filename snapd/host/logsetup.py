@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from snapd.core.text import visible
 
 
 FORMATS = ("kv", "json")
@@ -96,10 +97,10 @@ def logfmt_value(value: Any) -> str:
         text = "NaN" if math.isnan(value) else f"{value:.3f}".rstrip("0").rstrip(".")
     else:
         text = str(value)
-    if text and _BARE.match(text):
+    if text and _BARE.match(text) and text.isprintable():
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
+    return f'"{visible(escaped)}"'
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -113,7 +114,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(record_fields(record), ensure_ascii=False, default=str, separators=(",", ":"))
+        # ensure_ascii: C1 controls, DEL, bidi overrides and U+2028 are escaped too, not only C0
+        return json.dumps(record_fields(record), ensure_ascii=True, default=str, separators=(",", ":"))
 
 
 class RequestIdFilter(logging.Filter):

@@ -22,8 +22,8 @@ from snapd.http.validation import (
     MAX_EXPIRY_DAYS,
     InvalidInput,
     parse_body,
-    is_utf8,
     parse_container_id,
+    text_problem,
 )
 
 STATUS_KEY = web.AppKey("status", Callable[[], Awaitable[dict]])
@@ -82,9 +82,9 @@ async def create_token(request: web.Request) -> web.Response:
     if containers and project is None:
         raise _invalid("containers", "a container scope needs a project")
     label = body.get("label")
-    if label is not None and (not isinstance(label, str) or not 1 <= len(label) <= MAX_ALIAS
-                              or not is_utf8(label)):
-        raise _invalid("label", f"must be 1 to {MAX_ALIAS} characters")
+    problem = None if label is None else text_problem(label)
+    if problem is not None:
+        raise _invalid("label", problem)
     expires = body.get("expires")
     if expires is not None and (
         isinstance(expires, bool) or not isinstance(expires, (int, float))

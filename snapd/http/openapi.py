@@ -6,12 +6,19 @@ from functools import lru_cache
 from typing import Any
 
 from snapd import __version__
-from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS
+from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS, TEXT_RULE
 
 TIMESTAMP = {
     "type": ["string", "null"],
     "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
 }
+
+TEXT_IN = {
+    "type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS,
+    "description": f"{TEXT_RULE}; anything else is a 400 naming the character. "
+                   "null: none.",
+}
+"""Free text a client may send (alias, token label)."""
 
 SCHEMAS: dict[str, Any] = {
     "Snapshot": {
@@ -20,7 +27,12 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "alias", "created_at", "last_used_at", "expires_at", "stateful", "size"],
         "properties": {
             "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "alias": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
+            "alias": {
+                "type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS,
+                "description": "As sent (see CreateBody); one stored by an older version, or "
+                               "written into a ZFS property by hand, may hold characters new "
+                               "aliases may not.",
+            },
             "created_at": {**TIMESTAMP, "type": "string"},
             "last_used_at": TIMESTAMP,
             "expires_at": TIMESTAMP,
@@ -60,7 +72,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "alias": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
+            "alias": TEXT_IN,
             "expiry": {
                 "type": ["number", "null"],
                 "exclusiveMinimum": 0,
@@ -73,7 +85,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["alias"],
-        "properties": {"alias": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS}},
+        "properties": {"alias": TEXT_IN},
     },
 }
 
@@ -164,7 +176,7 @@ SCHEMAS["TokenBody"] = {
         "containers": {"type": "array", "items": {"type": "string"}},
         "read_only": {"type": "boolean"},
         "metrics": {"type": "boolean"},
-        "label": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
+        "label": TEXT_IN,
         "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS},
     },
 }
@@ -198,6 +210,10 @@ SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
             "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"type": "string"},
             "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
             "snapshots": {"type": "integer"}, "bytes": {"type": "integer"},
+            "problems": {"type": "array", "items": {"type": "string"},
+                         "description": "What the pool holds that the backend could not read "
+                                        "(e.g. a ZFS property value set by hand with a newline); "
+                                        "skipped, not fatal."},
         },
     }},
     "snapshots_total": {"type": "integer", "minimum": 0},

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from snapd.core.errors import InvalidInput
+from snapd.core.text import describe_char, first_refused
 
 CONTAINER_ID = re.compile(r"[0-9A-Fa-f]{24}")
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -105,20 +106,34 @@ def _too_deep(text: str) -> bool:
     return False
 
 
+TEXT_RULE = (f"1 to {MAX_ALIAS} characters, none of them a Unicode control, format or separator "
+             "character (categories Cc, Cf, Zl, Zp: C0/C1 controls, DEL, U+2028, U+2029, "
+             "bidirectional marks and overrides, zero-width characters, U+FEFF)")
+"""The rule for free text the daemon stores and prints (aliases, token labels)."""
+
+
+def text_problem(value: Any) -> str | None:
+    """Why `value` breaks TEXT_RULE (a reason naming the character), or None."""
+    if not isinstance(value, str):
+        return "must be a string or null"
+    if not 1 <= len(value) <= MAX_ALIAS:
+        return f"must be 1 to {MAX_ALIAS} characters"
+    if not is_utf8(value):
+        return "must be valid Unicode (no lone surrogates)"
+    bad = first_refused(value)
+    if bad is not None:
+        return (f"contains {describe_char(bad)}; control, format and separator characters "
+                "(categories Cc, Cf, Zl, Zp) are not allowed")
+    return None
+
+
 def parse_alias(value: Any, field_kind: str) -> str | None:
-    """An alias: a string of 1-100 characters, or None."""
+    """An alias: a string following TEXT_RULE, or None."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidInput(field_kind, [_detail("alias", "must be a string or null")])
-    if not 1 <= len(value) <= MAX_ALIAS:
-        raise InvalidInput(
-            field_kind, [_detail("alias", f"must be 1 to {MAX_ALIAS} characters")]
-        )
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise InvalidInput(field_kind, [_detail("alias", "must not contain control characters")])
-    if not is_utf8(value):
-        raise InvalidInput(field_kind, [_detail("alias", "must be valid Unicode (no lone surrogates)")])
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidInput(field_kind, [_detail("alias", problem)])
     return value
 
 

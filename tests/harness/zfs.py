@@ -141,7 +141,9 @@ class ZfsHarness(PoolHarness):
         """`zfs get -Hp` of some datasets/snapshots (test helper)."""
         res = _run("zfs", "get", "-Hp", "-o", "name,property,value", props, *names)
         out: dict[str, dict[str, str]] = {}
-        for line in res.stdout.splitlines():
+        for line in res.stdout.split("\n"):  # not splitlines(): values may hold U+2028
+            if not line:
+                continue
             name, prop, value = line.split("\t", 2)
             out.setdefault(name, {})[prop] = value
         return out
