@@ -193,11 +193,25 @@ SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
     "uptime_s": {"type": "number", "minimum": 0},
     "pools": {"type": "array", "items": {
         "type": "object",
-        "required": ["pool", "spec", "kind", "root", "free_bytes", "snapshots", "bytes"],
+        "required": ["pool", "spec", "kind", "root", "free_bytes", "free_inodes", "snapshots", "bytes",
+                     "limits"],
         "properties": {
             "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"type": "string"},
             "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
+            "free_inodes": {"type": ["integer", "null"],
+                            "description": "null where inodes are dynamic (btrfs) or not known"},
             "snapshots": {"type": "integer"}, "bytes": {"type": "integer"},
+            "limits": {
+                "type": "object",
+                "description": "What a create must leave free, and snapshot counts (0: no limit)",
+                "required": ["reserve", "reserve_inodes", "max_snapshots_per_container",
+                             "max_snapshots_per_project"],
+                "properties": {
+                    "reserve": {"type": "string"}, "reserve_inodes": {"type": "string"},
+                    "max_snapshots_per_container": {"type": "integer", "minimum": 0},
+                    "max_snapshots_per_project": {"type": "integer", "minimum": 0},
+                },
+            },
         },
     }},
     "snapshots_total": {"type": "integer", "minimum": 0},

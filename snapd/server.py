@@ -356,7 +356,7 @@ class Daemon:
         await self.stop()
 
     def _apply_policies(self, cfg: Config) -> None:
-        """Per-pool reserve and restore hooks, keyed as the service sees pools."""
+        """Per-pool reserves, snapshot limits and restore hooks, keyed as the service sees pools."""
         self.service.default_policy = cfg.policy("")
         self.service.policies = {b.describe(): cfg.policy(key) for key, b in self.backends.items()}
 
@@ -421,8 +421,13 @@ class Daemon:
         pools = []
         for key, backend in self.backends.items():
             count, held = usage.get(backend.describe(), (0, 0))
+            policy = self.service.policy(backend)
             pools.append({"pool": backend.describe(), "spec": key, "kind": backend.kind, "root": backend.root,
-                          "free_bytes": await backend.free_bytes(), "snapshots": count, "bytes": held})
+                          "free_bytes": await backend.free_bytes(), "free_inodes": await backend.free_inodes(),
+                          "snapshots": count, "bytes": held,
+                          "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),
+                                     "max_snapshots_per_container": policy.max_snapshots_per_container,
+                                     "max_snapshots_per_project": policy.max_snapshots_per_project}})
         return {
             "version": __version__,
             "pid": os.getpid(),

@@ -254,6 +254,21 @@ class Store:
             return self.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM snapshots WHERE container_id = ?", [cid]).fetchone()[0]
 
+    def containers(self, pool: str) -> list[str]:
+        """Ids of the containers with snapshots in `pool`."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT container_id FROM snapshots WHERE pool = ?", [pool])]
+
+    def count_of(self, pool: str, cids: list[str]) -> int:
+        """Snapshots of containers `cids` in `pool`, counting creates journalled and not yet
+        finished (one index search per container)."""
+        ids = json.dumps(cids)
+        return self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM snapshots WHERE pool = ? AND container_id IN "
+            "(SELECT value FROM json_each(?))) + (SELECT COUNT(*) FROM journal WHERE state = 'pending' "
+            "AND op = 'create' AND pool = ? AND container_id IN (SELECT value FROM json_each(?)))",
+            [pool, ids, pool, ids]).fetchone()[0]
+
     # -- writes --------------------------------------------------------------
 
     _INSERT = (
