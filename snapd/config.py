@@ -338,7 +338,7 @@ def check(cfg: Config) -> None:
         if path is not None and not path.is_file():
             raise ConfigError(f"TLS file {path} does not exist")
     _writable_dir(cfg.socket.parent, "socket directory")
-    _writable_dir(cfg.state_dir, "state_dir")
+    _writable_dir(cfg.state_dir, "state_dir", mode=0o700)  # token hashes: the daemon's alone
 
 
 def _no_overlapping_pools(pools: list[PoolSpec]) -> None:
@@ -355,9 +355,9 @@ def _no_overlapping_pools(pools: list[PoolSpec]) -> None:
         seen.append((key, pool))
 
 
-def _writable_dir(path: Path, what: str) -> None:
+def _writable_dir(path: Path, what: str, mode: int = 0o755) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o755)
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):

@@ -44,7 +44,7 @@ from .reaper import Reaper
 from .journal import recover as recover_journal
 from .reconcile import reconcile
 from .service import SnapshotService
-from .store import Store, StoreError
+from .store import Store, StoreError, private_dir
 from .systemd import ActivatedSockets
 from .tokens import Tokens
 
@@ -266,11 +266,13 @@ class Daemon:
         self.activated = ActivatedSockets.take()  # before any child process inherits them
         logging.getLogger().addHandler(self.errors)
         self.watchdog.start()
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         try:
+            private_dir(self.cfg.state_dir)
             self.store = Store(self.cfg.state_dir / "snapd.db")
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
+        except OSError as exc:
+            raise ConfigError(f"state_dir {self.cfg.state_dir}: {exc.strerror or exc}") from None
         # Each start-up step may take long on a large pool: ask systemd for more time
         # before each (a no-op without systemd), instead of one fixed TimeoutStartSec.
         systemd.status("opening pools and reconciling them with the store")

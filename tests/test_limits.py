@@ -4,6 +4,8 @@
   before the pool runs out, and the refused create changes nothing
 - snapshot count limits per container and per project (every backend): 507 naming the
   limit, nothing changed; shown by `snapd status`; still in force after a restart
+- the state directory is 0700 and the store's files 0600 whatever the umask, also when
+  an earlier run left them open
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +159,39 @@ def test_snapshot_count_limits(pool: PoolHarness, tmp_path: Path) -> None:
         assert d.unix.post(snaps(b)).status == 200  # web: a 1, b 2
         assert "Project web has 3 snapshots" in refused(a)  # a itself is below its own limit
         assert f"Container {c} has 2 snapshots" in refused(c)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _start_with_umask(workdir: Path, state: Path, pool: str) -> DaemonProcess:
+    old = os.umask(0o022)
+    try:
+        return DaemonProcess(workdir, [pool], tcp=False, state_dir=state).start()
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("earlier", ["fresh", "open-modes"])
+def test_state_files_are_private(tmp_path: Path, earlier: str) -> None:
+    pool = OverlayHarness(tmp_path / "p")
+    cid = new_cid()
+    write_tree(pool.make_container(cid), {"f": "1"})
+    state = tmp_path / "state"
+    if earlier == "open-modes":  # as a killed run outside the unit with umask 022 left them
+        d = _start_with_umask(tmp_path / "d0", state, pool.spec)
+        assert d.unix.post(snaps(cid)).status == 200
+        d.kill()  # the WAL and its index stay behind
+        os.chmod(state, 0o755)
+        for f in state.iterdir():
+            os.chmod(f, 0o644)
+        assert {f.name for f in state.iterdir()} == {"snapd.db", "snapd.db-wal", "snapd.db-shm"}
+    d = _start_with_umask(tmp_path / "d", state, pool.spec)
+    try:
+        assert d.unix.post(snaps(cid)).status == 200  # a write: the WAL and its index exist
+        files = {f.name: _mode(f) for f in state.iterdir()}
+        assert _mode(state) == 0o700
+        assert files == {"snapd.db": 0o600, "snapd.db-wal": 0o600, "snapd.db-shm": 0o600}, files
+    finally:
+        assert d.stop() == 0, d.log_text()[-2000:]
