@@ -237,7 +237,7 @@ ERROR_TEXT = {
     409: "The container is in use or cannot be changed now",
     413: "Request body over 64 KiB",
     500: "An unexpected error occurred",
-    507: "The pool has no room",
+    507: "The pool has no room (free space or inode reserve), or a snapshot count limit is reached",
 }
 
 
