@@ -167,6 +167,27 @@ class Backend(abc.ABC):
         """The pool's size in bytes (for a reserve given as a percentage), when known."""
         return None
 
+    async def free_inodes(self) -> int | None:
+        """Inodes available for new files in the pool; None when the filesystem has no
+        fixed inode count (btrfs, ZFS objects) or the figure cannot be trusted."""
+        return None
+
+    async def total_inodes(self) -> int | None:
+        """The pool's inode count (for an inode reserve given as a percentage); None
+        when not applicable (see free_inodes)."""
+        return None
+
+    async def projects(self, cids: list[str]) -> dict[str, str | None]:
+        """The project labels of containers `cids` (those no longer there are left out),
+        batched where the backend can (one `zfs get`)."""
+        out: dict[str, str | None] = {}
+        for cid in cids:
+            try:
+                out[cid] = await self.get_project(cid)
+            except (ContainerNotFound, FileNotFoundError):
+                continue
+        return out
+
     async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
         """Tidy what an interrupted `op` on `cid` may have left (start-up, after open()).
 

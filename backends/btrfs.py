@@ -60,7 +60,7 @@ import threading
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import inuse
+from . import fsops, inuse
 from .base import (
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
@@ -203,6 +203,15 @@ class BtrfsBackend(Backend):
     async def total_bytes(self) -> int | None:
         st = await asyncio.to_thread(os.statvfs, self.root)
         return st.f_blocks * st.f_frsize
+
+    async def free_inodes(self) -> int | None:
+        """None: btrfs allocates inodes dynamically (statvfs reports f_files = 0)."""
+        got = await asyncio.to_thread(fsops.inodes, self.root)
+        return None if got is None else got[0]
+
+    async def total_inodes(self) -> int | None:
+        got = await asyncio.to_thread(fsops.inodes, self.root)
+        return None if got is None else got[1]
 
     async def quotas_enabled(self) -> bool:
         """Whether sizes come from qgroups (quotas on) or from `btrfs filesystem du`."""

@@ -89,3 +89,12 @@ def fs_type(path: str) -> str | None:
 
 def free_bytes(path: Path) -> int:
     return psutil.disk_usage(str(path)).free
+
+
+def inodes(path: Path | str) -> tuple[int, int] | None:
+    """(free, total) inodes of the filesystem holding `path`, free as an unprivileged
+    user sees it; None when it reports no inode count (btrfs: inodes are dynamic)."""
+    st = os.statvfs(path)
+    if st.f_files <= 0 or not 0 <= st.f_favail <= st.f_files:
+        return None
+    return st.f_favail, st.f_files

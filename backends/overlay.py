@@ -151,6 +151,14 @@ class OverlayBackend(Backend):
         st = await asyncio.to_thread(os.statvfs, self.path)
         return st.f_blocks * st.f_frsize
 
+    async def free_inodes(self) -> int | None:
+        got = await asyncio.to_thread(fsops.inodes, self.path)
+        return None if got is None else got[0]
+
+    async def total_inodes(self) -> int | None:
+        got = await asyncio.to_thread(fsops.inodes, self.path)
+        return None if got is None else got[1]
+
     async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
         """A restore builds beside upper/ when upper/ is on another filesystem than .tmp:
         remove such a build (open() has swept .tmp itself)."""

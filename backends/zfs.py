@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class ZfsBackend(Backend):
         """True when `zfs destroy ds@a,b,c` works (OpenZFS); detected by open()."""
         self._cache: dict[str | None, _Scan] = {}
         self._probes: dict[str, _Probe] = {}
-        self._free: tuple[float, int] | None = None  # (monotonic time, available bytes)
+        self._free: tuple[float, int, str | None] | None = None  # (monotonic time, available, mountpoint)
 
     @property
     def stats(self) -> ZfsStats:
@@ -221,14 +222,59 @@ class ZfsBackend(Backend):
                 log.warning("zfs: could not tidy container %s: %s", cid, e)
         self._cache.clear()
 
-    async def free_bytes(self) -> int | None:
-        """The root's `available`, read at most once a second (every create asks)."""
+    async def _figures(self) -> tuple[int, str | None]:
+        """The root's `available` bytes and, when mounted, its mountpoint: one `zfs get`,
+        read at most once a second (every create asks)."""
         now = time.monotonic()
         cached = self._free
         if cached is None or now - cached[0] > FREE_TTL:
-            got = await self.zfs.get(["available"], [self.root])
-            cached = self._free = (now, int(got[self.root]["available"]))
-        return cached[1]
+            got = (await self.zfs.get(["available", "mounted", "mountpoint"], [self.root]))[self.root]
+            mnt = got.get("mountpoint", "")
+            cached = self._free = (now, int(got["available"]),
+                                   mnt if got.get("mounted") == "yes" and mnt.startswith("/") else None)
+        return cached[1], cached[2]
+
+    async def free_bytes(self) -> int | None:
+        return (await self._figures())[0]
+
+    async def _inodes(self) -> tuple[int, int] | None:
+        """(free, total) inodes from statvfs of the mounted root; None when unmounted, or
+        when the figures are no object limit at all: ZFS makes objects on demand and
+        reports free bytes / 512 as its free count (zfs-fuse, OpenZFS alike)."""
+        mnt = (await self._figures())[1]
+        if mnt is None:
+            return None  # no property holds an object count; without a mount, not known
+        try:
+            st = await asyncio.to_thread(os.statvfs, mnt)
+        except OSError:
+            return None
+        if st.f_files <= 0 or not 0 <= st.f_favail <= st.f_files or \
+                st.f_favail >= (st.f_bavail * st.f_frsize) >> 9:
+            return None
+        return st.f_favail, st.f_files
+
+    async def free_inodes(self) -> int | None:
+        """Objects ZFS can still make, when it states a limit of its own (see _inodes)."""
+        got = await self._inodes()
+        return None if got is None else got[0]
+
+    async def total_inodes(self) -> int | None:
+        got = await self._inodes()
+        return None if got is None else got[1]
+
+    async def projects(self, cids: list[str]) -> dict[str, str | None]:
+        """The labels of containers `cids` in one `zfs get -d 1` (sources as _probe reads them)."""
+        res = await self.zfs.zfs("get", "-H", "-r", "-d", "1", "-o", "name,property,source,value",
+                                 f"type,{PROJECT_PROPERTY}", self.root, check=False)
+        prefix = self.root + "/"
+        kinds: dict[str, str] = {}
+        labels: dict[str, str] = {}
+        for name, prop, source, value in self.zfs.rows(res.stdout, 4):
+            if prop == "type":
+                kinds[name] = value
+            elif source in ("local", "received"):
+                labels[name] = value
+        return {cid: labels.get(prefix + cid) for cid in cids if kinds.get(prefix + cid) == "filesystem"}
 
     async def total_bytes(self) -> int | None:
         """The whole ZFS pool's usable size: its top dataset's used + available."""

@@ -12,6 +12,7 @@ if [ "$(id -u)" = 0 ]; then
   command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
   command -v zfs-fuse >/dev/null || need+=(zfs-fuse)
   command -v setfattr >/dev/null || need+=(attr)
+  command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
   command -v systemd-analyze >/dev/null || need+=(systemd)
   command -v curl >/dev/null || need+=(curl)
   command -v ip >/dev/null || need+=(iproute2)

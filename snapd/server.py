@@ -352,7 +352,7 @@ class Daemon:
         await self.stop()
 
     def _serve_pools(self, cfg: Config) -> None:
-        """The open pools, each with its reserve and restore hooks, to the service."""
+        """The open pools, each with its reserves, snapshot limits and restore hooks, to the service."""
         self.service.set_pools(list(self.backends.values()),  # type: ignore[union-attr]
                                {b.describe(): cfg.policy(key) for key, b in self.backends.items()},
                                cfg.policy(""))
@@ -414,8 +414,13 @@ class Daemon:
         pools = []
         for key, backend in self.backends.items():
             count, held = usage.get(backend.describe(), (0, 0))
+            policy = self.service.policy(backend)
             pools.append({"pool": backend.describe(), "spec": key, "kind": backend.kind, "root": backend.root,
-                          "free_bytes": await backend.free_bytes(), "snapshots": count, "bytes": held,
+                          "free_bytes": await backend.free_bytes(), "free_inodes": await backend.free_inodes(),
+                          "snapshots": count, "bytes": held,
+                          "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),
+                                     "max_snapshots_per_container": policy.max_snapshots_per_container,
+                                     "max_snapshots_per_project": policy.max_snapshots_per_project},
                           "problems": list(getattr(backend, "problems", []))})
         return {
             "version": __version__,

@@ -222,6 +222,18 @@ async def test_container_checks_and_free_space(harness, backend):
     assert not await backend.container_exists(HIDDEN)
     assert not await backend.container_exists("zz" * 12)
     assert (await backend.free_bytes() or 0) > 0
+    # ZFS makes objects on demand; statvfs's count is free bytes / 512: no inode limit to keep
+    assert await backend.free_inodes() is None and await backend.total_inodes() is None
+
+
+async def test_projects_in_one_read(harness, backend):
+    a, b = new_cid(), new_cid()
+    harness.make_container(a)
+    harness.make_container(b)
+    await backend.set_project(a, "web")
+    before = backend.stats.count("zfs get")
+    assert await backend.projects([a, b, new_cid()]) == {a: "web", b: None}
+    assert backend.stats.count("zfs get") == before + 1
 
 
 async def test_bad_root_is_pool_error(harness):

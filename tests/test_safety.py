@@ -215,3 +215,10 @@ def test_reserve_parsing() -> None:
     for bad in ("", "-1", "5%%", "100%", "1GiB,2GiB", "lots", True, -5):
         with pytest.raises(ConfigError):
             parse_reserve(bad, "x")
+    assert parse_reserve("100000,5%", "x", "inodes").required(10_000_000) == 100_000
+    assert parse_reserve("100000,5%", "x", "inodes").required(1000) == 50
+    assert str(parse_reserve("100000,5%", "x", "inodes")) == "100000 inodes or 5%"
+    assert parse_reserve(0, "x", "inodes").off and parse_reserve("5%,0", "x", "inodes").off
+    for bad in ("1k", "1GiB", "1.5", "5%,6%", "-3"):
+        with pytest.raises(ConfigError):
+            parse_reserve(bad, "x", "inodes")

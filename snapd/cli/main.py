@@ -320,6 +320,15 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return _request(args, "DELETE", f"{ADMIN}/tokens/{quote(args.token_id, safe='')}")
 
 
+def _limits_text(limits: dict) -> str:
+    def most(n: int) -> str:
+        return f"at most {n}" if n else "no limit"
+
+    return (f"reserve {limits['reserve']}, inode reserve {limits['reserve_inodes']}; snapshots "
+            f"per container {most(limits['max_snapshots_per_container'])}, "
+            f"per project {most(limits['max_snapshots_per_project'])}")
+
+
 def _status_text(d: dict) -> str:
     lines = [f"container-snapd {d['version']}, up {_relative(-d['uptime_s']).replace(' ago', '')}"
              f" (pid {d['pid']})",
@@ -328,9 +337,13 @@ def _status_text(d: dict) -> str:
              f"{d['reaper']['failing']} failing",
              "listeners: " + (", ".join(d["listeners"]) or "-"),
              "",
-             _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]), str(p["snapshots"]),
+             _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]),
+                      "n/a" if p["free_inodes"] is None else str(p["free_inodes"]), str(p["snapshots"]),
                       _human_size(p["bytes"])] for p in d["pools"]],
-                    ["POOL", "BACKEND", "FREE", "SNAPSHOTS", "HELD"])]
+                    ["POOL", "BACKEND", "FREE", "FREE INODES", "SNAPSHOTS", "HELD"]),
+             "",
+             "limits (a create beyond one gets 507):"]
+    lines += [f"  {p['pool']}: {_limits_text(p['limits'])}" for p in d["pools"]]
     problems = [f"  {p['pool']}: {text}" for p in d["pools"] for text in p.get("problems", [])]
     if problems:
         lines += ["", "unreadable on disk (skipped):"] + problems

@@ -29,11 +29,11 @@ from backends.base import (
 
 from backends import faults
 from snapd.core.clock import Clock, snapshot_stamp
-from snapd.host.config import PoolPolicy
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
+from snapd.host.config import PoolPolicy, Reserve
 
 log = logging.getLogger("snapd.service")
 oplog = logging.getLogger("snapd.operation")
@@ -103,7 +103,9 @@ class SnapshotService:
         self._open_gate = asyncio.Event()
         self._open_gate.set()
         self._exclusive_lock = asyncio.Lock()
-        self._totals: dict[str, tuple[float, int | None]] = {}
+        self._totals: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._labels: dict[str, dict[str, str | None]] = {}
+        """pool -> container id -> project, for max_snapshots_per_project (loaded on first use)."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.describe(), self.default_policy)
@@ -235,6 +237,7 @@ class SnapshotService:
             try:
                 while self._inflight:
                     await asyncio.gather(*list(self._inflight), return_exceptions=True)
+                self._labels.clear()  # reconcile may adopt containers: re-read labels after it
                 return await fn()
             finally:
                 self._open_gate.set()
@@ -252,36 +255,88 @@ class SnapshotService:
         except Exception as exc:  # the next start sees it pending and settles it
             log.warning("cannot record failure of journal entry %d: %s", jid, exc)
 
-    async def _check_space(self, container: Container) -> None:
-        """Refuse (507) a create that would eat into the pool's reserve; changes nothing."""
-        backend = container.backend
-        reserve = self.policy(backend).reserve
-        if reserve.bytes == 0 or reserve.fraction == 0:
+    async def _check_room(self, container: Container) -> None:
+        """Refuse (507) a create beyond the pool's reserves (bytes, inodes) or its
+        snapshot limits; changes nothing.  The counts are taken last, without an await
+        after them: the caller writes its journal intent before anything else runs, and
+        pending create intents count against the project's limit, so creates in other
+        containers of the project cannot overshoot it together."""
+        policy = self.policy(container.backend)
+        await self._check_reserve(container, policy.reserve)
+        await self._check_reserve(container, policy.reserve_inodes)
+        if policy.max_snapshots_per_project and container.project is not None:
+            await self._load_labels(container.backend)
+        self._label_seen(container)
+        self._check_limits(container, policy)
+
+    def _check_limits(self, container: Container, policy: PoolPolicy) -> None:
+        limit = policy.max_snapshots_per_container
+        if limit and (n := self.store.count(container.id)) >= limit:
+            log.warning("create refused container=%s snapshots=%d max_snapshots_per_container=%d",
+                        container.id, n, limit)
+            raise InsufficientStorage(
+                f"Container {container.id} has {n} snapshots, its limit (max_snapshots_per_container "
+                f"= {limit}); delete some or raise the limit; no snapshot was created.")
+        limit = policy.max_snapshots_per_project
+        if not limit or container.project is None:
             return
+        members = [c for c, p in self._labels[container.pool].items() if p == container.project]
+        n = self.store.count_of(container.pool, members)
+        if n >= limit:
+            log.warning("create refused container=%s project=%s pool=%s snapshots=%d "
+                        "max_snapshots_per_project=%d", container.id, container.project, container.pool,
+                        n, limit)
+            raise InsufficientStorage(
+                f"Project {container.project} has {n} snapshots in pool {container.pool}, its limit "
+                f"(max_snapshots_per_project = {limit}); delete some or raise the limit; "
+                "no snapshot was created.")
+
+    async def _load_labels(self, backend: Backend) -> None:
+        """The project of every container with snapshots in the pool, read once (one
+        batched backend call) and then kept current by creates and set-project."""
+        pool = backend.describe()
+        if pool not in self._labels:
+            labels = await backend.projects(self.store.containers(pool))
+            self._labels.setdefault(pool, labels)
+
+    def _label_seen(self, container: Container) -> None:
+        labels = self._labels.get(container.pool)
+        if labels is not None:
+            labels[container.id] = container.project
+
+    async def _check_reserve(self, container: Container, reserve: Reserve) -> None:
+        """507 when the pool's free bytes or inodes (as `reserve.unit` says) are below
+        `reserve`; an unknown or unreadable figure lets the create through."""
+        if reserve.off:
+            return
+        backend = container.backend
+        inodes = reserve.unit == "inodes"
         try:
-            free = await backend.free_bytes()
-            total = await self._total_bytes(backend) if reserve.fraction is not None else None
+            free = await (backend.free_inodes() if inodes else backend.free_bytes())
+            total = await self._total(backend, reserve.unit) if reserve.fraction is not None else None
         except Exception as exc:  # an unreadable figure must not block snapshots
-            log.warning("cannot read free space of pool %s: %s", container.pool, exc)
+            log.warning("cannot read free %s of pool %s: %s", reserve.unit, container.pool, exc)
             return
         if free is None:
             return
         need = reserve.required(total)
         if free < need:
-            log.warning("create refused container=%s pool=%s free=%d reserve=%d",
-                        container.id, container.pool, free, need)
+            log.warning("create refused container=%s pool=%s free_%s=%d reserve=%d",
+                        container.id, container.pool, reserve.unit, free, need)
+            have, keep = (f"{free} free inodes", str(need)) if inodes else (f"{_size(free)} free", _size(need))
             raise InsufficientStorage(
-                f"Pool {container.pool} has {_size(free)} free, below its reserve of {_size(need)} "
-                f"({reserve}); no snapshot was created. Free space or delete snapshots first."
+                f"Pool {container.pool} has {have}, below its reserve of {keep} ({reserve}); "
+                f"no snapshot was created. Free {'inodes' if inodes else 'space'} or delete snapshots first."
             )
 
-    async def _total_bytes(self, backend: Backend) -> int | None:
-        """A pool's size, re-read at most once a minute (it rarely changes; ZFS pays a process)."""
-        key = backend.describe()
+    async def _total(self, backend: Backend, unit: str) -> int | None:
+        """A pool's size in bytes or inodes, re-read at most once a minute (it rarely
+        changes; ZFS pays a process)."""
+        key = (backend.describe(), unit)
         now = asyncio.get_running_loop().time()
         hit = self._totals.get(key)
         if hit is None or now - hit[0] > 60:
-            hit = (now, await backend.total_bytes())
+            hit = (now, await (backend.total_inodes() if unit == "inodes" else backend.total_bytes()))
             self._totals[key] = hit
         return hit[1]
 
@@ -358,7 +413,7 @@ class SnapshotService:
     ) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
-            await self._check_space(container)
+            await self._check_room(container)  # no await from here to the journal intent
             now = self.clock.now()
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
@@ -464,7 +519,9 @@ class SnapshotService:
             container = await self.find(cid)
             await self._run("set-project", container.backend, cid, None,
                             container.backend.set_project(cid, project))
-            return Container(cid, container.backend, project)
+            labelled = Container(cid, container.backend, project)
+            self._label_seen(labelled)
+            return labelled
 
         return await self._mutate(cid, op)
 

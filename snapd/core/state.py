@@ -13,7 +13,7 @@ from backends.base import Backend
 
 from snapd.core.clock import Clock
 from snapd.core.service import SnapshotService
-from snapd.core.store import Store, StoreError
+from snapd.core.store import Store, StoreError, private_dir
 from snapd.core.tokens import Tokens
 
 STORE_FILE = "snapd.db"
@@ -29,10 +29,12 @@ class State:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(state_dir)
             self._store = Store(state_dir / STORE_FILE)
-        except (OSError, StoreError) as exc:
+        except StoreError as exc:
             raise StateError(str(exc)) from None
+        except OSError as exc:
+            raise StateError(f"state_dir {state_dir}: {exc.strerror or exc}") from None
 
     def service(self, backends: list[Backend], clock: Clock, metrics: Any = None) -> SnapshotService:
         return SnapshotService(self._store, backends, clock, metrics)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
 from snapd.core.records import JournalEntry, SnapshotRow
+
+log = logging.getLogger("snapd.store")
 
 SCHEMA_VERSION = 3
 
@@ -126,12 +131,45 @@ class StoreError(Exception):
     """The store cannot be opened or is from a newer version."""
 
 
+STORE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+"""The database and the files SQLite keeps beside it."""
+
+
+def private_dir(path: Path) -> None:
+    """Make the state directory, or tighten an existing one we own, to mode 0700: the
+    store holds token hashes, projects and aliases that no other local user may read."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_mode & 0o077 == 0:
+        return
+    if st.st_uid != os.geteuid():
+        log.warning("state directory %s (mode %o) is not ours to tighten: other users may read it",
+                    path, stat.S_IMODE(st.st_mode))
+        return
+    log.info("state directory %s was mode %o; made 0700", path, stat.S_IMODE(st.st_mode))
+    os.chmod(path, 0o700)
+
+
+def _private_files(db: Path) -> None:
+    """The store's files, those there now, mode 0600 (SQLite gives the -wal and -shm
+    files it makes later the database's own mode)."""
+    for suffix in STORE_FILE_SUFFIXES:
+        try:
+            os.chmod(f"{db}{suffix}", 0o600, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        except NotImplementedError:  # no lchmod: the state directory is ours alone anyway
+            os.chmod(f"{db}{suffix}", 0o600)
+
+
 class Store:
     """The daemon's SQLite database (WAL mode) in the state directory."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        old_umask = os.umask(0o077)  # files SQLite creates now: 0600 from the start
         try:
+            _private_files(path)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -144,8 +182,11 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
-        except sqlite3.Error as exc:
+            _private_files(path)
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
+        finally:
+            os.umask(old_umask)
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -251,6 +292,21 @@ class Store:
         if cid is None:
             return self.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM snapshots WHERE container_id = ?", [cid]).fetchone()[0]
+
+    def containers(self, pool: str) -> list[str]:
+        """Ids of the containers with snapshots in `pool`."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT container_id FROM snapshots WHERE pool = ?", [pool])]
+
+    def count_of(self, pool: str, cids: list[str]) -> int:
+        """Snapshots of containers `cids` in `pool`, counting creates journalled and not yet
+        finished (one index search per container)."""
+        ids = json.dumps(cids)
+        return self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM snapshots WHERE pool = ? AND container_id IN "
+            "(SELECT value FROM json_each(?))) + (SELECT COUNT(*) FROM journal WHERE state = 'pending' "
+            "AND op = 'create' AND pool = ? AND container_id IN (SELECT value FROM json_each(?)))",
+            [pool, ids, pool, ids]).fetchone()[0]
 
     # -- writes --------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class PoolSpec:
 
 DEFAULT_RESERVE = "1GiB,5%"
 """Free space a create must leave: the smaller of 1 GiB and 5% of the pool."""
+DEFAULT_RESERVE_INODES = "5%"
+"""Free inodes a create must leave: 5% of the pool's inodes."""
 DEFAULT_HOOK_TIMEOUT = 60.0
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4,
@@ -45,38 +47,50 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
 
 @dataclass(frozen=True)
 class Reserve:
-    """Free space a create must leave in a pool: bytes, a fraction of the pool, or the
-    smaller of both (`"1GiB,5%"`).  Zero disables the check."""
+    """What a create must leave free in a pool (bytes or inodes): an amount, a fraction
+    of the pool, or the smaller of both (`"1GiB,5%"`).  Zero disables the check."""
 
-    bytes: int | None = None
+    amount: int | None = None
     fraction: float | None = None
+    unit: str = "bytes"
+
+    @property
+    def off(self) -> bool:
+        """A zero amount or fraction: the smaller of the two is always zero."""
+        return self.amount == 0 or self.fraction == 0
 
     def required(self, total: int | None) -> int:
-        """The reserve in bytes for a pool of `total` bytes (None: size unknown)."""
+        """The reserve for a pool of `total` bytes or inodes (None: size unknown)."""
         options = []
-        if self.bytes is not None:
-            options.append(self.bytes)
+        if self.amount is not None:
+            options.append(self.amount)
         if self.fraction is not None and total is not None:
             options.append(int(total * self.fraction))
         return min(options) if options else 0
 
     def __str__(self) -> str:
-        parts = ([f"{self.bytes} bytes"] if self.bytes is not None else []) + (
+        parts = ([f"{self.amount} {self.unit}"] if self.amount is not None else []) + (
             [f"{self.fraction * 100:g}%"] if self.fraction is not None else [])
         return " or ".join(parts) if parts else "none"
 
 
-def parse_reserve(value: object, where: str) -> Reserve:
-    """`1073741824`, `"512MiB"`, `"5%"`, `"1GiB,5%"` (the smaller), `0`."""
+def parse_reserve(value: object, where: str, unit: str = "bytes") -> Reserve:
+    """`1073741824`, `"512MiB"`, `"5%"`, `"1GiB,5%"` (the smaller), `0`.
+
+    With unit="inodes", a count instead of a size: `100000`, `"5%"`, `"100000,5%"`.
+    """
+    sizes = unit == "bytes"
+    what = ("bytes, a size like '1GiB', a percentage like '5%' or both ('1GiB,5%')" if sizes
+            else "a number of inodes, a percentage like '5%' or both ('100000,5%')")
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: reserve must be bytes, a size like '1GiB', a percentage or both")
+        raise ConfigError(f"{where}: reserve must be {what}")
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"{where}: reserve must not be negative")
-        return Reserve(bytes=value)
+        return Reserve(value, None, unit)
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: reserve must be bytes, a size like '1GiB', a percentage or both")
-    size: int | None = None
+        raise ConfigError(f"{where}: reserve must be {what}")
+    amount: int | None = None
     fraction: float | None = None
     for part in value.replace(" ", "").lower().split(","):
         try:
@@ -86,24 +100,36 @@ def parse_reserve(value: object, where: str) -> Reserve:
                     raise ValueError
                 fraction = pct / 100
             else:
-                num = part.rstrip("kmgtib")
-                unit = part[len(num):]
-                if unit not in _UNITS or size is not None:
+                num = part.rstrip("kmgtib") if sizes else part
+                suffix = part[len(num):]
+                if suffix not in _UNITS or amount is not None:
                     raise ValueError
-                size = int(float(num) * _UNITS[unit])
-                if size < 0:
+                amount = int(float(num) * _UNITS[suffix]) if sizes else int(num)
+                if amount < 0:
                     raise ValueError
         except ValueError:
-            raise ConfigError(f"{where}: reserve {value!r} is not bytes, a size like '1GiB', "
-                              "a percentage like '5%' or both ('1GiB,5%')") from None
-    return Reserve(size, fraction)
+            raise ConfigError(f"{where}: reserve {value!r} is not {what}") from None
+    return Reserve(amount, fraction, unit)
+
+
+def parse_limit(value: object, where: str) -> int:
+    """A snapshot count limit: a whole number, 0 for none."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: must be a whole number of snapshots (0: no limit)")
+    return value
 
 
 @dataclass(frozen=True)
 class PoolPolicy:
-    """Per-pool safety settings: free-space reserve and restore hooks."""
+    """Per-pool safety settings: free-space and inode reserves, snapshot limits, restore hooks."""
 
     reserve: Reserve = field(default_factory=lambda: parse_reserve(DEFAULT_RESERVE, "default"))
+    reserve_inodes: Reserve = field(
+        default_factory=lambda: parse_reserve(DEFAULT_RESERVE_INODES, "default", "inodes"))
+    max_snapshots_per_container: int = 0
+    """A create that would give one container more snapshots than this is refused (0: no limit)."""
+    max_snapshots_per_project: int = 0
+    """The same for all containers of one project in this pool (0: no limit)."""
     pre_restore: tuple[str, ...] = ()
     """argv run (no shell) before a restore; failure refuses the restore (409)."""
     post_restore: tuple[str, ...] = ()
@@ -124,12 +150,18 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     request_timeout: float = 10.0
-    reserve: Reserve = field(default_factory=lambda: parse_reserve(DEFAULT_RESERVE, "default"))
+    defaults: PoolPolicy = field(default_factory=PoolPolicy)
+    """The global `reserve`, `reserve_inodes` and `max_snapshots_*`: what pools not set
+    otherwise in `pool_options` get."""
     pool_options: dict[str, PoolPolicy] = field(default_factory=dict)
-    """Pool spec as written in `pools` -> its policy (pools not named use `reserve`)."""
+    """Pool spec as written in `pools` -> its policy."""
+
+    @property
+    def reserve(self) -> Reserve:
+        return self.defaults.reserve
 
     def policy(self, spec: "PoolSpec | str") -> PoolPolicy:
-        return self.pool_options.get(str(spec)) or PoolPolicy(reserve=self.reserve)
+        return self.pool_options.get(str(spec)) or self.defaults
 
 
 BACKENDS = ("auto", "overlay", "btrfs", "zfs")
@@ -146,9 +178,14 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_key": str,
     "request_timeout": (int, float),
     "reserve": (int, str),
+    "reserve_inodes": (int, str),
+    "max_snapshots_per_container": int,
+    "max_snapshots_per_project": int,
     "pool_options": dict,
 }
-POOL_OPTION_KEYS = ("reserve", "pre_restore", "post_restore", "hook_timeout")
+LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project")
+"""Keys set globally and overridable per pool."""
+POOL_OPTION_KEYS = (*LIMIT_KEYS, "pre_restore", "post_restore", "hook_timeout")
 
 
 def parse_pool(value: str, where: str) -> PoolSpec:
@@ -237,11 +274,10 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
     if merged.get("tls_cert"):
         cfg.tls_cert, cfg.tls_key = Path(merged["tls_cert"]), Path(merged["tls_key"])
     cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]
-    if "reserve" in merged:
-        cfg.reserve = parse_reserve(merged["reserve"], f"{source}: reserve")
+    cfg.defaults = _limits(merged, PoolPolicy(), f"{source}: ")
     cfg.pool_options = {
         str(parse_pool(spec, f"{source}: pool_options")): _pool_policy(
-            opts, cfg.reserve, f"{source}: pool_options.{spec!r}")
+            opts, cfg.defaults, f"{source}: pool_options.{spec!r}")
         for spec, opts in (merged.get("pool_options") or {}).items()
     }
     return cfg
@@ -255,7 +291,20 @@ def _argv(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _pool_policy(opts: object, reserve: Reserve, where: str) -> PoolPolicy:
+def _limits(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolicy:
+    """`base` with the reserves and snapshot limits `values` sets (LIMIT_KEYS)."""
+    changes: dict[str, Any] = {}
+    if "reserve" in values:
+        changes["reserve"] = parse_reserve(values["reserve"], f"{where}reserve")
+    if "reserve_inodes" in values:
+        changes["reserve_inodes"] = parse_reserve(values["reserve_inodes"], f"{where}reserve_inodes", "inodes")
+    for key in ("max_snapshots_per_container", "max_snapshots_per_project"):
+        if key in values:
+            changes[key] = parse_limit(values[key], f"{where}{key}")
+    return replace(base, **changes)
+
+
+def _pool_policy(opts: object, defaults: PoolPolicy, where: str) -> PoolPolicy:
     if not isinstance(opts, dict):
         raise ConfigError(f"{where}: must be a table with keys {', '.join(POOL_OPTION_KEYS)}")
     unknown = set(opts) - set(POOL_OPTION_KEYS)
@@ -265,8 +314,8 @@ def _pool_policy(opts: object, reserve: Reserve, where: str) -> PoolPolicy:
     timeout = opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
         raise ConfigError(f"{where}: hook_timeout must be a number of seconds from 0 to 3600")
-    return PoolPolicy(
-        reserve=parse_reserve(opts["reserve"], f"{where}.reserve") if "reserve" in opts else reserve,
+    return replace(
+        _limits(opts, defaults, f"{where}."),
         pre_restore=_argv(opts["pre_restore"], f"{where}.pre_restore") if "pre_restore" in opts else (),
         post_restore=_argv(opts["post_restore"], f"{where}.post_restore") if "post_restore" in opts else (),
         hook_timeout=float(timeout),
@@ -289,7 +338,7 @@ def check(cfg: Config) -> None:
         if path is not None and not path.is_file():
             raise ConfigError(f"TLS file {path} does not exist")
     _writable_dir(cfg.socket.parent, "socket directory")
-    _writable_dir(cfg.state_dir, "state_dir")
+    _writable_dir(cfg.state_dir, "state_dir", mode=0o700)  # token hashes: the daemon's alone
 
 
 def _no_overlapping_pools(pools: list[PoolSpec]) -> None:
@@ -306,9 +355,9 @@ def _no_overlapping_pools(pools: list[PoolSpec]) -> None:
         seen.append((key, pool))
 
 
-def _writable_dir(path: Path, what: str) -> None:
+def _writable_dir(path: Path, what: str, mode: int = 0o755) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o755)
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):

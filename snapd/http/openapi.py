@@ -205,15 +205,29 @@ SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
     "uptime_s": {"type": "number", "minimum": 0},
     "pools": {"type": "array", "items": {
         "type": "object",
-        "required": ["pool", "spec", "kind", "root", "free_bytes", "snapshots", "bytes"],
+        "required": ["pool", "spec", "kind", "root", "free_bytes", "free_inodes", "snapshots", "bytes",
+                     "limits"],
         "properties": {
             "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"type": "string"},
             "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
+            "free_inodes": {"type": ["integer", "null"],
+                            "description": "null where inodes are dynamic (btrfs) or not known"},
             "snapshots": {"type": "integer"}, "bytes": {"type": "integer"},
             "problems": {"type": "array", "items": {"type": "string"},
                          "description": "What the pool holds that the backend could not read "
                                         "(e.g. a ZFS property value set by hand with a newline); "
                                         "skipped, not fatal."},
+            "limits": {
+                "type": "object",
+                "description": "What a create must leave free, and snapshot counts (0: no limit)",
+                "required": ["reserve", "reserve_inodes", "max_snapshots_per_container",
+                             "max_snapshots_per_project"],
+                "properties": {
+                    "reserve": {"type": "string"}, "reserve_inodes": {"type": "string"},
+                    "max_snapshots_per_container": {"type": "integer", "minimum": 0},
+                    "max_snapshots_per_project": {"type": "integer", "minimum": 0},
+                },
+            },
         },
     }},
     "snapshots_total": {"type": "integer", "minimum": 0},
@@ -239,7 +253,7 @@ ERROR_TEXT = {
     409: "The container is in use or cannot be changed now",
     413: "Request body over 64 KiB",
     500: "An unexpected error occurred",
-    507: "The pool has no room",
+    507: "The pool has no room (free space or inode reserve), or a snapshot count limit is reached",
 }
 
 
