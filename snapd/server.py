@@ -107,9 +107,20 @@ def bind_unix(path: Path, group: str | None = None) -> socket.socket:
     return sock
 
 
-async def open_backend(spec: PoolSpec) -> Backend:
+def set_layout(backend: Backend, layout: str, key: str) -> None:
+    """Give a backend its pool's `layout` setting (which only overlay pools take)."""
+    if backend.kind != "overlay" and layout != "auto":
+        raise ConfigError(f"pool_options.{key!r}: layout applies to overlay pools only "
+                          f"(this pool is {backend.kind})")
+    backend.layout = layout
+
+
+async def open_backend(spec: PoolSpec, layout: str = "auto") -> Backend:
+    """Make and open the backend of a pool; its layout setting is given before open()
+    and the start-up recovery, which decide by it."""
     try:
         backend = make_backend(spec.backend, spec.root)
+        set_layout(backend, layout, str(spec))
         await backend.open()
     except PoolError as exc:
         raise ConfigError(f"pool {spec}: {exc}") from None
@@ -276,7 +287,7 @@ class Daemon:
         systemd.status("opening pools and reconciling them with the store")
         for spec in self.cfg.pools:
             systemd.extend_timeout(STARTUP_STEP)
-            self.backends[str(spec)] = await open_backend(spec)
+            self.backends[str(spec)] = await open_backend(spec, self.cfg.policy(spec).layout)
         # Interrupted operations first (the journal says which way each goes), then
         # the disk-vs-store reconcile; both before any listener.
         systemd.extend_timeout(STARTUP_STEP)
@@ -356,9 +367,13 @@ class Daemon:
         await self.stop()
 
     def _apply_policies(self, cfg: Config) -> None:
-        """Per-pool reserve and restore hooks, keyed as the service sees pools."""
+        """Per-pool reserve and restore hooks, keyed as the service sees pools; the
+        layout setting goes to the backend (overlay pools only)."""
+        policies = {key: cfg.policy(key) for key in self.backends}
+        for key, backend in self.backends.items():
+            set_layout(backend, policies[key].layout, key)
         self.service.default_policy = cfg.policy("")
-        self.service.policies = {b.describe(): cfg.policy(key) for key, b in self.backends.items()}
+        self.service.policies = {b.describe(): policies[key] for key, b in self.backends.items()}
 
     # -- reload ------------------------------------------------------------------------
 
@@ -380,7 +395,7 @@ class Daemon:
             for new_key, old_key in renamed.items():
                 self.backends[new_key] = self.backends.pop(old_key)
             added = [spec for spec in new.pools if str(spec) not in self.backends]
-            opened = {str(spec): await open_backend(spec) for spec in added}
+            opened = {str(spec): await open_backend(spec, new.policy(spec).layout) for spec in added}
             try:
                 await self.listeners.apply(new)  # type: ignore[union-attr]
             except BaseException:

@@ -40,8 +40,8 @@ def test_everything_a_rootfs_holds_survives_snapshot_and_restore(overlay_daemon)
     cid = new_cid()
     build_rootfs(pool / cid)
     os.setxattr(pool / cid, PROJECT_XATTR, b"proj-a")
-    before = digest(pool / cid)
     name = create(d, cid)
+    before = digest(pool / cid)  # after the first snapshot, which records the layout label
     from backends.overlay import COPY_STARTED_XATTR, SNAPSHOT_TAGS
 
     snap = pool / ".snapshots" / cid / name
