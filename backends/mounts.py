@@ -79,6 +79,13 @@ def mounts_under(path: str | os.PathLike[str], mountinfo: str = MOUNTINFO) -> li
                    if m.mountpoint.startswith(prefix) and m.mountpoint != real})
 
 
+def is_mount_point(path: str | os.PathLike[str], mountinfo: str = MOUNTINFO) -> bool:
+    """Whether something is mounted at `path` (resolved with realpath).  Unlike
+    os.path.ismount this sees a bind mount of a directory of the same filesystem."""
+    real = os.path.realpath(path)
+    return any(m.mountpoint == real for m in mount_table(mountinfo))
+
+
 def refuse_mounts(cid: str, root: str | os.PathLike[str]) -> None:
     """Raise ContainerBusy (409) listing every mount beneath `root`, the tree a restore replaces.
 

@@ -334,7 +334,7 @@ class OverlayBackend(Backend):
         Mounts are looked for in the tree that is replaced (a mount at or under
         `target`); processes anywhere in the container directory, whatever its layout.
         """
-        if os.path.ismount(target):
+        if mounts.is_mount_point(target):
             what = "the container directory" if target == container else f"{target.name}/"
             raise ContainerBusy(
                 f"cannot restore container {cid}: {what} is a mount point and cannot be swapped",
