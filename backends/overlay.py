@@ -206,7 +206,7 @@ class OverlayBackend(Backend):
             await asyncio.to_thread(self._sweep_container, cid)
 
     def _sweep_container(self, cid: str) -> None:
-        if self._layout(cid)[0] != "overlay":
+        if not fsops.is_real_dir(self._container(cid)) or self._layout(cid)[0] != "overlay":
             return  # a plain container's root is the container's own data: never swept
         container = self._container(cid)
         try:
