@@ -26,6 +26,13 @@ CAP_SYS_ADMIN in the host's user namespace, so the daemon (root) keeps the
 label there; only a daemon running as a normal user (`--dev`) uses `user.*`.
 """
 
+LAYOUT_XATTR = PROJECT_XATTR.replace(".project", ".layout")
+"""Extended attribute holding a directory container's layout, "overlay" or "whole"
+(overlay pools): set by an admin or recorded at the first snapshot, never inferred
+again.  `trusted.*` for the same reason as PROJECT_XATTR."""
+LAYOUTS = ("overlay", "whole")
+"""What a snapshot of a directory container captures: `upper/` only, or the whole tree."""
+
 PROJECT_PROPERTY = "container-snapd:project"
 """ZFS user property holding a dataset container's project label."""
 
@@ -99,6 +106,10 @@ class Backend(abc.ABC):
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self.layout = "auto"
+        """Pool setting (config `layout`): the layout of containers without a label,
+        one of LAYOUTS, or "auto" (decided at a container's first snapshot).
+        Only overlay pools have a choice; the others capture the whole container."""
 
     async def open(self) -> None:
         """Check the root is usable (raise PoolError if not) and sweep leftovers."""
@@ -117,6 +128,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def set_project(self, cid: str, project: str | None) -> None:
         """Set (or with None, remove) the container's project label."""
+
+    async def get_layout(self, cid: str) -> tuple[str, str | None]:
+        """What a snapshot of `cid` captures (one of LAYOUTS) and the container's layout
+        label (None when it has none)."""
+        return "whole", None
+
+    async def set_layout(self, cid: str, layout: str | None) -> None:
+        """Label the container with `layout` (one of LAYOUTS; None removes the label)."""
+        raise ContainerBusy(
+            f"a {self.kind} container is always captured whole: layout labels apply to overlay pools only",
+            [{"field": "layout", "reason": f"container {cid} is in {self.kind} pool {self.root}"}],
+        )
 
     @abc.abstractmethod
     async def create(

@@ -60,7 +60,7 @@ import threading
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import fsops, inuse
+from . import fsops, inuse, mounts
 from .base import (
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
@@ -287,20 +287,22 @@ class BtrfsBackend(Backend):
     def _refuse_mounted(self, cid: str, cfd: int) -> None:
         """A mounted container is in use: swapping would pull it from under its users."""
         try:
-            mounts = ioc.mounts_of(cfd)
+            places = ioc.mounts_of(cfd)
         except OSError as e:
             log.debug("cannot read mounts: %s", e)
             return
-        if mounts:
+        if places:
             raise ContainerBusy(
-                f"cannot restore container {cid}: it is mounted at {', '.join(mounts)} "
+                f"cannot restore container {cid}: it is mounted at {', '.join(places)} "
                 "(running?); stop it first",
-                [{"field": "container", "reason": f"mounted at {m}"} for m in mounts],
+                [{"field": "container", "reason": f"mounted at {m}"} for m in places],
             )
 
     def _refuse_held(self, cid: str, cpath: str) -> None:
-        """A process holding a file of the container would keep the old data alive
-        and see none of the restore: refuse while anyone does."""
+        """A mount inside the container would go with the old subvolume, and a process
+        holding a file of it would keep the old data alive and see none of the
+        restore: refuse while there is either."""
+        mounts.refuse_mounts(cid, cpath)
         inuse.refuse_held(cid, [cpath], ContainerBusy, log=log)
 
     # -- create ------------------------------------------------------------
@@ -398,6 +400,7 @@ class BtrfsBackend(Backend):
             with _Fd(cpath) as cfd:
                 self._refuse_nested(cid, cfd, "restore")
                 self._refuse_mounted(cid, cfd)
+            mounts.refuse_mounts(cid, cpath)
             self._writable_copy(spath, tfd, tmpname)
             try:
                 _set_label(tmppath, _get_label(cpath))

@@ -13,10 +13,11 @@ import errno
 import fcntl
 import os
 import platform
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from . import mounts
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 FIRST_FREE_OBJECTID = 256
@@ -205,31 +206,27 @@ def qgroup_exclusive(fd: int, subvolid: int | None = None) -> dict[int, int]:
     return out
 
 
-def mounts_of(fd: int, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+def mounts_of(fd: int, mountinfo: str = mounts.MOUNTINFO) -> list[str]:
     """Mount points (in this mount namespace) showing the subvolume of `fd`."""
     me = subvol_info(fd)
     out = []
-    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields = post.split()
-            if len(fields) < 3 or fields[0] != "btrfs":
-                continue
-            opts = dict(o.partition("=")[::2] for o in fields[2].split(","))
-            if opts.get("subvolid") != str(me.treeid):
-                continue
-            mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), pre.split()[4])
-            try:
-                mfd = open_dir(mp)
-            except OSError:
-                continue
-            try:
-                if subvol_info(mfd).uuid == me.uuid:
-                    out.append(mp)
-            except OSError:
-                pass
-            finally:
-                os.close(mfd)
+    for m in mounts.mount_table(mountinfo):
+        if m.fstype != "btrfs":
+            continue
+        opts = dict(o.partition("=")[::2] for o in m.super_options.split(","))
+        if opts.get("subvolid") != str(me.treeid):
+            continue
+        try:
+            mfd = open_dir(m.mountpoint)
+        except OSError:
+            continue
+        try:
+            if subvol_info(mfd).uuid == me.uuid:
+                out.append(m.mountpoint)
+        except OSError:
+            pass
+        finally:
+            os.close(mfd)
     return out
 
 

@@ -25,6 +25,8 @@ import os
 
 import psutil
 
+from . import mounts
+
 _MAX_DEPTH = 256
 
 
@@ -82,18 +84,14 @@ def _superblock_dev(real: str) -> tuple[int, int] | None:
     """
     best: tuple[int, tuple[int, int]] | None = None
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 5:
-                    continue
-                mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-                if real == mp or real.startswith(mp.rstrip("/") + "/"):
-                    major, _, minor = fields[2].partition(":")
-                    if best is None or len(mp) >= best[0]:
-                        best = (len(mp), (int(major), int(minor)))
-    except (OSError, ValueError):
+        table = mounts.mount_table()
+    except OSError:
         return None
+    for m in table:
+        mp = m.mountpoint
+        if real == mp or real.startswith(mp.rstrip("/") + "/"):
+            if best is None or len(mp) >= best[0]:
+                best = (len(mp), m.dev)
     return best[1] if best else None
 
 

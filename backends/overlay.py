@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import os
 import re
 import secrets
@@ -33,8 +34,10 @@ from pathlib import Path
 
 from backends import faults
 
-from . import fsops, inuse, treecopy
+from . import fsops, inuse, mounts, treecopy
 from .base import (
+    LAYOUT_XATTR,
+    LAYOUTS,
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
     Backend,
@@ -107,14 +110,53 @@ class OverlayBackend(Backend):
     def _container(self, cid: str) -> Path:
         return self.path / cid
 
-    def _captured(self, cid: str) -> Path:
+    def _captured(self, cid: str, layout: str) -> Path:
         """The tree a snapshot holds: upper/ of an overlay container, else the container."""
         c = self._container(cid)
-        return c / "upper" if self._is_overlay(cid) else c
+        return c / "upper" if layout == "overlay" else c
 
-    def _is_overlay(self, cid: str) -> bool:
-        c = self._container(cid)
-        return fsops.is_real_dir(c / "upper") and fsops.is_real_dir(c / "work")
+    def _layout(self, cid: str, *, record: bool = False) -> tuple[str, str | None]:
+        """The container's layout (one of LAYOUTS) and its label, decided by the host.
+
+        The label (set by an admin, or recorded at the first snapshot) wins; then
+        the pool's `layout` setting; under "auto" what the container's oldest
+        snapshot captured (written by the daemon, out of the container's reach);
+        only for a container never snapshotted, upper/ and work/ present means
+        overlay.  With `record`, an "auto" decision is written as the label, so
+        entries the container makes later change nothing.
+        """
+        container = self._container(cid)
+        label = fsops.get_xattr(container, LAYOUT_XATTR)
+        if label in LAYOUTS:
+            return label, label
+        if self.layout in LAYOUTS:
+            return self.layout, None
+        oldest = min(self._names(cid), key=_name_key, default=None)
+        captured = fsops.get_xattr(self._snapshot(cid, oldest), CAPTURED_XATTR) if oldest else None
+        if captured in ("upper", "whole"):
+            decided = "overlay" if captured == "upper" else "whole"
+        else:
+            overlay = fsops.is_real_dir(container / "upper") and fsops.is_real_dir(container / "work")
+            decided = "overlay" if overlay else "whole"
+        if not record:
+            return decided, None
+        try:
+            fsops.set_xattr(container, LAYOUT_XATTR, decided)
+        except OSError as e:
+            if e.errno != errno.ENOTSUP:
+                raise
+            return decided, None  # no xattrs here: the oldest snapshot's tag decides
+        return decided, decided
+
+    def _source(self, cid: str, layout: str) -> Path:
+        """The captured tree, which for an overlay container must be upper/ itself."""
+        source = self._captured(cid, layout)
+        if not fsops.is_real_dir(source):
+            raise ContainerBusy(
+                f"container {cid} has the overlay layout but no upper/ directory",
+                [{"field": "container", "reason": "layout overlay, upper/ missing"}],
+            )
+        return source
 
     def _snapshot(self, cid: str, name: str) -> Path:
         return self.snapdir / cid / name
@@ -144,6 +186,12 @@ class OverlayBackend(Backend):
     async def set_project(self, cid: str, project: str | None) -> None:
         await asyncio.to_thread(fsops.set_xattr, self._container(cid), PROJECT_XATTR, project)
 
+    async def get_layout(self, cid: str) -> tuple[str, str | None]:
+        return await asyncio.to_thread(self._layout, cid)
+
+    async def set_layout(self, cid: str, layout: str | None) -> None:
+        await asyncio.to_thread(fsops.set_xattr, self._container(cid), LAYOUT_XATTR, layout)
+
     async def free_bytes(self) -> int | None:
         return await asyncio.to_thread(fsops.free_bytes, self.path)
 
@@ -166,7 +214,7 @@ class OverlayBackend(Backend):
             await asyncio.to_thread(self._sweep_container, cid)
 
     def _sweep_container(self, cid: str) -> None:
-        if not self._is_overlay(cid):
+        if not fsops.is_real_dir(self._container(cid)) or self._layout(cid)[0] != "overlay":
             return  # a plain container's root is the container's own data: never swept
         container = self._container(cid)
         try:
@@ -203,15 +251,16 @@ class OverlayBackend(Backend):
             raise BackendError(f"snapshot {name} already exists on disk")
         previous = self._latest(cid)
         since = _copy_started(previous) if previous is not None else None
+        layout, _ = self._layout(cid, record=True)
+        source = self._source(cid, layout)
         scratch = self._scratch(f"create-{cid}")
-        source = self._captured(cid)
         started = time.time_ns()
         try:
             stats = treecopy.copy_tree(source, scratch,
                                        link_dest=previous if since is not None else None,
                                        unchanged_since_ns=since)
             _tag(scratch, COPY_STARTED_XATTR, str(started))
-            _tag(scratch, CAPTURED_XATTR, "whole" if source == self._container(cid) else "upper")
+            _tag(scratch, CAPTURED_XATTR, "upper" if layout == "overlay" else "whole")
             fsops.syncfs(self.tmpdir)
             faults.point("overlay.create.after-copy")
             (self.snapdir / cid).mkdir(mode=0o700, exist_ok=True)
@@ -242,31 +291,27 @@ class OverlayBackend(Backend):
         source = self._snapshot(cid, name)
         if not fsops.is_real_dir(source):
             raise SnapshotNotFound(name)
-        target = self._captured(cid)
-        layout = "upper" if target != container else "whole"
+        layout, _ = self._layout(cid, record=True)
         captured = fsops.get_xattr(source, CAPTURED_XATTR)
-        if captured is not None and captured != layout:
+        wanted = "upper" if layout == "overlay" else "whole"
+        if captured is not None and captured != wanted:
             raise ContainerBusy(
                 f"the container's layout changed since the snapshot: it captured "
                 f"{'the overlay upper layer' if captured == 'upper' else 'the whole directory'}, "
-                f"the container is now {'an overlay container' if layout == 'upper' else 'a plain directory'}",
-                [{"field": "container", "reason": f"snapshot layout {captured}, container layout {layout}"}],
+                f"the container is now {'an overlay container' if layout == 'overlay' else 'a plain directory'}",
+                [{"field": "container", "reason": f"snapshot layout {captured}, container layout {wanted}"}],
             )
+        target = self._source(cid, layout)
         merged = container / "merged"
-        if target != container and os.path.ismount(merged):
+        if layout == "overlay" and os.path.ismount(merged):
             details = [{"field": "container", "reason": f"{merged} is a mount point"}]
             try:
-                inuse.refuse_held(cid, [str(merged), str(target)], ContainerBusy)
+                inuse.refuse_held(cid, [str(merged), str(container)], ContainerBusy)
             except ContainerBusy as busy:
                 details += busy.details
             raise ContainerBusy(
                 "the container's overlay is mounted; unmount it before restoring", details)
-        if target == container and os.path.ismount(container):
-            raise ContainerBusy(
-                "the container directory is a mount point and cannot be swapped",
-                [{"field": "container", "reason": f"{container} is a mount point"}],
-            )
-        inuse.refuse_held(cid, [str(target)], ContainerBusy)  # before the copy: fail fast
+        self._refuse_busy(cid, container, target)  # before the copy: fail fast
         build = self._scratch(f"restore-{cid}")
         if os.lstat(target).st_dev != os.lstat(self.tmpdir).st_dev:
             build = target.parent / f"{RESTORE_PREFIX}{secrets.token_hex(6)}"
@@ -276,10 +321,11 @@ class OverlayBackend(Backend):
             for tag in SNAPSHOT_TAGS:
                 fsops.set_xattr(build, tag, None)
             if target == container:
-                fsops.set_xattr(build, PROJECT_XATTR, fsops.get_xattr(container, PROJECT_XATTR))
+                for label in (PROJECT_XATTR, LAYOUT_XATTR):  # the container's, not the snapshot's
+                    fsops.set_xattr(build, label, fsops.get_xattr(container, label))
             fsops.syncfs(build)
             faults.point("overlay.restore.after-copy")
-            inuse.refuse_held(cid, [str(target)], ContainerBusy)  # again, just before the swap
+            self._refuse_busy(cid, container, target)  # again, just before the swap
             fsops.exchange(build, target)
             fsops.fsync_dir(target.parent)
             faults.point("overlay.restore.after-exchange")
@@ -288,6 +334,22 @@ class OverlayBackend(Backend):
                 shutil.rmtree(build, ignore_errors=True)
             raise
         shutil.rmtree(build)
+
+    @staticmethod
+    def _refuse_busy(cid: str, container: Path, target: Path) -> None:
+        """409 when the swap of `target` would pull a mount or a process's files away.
+
+        Mounts are looked for in the tree that is replaced (a mount at or under
+        `target`); processes anywhere in the container directory, whatever its layout.
+        """
+        if mounts.is_mount_point(target):
+            what = "the container directory" if target == container else f"{target.name}/"
+            raise ContainerBusy(
+                f"cannot restore container {cid}: {what} is a mount point and cannot be swapped",
+                [{"field": "container", "reason": "mount at /" + ("" if target == container else target.name)}],
+            )
+        mounts.refuse_mounts(cid, target)
+        inuse.refuse_held(cid, [str(container)], ContainerBusy)
 
     # -- delete --------------------------------------------------------------
 

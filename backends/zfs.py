@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from backends import faults
 
-from . import inuse
+from . import inuse, mounts
 from .base import (
     PROJECT_PROPERTY,
     Backend,
@@ -289,14 +289,21 @@ class ZfsBackend(Backend):
             await self._repair(cid)
             await self._gc(cid)
 
-    async def _refuse_held(self, cid: str) -> None:
-        """Processes with their cwd, root or open files in the mounted container: 409."""
+    async def _refuse_busy(self, cid: str) -> None:
+        """409 when the mounted container has filesystems mounted inside it (a rollback
+        or swap would replace the tree under them) or processes with their cwd, root or
+        open files in it."""
         ds = self._ds(cid)
         got = await self.zfs.get(["mounted", "mountpoint"], [ds], check=False)
         props = got.get(ds, {})
         if props.get("mounted") != "yes" or not props.get("mountpoint", "").startswith("/"):
             return
-        await asyncio.to_thread(inuse.refuse_held, cid, [props["mountpoint"]], ContainerBusy, log=log)
+
+        def check(mountpoint: str) -> None:
+            mounts.refuse_mounts(cid, mountpoint)
+            inuse.refuse_held(cid, [mountpoint], ContainerBusy, log=log)
+
+        await asyncio.to_thread(check, props["mountpoint"])
 
     # -- containers ---------------------------------------------------------
 
@@ -434,7 +441,7 @@ class ZfsBackend(Backend):
             await self._repair(cid)
             scan = await self._scan(cid, fresh=True)
         target = self._locate(scan, cid, snap)
-        await self._refuse_held(cid)
+        await self._refuse_busy(cid)
         passed = {r.name: r.ref for r in [snap, *others]}
         before = {n: s.name for n, s in scan.visible(cid).items()}
         self._invalidate(cid)
@@ -463,6 +470,7 @@ class ZfsBackend(Backend):
             await self.zfs.zfs("clone", *opts, target, temp)
             await self.zfs.zfs("promote", temp)
             faults.point("zfs.restore.after-clone")
+            await self._refuse_busy(cid)  # again, just before the swap
             if pending["mounted"]:
                 await self.zfs.zfs("unmount", ds)
             await self.zfs.zfs("set", "canmount=off", ds)

@@ -43,10 +43,8 @@ from snapd.http.envelope import BODY_TIMEOUT
 from snapd.http.guard import BACKLOG, GuardedRunner
 from snapd.http.netwatch import InterfaceListener
 from snapd.core.reaper import Reaper
-from snapd.core.service import SnapshotService
 from snapd.core.state import State, StateError
 from snapd.host.systemd import ActivatedSockets
-from snapd.core.tokens import Tokens
 
 log = logging.getLogger("snapd.server")
 SHUTDOWN_TIMEOUT = 120.0
@@ -107,9 +105,25 @@ def bind_unix(path: Path, group: str | None = None) -> socket.socket:
     return sock
 
 
-async def open_backend(spec: PoolSpec) -> Backend:
+def check_layout(kind: str, layout: str, key: str) -> None:
+    """Only overlay pools take a `layout` setting other than auto."""
+    if kind != "overlay" and layout != "auto":
+        raise ConfigError(f"pool_options.{key!r}: layout applies to overlay pools only "
+                          f"(this pool is {kind})")
+
+
+def set_layout(backend: Backend, layout: str, key: str) -> None:
+    """Give a backend its pool's `layout` setting."""
+    check_layout(backend.kind, layout, key)
+    backend.layout = layout
+
+
+async def open_backend(spec: PoolSpec, layout: str = "auto") -> Backend:
+    """Make and open the backend of a pool; its layout setting is given before open()
+    and the start-up recovery, which decide by it."""
     try:
         backend = make_backend(spec.backend, spec.root)
+        set_layout(backend, layout, str(spec))
         await backend.open()
     except PoolError as exc:
         raise ConfigError(f"pool {spec}: {exc}") from None
@@ -276,7 +290,7 @@ class Daemon:
         systemd.status("opening pools and reconciling them with the store")
         for spec in self.cfg.pools:
             systemd.extend_timeout(STARTUP_STEP)
-            self.backends[str(spec)] = await open_backend(spec)
+            self.backends[str(spec)] = await open_backend(spec, self.cfg.policy(spec).layout)
         self.service = self.state.service(list(self.backends.values()), self.clock, self.metrics)
         self._serve_pools(self.cfg)
         # Interrupted operations first (the journal says which way each goes), then
@@ -352,9 +366,13 @@ class Daemon:
         await self.stop()
 
     def _serve_pools(self, cfg: Config) -> None:
-        """The open pools, each with its reserves, snapshot limits and restore hooks, to the service."""
+        """The open pools, each with its reserves, snapshot limits and restore hooks, to the
+        service; the layout setting goes to the backend (overlay pools only)."""
+        policies = {key: cfg.policy(key) for key in self.backends}
+        for key, backend in self.backends.items():
+            set_layout(backend, policies[key].layout, key)
         self.service.set_pools(list(self.backends.values()),  # type: ignore[union-attr]
-                               {b.describe(): cfg.policy(key) for key, b in self.backends.items()},
+                               {b.describe(): policies[key] for key, b in self.backends.items()},
                                cfg.policy(""))
 
     # -- reload ------------------------------------------------------------------------
@@ -369,6 +387,11 @@ class Daemon:
             if new.state_dir != self.cfg.state_dir:
                 raise ConfigError("state_dir cannot change on reload; restart the daemon")
             wanted = {str(p) for p in new.pools}
+            for spec in new.pools:  # before anything changes: the settings of pools kept open
+                kept = self.backends.get(str(spec)) or next(
+                    (b for b in self.backends.values() if b.root == spec.root), None)
+                if kept is not None:
+                    check_layout(kept.kind, new.policy(spec).layout, str(spec))
             # A pool whose spec was only respelled (auto:/x -> overlay:/x) keeps its open
             # backend: opening it again would sweep scratch space under work in flight.
             by_root = {b.root: key for key, b in self.backends.items() if key not in wanted}
@@ -377,7 +400,7 @@ class Daemon:
             for new_key, old_key in renamed.items():
                 self.backends[new_key] = self.backends.pop(old_key)
             added = [spec for spec in new.pools if str(spec) not in self.backends]
-            opened = {str(spec): await open_backend(spec) for spec in added}
+            opened = {str(spec): await open_backend(spec, new.policy(spec).layout) for spec in added}
             try:
                 await self.listeners.apply(new)  # type: ignore[union-attr]
             except BaseException:

@@ -121,3 +121,17 @@ def test_admin_commands_tokens_and_projects(env, cid: str) -> None:
     assert snapd(d, "token", "create").returncode == 2  # neither --project nor --admin
     assert snapd(d, "container", "set-project", cid, "--clear").returncode == 0
     assert "project_id: -" in snapd(d, "container", "show", cid).stdout
+
+
+def test_container_set_layout(env, cid: str) -> None:
+    d, pool = env
+    (pool / cid / "upper").mkdir()
+    (pool / cid / "work").mkdir()
+    assert "layout: overlay\nlayout_label: -" in snapd(d, "container", "show", cid).stdout
+    out = snapd(d, "container", "set-layout", cid, "whole")
+    assert out.returncode == 0 and "layout: whole\nlayout_label: whole" in out.stdout, out.stderr
+    assert "layout_label: whole" in snapd(d, "container", "show", cid).stdout
+    assert snapd(d, "container", "set-layout", cid, "upper").returncode == 2  # not a layout
+    assert snapd(d, "container", "set-layout", cid).returncode == 2  # neither LAYOUT nor --clear
+    out = snapd(d, "container", "set-layout", cid, "--clear")
+    assert out.returncode == 0 and "layout_label: -" in out.stdout

@@ -222,3 +222,24 @@ def test_reserve_parsing() -> None:
     for bad in ("1k", "1GiB", "1.5", "5%,6%", "-3"):
         with pytest.raises(ConfigError):
             parse_reserve(bad, "x", "inodes")
+
+
+def test_layout_setting(pool: PoolHarness, tmp_path: Path) -> None:
+    """`layout` is an overlay pool's setting: a value other than auto elsewhere stops start-up."""
+    from snapd.host.config import ConfigError, build
+
+    for bad in ("upper", "", 1):
+        with pytest.raises(ConfigError, match="layout must be one of auto, overlay, whole"):
+            build({"pool_options": {pool.spec: {"layout": bad}}}, {})
+    config = f'[pool_options."{pool.spec}"]\nlayout = "whole"\n'
+    if pool.kind == "overlay":
+        with running(tmp_path / "d", [pool.spec], config) as d:
+            assert d.unix.get("/api/v1/admin/status").status == 200
+        return
+    (tmp_path / "config.toml").write_text(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "snapd", "serve", "--socket", str(tmp_path / "api.sock"),
+         "--state-dir", str(tmp_path / "state"), "--pool", pool.spec, "--config", str(tmp_path / "config.toml")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert "layout applies to overlay pools only" in result.stderr and "Traceback" not in result.stderr

@@ -375,6 +375,15 @@ def cmd_container_set_project(args: argparse.Namespace) -> int:
                     {"project": args.project})
 
 
+def cmd_container_set_layout(args: argparse.Namespace) -> int:
+    if args.clear == (args.layout is not None):
+        print("snapd container set-layout: give either LAYOUT or --clear", file=sys.stderr)
+        return 2
+    args.render = _container_text
+    return _request(args, "PUT", f"{ADMIN}/containers/{quote(args.id, safe='')}/layout",
+                    {"layout": args.layout})
+
+
 def _reconcile_text(d: dict) -> str:
     verb = "would" if d["dry_run"] else "did"
     lines = ["dry run: nothing changed" if d["dry_run"] else "reconcile applied"]
@@ -541,8 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "snapd token revoke 3f9a1c0d2b7e")
     tr.add_argument("token_id", help="the token's id (from `snapd token list`)")
 
-    container = group("container", "container project labels (admin only)")
-    cs = admin_cmd(container, "show", "show a container's pool, backend, project and snapshot count",
+    container = group("container", "container project and layout labels (admin only)")
+    cs = admin_cmd(container, "show", "show a container's pool, backend, project, layout and snapshot count",
                    cmd_container_show, f"snapd container show {cid}")
     cs.add_argument("id", help="container id")
     cp = admin_cmd(container, "set-project", "label a container with its project", cmd_container_set_project,
@@ -550,6 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("id", help="container id")
     cp.add_argument("project", nargs="?", help="project label")
     cp.add_argument("--clear", action="store_true", help="remove the label")
+    cl = admin_cmd(container, "set-layout", "fix what a snapshot of a directory container captures: "
+                   "overlay (its upper/ only) or whole (overlay pools)", cmd_container_set_layout,
+                   f"snapd container set-layout {cid} whole", f"snapd container set-layout {cid} --clear")
+    cl.add_argument("id", help="container id")
+    cl.add_argument("layout", nargs="?", choices=("overlay", "whole"), help="the layout")
+    cl.add_argument("--clear", action="store_true",
+                    help="remove the label (the pool's layout setting decides again)")
 
     expiry = group("expiry", "what the reaper will delete (admin only)")
     ep = admin_cmd(expiry, "plan", "list the snapshots that expire in the next N hours, earliest first "

@@ -525,6 +525,21 @@ class SnapshotService:
 
         return await self._mutate(cid, op)
 
+    async def set_layout(self, cid: str, layout: str | None) -> Container:
+        """Label the container with `layout` (overlay pools; None removes the label)."""
+
+        async def op() -> Container:
+            container = await self.find(cid)
+            await self._run("set-layout", container.backend, cid, None,
+                            container.backend.set_layout(cid, layout))
+            return container
+
+        return await self._mutate(cid, op)
+
+    async def layout(self, container: Container) -> tuple[str, str | None]:
+        """What a snapshot of the container captures, and its layout label (or None)."""
+        return await _map_errors(container.backend.get_layout(container.id), f"layout of {container.id}")
+
     async def _delete_rows(
         self, backend: Backend, cid: str, rows: list[SnapshotRow]
     ) -> dict[str, BackendError | None]:

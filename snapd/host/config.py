@@ -135,6 +135,9 @@ class PoolPolicy:
     post_restore: tuple[str, ...] = ()
     """argv run after a restore (also a failed one, once pre_restore ran); failure is logged."""
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    layout: str = "auto"
+    """Overlay pools: what a snapshot of a container without a layout label captures:
+    "overlay" (upper/), "whole", or "auto" (decided at its first snapshot, then recorded)."""
 
 
 @dataclass
@@ -185,7 +188,8 @@ KEYS: dict[str, type | tuple[type, ...]] = {
 }
 LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project")
 """Keys set globally and overridable per pool."""
-POOL_OPTION_KEYS = (*LIMIT_KEYS, "pre_restore", "post_restore", "hook_timeout")
+POOL_OPTION_KEYS = (*LIMIT_KEYS, "pre_restore", "post_restore", "hook_timeout", "layout")
+POOL_LAYOUTS = ("auto", "overlay", "whole")
 
 
 def parse_pool(value: str, where: str) -> PoolSpec:
@@ -314,11 +318,15 @@ def _pool_policy(opts: object, defaults: PoolPolicy, where: str) -> PoolPolicy:
     timeout = opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
         raise ConfigError(f"{where}: hook_timeout must be a number of seconds from 0 to 3600")
+    layout = opts.get("layout", "auto")
+    if layout not in POOL_LAYOUTS:
+        raise ConfigError(f"{where}: layout must be one of {', '.join(POOL_LAYOUTS)}")
     return replace(
         _limits(opts, defaults, f"{where}."),
         pre_restore=_argv(opts["pre_restore"], f"{where}.pre_restore") if "pre_restore" in opts else (),
         post_restore=_argv(opts["post_restore"], f"{where}.post_restore") if "post_restore" in opts else (),
         hook_timeout=float(timeout),
+        layout=layout,
     )
 
 

@@ -23,12 +23,9 @@ import math
 import re
 import secrets
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
 
 from snapd.core.text import visible
 

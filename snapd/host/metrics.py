@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from aiohttp import web
 
 from prometheus_client import (
     CollectorRegistry,

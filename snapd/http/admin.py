@@ -11,14 +11,14 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from backends.base import LAYOUTS
+from snapd.core.errors import Conflict, NotFound, ServiceError
 from snapd.http.admin_expiry import add_expiry_routes
 from snapd.http.admin_reconcile import add_reconcile_routes
 from snapd.http.auth import AUTH_KEY, require_admin
 from snapd.http.envelope import ApiError, ok, read_body
-from snapd.core.errors import NotFound, ServiceError
 from snapd.http.keys import SERVICE_KEY
 from snapd.http.validation import (
-    MAX_ALIAS,
     MAX_EXPIRY_DAYS,
     InvalidInput,
     parse_body,
@@ -124,11 +124,17 @@ async def _container_json(request: web.Request, cid: str) -> dict[str, Any]:
         container = await service.find(cid)
     except NotFound:
         raise ApiError(404, "Container not found") from None
+    try:
+        layout, label = await service.layout(container)
+    except ServiceError as exc:
+        raise ApiError(500, "An unexpected error occurred", [{"field": "operation", "reason": exc.message}]) from None
     return {
         "container_id": cid,
         "project_id": container.project,
         "pool": container.pool,
         "backend": container.backend.kind,
+        "layout": layout,
+        "layout_label": label,
         "snapshot_count": service.count(cid),
     }
 
@@ -155,6 +161,26 @@ async def set_project(request: web.Request) -> web.Response:
     return ok("Container project updated successfully", await _container_json(request, cid))
 
 
+async def set_layout(request: web.Request) -> web.Response:
+    require_admin(request)
+    cid = _cid(request.match_info["id"])
+    body = _body(await read_body(request), {"layout"})
+    if "layout" not in body:
+        raise _invalid("layout", "required (null removes the label)")
+    layout = body["layout"]
+    if layout is not None and layout not in LAYOUTS:
+        raise _invalid("layout", f"must be one of {', '.join(LAYOUTS)}, or null to remove the label")
+    try:
+        await request.app[SERVICE_KEY].set_layout(cid, layout)
+    except NotFound:
+        raise ApiError(404, "Container not found") from None
+    except Conflict as exc:
+        raise ApiError(409, exc.message, exc.details) from None
+    except ServiceError as exc:
+        raise ApiError(500, "An unexpected error occurred", [{"field": "operation", "reason": exc.message}]) from None
+    return ok("Container layout updated successfully", await _container_json(request, cid))
+
+
 async def status(request: web.Request) -> web.Response:
     require_admin(request)
     report = request.app.get(STATUS_KEY)
@@ -170,5 +196,6 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_delete(f"{ADMIN}/tokens/{{token_id}}", revoke_token)
     app.router.add_get(f"{ADMIN}/containers/{{id}}", show_container, allow_head=False)
     app.router.add_put(f"{ADMIN}/containers/{{id}}/project", set_project)
+    app.router.add_put(f"{ADMIN}/containers/{{id}}/layout", set_layout)
     add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/admin_reconcile.py)
     add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/admin_expiry.py)

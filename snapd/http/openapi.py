@@ -186,6 +186,12 @@ SCHEMAS["ProjectBody"] = {
     "required": ["project"],
     "properties": {"project": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
 }
+SCHEMAS["LayoutBody"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["layout"],
+    "properties": {"layout": {"enum": ["overlay", "whole", None]}},
+}
 SCHEMAS["TokenCreated"] = _envelope(
     "Token created successfully",
     {"token": _ref("Token"), "secret": {"type": "string", "pattern": "^csd_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$"}},
@@ -197,6 +203,10 @@ SCHEMAS["TokenRevoked"] = _envelope("Token revoked successfully", {"token": _ref
 _CONTAINER_INFO = _container({
     "pool": {"type": "string"},
     "backend": {"enum": ["overlay", "btrfs", "zfs"]},
+    "layout": {"enum": ["overlay", "whole"],
+               "description": "what a snapshot captures: upper/ only (overlay) or the whole tree"},
+    "layout_label": {"enum": ["overlay", "whole", None],
+                     "description": "the container's layout label (overlay pools), null when unlabelled"},
     "snapshot_count": {"type": "integer", "minimum": 0},
 })
 SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
@@ -242,6 +252,7 @@ SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
 })
 SCHEMAS["ContainerInfo"] = _envelope("Container retrieved successfully", _CONTAINER_INFO)
 SCHEMAS["ContainerProject"] = _envelope("Container project updated successfully", _CONTAINER_INFO)
+SCHEMAS["ContainerLayout"] = _envelope("Container layout updated successfully", _CONTAINER_INFO)
 
 ERROR_TEXT = {
     400: "Invalid input (see `details`)",
@@ -407,12 +418,17 @@ def openapi_document() -> dict[str, Any]:
                               params=("token_id",)),
             },
             f"{ADMIN}/containers/{{id}}": {
-                "get": _op("A container's pool, backend, project and snapshot count (admin)", "ContainerInfo",
+                "get": _op("A container's pool, backend, project, layout and snapshot count (admin)", "ContainerInfo",
                            ADMIN_ERRORS + [400, 404]),
             },
             f"{ADMIN}/containers/{{id}}/project": {
                 "put": _op("Set or remove a container's project label (admin)", "ContainerProject",
                            ADMIN_ERRORS + [400, 404, 408, 413], "ProjectBody"),
+            },
+            f"{ADMIN}/containers/{{id}}/layout": {
+                "put": _op("Set or remove a container's layout label: overlay (capture upper/) or whole "
+                           "(overlay pools; admin)", "ContainerLayout",
+                           ADMIN_ERRORS + [400, 404, 408, 409, 413], "LayoutBody"),
             },
             f"{ADMIN}/reconcile": _reconcile_path(),
             f"{ADMIN}/expiry": _expiry_path(),
