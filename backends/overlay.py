@@ -40,6 +40,7 @@ from .base import (
     Backend,
     BackendError,
     ContainerBusy,
+    ContainerChanged,
     ContainerNotFound,
     PoolError,
     RefUpdates,
@@ -199,9 +200,13 @@ class OverlayBackend(Backend):
         source = self._captured(cid)
         started = time.time_ns()
         try:
-            stats = treecopy.copy_tree(source, scratch,
-                                       link_dest=previous if since is not None else None,
-                                       unchanged_since_ns=since)
+            try:
+                stats = treecopy.copy_tree(source, scratch,
+                                           link_dest=previous if since is not None else None,
+                                           unchanged_since_ns=since)
+            except treecopy.TreeChanged as exc:
+                where = exc.path.decode("utf-8", "backslashreplace")[-200:]
+                raise ContainerChanged([{"field": "container", "reason": f"{where!r} {exc.why}"}]) from exc
             _tag(scratch, COPY_STARTED_XATTR, str(started))
             _tag(scratch, CAPTURED_XATTR, "whole" if source == self._container(cid) else "upper")
             fsops.syncfs(self.tmpdir)

@@ -96,6 +96,7 @@ class TreeChanged(OSError):
         super().__init__(errno.EAGAIN, f"{why}: {_short(path)!r}")
         self.path = path
         """The entry (relative to src) that kept changing."""
+        self.why = why
 
 
 class _Changed(OSError):

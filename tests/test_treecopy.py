@@ -17,7 +17,7 @@ import pytest
 from backends import treecopy
 from backends.treecopy import copy_tree, reflink_supported, tree_exclusive_bytes
 
-from .deeptree import bottom, build_deep, remove_deep
+from .hostiletree import bottom, build_deep, flip_on_every_visit, remove_deep
 from .digest import walk_digest
 from .rootfs import (
     ACL,
@@ -398,44 +398,46 @@ def test_link_dest_never_trusts_a_file_changed_since_it_was_taken(noreflink_dir:
 # -- depth, links beyond PATH_MAX, a tree that changes ---------------------------
 
 
-def _make_long_chain(root: Path, levels: int = 300) -> int:
-    """root/long.../long... past PATH_MAX; returns an fd of the bottom (caller closes)."""
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(levels):
-        os.mkdir("a-longish-name", dir_fd=fd)
-        child = os.open("a-longish-name", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = child
-    return fd
-
-
 def _same_inode(fd: int, a: str, b: str) -> bool:
     return os.stat(a, dir_fd=fd, follow_symlinks=False).st_ino == os.stat(b, dir_fd=fd, follow_symlinks=False).st_ino
 
 
 def test_hard_links_beyond_path_max(tmp_path: Path) -> None:
     src, snap, back = tmp_path / "src", tmp_path / "snap", tmp_path / "back"
-    fd = _make_long_chain(src)
-    try:
-        fd2 = os.open("pair", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(fd2, b"one inode, two names")
-        os.close(fd2)
-        os.link("pair", "pair2", src_dir_fd=fd, dst_dir_fd=fd)
-        os.symlink("pair", "sym", dir_fd=fd)
-        os.link("sym", "sym2", src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(fd)
+    long = b"a-longish-name"  # 300 levels of 15 bytes: the pairs at the bottom lie beyond PATH_MAX
+    build_deep(src, 300, long, every=100)
     copy_tree(src, snap)
     copy_tree(snap, back)
     for tree in (snap, back):
-        fd, depth = bottom(tree, b"a-longish-name")
+        fd, depth = bottom(tree, long)
         try:
             assert depth == 300
-            assert _same_inode(fd, "pair", "pair2") and _same_inode(fd, "sym", "sym2")
+            assert _same_inode(fd, "a", "b") and _same_inode(fd, "s1", "s2")
         finally:
             os.close(fd)
     assert walk_digest(src) == walk_digest(snap) == walk_digest(back)
+
+
+def test_hard_links_past_the_descriptor_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More pending link groups than LINK_FDS: the rest link by a component-wise path walk."""
+    monkeypatch.setattr(treecopy, "LINK_FDS", 2)
+    src = tmp_path / "src"
+    long = b"a-longish-name"
+    build_deep(src, 300, long, every=100)
+    fd, _ = bottom(src, long)
+    try:
+        for i in range(5):  # first names here, second names in the parent, visited after
+            os.close(os.open(f"g{i}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            os.link(f"g{i}", f"../z{i}", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    walks: list[bytes] = []
+    by_path = treecopy._Copier._link_by_path
+    monkeypatch.setattr(treecopy._Copier, "_link_by_path",
+                        lambda self, rel, d, name: (walks.append(rel), by_path(self, rel, d, name)))
+    copy_tree(src, tmp_path / "snap")
+    assert len(walks) >= 3 and all(len(rel) > 4096 for rel in walks)
+    assert walk_digest(src) == walk_digest(tmp_path / "snap")
 
 
 @pytest.fixture
@@ -474,42 +476,12 @@ def test_ten_thousand_levels_copy_with_1024_descriptors(tmpfs_dir: Path, low_fd_
     assert not back.exists()
 
 
-def _swap_types_on_every_visit(monkeypatch: pytest.MonkeyPatch, src: Path, times: int) -> list[int]:
-    """Make `src`/flip change type (dir <-> file) each time the copier looks at it, `times` times."""
-    calls = [0]
-
-    def flip() -> None:
-        if calls[0] >= times:
-            return
-        calls[0] += 1
-        target = src / "flip"
-        if target.is_dir():
-            (target / "inside").unlink()
-            target.rmdir()
-            target.write_text("now a file")
-        else:
-            target.unlink()
-            target.mkdir()
-            (target / "inside").write_text("now a dir")
-
-    for method in ("_enter_dir", "_copy_regular"):
-        original = getattr(treecopy._Copier, method)
-
-        def wrapped(self, d, name, *args, _original=original):  # type: ignore[no-untyped-def]
-            if name == b"flip":
-                flip()
-            return _original(self, d, name, *args)
-
-        monkeypatch.setattr(treecopy._Copier, method, wrapped)
-    return calls
-
-
 def test_an_entry_that_changes_once_is_copied_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     (src / "flip").mkdir(parents=True)
     (src / "flip/inside").write_text("a dir")
     (src / "other").write_text("stays")
-    calls = _swap_types_on_every_visit(monkeypatch, src, times=1)
+    calls = flip_on_every_visit(monkeypatch, src, times=1)
     stats = copy_tree(src, tmp_path / "dst")
     assert calls[0] == 1 and stats.retried == 1
     assert (tmp_path / "dst/flip").read_text() == "now a file"
@@ -522,7 +494,7 @@ def test_an_entry_that_keeps_changing_gives_tree_changed(tmp_path: Path, monkeyp
     src = tmp_path / "src"
     (src / "flip").mkdir(parents=True)
     (src / "flip/inside").write_text("a dir")
-    _swap_types_on_every_visit(monkeypatch, src, times=1000)
+    flip_on_every_visit(monkeypatch, src, times=1000)
     with pytest.raises(treecopy.TreeChanged) as err:
         copy_tree(src, tmp_path / "dst")
     assert err.value.path == b"flip"

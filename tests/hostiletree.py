@@ -1,11 +1,16 @@
-"""Trees deeper than PATH_MAX and than the descriptor limit: build and remove them
-with one directory descriptor at a time, without recursion."""
+"""Trees a hostile container can hold: deeper than PATH_MAX and than the
+descriptor limit (built and removed one directory descriptor at a time,
+without recursion), and entries that change while they are copied."""
 
 from __future__ import annotations
 
 import os
 import stat
 from pathlib import Path
+
+import pytest
+
+from backends import treecopy
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -86,3 +91,36 @@ def _write(dir_fd: int, name: bytes, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def flip_on_every_visit(monkeypatch: pytest.MonkeyPatch, src: Path, times: int) -> list[int]:
+    """Make `src`/flip change type (dir <-> file) each time the copier turns to it, `times` times.
+
+    Returns a one-item list counting the flips made.
+    """
+    calls = [0]
+
+    def flip() -> None:
+        if calls[0] >= times:
+            return
+        calls[0] += 1
+        target = src / "flip"
+        if target.is_dir():
+            (target / "inside").unlink()
+            target.rmdir()
+            target.write_text("now a file")
+        else:
+            target.unlink()
+            target.mkdir()
+            (target / "inside").write_text("now a dir")
+
+    for method in ("_enter_dir", "_copy_regular"):
+        original = getattr(treecopy._Copier, method)
+
+        def wrapped(self, d, name, *args, _original=original):  # type: ignore[no-untyped-def]
+            if name == b"flip":
+                flip()
+            return _original(self, d, name, *args)
+
+        monkeypatch.setattr(treecopy._Copier, method, wrapped)
+    return calls
