@@ -18,7 +18,7 @@ from backends import treecopy
 from backends.treecopy import copy_tree, reflink_supported, tree_exclusive_bytes
 
 from .hostiletree import bottom, build_deep, flip_on_every_visit, remove_deep
-from .digest import walk_digest
+from .digest import walk_digest, write_tree
 from .rootfs import (
     ACL,
     CAP_NET_RAW,
@@ -514,3 +514,21 @@ def test_a_genuine_error_is_not_taken_for_a_change(tmp_path: Path, monkeypatch: 
     with pytest.raises(OSError) as err:
         copy_tree(src, tmp_path / "dst")
     assert err.value.errno == errno.EINVAL and not isinstance(err.value, treecopy.TreeChanged)
+
+
+def test_a_directory_moved_away_while_copied_deep_down_gives_tree_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below KEEP_OPEN a parent is re-opened through "..": if that is another directory now, stop."""
+    monkeypatch.setattr(treecopy, "KEEP_OPEN", 1)
+    src = tmp_path / "src"
+    write_tree(src, {"a/b/c/leaf": "x"})
+    copy_regular = treecopy._Copier._copy_regular
+
+    def move_b_out(self, d, name):  # type: ignore[no-untyped-def]
+        if name == b"leaf":
+            os.rename(src / "a/b", src / "b-moved")
+        return copy_regular(self, d, name)
+
+    monkeypatch.setattr(treecopy._Copier, "_copy_regular", move_b_out)
+    with pytest.raises(treecopy.TreeChanged, match="a directory was moved while it was copied"):
+        copy_tree(src, tmp_path / "dst")
