@@ -91,6 +91,15 @@ class ContainerBusy(BackendError):
         self.details = details or []
 
 
+class ContainerChanged(ContainerBusy):
+    """The container's files kept changing while a copy of them was taken (overlay)."""
+
+    MESSAGE = "container changed during the snapshot; retry or freeze it"
+
+    def __init__(self, details: list[dict] | None = None) -> None:
+        super().__init__(self.MESSAGE, details)
+
+
 class NoSpace(BackendError):
     """The pool has no room for the operation."""
 

@@ -43,6 +43,7 @@ from .base import (
     Backend,
     BackendError,
     ContainerBusy,
+    ContainerChanged,
     ContainerNotFound,
     PoolError,
     RefUpdates,
@@ -256,9 +257,13 @@ class OverlayBackend(Backend):
         scratch = self._scratch(f"create-{cid}")
         started = time.time_ns()
         try:
-            stats = treecopy.copy_tree(source, scratch,
-                                       link_dest=previous if since is not None else None,
-                                       unchanged_since_ns=since)
+            try:
+                stats = treecopy.copy_tree(source, scratch,
+                                           link_dest=previous if since is not None else None,
+                                           unchanged_since_ns=since)
+            except treecopy.TreeChanged as exc:
+                where = exc.path.decode("utf-8", "backslashreplace")[-200:]
+                raise ContainerChanged([{"field": "container", "reason": f"{where!r} {exc.why}"}]) from exc
             _tag(scratch, COPY_STARTED_XATTR, str(started))
             _tag(scratch, CAPTURED_XATTR, "upper" if layout == "overlay" else "whole")
             fsops.syncfs(self.tmpdir)

@@ -14,15 +14,27 @@ Behaviour the caller must know:
   them (ELOOP).  Everything below is opened relative to its parent's
   descriptor with ``O_NOFOLLOW``: a symlink is never followed, even if a
   running container swaps a directory for one during the copy, and path
-  length is unbounded.  About three descriptors are held per level of depth.
-* Mount points inside ``src`` (a directory or bind-mounted file whose
-  ``st_dev`` differs from src's) are recreated as an empty directory / empty
-  file with the mounted object's owner, mode and times, not descended into,
-  and listed in `CopyStats.mount_points`.  ``src`` must be a plain
-  directory on one filesystem, not an overlay *merged* mount (whose
-  ``st_dev`` varies per file): copy the upper layer instead.
+  length is unbounded.  Descriptors are bounded whatever the depth: the top
+  `KEEP_OPEN` levels stay open, deeper ones hold only the current
+  directory's and are re-opened through ``..`` (checked to be the same
+  inode) on the way back up; hard links are made through an ``O_PATH``
+  descriptor of the first copy (at most `LINK_FDS` at a time, then by
+  path from the copy's root, one component at a time), never through a
+  path that could exceed PATH_MAX.  At most about
+  ``3 * KEEP_OPEN + LINK_FDS + 4`` descriptors per copy.
+* Mount points inside ``src`` (a directory, or a bind-mounted file or
+  device, on another mount than src: compared by mount id, so a bind mount
+  of the same filesystem counts) are recreated as an empty directory /
+  empty regular file with the owner, mode and times of what is mounted
+  there (the mounted root as seen through the mount point, not the covered
+  directory beneath), not descended into, and listed in
+  `CopyStats.mount_points`.  ``src`` must be a plain directory on one
+  filesystem, not an overlay *merged* mount: copy the upper layer instead.
 * Entries that vanish between listing and copying are skipped and counted in
-  `CopyStats.vanished`; any other change during the copy may raise.
+  `CopyStats.vanished`.  An entry that changes while copied (renamed,
+  replaced, swapped for another type) is copied again from scratch, up to
+  `ATTEMPTS` times in all (`CopyStats.retried`); if it keeps changing, or a
+  directory being copied is moved away, `TreeChanged` is raised.
 * Errors are raised as they come (OSError subclasses; ``filename`` and a
   note name the source path being copied).  A partially built ``dst`` is
   left behind: the caller removes it.
@@ -44,6 +56,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import mountid
+
 FICLONE = 0x40049409
 """ioctl(dst_fd, FICLONE, src_fd): share all of src's extents (linux/fs.h)."""
 
@@ -60,6 +74,33 @@ _CHUNK = 1 << 30
 _BUF = 1 << 20
 
 Xattrs = list[tuple[str, bytes]]
+
+KEEP_OPEN = 8
+"""Levels of depth whose directory descriptors stay open; deeper ones are re-opened."""
+LINK_FDS = 32
+"""O_PATH descriptors kept for multiply-linked inodes whose other names are still to come."""
+ATTEMPTS = 5
+"""Times one entry is tried before a tree that keeps changing is given up on."""
+
+# Errors an entry gives when it was replaced between being listed and opened.
+_CHANGE_ERRNOS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EINVAL, errno.ESTALE,
+})
+_DIR, _REG, _OTHER = 1, 2, 0
+
+
+class TreeChanged(OSError):
+    """The source tree kept changing while it was copied (a live container: retry, or freeze it)."""
+
+    def __init__(self, path: bytes, why: str) -> None:
+        super().__init__(errno.EAGAIN, f"{why}: {_short(path)!r}")
+        self.path = path
+        """The entry (relative to src) that kept changing."""
+        self.why = why
+
+
+class _Changed(OSError):
+    """One attempt at an entry saw it change under it."""
 
 
 @dataclass
@@ -87,6 +128,8 @@ class CopyStats:
     """Paths (relative to src) of mount points recreated empty, not descended."""
     vanished: int = 0
     """Entries listed but gone before they could be copied (live trees)."""
+    retried: int = 0
+    """Entries copied again because they changed while copied (live trees)."""
 
 
 def copy_tree(
@@ -114,33 +157,37 @@ def tree_exclusive_bytes(root: Path) -> int:
 
     Directories always count; other inodes count (once) when all their
     st_nlink links lie inside `root`.  Does not cross mount points or follow
-    symlinks.
+    symlinks; descriptors are bounded whatever the depth.
     """
     root_fd = os.open(os.fsencode(root), _DIR_FLAGS)
     try:
         st = os.fstat(root_fd)
+        root_mnt = mountid.mount_id(root_fd)
         listing = _list_dir(root_fd)
     except BaseException:
         os.close(root_fd)
         raise
-    dev, total = st.st_dev, st.st_blocks * 512
+    total = st.st_blocks * 512
     multi: dict[tuple[int, int], list[int]] = {}  # inode -> [links seen, st_nlink, bytes]
-    stack: list[tuple[int, Iterator[os.DirEntry[str]]]] = [(root_fd, iter(listing))]
+    stack = [_Level(b"", [root_fd], [(st.st_dev, st.st_ino)], iter(listing))]
     try:
         while stack:
-            fd, entries = stack[-1]
-            for entry in entries:
-                est = entry.stat(follow_symlinks=False)
+            top = stack[-1]
+            for name, kind in top.entries:
+                est = os.stat(name, dir_fd=top.fds[0], follow_symlinks=False)
                 if stat.S_ISDIR(est.st_mode):
-                    if est.st_dev != dev:
-                        continue
-                    total += est.st_blocks * 512
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(name, _DIR_FLAGS, dir_fd=top.fds[0])
                     try:
-                        stack.append((child, iter(_list_dir(child))))
+                        cst = os.fstat(child)
+                        if mountid.mount_id(child) != root_mnt:
+                            os.close(child)
+                            continue
+                        total += cst.st_blocks * 512
+                        level = _Level(name, [child], [(cst.st_dev, cst.st_ino)], iter(_list_dir(child)))
                     except BaseException:
                         os.close(child)
                         raise
+                    _push(stack, level)
                     break
                 if est.st_nlink == 1:
                     total += est.st_blocks * 512
@@ -148,11 +195,10 @@ def tree_exclusive_bytes(root: Path) -> int:
                     rec = multi.setdefault((est.st_dev, est.st_ino), [0, est.st_nlink, est.st_blocks * 512])
                     rec[0] += 1
             else:
-                stack.pop()
-                os.close(fd)
+                _pop(stack)
     finally:
-        for fd, _ in stack:
-            os.close(fd)
+        for level in stack:
+            level.close()
     return total + sum(size for seen, nlink, size in multi.values() if seen >= nlink)
 
 
@@ -170,10 +216,88 @@ def reflink_supported(directory: Path) -> bool:
     return True
 
 
-def _list_dir(fd: int) -> list[os.DirEntry[str]]:
-    # Entries from an fd keep using that fd (not the iterator's) for stat().
+def _list_dir(fd: int) -> list[tuple[bytes, int]]:
+    """(name, _DIR/_REG/_OTHER) of each entry, typed while `fd` is open (d_type or an lstat)."""
+    out = []
     with os.scandir(fd) as it:
-        return list(it)
+        for e in it:
+            kind = _DIR if e.is_dir(follow_symlinks=False) else _REG if e.is_file(follow_symlinks=False) else _OTHER
+            out.append((os.fsencode(e.name), kind))
+    return out
+
+
+def _short(path: bytes, keep: int = 300) -> str:
+    """A path for a message: its end, when very long (deep trees)."""
+    text = os.fsdecode(path)
+    return text if len(text) <= keep else "..." + text[-keep:]
+
+
+@dataclass(slots=True)
+class _Level:
+    """One directory on the way down: its name, a descriptor per tree walked
+    in step (src, dst, link_dest; -1 when closed, re-opened through ".."),
+    their (st_dev, st_ino), and the entries still to do."""
+
+    name: bytes
+    fds: list[int]
+    ids: list[tuple[int, int] | None]
+    entries: Iterator[tuple[bytes, int]]
+    st: os.stat_result | None = None
+
+    # The copier walks (src, dst, link_dest); the top level's descriptors are always open.
+    @property
+    def src_fd(self) -> int:
+        return self.fds[0]
+
+    @property
+    def dst_fd(self) -> int:
+        return self.fds[1]
+
+    @property
+    def ld_fd(self) -> int | None:
+        return self.fds[2] if self.fds[2] >= 0 else None
+
+    def close(self) -> None:
+        for i, fd in enumerate(self.fds):
+            if fd >= 0:
+                os.close(fd)
+                self.fds[i] = -1
+
+
+def _push(stack: list[_Level], child: _Level) -> None:
+    """Descend into `child`; below KEEP_OPEN levels its parent gives up the
+    descriptors the child can find again through ".." (trees the child is in)."""
+    parent = stack[-1] if stack else None
+    stack.append(child)
+    if parent is not None and len(stack) - 2 >= KEEP_OPEN:
+        for i, fd in enumerate(parent.fds):
+            if fd >= 0 and i < len(child.fds) and child.fds[i] >= 0:
+                os.close(fd)
+                parent.fds[i] = -1
+
+
+def _pop(stack: list[_Level]) -> None:
+    """Leave the top directory, re-opening its parent's closed descriptors through "..".
+
+    A parent that is no longer the directory it was (the source was moved
+    by a running container) raises TreeChanged.
+    """
+    top = stack.pop()
+    try:
+        if stack:
+            parent = stack[-1]
+            for i, fd in enumerate(parent.fds):
+                if fd < 0 and parent.ids[i] is not None:
+                    up = os.open(b"..", _DIR_FLAGS | (os.O_NOATIME if i == 0 and os.geteuid() == 0 else 0),
+                                 dir_fd=top.fds[i])
+                    st = os.fstat(up)
+                    if (st.st_dev, st.st_ino) != parent.ids[i]:
+                        os.close(up)
+                        name = b"/".join(f.name for f in stack[1:])
+                        raise TreeChanged(name, "a directory was moved while it was copied")
+                    parent.fds[i] = up
+    finally:
+        top.close()
 
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:
@@ -212,25 +336,6 @@ def _owner_error(e: PermissionError, st: os.stat_result) -> PermissionError:
     )
 
 
-@dataclass(slots=True)
-class _Dir:
-    """A directory being copied: its fds, stat and the entries still to do."""
-
-    src_fd: int
-    dst_fd: int
-    ld_fd: int | None
-    rel: bytes
-    st: os.stat_result
-    entries: Iterator[os.DirEntry[str]]
-
-    def close(self) -> None:
-        for fd in (self.src_fd, self.dst_fd, self.ld_fd):
-            if fd is not None and fd >= 0:
-                os.close(fd)
-        self.src_fd = self.dst_fd = -1
-        self.ld_fd = None
-
-
 class _Copier:
     """State of one copy_tree call."""
 
@@ -245,128 +350,185 @@ class _Copier:
         self.copy_file_range = True
         self.noatime = os.O_NOATIME if os.geteuid() == 0 else 0
         self.stats = CopyStats()
-        self.root_dev = 0
-        self.dst_root_fd = -1
-        self.hardlinks: dict[tuple[int, int], bytes] = {}  # source inode -> dst path (rel)
+        self.root_mnt = 0
+        self.stack: list[_Level] = []
+        # source inode -> [O_PATH fd of its first copy or -1, links still to come, dst path or None]
+        self.hardlinks: dict[tuple[int, int], list] = {}
+        self.link_fds = 0
         self.ld_claims: dict[tuple[int, int], tuple[int, int]] = {}  # link_dest inode -> source inode
 
     def run(self) -> CopyStats:
-        stack: list[_Dir] = []
         src_fd = os.open(self.src, _DIR_FLAGS | self.noatime)
-        dst_fd = ld_fd = None
+        dst_fd = ld_fd = -1
         try:
             st = os.fstat(src_fd)
-            self.root_dev = st.st_dev
+            self.root_mnt = mountid.mount_id(src_fd)
             os.mkdir(self.dst, 0o700)
             dst_fd = os.open(self.dst, _DIR_FLAGS)
+            dst_st = os.fstat(dst_fd)
             self.stats.dirs += 1
             self.reflink = self.allow_reflink and reflink_supported(Path(os.fsdecode(self.dst)))
+            ld_id = None
             if self.link_dest is not None:
                 ld_fd = os.open(self.link_dest, _DIR_FLAGS)
-            stack.append(_Dir(src_fd, dst_fd, ld_fd, b"", st, iter(_list_dir(src_fd))))
+                ld_st = os.fstat(ld_fd)
+                ld_id = (ld_st.st_dev, ld_st.st_ino)
+            self.stack.append(_Level(b"", [src_fd, dst_fd, ld_fd],
+                                     [(st.st_dev, st.st_ino), (dst_st.st_dev, dst_st.st_ino), ld_id],
+                                     iter(_list_dir(src_fd)), st))
         except BaseException:
             for fd in (src_fd, dst_fd, ld_fd):
-                if fd is not None:
+                if fd >= 0:
                     os.close(fd)
             raise
-        self.dst_root_fd = dst_fd
+        stack = self.stack
         try:
             while stack:
                 d = stack[-1]
-                for entry in d.entries:
-                    child = self._entry(d, entry)
+                for name, kind in d.entries:
+                    child = self._entry(d, name, kind)
                     if child is not None:
-                        stack.append(child)
+                        _push(stack, child)
                         break
                 else:
                     try:
                         self._finish_dir(d)
+                        _pop(stack)
                     except OSError as e:
-                        self._annotate(e, d.rel, None)
+                        self._annotate(e, self._rel(), None)
                         raise
-                    stack.pop()
-                    d.close()
         finally:
             for d in stack:
                 d.close()
+            for rec in self.hardlinks.values():
+                if rec[0] >= 0:
+                    os.close(rec[0])
         return self.stats
 
     # -- per entry --------------------------------------------------------
 
-    def _entry(self, d: _Dir, entry: os.DirEntry[str]) -> _Dir | None:
-        """Copy one entry; a directory comes back as a frame to descend into."""
-        name = os.fsencode(entry.name)
+    def _entry(self, d: _Level, name: bytes, kind: int) -> _Level | None:
+        """Copy one entry, again if it changed meanwhile; a directory comes back as a level to descend into."""
+        seen: tuple[int, int, int] | None = None
         try:
-            if entry.is_dir(follow_symlinks=False):
-                return self._enter_dir(d, name)
-            if entry.is_file(follow_symlinks=False) and self._copy_regular(d, name):
-                return None
-            try:
-                st = os.stat(name, dir_fd=d.src_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                self.stats.vanished += 1
-                return None
-            if stat.S_ISDIR(st.st_mode):
-                return self._enter_dir(d, name)
-            if stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EAGAIN, "file changed type during the copy", entry.name)
-            self._copy_special(d, name, st)
-            return None
+            for _ in range(ATTEMPTS):
+                try:
+                    return self._entry_once(d, name, kind)
+                except OSError as e:
+                    if isinstance(e, TreeChanged):
+                        raise
+                    try:
+                        now = os.stat(name, dir_fd=d.src_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        self._discard(d, name)
+                        self.stats.vanished += 1
+                        return None
+                    ident = (now.st_ino, now.st_mode, now.st_ctime_ns)
+                    changed = isinstance(e, _Changed) or (
+                        e.errno in _CHANGE_ERRNOS if seen is None else ident != seen)
+                    if not changed:
+                        raise
+                    seen, kind = ident, _OTHER  # next time: dispatch on a fresh lstat
+                    self._discard(d, name)
+                    self.stats.retried += 1
+            raise TreeChanged(self._rel(name), f"kept changing while copied ({ATTEMPTS} attempts)")
         except OSError as e:
-            self._annotate(e, self._rel(d, name), name)
+            self._annotate(e, self._rel(name), name)
             raise
+
+    def _entry_once(self, d: _Level, name: bytes, kind: int) -> _Level | None:
+        if kind == _DIR:
+            return self._enter_dir(d, name)
+        if kind == _REG and self._copy_regular(d, name):
+            return None
+        try:
+            st = os.stat(name, dir_fd=d.src_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            self.stats.vanished += 1
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return self._enter_dir(d, name)
+        if stat.S_ISREG(st.st_mode):
+            if self._copy_regular(d, name):
+                return None
+            raise _Changed(errno.EAGAIN, "file changed type during the copy", os.fsdecode(name))
+        self._copy_special(d, name, st)
+        return None
+
+    def _discard(self, d: _Level, name: bytes) -> None:
+        """Remove what a failed attempt made for `name` (a non-directory, or a still empty directory)."""
+        try:
+            os.unlink(name, dir_fd=d.dst_fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            os.rmdir(name, dir_fd=d.dst_fd)
+        except PermissionError:  # EPERM: some kernels' answer to unlinking a directory
+            os.rmdir(name, dir_fd=d.dst_fd)
 
     def _annotate(self, e: OSError, rel: bytes, name: bytes | None) -> None:
         """Name the source path in `e` (filename when it had none or only a base name)."""
-        path = os.fsdecode(os.path.join(self.src, rel) if rel else self.src)
+        path = os.path.join(self.src, rel) if rel else self.src
         if e.filename is None or (name is not None and e.filename in (name, os.fsdecode(name))):
-            e.filename = path
-        e.add_note(f"copy_tree: while copying {path!r}")
+            e.filename = os.fsdecode(path)
+        e.add_note(f"copy_tree: while copying {_short(path)!r}")
 
-    def _rel(self, d: _Dir, name: bytes) -> bytes:
-        return d.rel + b"/" + name if d.rel else name
+    def _rel(self, name: bytes | None = None) -> bytes:
+        """The path, relative to src, of the current directory (or of `name` in it)."""
+        parts = [level.name for level in self.stack[1:]]
+        if name is not None:
+            parts.append(name)
+        return b"/".join(parts)
 
-    def _enter_dir(self, d: _Dir, name: bytes) -> _Dir | None:
+    def _enter_dir(self, d: _Level, name: bytes) -> _Level | None:
         try:
             src_fd = os.open(name, _DIR_FLAGS | self.noatime, dir_fd=d.src_fd)
         except FileNotFoundError:
             self.stats.vanished += 1
             return None
-        dst_fd = ld_fd = None
+        dst_fd = ld_fd = -1
         try:
             st = os.fstat(src_fd)
-            rel = self._rel(d, name)
             os.mkdir(name, 0o700, dir_fd=d.dst_fd)
             dst_fd = os.open(name, _DIR_FLAGS, dir_fd=d.dst_fd)
-            self.stats.dirs += 1
-            if st.st_dev != self.root_dev:
-                self.stats.mount_points.append(rel)
+            if mountid.mount_id(src_fd) != self.root_mnt:
                 self._set_meta_fd(dst_fd, st, [])
                 self.stats.exclusive_bytes += os.fstat(dst_fd).st_blocks * 512
+                self.stats.mount_points.append(self._rel(name))
+                self.stats.dirs += 1
                 os.close(src_fd)
                 os.close(dst_fd)
                 return None
+            dst_st = os.fstat(dst_fd)
+            ld_id = None
             if d.ld_fd is not None and self.use_link_dest:
                 try:
                     ld_fd = os.open(name, _DIR_FLAGS, dir_fd=d.ld_fd)
+                    ld_st = os.fstat(ld_fd)
+                    ld_id = (ld_st.st_dev, ld_st.st_ino)
                 except (FileNotFoundError, NotADirectoryError):
-                    ld_fd = None
+                    pass
                 except OSError as e:
                     if e.errno != errno.ELOOP:
                         raise
-            return _Dir(src_fd, dst_fd, ld_fd, rel, st, iter(_list_dir(src_fd)))
+            level = _Level(name, [src_fd, dst_fd, ld_fd],
+                           [(st.st_dev, st.st_ino), (dst_st.st_dev, dst_st.st_ino), ld_id],
+                           iter(_list_dir(src_fd)), st)
+            self.stats.dirs += 1
+            return level
         except BaseException:
             for fd in (src_fd, dst_fd, ld_fd):
-                if fd is not None:
+                if fd >= 0:
                     os.close(fd)
             raise
 
-    def _finish_dir(self, d: _Dir) -> None:
+    def _finish_dir(self, d: _Level) -> None:
         """Directory metadata goes on last: after its contents, so times and default ACLs stick."""
+        assert d.st is not None
         self._set_meta_fd(d.dst_fd, d.st, _read_xattrs(d.src_fd))
         self.stats.exclusive_bytes += os.fstat(d.dst_fd).st_blocks * 512
 
-    def _copy_regular(self, d: _Dir, name: bytes) -> bool:
+    def _copy_regular(self, d: _Level, name: bytes) -> bool:
         """Copy a regular file; False if it turns out not to be one (caller re-examines it)."""
         try:
             sfd = os.open(name, _SRC_FILE_FLAGS | self.noatime, dir_fd=d.src_fd)
@@ -385,22 +547,21 @@ class _Copier:
             if st.st_nlink > 1 and key in self.hardlinks:
                 self._link_inside(d, name, key)
                 return True
-            rel = self._rel(d, name)
-            if st.st_dev != self.root_dev:
-                self.stats.mount_points.append(rel)
+            if mountid.mount_id(sfd) != self.root_mnt:
                 self._new_file(d, name, st, [], None)
+                self.stats.mount_points.append(self._rel(name))
             else:
                 xattrs = _read_xattrs(sfd)
                 if not (self.use_link_dest and not self.reflink and self._link_from_dest(d, name, st, xattrs)):
                     self._new_file(d, name, st, xattrs, sfd)
+                if st.st_nlink > 1:
+                    self._remember_link(d, name, st)
             self.stats.files += 1
-            if st.st_nlink > 1:
-                self.hardlinks[key] = rel
             return True
         finally:
             os.close(sfd)
 
-    def _new_file(self, d: _Dir, name: bytes, st: os.stat_result, xattrs: Xattrs, sfd: int | None) -> None:
+    def _new_file(self, d: _Level, name: bytes, st: os.stat_result, xattrs: Xattrs, sfd: int | None) -> None:
         dfd = os.open(name, _DST_FILE_FLAGS, 0o600, dir_fd=d.dst_fd)
         try:
             # Data before owner/mode/xattrs: writing clears setuid and security.capability.
@@ -477,7 +638,7 @@ class _Copier:
                 view = view[n:]
         return done
 
-    def _link_from_dest(self, d: _Dir, name: bytes, st: os.stat_result, xattrs: Xattrs) -> bool:
+    def _link_from_dest(self, d: _Level, name: bytes, st: os.stat_result, xattrs: Xattrs) -> bool:
         """Hard-link `name` to its unchanged twin in link_dest, if it has one."""
         if d.ld_fd is None:
             return False
@@ -515,17 +676,56 @@ class _Copier:
         self.stats.linked += 1
         return True
 
-    def _link_inside(self, d: _Dir, name: bytes, key: tuple[int, int]) -> None:
-        os.link(self.hardlinks[key], name, src_dir_fd=self.dst_root_fd, dst_dir_fd=d.dst_fd, follow_symlinks=False)
-        self.stats.files += 1
+    def _remember_link(self, d: _Level, name: bytes, st: os.stat_result) -> None:
+        """Note the first copy of a multiply-linked inode, for its other names to link to."""
+        if self.link_fds < LINK_FDS:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.dst_fd)
+            self.link_fds += 1
+            self.hardlinks[(st.st_dev, st.st_ino)] = [fd, st.st_nlink - 1, None]
+        else:
+            self.hardlinks[(st.st_dev, st.st_ino)] = [-1, st.st_nlink - 1, self._rel(name)]
 
-    def _copy_special(self, d: _Dir, name: bytes, st: os.stat_result) -> None:
+    def _link_inside(self, d: _Level, name: bytes, key: tuple[int, int]) -> None:
+        """Another name of an inode already copied: a hard link to the copy, however deep."""
+        rec = self.hardlinks[key]
+        if rec[0] >= 0:
+            # linkat(AT_SYMLINK_FOLLOW) on the magic link: the inode itself, even a symlink's.
+            os.link(b"/proc/self/fd/%d" % rec[0], name, dst_dir_fd=d.dst_fd, follow_symlinks=True)
+        else:
+            self._link_by_path(rec[2], d, name)
+        self.stats.files += 1
+        rec[1] -= 1
+        if rec[1] <= 0:  # every name seen: let the descriptor go
+            if rec[0] >= 0:
+                os.close(rec[0])
+                self.link_fds -= 1
+            del self.hardlinks[key]
+
+    def _link_by_path(self, rel: bytes, d: _Level, name: bytes) -> None:
+        """Link to dst/`rel`, walking to its directory one component at a time (no PATH_MAX)."""
+        *dirs, last = rel.split(b"/")
+        fd = os.dup(self.stack[0].dst_fd)
+        try:
+            for part in dirs:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            os.link(last, name, src_dir_fd=fd, dst_dir_fd=d.dst_fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
+
+    def _copy_special(self, d: _Level, name: bytes, st: os.stat_result) -> None:
         """Symlinks, device nodes (whiteouts included), FIFOs and sockets."""
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self.hardlinks:
             self._link_inside(d, name, key)
             return
         mode = st.st_mode
+        if not stat.S_ISLNK(mode) and mountid.mount_id(d.src_fd, name) != self.root_mnt:
+            self._new_file(d, name, st, [], None)  # a device or FIFO bind-mounted over a file
+            self.stats.mount_points.append(self._rel(name))
+            self.stats.files += 1
+            return
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(name, dir_fd=d.src_fd)
@@ -544,6 +744,10 @@ class _Copier:
         else:
             raise OSError(errno.EINVAL, f"unsupported file type {stat.S_IFMT(mode):#o}", os.fsdecode(name))
         xattrs = _read_xattrs(_proc_path(d.src_fd, name))
+        # Read by name: the entry must still be the one the lstat saw, or what was made mixes two.
+        now = os.stat(name, dir_fd=d.src_fd, follow_symlinks=False)
+        if (now.st_ino, now.st_mode) != (st.st_ino, st.st_mode):
+            raise _Changed(errno.EAGAIN, "entry replaced during the copy", os.fsdecode(name))
         try:
             os.chown(name, st.st_uid, st.st_gid, dir_fd=d.dst_fd, follow_symlinks=False)
         except PermissionError as e:
@@ -555,7 +759,7 @@ class _Copier:
         self.stats.exclusive_bytes += os.stat(name, dir_fd=d.dst_fd, follow_symlinks=False).st_blocks * 512
         self.stats.files += 1
         if st.st_nlink > 1:
-            self.hardlinks[key] = self._rel(d, name)
+            self._remember_link(d, name, st)
 
     def _set_meta_fd(self, fd: int, st: os.stat_result, xattrs: Xattrs) -> None:
         """Owner, then mode (chown clears setuid), then xattrs (ACLs last), then times."""

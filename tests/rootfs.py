@@ -34,8 +34,9 @@ def require_root() -> None:
 
 @contextmanager
 def mounted(target: Path, *args: str) -> Iterator[Path]:
-    """Mount something of ours on `target`; always unmount it again."""
-    target.mkdir(exist_ok=True)
+    """Mount something of ours on `target` (made a directory unless it exists); always unmount it again."""
+    if not target.exists():
+        target.mkdir()
     subprocess.run(["mount", *args, str(target)], check=True, capture_output=True)
     try:
         yield target

@@ -92,11 +92,7 @@ def test_restore_with_mounts_inside_is_refused(pool: PoolHarness, served: Daemon
     assert strays(pool, cid, {name}) == []
 
 
-def test_a_snapshot_does_not_capture_what_is_inside_a_mount(
-        pool: PoolHarness, served: DaemonProcess, request: pytest.FixtureRequest) -> None:
-    if pool.kind == "overlay":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="the overlay copier does not skip mounts yet (backends/treecopy.py)"))
+def test_a_snapshot_does_not_capture_what_is_inside_a_mount(pool: PoolHarness, served: DaemonProcess) -> None:
     d = served
     cid = new_cid()
     c = pool.make_container(cid)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import resource
+import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backends.base import PROJECT_XATTR
+from backends.base import LAYOUT_XATTR, PROJECT_XATTR
 
 from .client import snaps
 from .daemon import DaemonProcess
-from .digest import tree_digest, write_tree
+from .digest import tree_digest, walk_digest, write_tree
+from .hostiletree import bottom, build_deep, flip_on_every_visit, remove_deep
 from .harness import new_cid
 from .rootfs import assert_same_tree, build_rootfs, digest, mounted, require_root
 
@@ -320,3 +324,163 @@ def test_the_pool_setting_whole_captures_everything(tmp_path: Path) -> None:
         assert d.unix.get(f"/api/v1/admin/containers/{cid}").data["layout"] == "whole"
     finally:
         assert d.stop() == 0, d.log_text()[-2000:]
+
+
+# -- what a hostile container's tree holds -----------------------------------------
+
+
+def _same_inode(fd: int, a: str, b: str) -> bool:
+    return os.stat(a, dir_fd=fd, follow_symlinks=False).st_ino == os.stat(b, dir_fd=fd, follow_symlinks=False).st_ino
+
+
+def test_hard_links_beyond_path_max_survive_create_and_restore(overlay_daemon) -> None:
+    d, pool = overlay_daemon
+    cid = new_cid()
+    long = b"a-longish-name"  # 300 levels of 15 bytes: the links lie beyond PATH_MAX
+    build_deep(pool / cid, 300, long, every=100)
+    os.setxattr(pool / cid, LAYOUT_XATTR, b"whole")  # else the first snapshot records it
+    before = walk_digest(pool / cid)
+    name = create(d, cid)
+    fd, depth = bottom(pool / ".snapshots" / cid / name, long)
+    try:
+        assert depth == 300 and _same_inode(fd, "a", "b") and _same_inode(fd, "s1", "s2")
+    finally:
+        os.close(fd)
+    fd, _ = bottom(pool / cid, long)
+    try:  # break the pair in the container, then restore it
+        os.unlink("b", dir_fd=fd)
+        os.close(os.open("b", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    restore(d, cid, name)
+    assert walk_digest(pool / cid) == before
+    fd, _ = bottom(pool / cid, long)
+    try:
+        assert _same_inode(fd, "a", "b") and _same_inode(fd, "s1", "s2")
+    finally:
+        os.close(fd)
+
+
+def test_ten_thousand_levels_create_and_restore_with_1024_descriptors(tmp_path: Path) -> None:
+    require_root()
+    with mounted(tmp_path / "pool", "-t", "tmpfs", "-o", "size=512m", "tmpfs") as pool:
+        cid = new_cid()
+        build_deep(pool / cid, 10_000)
+        os.setxattr(pool / cid, LAYOUT_XATTR, b"whole")  # else the first snapshot records it
+        before = walk_digest(pool / cid)
+        d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=False).start()
+        try:
+            hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)[1]
+            resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (1024, hard))
+            name = create(d, cid)
+            # the snapshot's root carries its own tags: compare everything below it
+            assert walk_digest(pool / ".snapshots" / cid / name)[1:] == before[1:]
+            remove_deep(pool / cid / "d")
+            write_tree(pool / cid, {"shallow": "replaced"})
+            restore(d, cid, name)
+            assert walk_digest(pool / cid) == before
+        finally:
+            assert d.stop() == 0
+
+
+SWAPPER = r"""
+import ctypes, itertools, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2
+pairs = []
+for top in sys.argv[1:]:
+    for i in range(8):
+        d, f, l = (os.fsencode(os.path.join(top, f"{k}{i}")) for k in ("sd", "sf", "sl"))
+        pairs += [(d, f), (f, l), (l, d)]
+print("ready", flush=True)
+for a, b in itertools.cycle(pairs):
+    if libc.renameat2(-100, a, -100, b, RENAME_EXCHANGE) != 0:
+        sys.exit(ctypes.get_errno())
+"""
+
+
+def test_a_container_that_keeps_changing_gets_409_never_500(tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    cid = new_cid()
+    files = {f"dir{i}/file{j}": f"content {i} {j}" for i in range(10) for j in range(20)}
+    for top in ("", "dir0/"):  # dir/file/symlink triples the swapper exchanges in a tight loop
+        files.update({f"{top}sd{i}/inside": "in a dir" for i in range(8)})
+        files.update({f"{top}sf{i}": "a file" * 100 for i in range(8)})
+    write_tree(pool / cid, files)
+    for top in (pool / cid, pool / cid / "dir0"):
+        for i in range(8):
+            os.symlink("sf0", top / f"sl{i}")
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=False).start()
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(pool / cid), str(pool / cid / "dir0")],
+                               stdout=subprocess.PIPE, text=True)
+    statuses: list[int] = []
+    created: set[str] = set()
+    try:
+        assert swapper.stdout is not None and swapper.stdout.readline() == "ready\n"
+        for _ in range(10):
+            assert swapper.poll() is None, "the swapper stopped"
+            r = d.unix.post(snaps(cid))
+            statuses.append(r.status)
+            if r.status == 409:
+                assert r.body["message"] == "container changed during the snapshot; retry or freeze it", r.body
+            else:
+                assert r.status == 200, r.body
+                created.add(r.data["snapshot"]["name"])
+        assert os.listdir(pool / ".snapshots" / ".tmp") == []
+    finally:
+        swapper.kill()
+        swapper.wait()
+        code = d.stop()
+    assert code == 0
+    print(f"creates: {statuses.count(200)} made, {statuses.count(409)} refused as changing")
+    # a clean restart; the store and the disk agree on exactly what was made
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=False).start()
+    try:
+        listed = {s["name"] for s in d.unix.get(snaps(cid)).data["snapshots"]}
+        on_disk = set(os.listdir(pool / ".snapshots" / cid)) if created else set()
+        assert listed == on_disk == created
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_create_that_keeps_seeing_changes_is_refused_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's side of the 409 (the service maps ContainerBusy to it): the real copier
+    on a real tree whose entry changes type every time it is looked at."""
+    from backends.base import ContainerChanged
+    from backends.overlay import OverlayBackend
+
+    pool = tmp_path / "pool"
+    cid = new_cid()
+    write_tree(pool / cid, {"flip/inside": "a dir", "other": "stays"})
+    backend = OverlayBackend(str(pool))
+    backend._open()
+    flip_on_every_visit(monkeypatch, pool / cid, times=1000)
+    with pytest.raises(ContainerChanged) as err:
+        backend._create(cid, "snap-1")
+    assert str(err.value) == "container changed during the snapshot; retry or freeze it"
+    assert err.value.details == [{"field": "container", "reason": "'flip' kept changing while copied (5 attempts)"}]
+    assert os.listdir(pool / ".snapshots" / ".tmp") == []
+    assert not (pool / ".snapshots" / cid).exists()
+
+
+def test_mounts_inside_a_plain_container_are_not_captured(overlay_daemon, tmp_path: Path) -> None:
+    """A tmpfs and bind mounts of the same filesystem (same st_dev): mount points, captured empty."""
+    require_root()
+    d, pool = overlay_daemon
+    cid = new_cid()
+    c = pool / cid
+    write_tree(c, {"kept": "mine", "etc/resolv.conf": "covered"})
+    outside = tmp_path / "outside"
+    write_tree(outside, {"dir/secret": "host data", "file": "host file"})
+    assert os.stat(outside).st_dev == os.stat(pool).st_dev
+    with mounted(c / "data", "-t", "tmpfs", "-o", "size=4m,mode=0750", "tmpfs") as data, \
+            mounted(c / "bind", "--bind", str(outside / "dir")), \
+            mounted(c / "etc/resolv.conf", "--bind", str(outside / "file")):
+        write_tree(data, {"volume/db": "volume data"})
+        name = create(d, cid)
+    snap = pool / ".snapshots" / cid / name
+    assert os.listdir(snap / "data") == [] and os.listdir(snap / "bind") == []
+    assert stat.S_IMODE(os.stat(snap / "data").st_mode) == 0o750  # the mounted root's own mode
+    assert (snap / "etc/resolv.conf").read_bytes() == b""
+    assert (snap / "kept").read_text() == "mine"

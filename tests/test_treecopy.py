@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import stat
 import tempfile
@@ -16,6 +17,8 @@ import pytest
 from backends import treecopy
 from backends.treecopy import copy_tree, reflink_supported, tree_exclusive_bytes
 
+from .hostiletree import bottom, build_deep, flip_on_every_visit, remove_deep
+from .digest import walk_digest, write_tree
 from .rootfs import (
     ACL,
     CAP_NET_RAW,
@@ -126,6 +129,26 @@ def test_mount_point_inside_is_not_crossed(tmp_path: Path) -> None:
         assert list((tmp_path / "dst/mnt").iterdir()) == []
         assert stat.S_IMODE(os.stat(tmp_path / "dst/mnt").st_mode) == 0o750
         assert (tmp_path / "dst/kept").read_text() == "x"
+
+
+def test_bind_mounts_of_the_same_filesystem_are_not_crossed(tmp_path: Path) -> None:
+    """Same st_dev as the tree, yet a mount: mount ids tell, and nothing inside is copied."""
+    require_root()
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "dir/secret").write_text("host data")
+    (outside / "file").write_text("host file")
+    src.mkdir()
+    (src / "kept").write_text("x")
+    (src / "file").write_text("covered")
+    with mounted(src / "dir", "--bind", str(outside / "dir")), \
+            mounted(src / "file", "--bind", str(outside / "file")):
+        assert os.stat(src / "dir").st_dev == os.stat(src).st_dev
+        stats = copy_tree(src, tmp_path / "dst")
+        assert sorted(stats.mount_points) == [b"dir", b"file"]
+    assert list((tmp_path / "dst/dir").iterdir()) == []
+    assert (tmp_path / "dst/file").read_bytes() == b""
+    assert (tmp_path / "dst/kept").read_text() == "x"
 
 
 def copy_as_nobody(src: Path, dst: Path) -> str:
@@ -370,3 +393,142 @@ def test_link_dest_never_trusts_a_file_changed_since_it_was_taken(noreflink_dir:
     third = noreflink_dir / "third"
     copy_tree(src, third, link_dest=first)
     assert (third / "sneaky").read_bytes() == b"B" * 100
+
+
+# -- depth, links beyond PATH_MAX, a tree that changes ---------------------------
+
+
+def _same_inode(fd: int, a: str, b: str) -> bool:
+    return os.stat(a, dir_fd=fd, follow_symlinks=False).st_ino == os.stat(b, dir_fd=fd, follow_symlinks=False).st_ino
+
+
+def test_hard_links_beyond_path_max(tmp_path: Path) -> None:
+    src, snap, back = tmp_path / "src", tmp_path / "snap", tmp_path / "back"
+    long = b"a-longish-name"  # 300 levels of 15 bytes: the pairs at the bottom lie beyond PATH_MAX
+    build_deep(src, 300, long, every=100)
+    copy_tree(src, snap)
+    copy_tree(snap, back)
+    for tree in (snap, back):
+        fd, depth = bottom(tree, long)
+        try:
+            assert depth == 300
+            assert _same_inode(fd, "a", "b") and _same_inode(fd, "s1", "s2")
+        finally:
+            os.close(fd)
+    assert walk_digest(src) == walk_digest(snap) == walk_digest(back)
+
+
+def test_hard_links_past_the_descriptor_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More pending link groups than LINK_FDS: the rest link by a component-wise path walk."""
+    monkeypatch.setattr(treecopy, "LINK_FDS", 2)
+    src = tmp_path / "src"
+    long = b"a-longish-name"
+    build_deep(src, 300, long, every=100)
+    fd, _ = bottom(src, long)
+    try:
+        for i in range(5):  # first names here, second names in the parent, visited after
+            os.close(os.open(f"g{i}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            os.link(f"g{i}", f"../z{i}", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    walks: list[bytes] = []
+    by_path = treecopy._Copier._link_by_path
+    monkeypatch.setattr(treecopy._Copier, "_link_by_path",
+                        lambda self, rel, d, name: (walks.append(rel), by_path(self, rel, d, name)))
+    copy_tree(src, tmp_path / "snap")
+    assert len(walks) >= 3 and all(len(rel) > 4096 for rel in walks)
+    assert walk_digest(src) == walk_digest(tmp_path / "snap")
+
+
+@pytest.fixture
+def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs: 10,000 mkdirs take seconds on a busy ext4, milliseconds here; unmounting removes all."""
+    require_root()
+    with mounted(tmp_path / "tmpfs", "-t", "tmpfs", "-o", "size=256m", "tmpfs") as d:
+        yield d
+
+
+@pytest.fixture
+def low_fd_limit() -> Iterator[int]:
+    """The default soft limit of 1024 descriptors, as a daemon started by hand has it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        yield 1024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_ten_thousand_levels_copy_with_1024_descriptors(tmpfs_dir: Path, low_fd_limit: int) -> None:
+    src, snap, back = tmpfs_dir / "src", tmpfs_dir / "snap", tmpfs_dir / "back"
+    build_deep(src, 10_000)
+    stats = copy_tree(src, snap)
+    assert stats.dirs == 10_001
+    copy_tree(snap, back)
+    assert stats.exclusive_bytes == tree_exclusive_bytes(snap)
+    assert walk_digest(src) == walk_digest(snap) == walk_digest(back)
+    fd, depth = bottom(back)
+    try:
+        assert depth == 10_000 and _same_inode(fd, "a", "b") and _same_inode(fd, "s1", "s2")
+    finally:
+        os.close(fd)
+    remove_deep(back)  # the test helper itself, on the same tree
+    assert not back.exists()
+
+
+def test_an_entry_that_changes_once_is_copied_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    (src / "flip").mkdir(parents=True)
+    (src / "flip/inside").write_text("a dir")
+    (src / "other").write_text("stays")
+    calls = flip_on_every_visit(monkeypatch, src, times=1)
+    stats = copy_tree(src, tmp_path / "dst")
+    assert calls[0] == 1 and stats.retried == 1
+    assert (tmp_path / "dst/flip").read_text() == "now a file"
+    after = digest(tmp_path / "dst")
+    # the flip touched src's own mtime after the copier read it; everything else is exact
+    assert {k: v for k, v in digest(src).items() if k != b"."} == {k: v for k, v in after.items() if k != b"."}
+
+
+def test_an_entry_that_keeps_changing_gives_tree_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    (src / "flip").mkdir(parents=True)
+    (src / "flip/inside").write_text("a dir")
+    flip_on_every_visit(monkeypatch, src, times=1000)
+    with pytest.raises(treecopy.TreeChanged) as err:
+        copy_tree(src, tmp_path / "dst")
+    assert err.value.path == b"flip"
+    # what was built for it is gone again: the caller removes dst, nothing else is half-made
+    assert os.listdir(tmp_path / "dst") == []
+
+
+def test_a_genuine_error_is_not_taken_for_a_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("target", src / "link")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(treecopy.os, "symlink", broken)
+    with pytest.raises(OSError) as err:
+        copy_tree(src, tmp_path / "dst")
+    assert err.value.errno == errno.EINVAL and not isinstance(err.value, treecopy.TreeChanged)
+
+
+def test_a_directory_moved_away_while_copied_deep_down_gives_tree_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below KEEP_OPEN a parent is re-opened through "..": if that is another directory now, stop."""
+    monkeypatch.setattr(treecopy, "KEEP_OPEN", 1)
+    src = tmp_path / "src"
+    write_tree(src, {"a/b/c/leaf": "x"})
+    copy_regular = treecopy._Copier._copy_regular
+
+    def move_b_out(self, d, name):  # type: ignore[no-untyped-def]
+        if name == b"leaf":
+            os.rename(src / "a/b", src / "b-moved")
+        return copy_regular(self, d, name)
+
+    monkeypatch.setattr(treecopy._Copier, "_copy_regular", move_b_out)
+    with pytest.raises(treecopy.TreeChanged, match="a directory was moved while it was copied"):
+        copy_tree(src, tmp_path / "dst")
