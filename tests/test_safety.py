@@ -205,7 +205,12 @@ def test_reconcile_dry_run_then_apply(pool: PoolHarness, tmp_path: Path) -> None
 
 
 def test_reserve_parsing() -> None:
-    from snapd.host.config import ConfigError, parse_reserve
+    from snapd.core.settings import PoolPolicy
+    from snapd.host.config import DEFAULT_RESERVE, DEFAULT_RESERVE_INODES, ConfigError, parse_reserve
+
+    # the documented defaults are the service's defaults
+    assert PoolPolicy().reserve == parse_reserve(DEFAULT_RESERVE, "x")
+    assert PoolPolicy().reserve_inodes == parse_reserve(DEFAULT_RESERVE_INODES, "x", "inodes")
 
     assert parse_reserve("1GiB,5%", "x").required(100 << 30) == 1 << 30
     assert parse_reserve("1GiB,5%", "x").required(10 << 30) == (10 << 30) // 20

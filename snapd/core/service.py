@@ -33,7 +33,7 @@ from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFo
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
-from snapd.host.config import PoolPolicy, Reserve
+from snapd.core.settings import PoolPolicy, Reserve
 
 log = logging.getLogger("snapd.service")
 oplog = logging.getLogger("snapd.operation")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, PoolPolicy, Reserve
+
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
 DEFAULT_CONFIG = Path("/etc/container-snapd/config.toml")
@@ -39,39 +41,9 @@ DEFAULT_RESERVE = "1GiB,5%"
 """Free space a create must leave: the smaller of 1 GiB and 5% of the pool."""
 DEFAULT_RESERVE_INODES = "5%"
 """Free inodes a create must leave: 5% of the pool's inodes."""
-DEFAULT_HOOK_TIMEOUT = 60.0
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4,
           "tib": 1 << 40}
-
-
-@dataclass(frozen=True)
-class Reserve:
-    """What a create must leave free in a pool (bytes or inodes): an amount, a fraction
-    of the pool, or the smaller of both (`"1GiB,5%"`).  Zero disables the check."""
-
-    amount: int | None = None
-    fraction: float | None = None
-    unit: str = "bytes"
-
-    @property
-    def off(self) -> bool:
-        """A zero amount or fraction: the smaller of the two is always zero."""
-        return self.amount == 0 or self.fraction == 0
-
-    def required(self, total: int | None) -> int:
-        """The reserve for a pool of `total` bytes or inodes (None: size unknown)."""
-        options = []
-        if self.amount is not None:
-            options.append(self.amount)
-        if self.fraction is not None and total is not None:
-            options.append(int(total * self.fraction))
-        return min(options) if options else 0
-
-    def __str__(self) -> str:
-        parts = ([f"{self.amount} {self.unit}"] if self.amount is not None else []) + (
-            [f"{self.fraction * 100:g}%"] if self.fraction is not None else [])
-        return " or ".join(parts) if parts else "none"
 
 
 def parse_reserve(value: object, where: str, unit: str = "bytes") -> Reserve:
@@ -117,27 +89,6 @@ def parse_limit(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: must be a whole number of snapshots (0: no limit)")
     return value
-
-
-@dataclass(frozen=True)
-class PoolPolicy:
-    """Per-pool safety settings: free-space and inode reserves, snapshot limits, restore hooks."""
-
-    reserve: Reserve = field(default_factory=lambda: parse_reserve(DEFAULT_RESERVE, "default"))
-    reserve_inodes: Reserve = field(
-        default_factory=lambda: parse_reserve(DEFAULT_RESERVE_INODES, "default", "inodes"))
-    max_snapshots_per_container: int = 0
-    """A create that would give one container more snapshots than this is refused (0: no limit)."""
-    max_snapshots_per_project: int = 0
-    """The same for all containers of one project in this pool (0: no limit)."""
-    pre_restore: tuple[str, ...] = ()
-    """argv run (no shell) before a restore; failure refuses the restore (409)."""
-    post_restore: tuple[str, ...] = ()
-    """argv run after a restore (also a failed one, once pre_restore ran); failure is logged."""
-    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
-    layout: str = "auto"
-    """Overlay pools: what a snapshot of a container without a layout label captures:
-    "overlay" (upper/), "whole", or "auto" (decided at its first snapshot, then recorded)."""
 
 
 @dataclass

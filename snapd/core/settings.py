@@ -1,0 +1,61 @@
+"""Per-pool settings the service applies: reserves, snapshot limits, restore hooks.
+
+Plain values; snapd/host/config.py reads them from the file and flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_HOOK_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """What a create must leave free in a pool (bytes or inodes): an amount, a fraction
+    of the pool, or the smaller of both (`"1GiB,5%"`).  Zero disables the check."""
+
+    amount: int | None = None
+    fraction: float | None = None
+    unit: str = "bytes"
+
+    @property
+    def off(self) -> bool:
+        """A zero amount or fraction: the smaller of the two is always zero."""
+        return self.amount == 0 or self.fraction == 0
+
+    def required(self, total: int | None) -> int:
+        """The reserve for a pool of `total` bytes or inodes (None: size unknown)."""
+        options = []
+        if self.amount is not None:
+            options.append(self.amount)
+        if self.fraction is not None and total is not None:
+            options.append(int(total * self.fraction))
+        return min(options) if options else 0
+
+    def __str__(self) -> str:
+        parts = ([f"{self.amount} {self.unit}"] if self.amount is not None else []) + (
+            [f"{self.fraction * 100:g}%"] if self.fraction is not None else [])
+        return " or ".join(parts) if parts else "none"
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """Per-pool safety settings: free-space and inode reserves, snapshot limits, restore hooks."""
+
+    reserve: Reserve = Reserve(1 << 30, 0.05)
+    """The smaller of 1 GiB and 5% (config: "1GiB,5%")."""
+    reserve_inodes: Reserve = Reserve(None, 0.05, "inodes")
+    """5% of the pool's inodes (config: "5%")."""
+    max_snapshots_per_container: int = 0
+    """A create that would give one container more snapshots than this is refused (0: no limit)."""
+    max_snapshots_per_project: int = 0
+    """The same for all containers of one project in this pool (0: no limit)."""
+    pre_restore: tuple[str, ...] = ()
+    """argv run (no shell) before a restore; failure refuses the restore (409)."""
+    post_restore: tuple[str, ...] = ()
+    """argv run after a restore (also a failed one, once pre_restore ran); failure is logged."""
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    layout: str = "auto"
+    """Overlay pools: what a snapshot of a container without a layout label captures:
+    "overlay" (upper/), "whole", or "auto" (decided at its first snapshot, then recorded)."""
