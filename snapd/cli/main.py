@@ -19,7 +19,7 @@ from urllib.parse import quote
 from snapd import __version__
 from snapd.core.clock import Clock
 from snapd.host.config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, build, check, load_file
-from snapd.core.text import visible
+from snapd.core.text import human_size, visible
 
 DEMO_CONTAINER = "507f1f77bcf86cd799439011"
 
@@ -124,14 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    return "-" if n is None else human_size(n)
 
 
 def _relative(seconds: float) -> str:

@@ -33,6 +33,7 @@ from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFo
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
+from snapd.core.text import human_size
 from snapd.core.settings import PoolPolicy, Reserve
 
 log = logging.getLogger("snapd.service")
@@ -323,7 +324,7 @@ class SnapshotService:
         if free < need:
             log.warning("create refused container=%s pool=%s free_%s=%d reserve=%d",
                         container.id, container.pool, reserve.unit, free, need)
-            have, keep = (f"{free} free inodes", str(need)) if inodes else (f"{_size(free)} free", _size(need))
+            have, keep = (f"{free} free inodes", str(need)) if inodes else (f"{human_size(free)} free", human_size(need))
             raise InsufficientStorage(
                 f"Pool {container.pool} has {have}, below its reserve of {keep} ({reserve}); "
                 f"no snapshot was created. Free {'inodes' if inodes else 'space'} or delete snapshots first."
@@ -587,14 +588,6 @@ class SnapshotService:
             return await self._delete_rows(backend, cid, rows)
 
         return await self._mutate(cid, op)
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 async def _map_errors(call: Awaitable[T], what: str) -> T:

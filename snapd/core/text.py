@@ -47,3 +47,13 @@ def visible(text: str) -> str:
         return text
     return "".join(escape_char(c) if unicodedata.category(c) in _ESCAPED_CATEGORIES else c
                    for c in text)
+
+
+def human_size(n: int) -> str:
+    """`512 bytes`, `1.5 GiB`: sizes in messages and tables."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"

@@ -12,11 +12,11 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from backends.base import LAYOUTS
-from snapd.core.errors import Conflict, NotFound, ServiceError
+from snapd.core.errors import NotFound, ServiceError
 from snapd.http.admin_expiry import add_expiry_routes
 from snapd.http.admin_reconcile import add_reconcile_routes
 from snapd.http.auth import AUTH_KEY, require_admin
-from snapd.http.envelope import ApiError, ok, read_body
+from snapd.http.envelope import ApiError, Messages, map_service_error, ok, read_body
 from snapd.http.keys import SERVICE_KEY
 from snapd.http.validation import (
     MAX_EXPIRY_DAYS,
@@ -32,6 +32,8 @@ PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 DAY = 86400.0
 ADMIN = "/api/v1/admin"
+CONTAINER_MSGS = Messages("Admin access required", "Invalid container ID format", "Container not found")
+"""Service errors on the admin container routes: the main API's mapping (409, 507, ...)."""
 
 
 def _invalid(field: str, reason: str) -> ApiError:
@@ -127,7 +129,7 @@ async def _container_json(request: web.Request, cid: str) -> dict[str, Any]:
     try:
         layout, label = await service.layout(container)
     except ServiceError as exc:
-        raise ApiError(500, "An unexpected error occurred", [{"field": "operation", "reason": exc.message}]) from None
+        raise map_service_error(exc, CONTAINER_MSGS) from None
     return {
         "container_id": cid,
         "project_id": container.project,
@@ -154,10 +156,8 @@ async def set_project(request: web.Request) -> web.Response:
     project = None if body["project"] is None else _project(body["project"])
     try:
         await request.app[SERVICE_KEY].set_project(cid, project)
-    except NotFound:
-        raise ApiError(404, "Container not found") from None
     except ServiceError as exc:
-        raise ApiError(500, "An unexpected error occurred", [{"field": "operation", "reason": exc.message}]) from None
+        raise map_service_error(exc, CONTAINER_MSGS) from None
     return ok("Container project updated successfully", await _container_json(request, cid))
 
 
@@ -172,12 +172,8 @@ async def set_layout(request: web.Request) -> web.Response:
         raise _invalid("layout", f"must be one of {', '.join(LAYOUTS)}, or null to remove the label")
     try:
         await request.app[SERVICE_KEY].set_layout(cid, layout)
-    except NotFound:
-        raise ApiError(404, "Container not found") from None
-    except Conflict as exc:
-        raise ApiError(409, exc.message, exc.details) from None
     except ServiceError as exc:
-        raise ApiError(500, "An unexpected error occurred", [{"field": "operation", "reason": exc.message}]) from None
+        raise map_service_error(exc, CONTAINER_MSGS) from None
     return ok("Container layout updated successfully", await _container_json(request, cid))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
@@ -17,15 +16,17 @@ from aiohttp import web
 from snapd.http.admin import add_admin_routes
 from snapd.http.auth import AuthContext, AUTH_KEY, authentication, principal_of
 from snapd.core.clock import iso
-from snapd.http.envelope import INTERNAL_MESSAGE, ApiError, Handler, dumps, envelope_errors, ok, read_body
-from snapd.core.errors import (
-    Conflict,
-    InsufficientStorage,
-    InvalidInput,
-    NotFound,
-    OperationFailed,
-    ServiceError,
+from snapd.http.envelope import (
+    ApiError,
+    Handler,
+    Messages,
+    dumps,
+    envelope_errors,
+    map_service_error,
+    ok,
+    read_body,
 )
+from snapd.core.errors import InvalidInput, NotFound, ServiceError
 from snapd.http.openapi import openapi_document
 from snapd.http.guard import mark_busy
 from snapd.http.keys import SERVICE_KEY
@@ -43,15 +44,6 @@ from snapd.http.validation import (
 )
 
 log = logging.getLogger("snapd.api")
-
-
-@dataclass(frozen=True)
-class Messages:
-    """The reference's per-endpoint messages."""
-
-    forbidden: str
-    invalid_id: str
-    not_found: str
 
 
 LIST_MSGS = Messages(
@@ -84,8 +76,6 @@ DELETE_MSGS = Messages(
     "Invalid snapshot name or container ID",
     "Container or snapshot not found",
 )
-PAYLOAD_MESSAGE = "Invalid request payload"
-ALIAS_MESSAGE = "Invalid alias value"
 
 
 def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
@@ -105,28 +95,6 @@ def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
 
 def _service(request: web.Request) -> SnapshotService:
     return request.app[SERVICE_KEY]
-
-
-def map_service_error(exc: ServiceError, msgs: Messages) -> ApiError:
-    if isinstance(exc, InvalidInput):
-        message = {
-            "id": msgs.invalid_id,
-            "name": msgs.invalid_id,
-            "payload": PAYLOAD_MESSAGE,
-            "alias": ALIAS_MESSAGE,
-            "query": "Invalid query parameter",
-        }[exc.kind]
-        return ApiError(400, message, exc.details)
-    if isinstance(exc, NotFound):
-        return ApiError(404, msgs.not_found)
-    if isinstance(exc, Conflict):
-        return ApiError(409, exc.message, exc.details)
-    if isinstance(exc, InsufficientStorage):
-        return ApiError(507, exc.message)
-    if isinstance(exc, OperationFailed):
-        log.error("operation failed: %s", exc.message)
-        return ApiError(500, INTERNAL_MESSAGE, [{"field": "operation", "reason": exc.message}])
-    return ApiError(500, INTERNAL_MESSAGE)
 
 
 GUARD = "guard"

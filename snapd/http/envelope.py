@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed, ServiceError
 from snapd.host.logsetup import request_id_var
 from snapd.http.validation import MAX_BODY
 
@@ -128,3 +130,41 @@ def route_template(request: web.Request) -> str:
     if resource is None or info.http_exception is not None:
         return "unmatched"
     return resource.canonical
+
+
+# -- service errors as responses ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Messages:
+    """The reference's per-endpoint messages."""
+
+    forbidden: str
+    invalid_id: str
+    not_found: str
+
+
+PAYLOAD_MESSAGE = "Invalid request payload"
+ALIAS_MESSAGE = "Invalid alias value"
+
+
+def map_service_error(exc: ServiceError, msgs: Messages) -> ApiError:
+    if isinstance(exc, InvalidInput):
+        message = {
+            "id": msgs.invalid_id,
+            "name": msgs.invalid_id,
+            "payload": PAYLOAD_MESSAGE,
+            "alias": ALIAS_MESSAGE,
+            "query": "Invalid query parameter",
+        }[exc.kind]
+        return ApiError(400, message, exc.details)
+    if isinstance(exc, NotFound):
+        return ApiError(404, msgs.not_found)
+    if isinstance(exc, Conflict):
+        return ApiError(409, exc.message, exc.details)
+    if isinstance(exc, InsufficientStorage):
+        return ApiError(507, exc.message)
+    if isinstance(exc, OperationFailed):
+        log.error("operation failed: %s", exc.message)
+        return ApiError(500, INTERNAL_MESSAGE, [{"field": "operation", "reason": exc.message}])
+    return ApiError(500, INTERNAL_MESSAGE)
