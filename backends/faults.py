@@ -13,7 +13,7 @@ from the environment after import.
 
 POINTS lists every compiled-in point with what has happened by then; the
 fault-matrix test (tests/test_faults.py) iterates it, and
-docs/failure-behaviour.md explains what start-up does for each.
+the README's "Failure behaviour" explains what start-up does for each.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
 
 
 def _migrate_v3(db: sqlite_utils.Database) -> None:
-    """The operation journal (snapd/journal.py): one row per create, restore, delete."""
+    """The operation journal (snapd/core/journal.py): one row per create, restore, delete."""
     db.execute(
         "CREATE TABLE journal ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -366,7 +366,7 @@ class Store:
         ).fetchone()
         return _s(row[0])
 
-    # -- journal (snapd/journal.py) --------------------------------------------
+    # -- journal (snapd/core/journal.py) --------------------------------------------
 
     def journal_begin(self, op: str, cid: str, snapshot: str | None, pool: str, data: dict,
                       now: float) -> int:

@@ -193,5 +193,5 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{ADMIN}/containers/{{id}}", show_container, allow_head=False)
     app.router.add_put(f"{ADMIN}/containers/{{id}}/project", set_project)
     app.router.add_put(f"{ADMIN}/containers/{{id}}/layout", set_layout)
-    add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/admin_reconcile.py)
-    add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/admin_expiry.py)
+    add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py)
+    add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/http/admin_expiry.py)

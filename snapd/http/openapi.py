@@ -326,7 +326,7 @@ ADMIN = "/api/v1/admin"
 
 
 def _expiry_path() -> dict[str, Any]:
-    """GET /api/v1/admin/expiry (snapd/admin_expiry.py): what the reaper deletes in the next N hours."""
+    """GET /api/v1/admin/expiry (snapd/http/admin_expiry.py): what the reaper deletes in the next N hours."""
     from snapd.http.admin_expiry import DEFAULT_HOURS, DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
 
     SCHEMAS["ExpiryPlan"] = _envelope("Expiry plan retrieved successfully", {
@@ -371,7 +371,7 @@ def _expiry_path() -> dict[str, Any]:
 
 
 def _reconcile_path() -> dict[str, Any]:
-    """POST /api/v1/admin/reconcile (snapd/admin_reconcile.py owns its schemas)."""
+    """POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py owns its schemas)."""
     from snapd.http.admin_reconcile import RECONCILE_BODY, RECONCILE_SCHEMA
 
     SCHEMAS["ReconcileResponse"] = RECONCILE_SCHEMA
