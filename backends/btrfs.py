@@ -442,52 +442,52 @@ class BtrfsBackend(Backend):
             return await self._delete_cmd(cid, snaps)
         return await asyncio.to_thread(self._delete_ioctl, cid, snaps)
 
+    def _to_delete(self, cid: str, snaps: list[SnapshotRef]) -> tuple[dict[str, BackendError | None], list[str]]:
+        """Sort a delete's names, the same for both paths: gone already (done), not a
+        subvolume (an error: left alone, its row kept), or a subvolume to destroy."""
+        done: dict[str, BackendError | None] = {}
+        doomed = []
+        for s in snaps:
+            try:
+                path = self._spath(cid, s.name)
+            except BackendError as e:
+                done[s.name] = e
+                continue
+            if _is_subvolume(path):
+                doomed.append(s.name)
+            elif os.path.lexists(path):
+                done[s.name] = BackendError(f"{s.name} is not a subvolume; left alone")
+            else:
+                done[s.name] = None
+        return done, doomed
+
     def _delete_ioctl(self, cid: str, snaps: list[SnapshotRef]) -> dict[str, BackendError | None]:
-        out: dict[str, BackendError | None] = {}
         sdir = self._sdir(cid)
+        out, doomed = self._to_delete(cid, snaps)
         try:
             dfd = _Fd(sdir)
         except FileNotFoundError:
-            return {s.name: None for s in snaps}
+            return {**out, **{n: None for n in doomed}}
         with dfd as fd:
-            for s in snaps:
+            for name in doomed:
                 try:
-                    self._spath(cid, s.name)
-                    if not _is_subvolume(os.path.join(sdir, s.name)):
-                        if os.path.lexists(os.path.join(sdir, s.name)):
-                            raise BackendError(f"{s.name} is not a subvolume; left alone")
-                        out[s.name] = None
-                        continue
-                    otime = _otime(os.path.join(sdir, s.name))
-                    ioc.destroy(fd, s.name)
-                    self._note(cid, "delete", otime, s.name)
-                    out[s.name] = None
+                    otime = _otime(os.path.join(sdir, name))
+                    ioc.destroy(fd, name)
+                    self._note(cid, "delete", otime, name)
+                    out[name] = None
                 except FileNotFoundError:
-                    out[s.name] = None
+                    out[name] = None
                 except OSError as e:
-                    out[s.name] = _error(e, f"cannot delete snapshot {s.name}")
-                except BackendError as e:
-                    out[s.name] = e
+                    out[name] = _error(e, f"cannot delete snapshot {name}")
         _rmdir_if_empty(sdir)
         return out
 
     async def _delete_cmd(
         self, cid: str, snaps: list[SnapshotRef]
     ) -> dict[str, BackendError | None]:
-        out: dict[str, BackendError | None] = {}
-        paths: dict[str, str] = {}
-        otimes: dict[str, float] = {}
-        for s in snaps:
-            try:
-                p = self._spath(cid, s.name)
-            except BackendError as e:
-                out[s.name] = e
-                continue
-            if await asyncio.to_thread(_is_subvolume, p):
-                paths[s.name] = p
-                otimes[s.name] = await asyncio.to_thread(_otime, p)
-            else:
-                out[s.name] = None
+        out, doomed = await asyncio.to_thread(self._to_delete, cid, snaps)
+        paths = {n: os.path.join(self._sdir(cid), n) for n in doomed}
+        otimes = {n: await asyncio.to_thread(_otime, p) for n, p in paths.items()}
         err: BackendError | None = None
         if paths:
             try:

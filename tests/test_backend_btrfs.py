@@ -229,8 +229,12 @@ async def test_restore_refuses_mounted_container(
     assert (c / "f").read_text() == "old"
 
 
+@pytest.mark.parametrize("use_ioctl", [True, False], ids=["ioctl", "command"])
 async def test_delete_reports_failures(fs: BtrfsHarness, backend: BtrfsBackend,
-                                       tmp_path: Path) -> None:
+                                       tmp_path: Path, use_ioctl: bool) -> None:
+    """Both delete paths agree: a busy subvolume and a non-subvolume are errors (their
+    rows kept), a missing name is already done."""
+    backend.use_ioctl = use_ioctl
     cid = new_cid()
     fs.make_container(cid)
     await backend.create(cid, "busy", None, None)
@@ -247,6 +251,7 @@ async def test_delete_reports_failures(fs: BtrfsHarness, backend: BtrfsBackend,
     assert res["fine"] is None
     assert res["busy"] is not None and "busy" in str(res["busy"]).lower()
     assert res["plain"] is not None and "not a subvolume" in str(res["plain"])
+    assert (fs.root / ".snapshots" / cid / "plain").is_dir()
     assert [f.name for f in (await backend.list(cid))[cid]] == ["busy"]
     assert await backend.delete(cid, [SnapshotRef("busy")]) == {"busy": None}
 
