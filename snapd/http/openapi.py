@@ -229,6 +229,14 @@ SCHEMAS["TokenBody"] = {
         "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS,
                     "description": "Days until the token expires (fractions allowed); absent or null: never."},
     },
+    # which combinations make a token (if/then/else, which client generators leave alone)
+    "if": {"required": ["admin"], "properties": {"admin": {"const": True}}},
+    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}},
+             "not": {"required": ["containers"]}},
+    "else": {"anyOf": [
+        {"required": ["project"], "properties": {"project": {"type": "string"}}},
+        {"required": ["metrics"], "properties": {"metrics": {"const": True}}, "not": {"required": ["containers"]}},
+    ]},
 }
 SCHEMAS["ProjectBody"] = {
     "type": "object",
@@ -357,7 +365,7 @@ def _op(operation_id: str, tag: str, summary: str, ok: str, errors: list[int], b
     }
     if body:
         op["requestBody"] = {
-            "required": body in ("AliasBody", "ProjectBody"),
+            "required": body in ("AliasBody", "ProjectBody", "TokenBody"),
             "content": {"application/json": {"schema": _ref(body)}},
         }
     return op
