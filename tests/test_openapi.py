@@ -195,7 +195,7 @@ def test_schemathesis_finds_nothing(env: Env, who: str, tmp_path: Path) -> None:
          f"http://127.0.0.1:{env.d.port}/api/v1/openapi.json",
          "-H", f"Authorization: Bearer {env.tokens[who]}",
          "--report", "json", "--report-json-path", str(report), "--no-color"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},  # its cache lands in tmp_path
         capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout[-20000:] + proc.stderr[-5000:]
