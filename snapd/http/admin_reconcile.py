@@ -72,48 +72,65 @@ def add_reconcile_routes(app: web.Application) -> None:
     app.router.add_post(ROUTE, reconcile_route)
 
 
-_ITEM = {"type": "object", "required": ["container_id", "snapshot", "why"],
-         "properties": {"container_id": {"type": "string"}, "snapshot": {"type": "string"},
-                        "ref": {"type": "string"}, "why": {"type": "string"}}}
-RECONCILE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["statusCode", "message", "data"],
-    "properties": {
-        "statusCode": {"const": 200},
-        "message": {"enum": ["Reconcile plan computed (dry run)", "Reconcile applied"]},
-        "data": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["dry_run", "journal", "journal_settled", "pools"],
-            "properties": {
-                "dry_run": {"type": "boolean"},
-                "journal": {"type": "array", "description": "Unfinished journal entries found (settled unless dry_run)",
-                            "items": {"type": "object"}},
-                "journal_settled": {"type": "integer", "minimum": 0},
-                "pools": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["pool", "adopt", "forget", "update_ref", "rehome", "conflict", "refused",
-                                 "error"],
-                    "properties": {
-                        "pool": {"type": "string"},
-                        "adopt": {"type": "array", "items": _ITEM},
-                        "forget": {"type": "array", "items": _ITEM},
-                        "update_ref": {"type": "array", "items": _ITEM},
-                        "rehome": {"type": "array", "items": _ITEM},
-                        "conflict": {"type": "array", "items": _ITEM},
-                        "refused": {"type": ["string", "null"]},
-                        "error": {"type": ["string", "null"]},
-                    },
-                }},
-            },
+def _schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+RECONCILE_SCHEMAS: dict[str, Any] = {
+    "ReconcileAction": {
+        "type": "object", "additionalProperties": False, "required": ["container_id", "snapshot", "why"],
+        "properties": {"container_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+                       "snapshot": {"type": "string"},
+                       "ref": {"type": "string", "description": "Where the snapshot is now (update_ref and rehome)"},
+                       "why": {"type": "string"}},
+    },
+    "ReconcileJournalEntry": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "op", "container_id", "snapshot", "pool"],
+        "properties": {"id": {"type": "integer"}, "op": {"type": "string"},
+                       "container_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+                       "snapshot": {"type": ["string", "null"]}, "pool": {"type": "string"}},
+    },
+    "ReconcilePool": {
+        "type": "object", "additionalProperties": False,
+        "required": ["pool", "adopt", "forget", "update_ref", "rehome", "conflict", "refused", "error"],
+        "properties": {
+            "pool": {"type": "string"},
+            "adopt": {"type": "array", "items": _schema_ref("ReconcileAction")},
+            "forget": {"type": "array", "items": _schema_ref("ReconcileAction")},
+            "update_ref": {"type": "array", "items": _schema_ref("ReconcileAction")},
+            "rehome": {"type": "array", "items": _schema_ref("ReconcileAction")},
+            "conflict": {"type": "array", "items": _schema_ref("ReconcileAction")},
+            "refused": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]},
         },
     },
+    "ReconcileResult": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["dry_run", "journal", "journal_settled", "pools"],
+        "properties": {
+            "dry_run": {"type": "boolean"},
+            "journal": {"type": "array", "description": "Unfinished journal entries found (settled unless dry_run)",
+                        "items": _schema_ref("ReconcileJournalEntry")},
+            "journal_settled": {"type": "integer", "minimum": 0},
+            "pools": {"type": "array", "items": _schema_ref("ReconcilePool")},
+        },
+    },
+    "ReconcileResponse": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["statusCode", "message", "data"],
+        "properties": {
+            "statusCode": {"const": 200},
+            "message": {"enum": ["Reconcile plan computed (dry run)", "Reconcile applied"]},
+            "data": _schema_ref("ReconcileResult"),
+        },
+    },
+    "ReconcileBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"dry_run": {"type": "boolean", "description": "Compute and return the plan; change nothing"}},
+    },
 }
-"""Response schema, for snapd/openapi.py."""
-
-RECONCILE_BODY: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {"dry_run": {"type": "boolean", "description": "Compute and return the plan; change nothing"}},
-}
+"""Named component schemas of the route's body and response, for snapd/http/openapi.py."""

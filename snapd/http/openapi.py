@@ -1,71 +1,143 @@
-"""The OpenAPI 3.1 document describing every route, body, response and error."""
+"""The OpenAPI 3.1 document describing every route, body, response and error.
+
+Every operation has an operationId (lowerCamel verbNoun), a tag and its
+security; every object a client sees is a named component schema, so a
+generated client gets `Snapshot`, `ExpiryPlanEntry`, ... rather than names
+made up from paths.
+"""
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from functools import lru_cache
 from typing import Any
 
 from snapd import __version__
-from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS, TEXT_RULE
+from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+CONTAINER_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+TOKEN_ID_PATTERN = "^[0-9a-f]{12}$"
+"""snapd.core.tokens: the public part of `csd_<id>_<secret>`, 6 random bytes in lower-case hex."""
 
 TIMESTAMP = {
-    "type": ["string", "null"],
+    "type": "string",
+    "format": "date-time",
     "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+    "description": "UTC, milliseconds, `Z`: `2025-01-15T10:30:00.000Z`.",
 }
+NULLABLE_TIMESTAMP = {**TIMESTAMP, "type": ["string", "null"],
+                      "description": "UTC, milliseconds, `Z`: `2025-01-15T10:30:00.000Z`; null when unset."}
 
-TEXT_IN = {
-    "type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS,
-    "description": f"{TEXT_RULE}; anything else is a 400 naming the character. "
-                   "null: none.",
-}
+REFUSED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
+"""Unicode categories free text (aliases, token labels) may not contain: control, format, separators."""
+
+
+def _refused_class() -> str:
+    """A regex character class of every code point in REFUSED_CATEGORIES (this Python's Unicode).
+
+    BMP ranges as `\\uXXXX` escapes (ECMA-262, Python and Rust engines all read
+    them); the few astral ones as literal characters.
+    """
+    def one(cp: int) -> str:
+        return f"\\u{cp:04X}" if cp <= 0xFFFF else chr(cp)
+
+    ranges: list[str] = []
+    start: int | None = None
+    for cp in range(sys.maxunicode + 2):
+        refused = cp <= sys.maxunicode and unicodedata.category(chr(cp)) in REFUSED_CATEGORIES
+        if refused and start is None:
+            start = cp
+        elif not refused and start is not None:
+            ranges.append(one(start) if start == cp - 1 else f"{one(start)}-{one(cp - 1)}")
+            start = None
+    return "".join(ranges)
+
+
+TEXT_PATTERN = f"^[^{_refused_class()}]{{1,{MAX_ALIAS}}}$"
+TEXT_RULE = (f"1 to {MAX_ALIAS} characters, none of them a Unicode control (Cc), format (Cf), "
+             "line or paragraph separator (Zl, Zp) character or a lone surrogate; "
+             "anything else is a 400 naming the character")
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(name: str) -> dict[str, Any]:
+    return {"anyOf": [_ref(name), {"type": "null"}]}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None,
+            description: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(properties) if required is None else required,
+        "properties": properties,
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _envelope(message: str | list[str], data: str) -> dict[str, Any]:
+    """The success envelope around the named schema `data`."""
+    return _object({
+        "statusCode": {"const": 200},
+        "message": {"const": message} if isinstance(message, str) else {"enum": message},
+        "data": _ref(data),
+    })
+
+
+TEXT_IN = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS, "pattern": TEXT_PATTERN,
+           "description": f"{TEXT_RULE}. null: none."}
 """Free text a client may send (alias, token label)."""
 
 SCHEMAS: dict[str, Any] = {
-    "Snapshot": {
+    "ContainerId": {"type": "string", "pattern": "^[0-9a-f]{24}$",
+                    "description": "24 hexadecimal characters, reported lower-case."},
+    "SnapshotName": {"type": "string", "pattern": NAME_PATTERN,
+                     "description": "Given by the daemon: `snap-YYYYMMDD-HHMMSS` (UTC), `-2`, `-3`, ... "
+                                    "within one second; never reused for another snapshot of the container."},
+    "ProjectId": {"type": ["string", "null"], "description": "The container's project label; null when unlabelled."},
+    "Snapshot": _object({
+        "name": _ref("SnapshotName"),
+        "alias": {
+            "type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS,
+            "description": "As sent (see CreateBody); one stored by an older version, or written into a "
+                           "ZFS property by hand, may hold characters new aliases may not.",
+        },
+        "created_at": TIMESTAMP,
+        "last_used_at": {**NULLABLE_TIMESTAMP, "description": "When the container was last restored from it."},
+        "expires_at": {**NULLABLE_TIMESTAMP, "description": "null: never expires."},
+        "stateful": {"const": False, "description": "Always false: no process state is captured."},
+        "size": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "Bytes the snapshot holds exclusively (what deleting it would free); null while not yet known.",
+        },
+    }),
+    "ErrorDetail": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["name", "alias", "created_at", "last_used_at", "expires_at", "stateful", "size"],
+        "required": ["field", "reason"],
         "properties": {
-            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-            "alias": {
-                "type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS,
-                "description": "As sent (see CreateBody); one stored by an older version, or "
-                               "written into a ZFS property by hand, may hold characters new "
-                               "aliases may not.",
-            },
-            "created_at": {**TIMESTAMP, "type": "string"},
-            "last_used_at": TIMESTAMP,
-            "expires_at": TIMESTAMP,
-            "stateful": {"const": False},
-            "size": {
-                "type": ["integer", "null"],
-                "minimum": 0,
-                "description": "Bytes the snapshot holds exclusively (what deleting it would free); null while not yet known.",
-            },
+            "field": {"type": "string", "description": "The input at fault (`request_id`: this request's id)."},
+            "reason": {"type": "string"},
+            "value": {"type": "string", "description": "The offending value (first 80 characters), or the request id."},
         },
     },
-    "ContainerId": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
-    "ProjectId": {"type": ["string", "null"]},
     "Error": {
         "type": "object",
         "additionalProperties": False,
         "required": ["statusCode", "error", "message"],
         "properties": {
             "statusCode": {"type": "integer", "minimum": 400, "maximum": 599},
-            "error": {"type": "string"},
+            "error": {"type": "string", "description": "The status's reason phrase (`Bad Request`, ...)."},
             "message": {"type": "string"},
-            "details": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["field", "reason"],
-                    "properties": {
-                        "field": {"type": "string"},
-                        "reason": {"type": "string"},
-                        "value": {"type": "string"},
-                    },
-                },
-            },
+            "details": {"type": "array", "items": _ref("ErrorDetail")},
         },
     },
     "CreateBody": {
@@ -85,179 +157,171 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["alias"],
-        "properties": {"alias": TEXT_IN},
+        "properties": {"alias": {**TEXT_IN, "description": f"{TEXT_RULE}. null removes the alias."}},
     },
-}
-
-
-def _envelope(message: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["statusCode", "message", "data"],
-        "properties": {
-            "statusCode": {"const": 200},
-            "message": {"const": message},
-            "data": {"type": "object", "additionalProperties": False, "required": list(data), "properties": data},
+    "EmptyBody": {"type": "object", "additionalProperties": False, "maxProperties": 0,
+                  "description": "Nothing, or `{}`."},
+    "SnapshotList": _object({
+        "container_id": _ref("ContainerId"),
+        "project_id": _ref("ProjectId"),
+        "next": {
+            "type": ["string", "null"],
+            "pattern": r"^\d{1,16}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+            "description": "Only with `?limit=`: the cursor of the next page (pass it as `after`); "
+                           "null on the last page.",
         },
-    }
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _container(extra: dict[str, Any]) -> dict[str, Any]:
-    return {"container_id": _ref("ContainerId"), "project_id": _ref("ProjectId"), **extra}
-
-
-SCHEMAS["ListResponse"] = _envelope(
-    "Snapshots retrieved successfully",
-    _container({"snapshots": {"type": "array", "items": _ref("Snapshot")}}),
-)
-SCHEMAS["ListResponse"]["properties"]["data"]["properties"]["next"] = {
-    "type": ["string", "null"],
-    "pattern": r"^\d{1,16}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-    "description": "Only with `?limit=`: the cursor of the next page (pass it as `after`); "
-                   "null on the last page.",
-}
-SCHEMAS["GetResponse"] = _envelope(
-    "Snapshot retrieved successfully", _container({"snapshot": _ref("Snapshot")})
-)
-SCHEMAS["CreateResponse"] = _envelope(
-    "Snapshot created successfully", _container({"snapshot": _ref("Snapshot")})
-)
-SCHEMAS["AliasResponse"] = _envelope(
-    "Snapshot alias updated successfully", _container({"snapshot": _ref("Snapshot")})
-)
-SCHEMAS["RestoreResponse"] = _envelope(
-    "Container restored from snapshot successfully",
-    {
+        "snapshots": {"type": "array", "items": _ref("Snapshot"), "description": "Newest first."},
+    }, required=["container_id", "project_id", "snapshots"]),
+    "SnapshotResult": _object({
+        "container_id": _ref("ContainerId"), "project_id": _ref("ProjectId"), "snapshot": _ref("Snapshot"),
+    }),
+    "RestoreResult": _object({
         "success": {"const": True},
         "message": {"const": "Container restored from snapshot successfully"},
         "snapshot": _ref("Snapshot"),
-    },
-)
-SCHEMAS["DeleteResponse"] = _envelope(
-    "Snapshot deleted successfully", _container({"snapshot_name": {"type": "string"}})
-)
-
-SCHEMAS["Token"] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["id", "label", "scope", "created_at", "last_used_at", "expires_at", "revoked_at"],
-    "properties": {
-        "id": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
-        "label": {"type": ["string", "null"]},
-        "scope": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["admin", "project", "containers", "read_only", "metrics"],
-            "properties": {
-                "admin": {"type": "boolean"},
-                "project": _ref("ProjectId"),
-                "containers": {"type": "array", "items": _ref("ContainerId")},
-                "read_only": {"type": "boolean"},
-                "metrics": {"type": "boolean"},
-            },
-        },
-        "created_at": {**TIMESTAMP, "type": "string"},
-        "last_used_at": TIMESTAMP,
-        "expires_at": TIMESTAMP,
-        "revoked_at": TIMESTAMP,
-    },
+    }),
+    "DeleteResult": _object({
+        "container_id": _ref("ContainerId"), "project_id": _ref("ProjectId"),
+        "snapshot_name": _ref("SnapshotName"),
+    }),
 }
+SCHEMAS["SnapshotListResponse"] = _envelope("Snapshots retrieved successfully", "SnapshotList")
+SCHEMAS["SnapshotResponse"] = _envelope("Snapshot retrieved successfully", "SnapshotResult")
+SCHEMAS["SnapshotCreatedResponse"] = _envelope("Snapshot created successfully", "SnapshotResult")
+SCHEMAS["SnapshotAliasResponse"] = _envelope("Snapshot alias updated successfully", "SnapshotResult")
+SCHEMAS["RestoreResponse"] = _envelope("Container restored from snapshot successfully", "RestoreResult")
+SCHEMAS["DeleteResponse"] = _envelope("Snapshot deleted successfully", "DeleteResult")
+
+SCHEMAS["TokenScope"] = _object({
+    "admin": {"type": "boolean"},
+    "project": _ref("ProjectId"),
+    "containers": {"type": "array", "items": _ref("ContainerId"),
+                   "description": "Empty: every container of the project."},
+    "read_only": {"type": "boolean"},
+    "metrics": {"type": "boolean"},
+})
+SCHEMAS["Token"] = _object({
+    "id": {"type": "string", "pattern": TOKEN_ID_PATTERN},
+    "label": {"type": ["string", "null"]},
+    "scope": _ref("TokenScope"),
+    "created_at": TIMESTAMP,
+    "last_used_at": NULLABLE_TIMESTAMP,
+    "expires_at": NULLABLE_TIMESTAMP,
+    "revoked_at": NULLABLE_TIMESTAMP,
+})
 SCHEMAS["TokenBody"] = {
     "type": "object",
     "additionalProperties": False,
+    "description": "An admin token (`admin: true`, with no project, containers or read_only), a project "
+                   "token (`project`, optionally `containers` and `read_only`), or a metrics-only token "
+                   "(`metrics: true`). Flags are JSON booleans; anything else is a 400.",
     "properties": {
         "admin": {"type": "boolean"},
-        "project": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-        "containers": {"type": "array", "items": {"type": "string"}},
+        "project": {"type": ["string", "null"], "pattern": NAME_PATTERN,
+                    "description": "Required unless `admin` or `metrics` is true."},
+        "containers": {"type": "array", "minItems": 1,
+                       "items": {"type": "string", "pattern": CONTAINER_ID_PATTERN},
+                       "description": "Absent: every container of the project; otherwise a non-empty list of "
+                                      "container ids, and a `project` is required. Anything else is a 400."},
         "read_only": {"type": "boolean"},
-        "metrics": {"type": "boolean"},
+        "metrics": {"type": "boolean", "description": "May read /metrics."},
         "label": TEXT_IN,
-        "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS},
+        "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS,
+                    "description": "Days until the token expires (fractions allowed); absent or null: never."},
     },
+    # which combinations make a token (if/then/else, which client generators leave alone)
+    "if": {"required": ["admin"], "properties": {"admin": {"const": True}}},
+    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}},
+             "not": {"required": ["containers"]}},
+    "else": {"anyOf": [
+        {"required": ["project"], "properties": {"project": {"type": "string"}}},
+        {"required": ["metrics"], "properties": {"metrics": {"const": True}}, "not": {"required": ["containers"]}},
+    ]},
 }
 SCHEMAS["ProjectBody"] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["project"],
-    "properties": {"project": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
+    "properties": {"project": {"type": ["string", "null"], "pattern": NAME_PATTERN,
+                               "description": "The project label; null removes it."}},
 }
-SCHEMAS["LayoutBody"] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["layout"],
-    "properties": {"layout": {"enum": ["overlay", "whole", None]}},
-}
-SCHEMAS["TokenCreated"] = _envelope(
-    "Token created successfully",
-    {"token": _ref("Token"), "secret": {"type": "string", "pattern": "^csd_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$"}},
-)
-SCHEMAS["TokenList"] = _envelope(
-    "Tokens retrieved successfully", {"tokens": {"type": "array", "items": _ref("Token")}}
-)
-SCHEMAS["TokenRevoked"] = _envelope("Token revoked successfully", {"token": _ref("Token")})
-_CONTAINER_INFO = _container({
+SCHEMAS["NewToken"] = _object({
+    "token": _ref("Token"),
+    "secret": {"type": "string", "pattern": "^csd_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$",
+               "description": "The bearer token; shown only here."},
+})
+SCHEMAS["TokenList"] = _object({"tokens": {"type": "array", "items": _ref("Token")}})
+SCHEMAS["RevokedToken"] = _object({"token": _ref("Token")})
+SCHEMAS["TokenCreatedResponse"] = _envelope("Token created successfully", "NewToken")
+SCHEMAS["TokenListResponse"] = _envelope("Tokens retrieved successfully", "TokenList")
+SCHEMAS["TokenRevokedResponse"] = _envelope("Token revoked successfully", "RevokedToken")
+SCHEMAS["ContainerInfo"] = _object({
+    "container_id": _ref("ContainerId"),
+    "project_id": _ref("ProjectId"),
     "pool": {"type": "string"},
     "backend": {"enum": ["overlay", "btrfs", "zfs"]},
     "layout": {"enum": ["overlay", "whole"],
-               "description": "what a snapshot captures: upper/ only (overlay) or the whole tree"},
+               "description": "What a snapshot captures: upper/ only (overlay) or the whole tree."},
     "layout_label": {"enum": ["overlay", "whole", None],
-                     "description": "the container's layout label (overlay pools), null when unlabelled"},
+                     "description": "The container's layout label (overlay pools); null when unlabelled."},
     "snapshot_count": {"type": "integer", "minimum": 0},
 })
-SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
+SCHEMAS["ContainerInfoResponse"] = _envelope("Container retrieved successfully", "ContainerInfo")
+SCHEMAS["ContainerProjectResponse"] = _envelope("Container project updated successfully", "ContainerInfo")
+SCHEMAS["ContainerLayoutResponse"] = _envelope("Container layout updated successfully", "ContainerInfo")
+SCHEMAS["LayoutBody"] = _object({"layout": {"enum": ["overlay", "whole", None],
+                                            "description": "overlay: capture upper/; whole: the whole "
+                                                           "directory; null removes the label."}})
+SCHEMAS["PoolLimits"] = _object({
+    "reserve": {"type": "string"}, "reserve_inodes": {"type": "string"},
+    "max_snapshots_per_container": {"type": "integer", "minimum": 0},
+    "max_snapshots_per_project": {"type": "integer", "minimum": 0},
+}, description="What a create must leave free, and snapshot counts (0: no limit).")
+SCHEMAS["PoolStatus"] = _object({
+    "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"enum": ["overlay", "btrfs", "zfs"]},
+    "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
+    "free_inodes": {"type": ["integer", "null"],
+                    "description": "null where inodes are dynamic (btrfs, ZFS) or not known."},
+    "snapshots": {"type": "integer", "minimum": 0}, "bytes": {"type": "integer", "minimum": 0},
+    "limits": _ref("PoolLimits"),
+    "problems": {"type": "array", "items": {"type": "string"},
+                 "description": "What the pool holds that the backend could not read or remove "
+                                "(skipped or set aside, not fatal)."},
+})
+SCHEMAS["ReaperStatus"] = _object({
+    "deleted": {"type": "integer", "minimum": 0},
+    "failing": {"type": "integer", "minimum": 0},
+    "next_expiry": NULLABLE_TIMESTAMP,
+})
+SCHEMAS["LogSettings"] = _object({
+    "level": {"enum": ["debug", "info", "warning", "error"]},
+    "format": {"enum": ["kv", "json"]},
+})
+SCHEMAS["LogRecord"] = _object({
+    "time": TIMESTAMP,
+    "logger": {"type": "string"},
+    "level": {"type": "string"},
+    "message": {"type": "string", "maxLength": 500},
+})
+SCHEMAS["Status"] = _object({
     "version": {"type": "string"},
     "pid": {"type": "integer"},
     "uptime_s": {"type": "number", "minimum": 0},
-    "pools": {"type": "array", "items": {
-        "type": "object",
-        "required": ["pool", "spec", "kind", "root", "free_bytes", "free_inodes", "snapshots", "bytes",
-                     "limits"],
-        "properties": {
-            "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"type": "string"},
-            "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
-            "free_inodes": {"type": ["integer", "null"],
-                            "description": "null where inodes are dynamic (btrfs) or not known"},
-            "snapshots": {"type": "integer"}, "bytes": {"type": "integer"},
-            "problems": {"type": "array", "items": {"type": "string"},
-                         "description": "What the pool holds that the backend could not read "
-                                        "(e.g. a ZFS property value set by hand with a newline); "
-                                        "skipped, not fatal."},
-            "limits": {
-                "type": "object",
-                "description": "What a create must leave free, and snapshot counts (0: no limit)",
-                "required": ["reserve", "reserve_inodes", "max_snapshots_per_container",
-                             "max_snapshots_per_project"],
-                "properties": {
-                    "reserve": {"type": "string"}, "reserve_inodes": {"type": "string"},
-                    "max_snapshots_per_container": {"type": "integer", "minimum": 0},
-                    "max_snapshots_per_project": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-    }},
+    "pools": {"type": "array", "items": _ref("PoolStatus")},
     "snapshots_total": {"type": "integer", "minimum": 0},
     "inflight": {"type": "integer", "minimum": 0},
     "listeners": {"type": "array", "items": {"type": "string"}},
-    "reaper": {"type": "object", "required": ["deleted", "failing", "next_expiry"],
-               "properties": {"deleted": {"type": "integer"}, "failing": {"type": "integer"},
-                              "next_expiry": TIMESTAMP}},
-    "log": {"type": "object"},
+    "reaper": _ref("ReaperStatus"),
+    "log": _ref("LogSettings"),
     "watchdog_interval_s": {"type": ["number", "null"]},
-    "last_errors": {"type": "array", "items": {"type": "object"}},
+    "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
 })
-SCHEMAS["ContainerInfo"] = _envelope("Container retrieved successfully", _CONTAINER_INFO)
-SCHEMAS["ContainerProject"] = _envelope("Container project updated successfully", _CONTAINER_INFO)
-SCHEMAS["ContainerLayout"] = _envelope("Container layout updated successfully", _CONTAINER_INFO)
+SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", "Status")
 
 ERROR_TEXT = {
     400: "Invalid input (see `details`)",
-    401: "Authentication required (TCP without a valid token)",
-    403: "The caller may not act on this container",
+    401: "Authentication required (TCP, or a Unix-socket peer that is not an admin, without a valid token)",
+    403: "The caller may not act on this container (or route)",
     404: "Container or snapshot not found",
     405: "Method not allowed on this route",
     408: "The request body did not arrive in time",
@@ -266,26 +330,61 @@ ERROR_TEXT = {
     500: "An unexpected error occurred",
     507: "The pool has no room (free space or inode reserve), or a snapshot count limit is reached",
 }
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"required": True, "description": "`Bearer`",
+                               "schema": {"const": "Bearer"}}},
+    405: {"Allow": {"required": True, "description": "The route's methods, comma-separated",
+                    "schema": {"type": "string"}}},
+}
+
+BEARER = "bearerAuth"
+SECURITY_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "csd_<id>_<secret>",
+    "description": "A token from `snapd token create` (`POST /api/v1/admin/tokens`): required on every request "
+                   "over TCP. An admin token may do everything; a project token only acts on containers "
+                   "labelled with its project (and, if it names containers, only those), and read-only ones only "
+                   "list and get. Over the Unix socket, peers identified by SO_PEERCRED as uid 0, the daemon's "
+                   "own uid or a member of the admin group are admins without any token; OpenAPI cannot "
+                   "express peer-credential authentication, so it is only described here. Other local peers "
+                   "present a bearer token as on TCP.",
+}
+TAGS = [
+    {"name": "snapshots", "description": "The reference's snapshot routes: list, create, get, restore, alias, delete."},
+    {"name": "admin", "description": "Admin-only routes: tokens, container labels, reconcile, expiry plan, status. "
+                                     "Every project token gets 403."},
+    {"name": "meta", "description": "About the daemon itself: this document and Prometheus metrics."},
+]
 
 
-def _op(summary: str, ok: str, errors: list[int], body: str | None = None,
-        params: tuple[str, ...] = ("id",)) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {"description": "Success", "content": {"application/json": {"schema": _ref(ok)}}}
-    }
-    for code in errors:
-        responses[str(code)] = {
-            "description": ERROR_TEXT[code],
-            "content": {"application/json": {"schema": _ref("Error")}},
-        }
+def _error_responses(codes: list[int]) -> dict[str, Any]:
+    out = {}
+    for code in sorted(codes):
+        resp: dict[str, Any] = {"description": ERROR_TEXT[code],
+                                "content": {"application/json": {"schema": _ref("Error")}}}
+        if code in ERROR_HEADERS:
+            resp["headers"] = ERROR_HEADERS[code]
+        out[str(code)] = resp
+    return out
+
+
+def _op(operation_id: str, tag: str, summary: str, ok: str, errors: list[int], body: str | None = None,
+        params: tuple[str, ...] = ("id",), links: dict[str, Any] | None = None) -> dict[str, Any]:
+    success: dict[str, Any] = {"description": "Success", "content": {"application/json": {"schema": _ref(ok)}}}
+    if links:
+        success["links"] = links
     op: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
         "summary": summary,
+        "security": [{BEARER: []}],
         "parameters": [PARAMS[p] for p in params],
-        "responses": responses,
+        "responses": {"200": success, **_error_responses(errors)},
     }
     if body:
         op["requestBody"] = {
-            "required": body in ("AliasBody", "ProjectBody"),
+            "required": body in ("AliasBody", "ProjectBody", "LayoutBody", "TokenBody"),
             "content": {"application/json": {"schema": _ref(body)}},
         }
     return op
@@ -294,13 +393,15 @@ def _op(summary: str, ok: str, errors: list[int], body: str | None = None,
 PARAMS = {
     "id": {
         "name": "id", "in": "path", "required": True,
-        "description": "Container id: 24 hexadecimal characters",
-        "schema": {"type": "string"},
+        "description": "Container id: 24 hexadecimal characters, either case",
+        "schema": {"type": "string", "pattern": CONTAINER_ID_PATTERN},
+        "example": "507f1f77bcf86cd799439011",
     },
     "name": {
         "name": "name", "in": "path", "required": True,
         "description": "Snapshot name",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+        "example": "snap-20250115-103000",
     },
     "limit": {
         "name": "limit", "in": "query", "required": False,
@@ -312,50 +413,63 @@ PARAMS = {
         "name": "after", "in": "query", "required": False,
         "description": "Start after this position in list order: a cursor from `data.next` "
                        "(stable while snapshots come and go) or the name of a snapshot that exists.",
-        "schema": {"type": "string"},
+        "schema": {"type": "string",
+                   "pattern": r"^(\d{1,16}:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
     },
     "token_id": {
         "name": "token_id", "in": "path", "required": True,
-        "description": "Token id (the public part of a token)",
-        "schema": {"type": "string"},
+        "description": "Token id (the public part of a token: `csd_<id>_<secret>`)",
+        "schema": {"type": "string", "pattern": TOKEN_ID_PATTERN},
     },
 }
 COMMON = [400, 401, 403, 404, 405, 500]
 ADMIN_ERRORS = [401, 403, 405, 500]
 ADMIN = "/api/v1/admin"
 
+_SNAPSHOT_LINKS = {
+    f"{verb}Snapshot": {
+        "operationId": f"{verb}Snapshot",
+        "parameters": {"id": "$request.path.id", "name": "$response.body#/data/snapshot/name"},
+        "description": f"{verb.capitalize()} the snapshot just made.",
+    }
+    for verb in ("get", "restore", "delete")
+} | {"updateSnapshotAlias": {
+    "operationId": "updateSnapshotAlias",
+    "parameters": {"id": "$request.path.id", "name": "$response.body#/data/snapshot/name"},
+    "description": "Set or clear the alias of the snapshot just made.",
+}}
+
 
 def _expiry_path() -> dict[str, Any]:
     """GET /api/v1/admin/expiry (snapd/http/admin_expiry.py): what the reaper deletes in the next N hours."""
     from snapd.http.admin_expiry import DEFAULT_HOURS, DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
 
-    SCHEMAS["ExpiryPlan"] = _envelope("Expiry plan retrieved successfully", {
-        "now": {**TIMESTAMP, "type": "string"},
-        "until": {**TIMESTAMP, "type": "string"},
+    SCHEMAS["ExpiryFailure"] = _object({
+        "attempts": {"type": "integer", "minimum": 1},
+        "error": {"type": "string"},
+        "retry_at": NULLABLE_TIMESTAMP,
+    }, description="The reaper's last failed attempt to delete a snapshot.")
+    SCHEMAS["ExpiryPlanEntry"] = _object({
+        "container_id": _ref("ContainerId"),
+        "name": _ref("SnapshotName"),
+        "alias": {"type": ["string", "null"]},
+        "expires_at": TIMESTAMP,
+        "pool": {"type": "string"},
+        "overdue": {"type": "boolean", "description": "Expired already, not yet deleted."},
+        "failing": {**_nullable("ExpiryFailure"), "description": "The last failed delete, if any."},
+    })
+    SCHEMAS["ExpiryPlan"] = _object({
+        "now": TIMESTAMP,
+        "until": TIMESTAMP,
         "hours": {"type": "number", "minimum": 0},
         "total": {"type": "integer", "minimum": 0, "description": "How many expire by `until` in all."},
         "truncated": {"type": "boolean", "description": "True when `total` is more than `limit`."},
-        "snapshots": {"type": "array", "items": {
-            "type": "object", "additionalProperties": False,
-            "required": ["container_id", "name", "alias", "expires_at", "pool", "overdue", "failing"],
-            "properties": {
-                "container_id": _ref("ContainerId"),
-                "name": {"type": "string"},
-                "alias": {"type": ["string", "null"]},
-                "expires_at": {**TIMESTAMP, "type": "string"},
-                "pool": {"type": "string"},
-                "overdue": {"type": "boolean", "description": "Expired already, not yet deleted."},
-                "failing": {
-                    "type": ["object", "null"],
-                    "description": "The reaper's last failed attempt to delete it, if any.",
-                    "required": ["attempts", "error", "retry_at"],
-                    "properties": {"attempts": {"type": "integer"}, "error": {"type": "string"},
-                                   "retry_at": TIMESTAMP},
-                },
-            },
-        }},
+        "snapshots": {"type": "array", "items": _ref("ExpiryPlanEntry"), "description": "Earliest first."},
     })
-    params = [
+    SCHEMAS["ExpiryPlanResponse"] = _envelope("Expiry plan retrieved successfully", "ExpiryPlan")
+    op = _op("getExpiryPlan", "admin", "What the reaper will delete in the next N hours, earliest first (admin)",
+             "ExpiryPlanResponse", ADMIN_ERRORS + [400], params=())
+    op["parameters"] = [
         {"name": "hours", "in": "query", "required": False,
          "description": f"The window from now, in hours (default {DEFAULT_HOURS:g}); overdue snapshots "
                         "are always included.",
@@ -364,21 +478,29 @@ def _expiry_path() -> dict[str, Any]:
          "description": f"At most this many snapshots, earliest first (default {DEFAULT_LIMIT}).",
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
     ]
-    op = _op("What the reaper will delete in the next N hours, earliest first (admin)", "ExpiryPlan",
-             ADMIN_ERRORS + [400], params=())
-    op["parameters"] = params
     return {"get": op}
 
 
 def _reconcile_path() -> dict[str, Any]:
     """POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py owns its schemas)."""
-    from snapd.http.admin_reconcile import RECONCILE_BODY, RECONCILE_SCHEMA
+    from snapd.http.admin_reconcile import RECONCILE_SCHEMAS
 
-    SCHEMAS["ReconcileResponse"] = RECONCILE_SCHEMA
-    SCHEMAS["ReconcileBody"] = RECONCILE_BODY
-    return {"post": _op("Reconcile pools and store: adopt, forget, update refs; dry_run shows the plan "
+    SCHEMAS.update(RECONCILE_SCHEMAS)
+    return {"post": _op("reconcilePools", "admin",
+                        "Reconcile pools and store: adopt, forget, update refs; dry_run shows the plan "
                         "and changes nothing (admin)", "ReconcileResponse",
                         ADMIN_ERRORS + [400, 408, 413], "ReconcileBody", params=())}
+
+
+def _meta_op(operation_id: str, summary: str, description: str, content: dict[str, Any],
+             errors: list[int]) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "tags": ["meta"],
+        "summary": summary,
+        "security": [{BEARER: []}],
+        "responses": {"200": {"description": description, "content": content}, **_error_responses(errors)},
+    }
 
 
 @lru_cache(maxsize=1)
@@ -390,76 +512,76 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "container-snapd",
             "version": __version__,
-            "description": "Point-in-time snapshots of containers' filesystems.",
+            "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
+                           "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
+        "tags": TAGS,
+        "security": [{BEARER: []}],
         "paths": {
             base: {
-                "get": _op("List a container's snapshots, newest first (optionally a page: limit, after)",
-                           "ListResponse", COMMON, params=("id", "limit", "after")),
-                "post": _op("Create a snapshot", "CreateResponse", COMMON + [408, 409, 413, 507], "CreateBody"),
+                "get": _op("listSnapshots", "snapshots",
+                           "List a container's snapshots, newest first (optionally a page: limit, after)",
+                           "SnapshotListResponse", COMMON, params=("id", "limit", "after")),
+                "post": _op("createSnapshot", "snapshots", "Create a snapshot", "SnapshotCreatedResponse",
+                            COMMON + [408, 409, 413, 507], "CreateBody", links=_SNAPSHOT_LINKS),
             },
             base + "/{name}": {
-                "get": _op("Get one snapshot", "GetResponse", COMMON, params=both),
-                "patch": _op("Restore the container from the snapshot", "RestoreResponse",
-                             COMMON + [408, 409, 413], params=both),
-                "delete": _op("Delete the snapshot", "DeleteResponse", COMMON + [408, 409, 413], params=both),
+                "get": _op("getSnapshot", "snapshots", "Get one snapshot", "SnapshotResponse", COMMON,
+                           params=both),
+                "patch": _op("restoreSnapshot", "snapshots", "Restore the container from the snapshot",
+                             "RestoreResponse", COMMON + [408, 409, 413], "EmptyBody", params=both),
+                "delete": _op("deleteSnapshot", "snapshots", "Delete the snapshot", "DeleteResponse",
+                              COMMON + [408, 409, 413], "EmptyBody", params=both),
             },
             base + "/{name}/alias": {
-                "patch": _op("Set or clear the snapshot's alias", "AliasResponse",
-                             COMMON + [408, 409, 413], "AliasBody", params=both),
+                "patch": _op("updateSnapshotAlias", "snapshots", "Set or clear the snapshot's alias",
+                             "SnapshotAliasResponse", COMMON + [408, 409, 413], "AliasBody", params=both),
             },
             f"{ADMIN}/tokens": {
-                "get": _op("List tokens (admin)", "TokenList", ADMIN_ERRORS, params=()),
-                "post": _op("Create a token; its secret is shown only here (admin)", "TokenCreated",
-                            ADMIN_ERRORS + [400, 408, 413], "TokenBody", params=()),
+                "get": _op("listTokens", "admin", "List tokens (admin)", "TokenListResponse", ADMIN_ERRORS,
+                           params=()),
+                "post": _op("createToken", "admin", "Create a token; its secret is shown only here (admin)",
+                            "TokenCreatedResponse", ADMIN_ERRORS + [400, 408, 413], "TokenBody", params=(),
+                            links={"revokeToken": {"operationId": "revokeToken",
+                                                   "parameters": {"token_id": "$response.body#/data/token/id"},
+                                                   "description": "Revoke the token just made."}}),
             },
             f"{ADMIN}/tokens/{{token_id}}": {
-                "delete": _op("Revoke a token (admin)", "TokenRevoked", ADMIN_ERRORS + [400, 404, 408, 413],
-                              params=("token_id",)),
+                "delete": _op("revokeToken", "admin", "Revoke a token (admin)", "TokenRevokedResponse",
+                              ADMIN_ERRORS + [400, 404, 408, 413], params=("token_id",)),
             },
             f"{ADMIN}/containers/{{id}}": {
-                "get": _op("A container's pool, backend, project, layout and snapshot count (admin)", "ContainerInfo",
-                           ADMIN_ERRORS + [400, 404]),
+                "get": _op("getContainer", "admin", "A container's pool, backend, project, layout and snapshot "
+                           "count (admin)", "ContainerInfoResponse", ADMIN_ERRORS + [400, 404, 409]),
             },
             f"{ADMIN}/containers/{{id}}/project": {
-                "put": _op("Set or remove a container's project label (admin)", "ContainerProject",
-                           ADMIN_ERRORS + [400, 404, 408, 413], "ProjectBody"),
+                "put": _op("setContainerProject", "admin", "Set or remove a container's project label (admin)",
+                           "ContainerProjectResponse", ADMIN_ERRORS + [400, 404, 408, 409, 413, 507],
+                           "ProjectBody"),
             },
             f"{ADMIN}/containers/{{id}}/layout": {
-                "put": _op("Set or remove a container's layout label: overlay (capture upper/) or whole "
-                           "(overlay pools; admin)", "ContainerLayout",
-                           ADMIN_ERRORS + [400, 404, 408, 409, 413], "LayoutBody"),
+                "put": _op("setContainerLayout", "admin", "Set or remove a container's layout label: overlay "
+                           "(capture upper/) or whole (overlay pools; admin)", "ContainerLayoutResponse",
+                           ADMIN_ERRORS + [400, 404, 408, 409, 413, 507], "LayoutBody"),
             },
             f"{ADMIN}/reconcile": _reconcile_path(),
             f"{ADMIN}/expiry": _expiry_path(),
             f"{ADMIN}/status": {
-                "get": _op("The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
+                "get": _op("getStatus", "admin",
+                           "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
                            "StatusResponse", ADMIN_ERRORS + [404], params=()),
             },
             "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics, text format (admin, or a token with the metrics scope)",
-                    "responses": {
-                        "200": {"description": "Prometheus text exposition format",
-                                "content": {"text/plain": {"schema": {"type": "string"}}}},
-                        **{str(c): {"description": ERROR_TEXT[c],
-                                    "content": {"application/json": {"schema": _ref("Error")}}}
-                           for c in (401, 403, 405, 500)},
-                    },
-                }
+                "get": _meta_op("getMetrics",
+                                "Prometheus metrics, text format (admin, or a token with the metrics scope)",
+                                "Prometheus text exposition format",
+                                {"text/plain": {"schema": {"type": "string"}}}, [401, 403, 405, 500]),
             },
             "/api/v1/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {
-                        "200": {"description": "The OpenAPI document",
-                                "content": {"application/json": {"schema": {"type": "object"}}}},
-                        **{str(c): {"description": ERROR_TEXT[c],
-                                    "content": {"application/json": {"schema": _ref("Error")}}}
-                           for c in (401, 403, 405, 500)},
-                    },
-                }
+                "get": _meta_op("getOpenApiDocument", "This document (any authenticated caller)",
+                                "The OpenAPI document",
+                                {"application/json": {"schema": {"type": "object"}}}, [401, 405, 500]),
             },
         },
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {BEARER: SECURITY_SCHEME}},
     }
