@@ -228,5 +228,8 @@ class Backend(abc.ABC):
         outside it.  Must be idempotent.  The service then settles the store.
         """
 
-    def describe(self) -> str:
+    @property
+    def pool_id(self) -> str:
+        """The pool's identity, `kind:root`: the key the store, the journal and the
+        service's policies know a pool by."""
         return f"{self.kind}:{self.root}"

@@ -343,12 +343,12 @@ class ZfsBackend(Backend):
 
     async def _require(self, cid: str) -> None:
         if not await self.container_exists(cid):
-            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
 
     async def get_project(self, cid: str) -> str | None:
         probe = await self._probe(cid)
         if probe is None:
-            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
         return probe.project
 
     async def set_project(self, cid: str, project: str | None) -> None:
@@ -372,7 +372,7 @@ class ZfsBackend(Backend):
         no `zfs get` while the cache is fresh.
         """
         if not _CID_RE.match(cid):
-            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
         now = time.time() if created_at is None else float(created_at)
         ref = f"{self._ds(cid)}@{name}"
         args = ["snapshot", "-o", f"{CREATED_PROPERTY}={now!r}"]
@@ -412,7 +412,7 @@ class ZfsBackend(Backend):
         scan = await self._scan(cid)
         cids = [cid] if cid is not None else scan.cids()
         if cid is not None and self._ds(cid) not in scan.items:
-            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
         return {c: [self._facts(scan, c, s) for s in scan.visible(c).values()] for c in cids}
 
     async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
@@ -436,7 +436,7 @@ class ZfsBackend(Backend):
         scan = await self._scan(cid, fresh=True)
         ds = self._ds(cid)
         if ds not in scan.items:
-            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
         if f"{self.hidden}/{cid}.restoring" in scan.items or scan.items[ds].get(PENDING_PROPERTY):
             await self._repair(cid)
             scan = await self._scan(cid, fresh=True)
@@ -664,7 +664,7 @@ class ZfsBackend(Backend):
                 if hit is not None and now - hit.at < SIZE_TTL:
                     return hit
         if cid is not None and not _CID_RE.match(cid):
-            raise ContainerNotFound(f"container {cid} not found in {self.describe()}")
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
         top = self.root if cid is None else self._ds(cid)
         got = await self.zfs.get(_SCAN_PROPS, [top, self.hidden], depth=2, check=False)
         if cid is None and self.root not in got:

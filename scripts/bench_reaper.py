@@ -54,7 +54,7 @@ async def make_snapshots(harness, backend, containers: int, each: int, expiry, n
                 ref = ""
             else:
                 ref = (await backend.create(cid, name, None, None, created_at=now)).ref
-            rows.append(SnapshotRow(cid, name, backend.describe(), now - 3600 + i,
+            rows.append(SnapshotRow(cid, name, backend.pool_id, now - 3600 + i,
                                     expires_at=expiry(c * each + i), ref=ref))
     return rows
 

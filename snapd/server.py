@@ -301,7 +301,7 @@ class Daemon:
         pruned = await self.reaper.reap(self.clock.now())
         if pruned:
             log.info("pruned %d snapshots that expired while the daemon was down", pruned)
-        self.metrics.watch_zfs(lambda: [(b.describe(), b.stats) for b in self.service.backends if b.kind == "zfs"])
+        self.metrics.watch_zfs(lambda: [(b.pool_id, b.stats) for b in self.service.backends if b.kind == "zfs"])
         self.metrics.watch_pools(self.service.pool_usage)
         self.metrics.watch_reaper(self.reaper)
         self.tokens = self.state.tokens()
@@ -372,7 +372,7 @@ class Daemon:
         for key, backend in self.backends.items():
             set_layout(backend, policies[key].layout, key)
         self.service.set_pools(list(self.backends.values()),  # type: ignore[union-attr]
-                               {b.describe(): policies[key] for key, b in self.backends.items()},
+                               {b.pool_id: policies[key] for key, b in self.backends.items()},
                                cfg.policy(""))
 
     # -- reload ------------------------------------------------------------------------
@@ -436,9 +436,9 @@ class Daemon:
         usage = {pool: (count, held) for pool, count, held in self.service.pool_usage()}
         pools = []
         for key, backend in self.backends.items():
-            count, held = usage.get(backend.describe(), (0, 0))
+            count, held = usage.get(backend.pool_id, (0, 0))
             policy = self.service.policy(backend)
-            pools.append({"pool": backend.describe(), "spec": key, "kind": backend.kind, "root": backend.root,
+            pools.append({"pool": backend.pool_id, "spec": key, "kind": backend.kind, "root": backend.root,
                           "free_bytes": await backend.free_bytes(), "free_inodes": await backend.free_inodes(),
                           "snapshots": count, "bytes": held,
                           "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),

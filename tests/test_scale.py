@@ -131,7 +131,7 @@ def _fake_snapshots(backend: OverlayBackend, clock: FakeClock, containers: int, 
             d = root / ".snapshots" / cid / name
             d.mkdir(parents=True)
             (d / "f").write_text("x")
-            rows.append(SnapshotRow(cid, name, backend.describe(), clock.now() - 3600 + i,
+            rows.append(SnapshotRow(cid, name, backend.pool_id, clock.now() - 3600 + i,
                                     expires_at=clock.now() + expires_in))
     return rows
 

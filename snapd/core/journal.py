@@ -53,7 +53,7 @@ async def recover(store: Store, backends: list[Backend], clock: Clock | None = N
     (other pools' pending entries may be operations in flight right now).
     """
     clock = clock or Clock()
-    by_pool = {b.describe(): b for b in backends}
+    by_pool = {b.pool_id: b for b in backends}
     settled = 0
     for entry in store.journal_pending():
         backend = by_pool.get(entry.pool)

@@ -54,7 +54,7 @@ async def plan(store: Store, backend: Backend, configured: set[str] | None = Non
     pool name holds is taken over (alias and expiry kept), one that a
     configured pool holds is a conflict left alone.
     """
-    pool = backend.describe()
+    pool = backend.pool_id
     result = Plan(pool)
     on_disk = await backend.list(None)
     rows = {(r.container_id, r.name): r for r in store.pool_rows(pool)}

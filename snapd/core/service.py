@@ -54,7 +54,7 @@ class Container:
 
     @property
     def pool(self) -> str:
-        return self.backend.describe()
+        return self.backend.pool_id
 
 
 class _Locks:
@@ -99,7 +99,7 @@ class SnapshotService:
         self._size_pending: dict[tuple[str, str], Backend] = {}
         self._size_worker: asyncio.Task | None = None
         self.policies: dict[str, PoolPolicy] = {}
-        """backend.describe() -> reserve and restore hooks (the server sets them)."""
+        """backend.pool_id -> reserve and restore hooks (the server sets them)."""
         self.default_policy = PoolPolicy()
         self._open_gate = asyncio.Event()
         self._open_gate.set()
@@ -109,11 +109,11 @@ class SnapshotService:
         """pool -> container id -> project, for max_snapshots_per_project (loaded on first use)."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
-        return self.policies.get(backend.describe(), self.default_policy)
+        return self.policies.get(backend.pool_id, self.default_policy)
 
     def set_pools(self, backends: list[Backend], policies: dict[str, PoolPolicy],
                   default: PoolPolicy | None = None) -> None:
-        """The pools to serve and their policies (keyed by `backend.describe()`; others
+        """The pools to serve and their policies (keyed by `backend.pool_id`; others
         get `default`); a reload swaps them at once, between requests."""
         self.backends = list(backends)
         self.policies = dict(policies)
@@ -129,7 +129,7 @@ class SnapshotService:
         served, beside the ones that are.
         """
         if new is not None:
-            configured = {b.describe() for b in [*self.backends, *new]}
+            configured = {b.pool_id for b in [*self.backends, *new]}
             return await settle(self.store, new, self.clock, configured=configured, every_pool=False,
                                 before_each=before_each)
 
@@ -155,7 +155,7 @@ class SnapshotService:
         raise NotFound("container")
 
     def backend_for_pool(self, pool: str) -> Backend | None:
-        return next((b for b in self.backends if b.describe() == pool), None)
+        return next((b for b in self.backends if b.pool_id == pool), None)
 
     # -- reads -------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class SnapshotService:
 
     def _journal(self, op: str, container: Container | Backend, cid: str, snapshot: str | None,
                  data: dict) -> int:
-        pool = container.pool if isinstance(container, Container) else container.describe()
+        pool = container.pool if isinstance(container, Container) else container.pool_id
         return self.store.journal_begin(op, cid, snapshot, pool, data, self.clock.now())
 
     def _journal_failed(self, jid: int) -> None:
@@ -295,7 +295,7 @@ class SnapshotService:
     async def _load_labels(self, backend: Backend) -> None:
         """The project of every container with snapshots in the pool, read once (one
         batched backend call) and then kept current by creates and set-project."""
-        pool = backend.describe()
+        pool = backend.pool_id
         if pool not in self._labels:
             labels = await backend.projects(self.store.containers(pool))
             self._labels.setdefault(pool, labels)
@@ -333,7 +333,7 @@ class SnapshotService:
     async def _total(self, backend: Backend, unit: str) -> int | None:
         """A pool's size in bytes or inodes, re-read at most once a minute (it rarely
         changes; ZFS pays a process)."""
-        key = (backend.describe(), unit)
+        key = (backend.pool_id, unit)
         now = asyncio.get_running_loop().time()
         hit = self._totals.get(key)
         if hit is None or now - hit[0] > 60:
@@ -377,7 +377,7 @@ class SnapshotService:
 
     def refresh_sizes_later(self, backend: Backend, cid: str) -> None:
         """Recount sizes a create or delete may have changed, off the request path."""
-        self._size_pending[(backend.describe(), cid)] = backend
+        self._size_pending[(backend.pool_id, cid)] = backend
         if self._size_worker is None or self._size_worker.done():
             self._size_worker = asyncio.create_task(self._refresh_sizes(), name="sizes")
 

@@ -52,15 +52,15 @@ async def settle(store: Store, backends: list[Backend], clock: Clock, *, configu
     operations in flight) are left alone.  `dry_run` computes the plans only.
     `before_each` runs before each step that may take long (systemd's timeout).
     """
-    configured = configured or {b.describe() for b in backends}
-    mine = {b.describe() for b in backends}
+    configured = configured or {b.pool_id for b in backends}
+    mine = {b.pool_id for b in backends}
     result = Settlement(dry_run, [e for e in store.journal_pending() if every_pool or e.pool in mine])
     if result.pending and not dry_run:
         before_each()
         result.settled = await recover(store, backends, clock, every_pool=every_pool)
     for backend in backends:
         before_each()
-        pool = backend.describe()
+        pool = backend.pool_id
         try:
             p = await plan(store, backend, configured)
         except Exception as exc:  # noqa: BLE001 - one pool's trouble is reported, not fatal

@@ -130,7 +130,7 @@ class ZfsStatsCollector(Collector):
     """Per-command counters of `backends.zfs_cmd.ZfsStats` objects.
 
     `stats_of()` yields (pool, ZfsStats) pairs, e.g.
-    ``lambda: [(b.describe(), b.stats) for b in backends if b.kind == "zfs"]``.
+    ``lambda: [(b.pool_id, b.stats) for b in backends if b.kind == "zfs"]``.
     """
 
     def __init__(self, stats_of: Callable[[], Iterable[tuple[str, Any]]]) -> None:
