@@ -6,13 +6,17 @@ Layout under the pool root (a directory):
     <root>/<id>/{upper,work,...}      an overlay container (only upper/ is captured)
     <root>/.snapshots/<id>/<name>/    a snapshot: a copy of the captured tree
     <root>/.snapshots/.tmp/           work in progress; swept on open()
+    <root>/.snapshots/.quarantine/    what a sweep could not remove (a mount inside,
+                                      an I/O error); retried by every open()
 
 Snapshots are copies made by `treecopy.copy_tree`: reflinks where the
 filesystem clones, otherwise hard links to the previous snapshot for
 unchanged files.  A create builds in .tmp and renames into place; a
 restore builds a real copy (never links into a snapshot) beside the live
 tree and swaps the two with one RENAME_EXCHANGE; a delete renames into
-.tmp before removing.  So a crash leaves every tree whole.
+.tmp before removing.  So a crash leaves every tree whole.  Every tree is
+removed by `remove.remove_tree`, which never crosses into a mount; a delete
+that cannot finish moves the snapshot back into place.
 
 Sizes are exclusive allocated bytes (inodes not shared with another
 snapshot), computed at creation; when a create or delete changes what a
@@ -24,16 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import os
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 
 from snapd import faults
 
-from . import fsops, inuse, treecopy
+from . import fsops, inuse, remove, treecopy
 from .base import (
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
@@ -46,8 +50,10 @@ from .base import (
     SnapshotFacts,
     SnapshotNotFound,
     SnapshotRef,
+    TreeHasMounts,
 )
 
+log = logging.getLogger(__name__)
 _CID = re.compile(r"[0-9a-f]{24}")
 RESTORE_PREFIX = ".snapd-restore-"
 """A restore's build beside upper/ (when upper/ is on another filesystem than .tmp)."""
@@ -100,6 +106,7 @@ class OverlayBackend(Backend):
         self.path = Path(root)
         self.snapdir = self.path / SNAPSHOTS_DIR
         self.tmpdir = self.snapdir / ".tmp"
+        self.quarantine = self.snapdir / ".quarantine"
         self._dirty: dict[str, set[str]] = {}
 
     # -- paths ---------------------------------------------------------------
@@ -131,9 +138,8 @@ class OverlayBackend(Backend):
         if not fsops.is_real_dir(self.path):
             raise PoolError(f"pool root {self.root} is not a directory")
         self.snapdir.mkdir(mode=0o700, exist_ok=True)
-        if self.tmpdir.exists():
-            shutil.rmtree(self.tmpdir)
-        self.tmpdir.mkdir(mode=0o700)
+        self.tmpdir.mkdir(mode=0o700, exist_ok=True)
+        self.problems = remove.sweep_scratch(str(self.tmpdir), str(self.quarantine))
 
     async def container_exists(self, cid: str) -> bool:
         return _CID.fullmatch(cid) is not None and fsops.is_real_dir(self._container(cid))
@@ -167,7 +173,7 @@ class OverlayBackend(Backend):
             return
         for e in entries:
             if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(e.path, ignore_errors=True)
+                self._discard(Path(e.path), "an interrupted restore's build")
 
     # -- create --------------------------------------------------------------
 
@@ -210,7 +216,7 @@ class OverlayBackend(Backend):
             os.rename(scratch, final)
             fsops.fsync_dir(final.parent)
         except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
+            self._discard(scratch, "a failed create's copy")
             raise
         if previous is not None and stats.linked:
             self._dirty.setdefault(cid, set()).add(previous.name)
@@ -277,9 +283,9 @@ class OverlayBackend(Backend):
             faults.point("overlay.restore.after-exchange")
         except BaseException:
             if fsops.is_real_dir(build):
-                shutil.rmtree(build, ignore_errors=True)
+                self._discard(build, "a failed restore's copy")
             raise
-        shutil.rmtree(build)
+        self._discard(build, f"the tree restore of {cid} replaced")  # the swap stands either way
 
     # -- delete --------------------------------------------------------------
 
@@ -300,8 +306,7 @@ class OverlayBackend(Backend):
                 results[name] = BackendError(f"cannot remove {name}: {exc.strerror}")
                 continue
             faults.point("overlay.delete.after-rename")
-            results[name] = None
-            shutil.rmtree(doomed, ignore_errors=True)
+            results[name] = self._remove_or_put_back(name, doomed, path)
         remaining = sorted(self._names(cid), key=_name_key)
         if remaining:
             # Only a deleted snapshot's nearest survivors can gain exclusive inodes.
@@ -316,6 +321,36 @@ class OverlayBackend(Backend):
             except OSError:
                 pass
         return results
+
+    def _remove_or_put_back(self, name: str, doomed: Path, path: Path) -> BackendError | None:
+        """Finish a delete, or move the snapshot back where it was: the store keeps
+        listing a snapshot only while it is on disk, and forgets it only once gone."""
+        try:
+            remove.remove_tree(doomed)
+            return None
+        except TreeHasMounts as exc:
+            error: BackendError = exc.under(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure: the snapshot goes back
+            error = BackendError(f"cannot remove {name}: {remove.why(exc)}")
+        try:
+            os.rename(doomed, path)
+        except OSError as exc:
+            self._set_aside(f"{doomed} (snapshot {name}, deleted but not removed: {error}; "
+                            f"cannot move it back: {exc.strerror})")
+            return None  # no longer the snapshot: scratch, which the next open() sweeps
+        log.warning("snapshot %s kept (moved back into place): %s", path, error)
+        return error
+
+    def _discard(self, tree: Path, what: str) -> None:
+        """Remove scratch `tree`; what cannot go is logged and left for the next open()."""
+        try:
+            remove.remove_tree(tree)
+        except Exception as exc:  # noqa: BLE001 - leftovers never fail the operation
+            self._set_aside(f"{tree} ({what}) left for the next start: {remove.why(exc)}")
+
+    def _set_aside(self, problem: str) -> None:
+        log.error("%s", problem)
+        self.problems.append(problem)
 
     # -- listing and sizes ---------------------------------------------------
 

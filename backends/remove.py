@@ -346,26 +346,27 @@ def sweep_scratch(
                 log.info("swept leftover %s", path)
                 continue
             except Exception as exc:  # noqa: BLE001 - one bad entry must not stop a start-up
-                why = _why(exc)
+                reason = why(exc)
             if is_quarantine:
-                problems.append(f"{path} kept in quarantine: {why}")
-                log.error("cannot remove quarantined %s (kept, retried at the next start): %s", path, why)
+                problems.append(f"{path} kept in quarantine: {reason}")
+                log.error("cannot remove quarantined %s (kept, retried at the next start): %s", path, reason)
                 continue
             try:
                 os.makedirs(quarantine, mode=0o700, exist_ok=True)
                 os.rename(path, os.path.join(quarantine, name))
             except OSError as exc:
-                problems.append(f"{path} left in scratch: {why}; cannot quarantine it: {exc.strerror}")
-                log.error("cannot remove leftover %s (%s) nor quarantine it: %s", path, why, exc.strerror)
+                problems.append(f"{path} left in scratch: {reason}; cannot quarantine it: {exc.strerror}")
+                log.error("cannot remove leftover %s (%s) nor quarantine it: %s", path, reason, exc.strerror)
                 continue
             moved = os.path.join(quarantine, name)
-            problems.append(f"{path} quarantined as {moved}: {why}")
+            problems.append(f"{path} quarantined as {moved}: {reason}")
             log.error("cannot remove leftover %s (quarantined as %s, retried at the next start): %s",
-                      path, moved, why)
+                      path, moved, reason)
     return problems
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
+    """A short reason for `exc`, fit for a log line or a status entry."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__

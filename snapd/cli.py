@@ -316,6 +316,9 @@ def _status_text(d: dict) -> str:
              _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]), str(p["snapshots"]),
                       _human_size(p["bytes"])] for p in d["pools"]],
                     ["POOL", "BACKEND", "FREE", "SNAPSHOTS", "HELD"])]
+    if d.get("problems"):
+        lines += ["", f"set aside ({len(d['problems'])}; retried at the next start):"]
+        lines += [f"  {p['source']}{' ' + p['pool'] if p['pool'] else ''}: {p['problem']}" for p in d["problems"]]
     if d["last_errors"]:
         lines += ["", "last errors:"] + [f"  {e['time']} {e['logger']}: {e['message']}" for e in d["last_errors"]]
     return "\n".join(lines)

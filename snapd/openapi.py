@@ -209,6 +209,11 @@ SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", {
     "log": {"type": "object"},
     "watchdog_interval_s": {"type": ["number", "null"]},
     "last_errors": {"type": "array", "items": {"type": "object"}},
+    "problems": {"type": "array", "items": {
+        "type": "object", "required": ["source", "pool", "problem"],
+        "properties": {"source": {"enum": ["pool", "journal", "reconcile"]},
+                       "pool": {"type": "string"}, "problem": {"type": "string"}},
+    }},
 })
 SCHEMAS["ContainerInfo"] = _envelope("Container retrieved successfully", _CONTAINER_INFO)
 SCHEMAS["ContainerProject"] = _envelope("Container project updated successfully", _CONTAINER_INFO)

@@ -259,6 +259,10 @@ class Daemon:
         self.watchdog = systemd.Watchdog(status=self.status_line)
         self.errors = RecentErrors()
         self.activated = ActivatedSockets()
+        self.journal_problems: dict[int, str] = {}
+        """Journal id -> why, for entries start-up (or a reload) left pending."""
+        self.reconcile_problems: dict[str, str] = {}
+        """Pool -> why, for pools the start-up reconcile could not finish."""
 
     # -- start and stop --------------------------------------------------------------
 
@@ -280,10 +284,18 @@ class Daemon:
         # Interrupted operations first (the journal says which way each goes), then
         # the disk-vs-store reconcile; both before any listener.
         systemd.extend_timeout(STARTUP_STEP)
-        await recover_journal(self.store, list(self.backends.values()), self.clock)
+        # Neither step may stop the daemon: what cannot be settled is left, logged and
+        # listed by problems() (snapd status, /metrics), and every other pool is served.
+        await recover_journal(self.store, list(self.backends.values()), self.clock,
+                              problems=self.journal_problems)
         for backend in self.backends.values():
             systemd.extend_timeout(STARTUP_STEP)
-            await reconcile(self.store, [backend], {b.describe() for b in self.backends.values()})
+            try:
+                await reconcile(self.store, [backend], {b.describe() for b in self.backends.values()})
+            except Exception as exc:  # noqa: BLE001 - its rows stay as they are until `snapd reconcile`
+                log.error("pool %s not reconciled with the store: %s", backend.describe(), exc,
+                          exc_info=exc)
+                self.reconcile_problems[backend.describe()] = f"not reconciled with the store: {exc}"
         self.service = SnapshotService(self.store, list(self.backends.values()), self.clock, self.metrics)
         self._apply_policies(self.cfg)
         self.reaper = Reaper(self.service, self.clock)
@@ -294,6 +306,7 @@ class Daemon:
         self.metrics.watch_zfs(lambda: [(b.describe(), b.stats) for b in self.service.backends if b.kind == "zfs"])
         self.metrics.watch_pools(store_pool_usage(self.store))
         self.metrics.watch_reaper(self.reaper)
+        self.metrics.watch_problems(self.problem_counts)
         self.tokens = Tokens(self.store)
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
@@ -388,7 +401,7 @@ class Daemon:
                     await backend.close()
                 raise
             await recover_journal(self.store, list(opened.values()), self.clock,  # type: ignore[arg-type]
-                                  every_pool=False)
+                                  every_pool=False, problems=self.journal_problems)
             await reconcile(self.store, list(opened.values()),  # type: ignore[arg-type]
                             {b.describe() for b in [*self.backends.values(), *opened.values()]})
             removed = [key for key in self.backends if key not in wanted]
@@ -416,6 +429,25 @@ class Daemon:
         return (f"{len(self.backends)} pools, {self.store.count()} snapshots, "  # type: ignore[union-attr]
                 f"{self.service.inflight} operations in flight, {len(self.reaper.failures)} failing deletes")
 
+    def problems(self) -> list[dict[str, str]]:
+        """What start-up (or a pool since) set aside, still unresolved: one entry each."""
+        out = [{"source": "pool", "pool": b.describe(), "problem": p}
+               for b in self.backends.values() for p in b.problems]
+        if self.journal_problems:
+            pending = {e.id for e in self.store.journal_pending()}  # type: ignore[union-attr]
+            for jid in [j for j in self.journal_problems if j not in pending]:
+                del self.journal_problems[jid]  # settled since, by `snapd reconcile`
+            out += [{"source": "journal", "pool": "", "problem": p} for p in self.journal_problems.values()]
+        out += [{"source": "reconcile", "pool": pool, "problem": p} for pool, p in self.reconcile_problems.items()]
+        return out
+
+    def problem_counts(self) -> dict[str, int]:
+        """problems() counted by source, every source present (for /metrics)."""
+        counts = dict.fromkeys(("pool", "journal", "reconcile"), 0)
+        for p in self.problems():
+            counts[p["source"]] += 1
+        return counts
+
     async def status(self) -> dict:
         usage = {pool: (count, held) for pool, count, held in store_pool_usage(self.store)()}
         pools = []
@@ -439,4 +471,5 @@ class Daemon:
             "log": {"level": self.cfg.log_level, "format": self.cfg.log_format},
             "watchdog_interval_s": self.watchdog.interval,
             "last_errors": list(self.errors.records),
+            "problems": self.problems(),
         }

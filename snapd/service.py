@@ -394,6 +394,8 @@ class SnapshotService:
         async def op() -> Container:
             container, row = await self.get(cid, name, guard)
             error = (await self._delete_rows(container.backend, cid, [row]))[name]
+            if isinstance(error, ContainerBusy):  # e.g. a mount inside: kept whole, 409
+                raise Conflict(f"snapshot {name} was not deleted: {error}", error.details)
             if error is not None:
                 raise OperationFailed(f"snapshot {name} was not deleted: {error}")
             return container
