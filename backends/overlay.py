@@ -294,10 +294,15 @@ class OverlayBackend(Backend):
 
     def _delete(self, cid: str, names: list[str]) -> dict[str, BackendError | None]:
         results: dict[str, BackendError | None] = {}
+        table = remove.mount_points()  # read once for the batch (the reaper deletes 100 at a time)
         for name in names:
             path = self._snapshot(cid, name)
             if not os.path.lexists(path):
                 results[name] = None
+                continue
+            mounts = remove.mounts_under(str(path), table)
+            if mounts:  # refused before anything moves or goes
+                results[name] = TreeHasMounts(str(path), mounts)
                 continue
             doomed = self._scratch(f"delete-{cid}")
             try:
@@ -326,7 +331,7 @@ class OverlayBackend(Backend):
         """Finish a delete, or move the snapshot back where it was: the store keeps
         listing a snapshot only while it is on disk, and forgets it only once gone."""
         try:
-            remove.remove_tree(doomed)
+            remove.remove_tree(doomed, table=[])  # the mount table was checked before the rename
             return None
         except TreeHasMounts as exc:
             error: BackendError = exc.under(str(path))

@@ -123,11 +123,13 @@ def mount_points() -> list[str]:
     return [unescape(parts[4]) for line in lines if len(parts := line.split(" ")) > 4]
 
 
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below `path` (resolved), as paths relative to it ("." for itself)."""
+def mounts_under(path: str, table: list[str] | None = None) -> list[str]:
+    """Mount points at or below `path` (resolved), as paths relative to it ("." for itself);
+    `table`: mount_points() read already (one read for a batch of removals)."""
     real = os.path.realpath(path)
     prefix = real.rstrip("/") + "/"
-    found = {os.path.relpath(mp, real) for mp in mount_points() if mp == real or mp.startswith(prefix)}
+    points = mount_points() if table is None else table
+    found = {os.path.relpath(mp, real) for mp in points if mp == real or mp.startswith(prefix)}
     return sorted(found)
 
 
@@ -206,16 +208,17 @@ def _unlink(walk: _Walk, dir_fd: int, name: str, path: Callable[[], str]) -> boo
     return True
 
 
-def remove_tree(path: str | os.PathLike[str]) -> None:
+def remove_tree(path: str | os.PathLike[str], *, table: list[str] | None = None) -> None:
     """Delete `path` and everything beneath it, never crossing into a mount.
 
     A missing `path` is not an error; a symlink or file at `path` is simply
-    unlinked.  Raises TreeHasMounts (after removing everything else it may)
-    when mount points are inside, having touched nothing inside them; an
-    OSError for anything else that stops it.
+    unlinked.  Raises TreeHasMounts when mount points are inside, having
+    touched nothing inside them (nothing at all when the mount table shows
+    them up front; `table` is that table when the caller read it already);
+    an OSError for anything else that stops it.
     """
     root = os.fspath(path)
-    found = mounts_under(root) if os.path.lexists(root) else []
+    found = mounts_under(root, table) if os.path.lexists(root) else []
     if found:
         raise TreeHasMounts(root, found)
     parent, name = os.path.split(os.path.abspath(root))

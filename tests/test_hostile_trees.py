@@ -8,6 +8,7 @@ snapshot back (store and disk agree); a deep one simply succeeds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -16,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from backends import remove
+from backends.base import SnapshotRef, TreeHasMounts
+from backends.overlay import OverlayBackend
 
 from .client import snaps
 from .daemon import DaemonProcess
@@ -233,3 +238,25 @@ def test_restoring_over_a_deep_tree_leaves_no_scratch(env: Env, canary: Path) ->
     env.serves()
     assert env.problems() == []
     env.store_matches_disk()
+
+
+def test_a_delete_that_meets_a_mount_midway_puts_the_snapshot_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mounts: Mounts,
+) -> None:
+    """A mount the table did not show up front (one made a moment later): the walk stops at
+    it, and the snapshot goes back into place, so the store's row stays true."""
+    require_root()
+    backend = OverlayBackend(str(tmp_path / "pool"))
+    (tmp_path / "pool").mkdir()
+    asyncio.run(backend.open())
+    cid = new_cid()
+    write_tree(tmp_path / "pool" / cid, {"etc/hostname": "web-1", "var/log/x": "y"})
+    asyncio.run(backend.create(cid, "s1", None, None))
+    snap = tmp_path / "pool" / ".snapshots" / cid / "s1"
+    mounts.tmpfs(snap / "etc" / "vol", {"data": "on the volume"})
+    monkeypatch.setattr(remove, "mounts_under", lambda path, table=None: [])
+    error = asyncio.run(backend.delete(cid, [SnapshotRef("s1")]))["s1"]
+    assert isinstance(error, TreeHasMounts) and error.paths() == [str(snap / "etc" / "vol")]
+    assert (snap / "etc" / "vol" / "data").read_text() == "on the volume"
+    assert [f.name for f in asyncio.run(backend.list(cid))[cid]] == ["s1"]
+    assert os.listdir(backend.tmpdir) == []

@@ -88,7 +88,7 @@ def test_a_mount_inside_is_left_whole_and_named(
     t = tmp_path / "t"
     write_tree(t, {"a/b/file": "x", "c/file": "y"})
     if found_by != "mount table":  # make the up-front check miss it: the walk must catch it
-        monkeypatch.setattr(remove, "mounts_under", lambda path: [])
+        monkeypatch.setattr(remove, "mounts_under", lambda path, table=None: [])
     if found_by == "mount table fallback":
         monkeypatch.setattr(remove, "_statx_usable", False)
     with Mounts() as m:
