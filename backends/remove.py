@@ -126,7 +126,8 @@ def mount_points() -> list[str]:
 def mounts_under(path: str, table: list[str] | None = None) -> list[str]:
     """Mount points at or below `path` (resolved), as paths relative to it ("." for itself);
     `table`: mount_points() read already (one read for a batch of removals)."""
-    real = os.path.realpath(path)
+    absolute = os.path.abspath(path)  # `path` itself unresolved: a symlink there is only a link
+    real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
     prefix = real.rstrip("/") + "/"
     points = mount_points() if table is None else table
     found = {os.path.relpath(mp, real) for mp in points if mp == real or mp.startswith(prefix)}
@@ -169,18 +170,26 @@ class _Walk:
             return False  # a path too long to name: st_dev was all there was to check
 
 
-def _open_dir(name: str, dir_fd: int) -> int:
-    """Open subdirectory `name` without following a symlink; make it readable if it is not
-    (a daemon that is not root meets mode-000 directories in snapshots)."""
+def _open_dir(walk: _Walk, name: str, dir_fd: int) -> tuple[int, Ident] | None:
+    """Open subdirectory `name` without following a symlink: its descriptor and identity,
+    or None when it is on another mount (then nothing in it was touched).  A directory
+    this daemon may not read (not root, mode 000 in a snapshot) is made readable first."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except PermissionError:
         pfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
+            if walk.is_foreign(pfd, ident(pfd)):
+                return None
             os.chmod(f"/proc/self/fd/{pfd}", 0o700)  # exactly that inode, never a symlink's target
-            return os.open(f"/proc/self/fd/{pfd}", _DIR_FLAGS & ~os.O_NOFOLLOW)
+            fd = os.open(f"/proc/self/fd/{pfd}", _DIR_FLAGS & ~os.O_NOFOLLOW)
         finally:
             os.close(pfd)
+    here = ident(fd)
+    if walk.is_foreign(fd, here):
+        os.close(fd)
+        return None
+    return fd, here
 
 
 def _retry_writable(call: Callable[[], None], dir_fd: int) -> None:
@@ -229,7 +238,7 @@ def remove_tree(path: str | os.PathLike[str], *, table: list[str] | None = None)
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
-            _retry_writable(lambda: os.unlink(name, dir_fd=pfd), pfd)
+            os.unlink(name, dir_fd=pfd)
             return
         walk = _Walk(root, ident(pfd))
         _remove_dir(walk, pfd, name)
@@ -241,12 +250,11 @@ def remove_tree(path: str | os.PathLike[str], *, table: list[str] | None = None)
 
 def _remove_dir(walk: _Walk, top_fd: int, top_name: str) -> None:
     """Post-order removal of directory `top_name` in `top_fd`, one descriptor per step."""
-    fd = _open_dir(top_name, top_fd)
-    here = ident(fd)
-    if walk.is_foreign(fd, here):
-        os.close(fd)
+    opened = _open_dir(walk, top_name, top_fd)
+    if opened is None:
         walk.mounts.append(walk.root)
         return
+    fd, here = opened
     top = _Level(top_name, here)
     stack = [top]
     try:
@@ -257,22 +265,20 @@ def _remove_dir(walk: _Walk, top_fd: int, top_name: str) -> None:
             if level.subdirs:
                 child = level.subdirs.pop()
                 try:
-                    cfd = _open_dir(child, fd)
+                    opened = _open_dir(walk, child, fd)
                 except FileNotFoundError:
                     continue
                 except NotADirectoryError:  # swapped for a symlink or file: unlink, never follow
                     if not _unlink(walk, fd, child, lambda: _path(walk, stack, child)):
                         level.kept = True
                     continue
-                cid = ident(cfd)
-                if walk.is_foreign(cfd, cid):
-                    os.close(cfd)
+                if opened is None:
                     walk.mounts.append(_path(walk, stack, child))
                     level.kept = True
                     continue
                 os.close(fd)
-                fd = cfd
-                stack.append(_Level(child, cid))
+                fd = opened[0]
+                stack.append(_Level(child, opened[1]))
                 continue
             stack.pop()
             if not stack:
@@ -292,12 +298,15 @@ def _remove_dir(walk: _Walk, top_fd: int, top_name: str) -> None:
     finally:
         os.close(fd)
     if not top.kept:
-        _rmdir(top_fd, top_name)
+        _rmdir(top_fd, top_name, chmod=False)  # the tree's parent is not the remover's to change
 
 
-def _rmdir(dir_fd: int, name: str) -> None:
+def _rmdir(dir_fd: int, name: str, *, chmod: bool = True) -> None:
     try:
-        _retry_writable(lambda: os.rmdir(name, dir_fd=dir_fd), dir_fd)
+        if chmod:
+            _retry_writable(lambda: os.rmdir(name, dir_fd=dir_fd), dir_fd)
+        else:
+            os.rmdir(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +72,39 @@ def test_unreadable_and_unwritable_directories_are_removed(tmp_path: Path) -> No
     os.chmod(t / "file", 0)
     remove_tree(t)
     assert not os.path.lexists(t)
+
+
+def test_a_daemon_that_is_not_root_removes_unreadable_directories_it_owns() -> None:
+    """`snapd serve --dev`: a snapshot copies a container's mode-000 and read-only directories."""
+    require_root()
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="snapd-remove-", dir="/tmp"))
+    try:
+        os.chown(base, nobody, nobody)
+        t = base / "t"
+        write_tree(t, {"closed/inner/file": "x", "readonly/file": "y"})
+        for dirpath, dirnames, filenames in os.walk(t):
+            for n in [dirpath, *(os.path.join(dirpath, f) for f in dirnames + filenames)]:
+                os.chown(n, nobody, nobody)
+        os.chmod(t / "closed" / "inner", 0)
+        os.chmod(t / "closed", 0)
+        os.chmod(t / "readonly", 0o500)
+        pid = os.fork()  # (this interpreter is not reachable by nobody: fork, then drop root)
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(nobody, nobody, nobody)
+                os.setresuid(nobody, nobody, nobody)
+                remove_tree(t)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not os.path.lexists(t)
+    finally:
+        shutil.rmtree(base)
 
 
 def test_a_missing_tree_is_not_an_error(tmp_path: Path) -> None:
