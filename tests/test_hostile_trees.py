@@ -28,6 +28,7 @@ from .digest import tree_digest, write_tree
 from .harness import new_cid
 from .mounts import Mounts, deep_tree
 from .rootfs import require_root
+from .test_cli import snapd
 from .test_daemon_systemd import scrape
 
 DEPTH = 10_000
@@ -150,6 +151,9 @@ def test_one_bad_item_never_stops_a_start_up(env: Env, mounts: Mounts, canary: P
         assert "mount point" in problems[0]["problem"] and ".quarantine" in problems[0]["problem"]
         assert os.listdir(env.scratch) == []
         assert (env.quarantine / "create-x" / "copied" / "vol" / "inside").read_text() == "kept"
+        shown = snapd(env.daemon, "status")
+        assert shown.returncode == 0 and "set aside (1" in shown.stdout, shown
+        assert str(env.quarantine / "create-x") in shown.stdout
         # set aside, retried at the next start: once the mount is gone, so is the entry
         env.stop()
         mounts.unmount_all()
