@@ -60,11 +60,6 @@ class Mounts:
             (target / rel).write_text(text)
         return target
 
-    def where(self) -> list[str]:
-        """Where each mount made here is now (those still mounted)."""
-        table = _mountinfo()
-        return [table[i] for i in self.ids if i in table]
-
     def unmount_all(self) -> None:
         for i in reversed(self.ids):
             point = _mountinfo().get(i)
