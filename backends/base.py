@@ -100,6 +100,29 @@ class ContainerChanged(ContainerBusy):
         super().__init__(self.MESSAGE, details)
 
 
+class TreeHasMounts(ContainerBusy):
+    """A tree to delete has mount points inside: they, and all beneath them, were left alone."""
+
+    def __init__(self, root: str, mounts: list[str]) -> None:
+        self.root = root
+        self.mounts = mounts
+        """Paths relative to `root` ("." for `root` itself)."""
+        shown = ", ".join(self.paths()[:10]) + (f" and {len(mounts) - 10} more" if len(mounts) > 10 else "")
+        super().__init__(
+            f"{root} has {len(mounts)} mount point{'s' if len(mounts) != 1 else ''} inside "
+            f"({shown}); nothing was deleted through them",
+            [{"field": "mount", "reason": f"{p} is a mount point"} for p in self.paths()],
+        )
+
+    def paths(self) -> list[str]:
+        """The mount points as full paths."""
+        return [os.path.normpath(os.path.join(self.root, m)) for m in self.mounts]
+
+    def under(self, root: str) -> TreeHasMounts:
+        """The same finding, told about the tree as it is known at `root` (after a move)."""
+        return TreeHasMounts(root, self.mounts)
+
+
 class NoSpace(BackendError):
     """The pool has no room for the operation."""
 
@@ -119,6 +142,9 @@ class Backend(abc.ABC):
         """Pool setting (config `layout`): the layout of containers without a label,
         one of LAYOUTS, or "auto" (decided at a container's first snapshot).
         Only overlay pools have a choice; the others capture the whole container."""
+        self.problems: list[str] = []
+        """What this pool has set aside (leftovers it could not remove, repairs it could
+        not make), one line each; reset by every open(), shown by `snapd status`."""
 
     async def open(self) -> None:
         """Check the root is usable (raise PoolError if not) and sweep leftovers."""

@@ -5,6 +5,7 @@ Layout under the pool root (a directory on btrfs):
     <root>/<id>                          container (a subvolume)
     <root>/.snapshots/<id>/<name>        snapshot (a read-only subvolume)
     <root>/.snapshots/.tmp/              work in progress, swept by open()
+    <root>/.snapshots/.quarantine/       what a sweep could not remove; retried by open()
 
 Snapshots are taken and deleted with the kernel's ioctls (SNAP_CREATE_V2 with
 SUBVOL_RDONLY, SNAP_DESTROY); `btrfs subvolume ...` is the fallback when an
@@ -53,14 +54,13 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import threading
 
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import fsops, inuse, mounts
+from . import fsops, inuse, mounts, remove
 from .base import (
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 CID_RE = re.compile(r"^[0-9a-f]{24}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TMP_DIR = ".tmp"
+QUARANTINE_DIR = ".quarantine"
 _FALLBACK_ERRNOS = {errno.ENOTTY, errno.ENOSYS, errno.EOPNOTSUPP}
 
 
@@ -181,20 +182,9 @@ class BtrfsBackend(Backend):
         self._sweep()
 
     def _sweep(self) -> None:
-        """Delete leftovers of interrupted operations in .tmp."""
-        with _Fd(self._tmpdir) as tfd:
-            for name in os.listdir(tfd):
-                path = os.path.join(self._tmpdir, name)
-                try:
-                    if _is_subvolume(path):
-                        _destroy_tree(tfd, name)
-                    elif os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)
-                    log.info("swept leftover %s", path)
-                except OSError as e:
-                    log.warning("cannot sweep leftover %s: %s", path, e)
+        """Delete leftovers of interrupted operations in .tmp; quarantine what cannot go."""
+        self.problems = remove.sweep_scratch(
+            self._tmpdir, os.path.join(self._snapdir, QUARANTINE_DIR), _remove_leftover)
 
     async def free_bytes(self) -> int | None:
         st = await asyncio.to_thread(os.statvfs, self.root)
@@ -742,6 +732,15 @@ def _destroy_tree(parent_fd: int, name: str) -> None:
             with _Fd(head or ".", dir_fd=fd) as pfd:
                 _destroy_tree(pfd, tail)
     ioc.destroy(parent_fd, name)
+
+
+def _remove_leftover(path: str) -> None:
+    """Remove a scratch entry: a subvolume (and those nested in it), or any other tree."""
+    if _is_subvolume(path):
+        with _Fd(os.path.dirname(path)) as pfd:
+            _destroy_tree(pfd, os.path.basename(path))
+    else:
+        remove.remove_tree(path)
 
 
 def _quiet_destroy(parent_fd: int, name: str) -> None:

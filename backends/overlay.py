@@ -6,13 +6,17 @@ Layout under the pool root (a directory):
     <root>/<id>/{upper,work,...}      an overlay container (only upper/ is captured)
     <root>/.snapshots/<id>/<name>/    a snapshot: a copy of the captured tree
     <root>/.snapshots/.tmp/           work in progress; swept on open()
+    <root>/.snapshots/.quarantine/    what a sweep could not remove (a mount inside,
+                                      an I/O error); retried by every open()
 
 Snapshots are copies made by `treecopy.copy_tree`: reflinks where the
 filesystem clones, otherwise hard links to the previous snapshot for
 unchanged files.  A create builds in .tmp and renames into place; a
 restore builds a real copy (never links into a snapshot) beside the live
 tree and swaps the two with one RENAME_EXCHANGE; a delete renames into
-.tmp before removing.  So a crash leaves every tree whole.
+.tmp before removing.  So a crash leaves every tree whole.  Every tree is
+removed by `remove.remove_tree`, which never crosses into a mount; a delete
+that cannot finish moves the snapshot back into place.
 
 Sizes are exclusive allocated bytes (inodes not shared with another
 snapshot), computed at creation; when a create or delete changes what a
@@ -25,16 +29,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
+import logging
 import os
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 
 from backends import faults
 
-from . import fsops, inuse, mounts, treecopy
+from . import fsops, inuse, mounts, remove, treecopy
 from .base import (
     LAYOUT_XATTR,
     LAYOUTS,
@@ -50,8 +54,10 @@ from .base import (
     SnapshotFacts,
     SnapshotNotFound,
     SnapshotRef,
+    TreeHasMounts,
 )
 
+log = logging.getLogger(__name__)
 _CID = re.compile(r"[0-9a-f]{24}")
 RESTORE_PREFIX = ".snapd-restore-"
 """A restore's build beside upper/ (when upper/ is on another filesystem than .tmp)."""
@@ -104,6 +110,7 @@ class OverlayBackend(Backend):
         self.path = Path(root)
         self.snapdir = self.path / SNAPSHOTS_DIR
         self.tmpdir = self.snapdir / ".tmp"
+        self.quarantine = self.snapdir / ".quarantine"
         self._dirty: dict[str, set[str]] = {}
 
     # -- paths ---------------------------------------------------------------
@@ -174,9 +181,8 @@ class OverlayBackend(Backend):
         if not fsops.is_real_dir(self.path):
             raise PoolError(f"pool root {self.root} is not a directory")
         self.snapdir.mkdir(mode=0o700, exist_ok=True)
-        if self.tmpdir.exists():
-            shutil.rmtree(self.tmpdir)
-        self.tmpdir.mkdir(mode=0o700)
+        self.tmpdir.mkdir(mode=0o700, exist_ok=True)
+        self.problems = remove.sweep_scratch(str(self.tmpdir), str(self.quarantine))
 
     async def container_exists(self, cid: str) -> bool:
         return _CID.fullmatch(cid) is not None and fsops.is_real_dir(self._container(cid))
@@ -224,7 +230,7 @@ class OverlayBackend(Backend):
             return
         for e in entries:
             if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(e.path, ignore_errors=True)
+                self._discard(Path(e.path), "an interrupted restore's build")
 
     # -- create --------------------------------------------------------------
 
@@ -272,7 +278,7 @@ class OverlayBackend(Backend):
             os.rename(scratch, final)
             fsops.fsync_dir(final.parent)
         except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
+            self._discard(scratch, "a failed create's copy")
             raise
         if previous is not None and stats.linked:
             self._dirty.setdefault(cid, set()).add(previous.name)
@@ -336,9 +342,9 @@ class OverlayBackend(Backend):
             faults.point("overlay.restore.after-exchange")
         except BaseException:
             if fsops.is_real_dir(build):
-                shutil.rmtree(build, ignore_errors=True)
+                self._discard(build, "a failed restore's copy")
             raise
-        shutil.rmtree(build)
+        self._discard(build, f"the tree restore of {cid} replaced")  # the swap stands either way
 
     @staticmethod
     def _refuse_busy(cid: str, container: Path, target: Path) -> None:
@@ -363,10 +369,15 @@ class OverlayBackend(Backend):
 
     def _delete(self, cid: str, names: list[str]) -> dict[str, BackendError | None]:
         results: dict[str, BackendError | None] = {}
+        table = remove.mount_points()  # read once for the batch (the reaper deletes 100 at a time)
         for name in names:
             path = self._snapshot(cid, name)
             if not os.path.lexists(path):
                 results[name] = None
+                continue
+            mounts = remove.mounts_under(str(path), table)
+            if mounts:  # refused before anything moves or goes
+                results[name] = TreeHasMounts(str(path), mounts)
                 continue
             doomed = self._scratch(f"delete-{cid}")
             try:
@@ -375,8 +386,7 @@ class OverlayBackend(Backend):
                 results[name] = BackendError(f"cannot remove {name}: {exc.strerror}")
                 continue
             faults.point("overlay.delete.after-rename")
-            results[name] = None
-            shutil.rmtree(doomed, ignore_errors=True)
+            results[name] = self._remove_or_put_back(name, doomed, path)
         remaining = sorted(self._names(cid), key=_name_key)
         if remaining:
             # Only a deleted snapshot's nearest survivors can gain exclusive inodes.
@@ -391,6 +401,36 @@ class OverlayBackend(Backend):
             except OSError:
                 pass
         return results
+
+    def _remove_or_put_back(self, name: str, doomed: Path, path: Path) -> BackendError | None:
+        """Finish a delete, or move the snapshot back where it was: the store keeps
+        listing a snapshot only while it is on disk, and forgets it only once gone."""
+        try:
+            remove.remove_tree(doomed, table=[])  # the mount table was checked before the rename
+            return None
+        except TreeHasMounts as exc:
+            error: BackendError = exc.under(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure: the snapshot goes back
+            error = BackendError(f"cannot remove {name}: {remove.why(exc)}")
+        try:
+            os.rename(doomed, path)
+        except OSError as exc:
+            self._set_aside(f"{doomed} (snapshot {name}, deleted but not removed: {error}; "
+                            f"cannot move it back: {exc.strerror})")
+            return None  # no longer the snapshot: scratch, which the next open() sweeps
+        log.warning("snapshot %s kept (moved back into place): %s", path, error)
+        return error
+
+    def _discard(self, tree: Path, what: str) -> None:
+        """Remove scratch `tree`; what cannot go is logged and left for the next open()."""
+        try:
+            remove.remove_tree(tree)
+        except Exception as exc:  # noqa: BLE001 - leftovers never fail the operation
+            self._set_aside(f"{tree} ({what}) left for the next start: {remove.why(exc)}")
+
+    def _set_aside(self, problem: str) -> None:
+        log.error("%s", problem)
+        self.problems.append(problem)
 
     # -- listing and sizes ---------------------------------------------------
 

@@ -202,8 +202,17 @@ class ZfsBackend(Backend):
         await self.sweep()
 
     async def sweep(self) -> None:
-        """Finish or undo interrupted restores; drop holders nothing needs."""
-        scan = await self._scan(None, fresh=True)
+        """Finish or undo interrupted restores; drop holders nothing needs.
+
+        A container that cannot be tidied is logged and listed in `problems`
+        (tried again at the next start); the others are tidied all the same.
+        """
+        self.problems.clear()  # the same list the zfs wrapper reports unreadable values into
+        try:
+            scan = await self._scan(None, fresh=True)
+        except Exception as e:  # noqa: BLE001 - the pool still opens; nothing tidied
+            self._set_aside(f"cannot scan {self.root} for interrupted restores: {e}")
+            return
         pre = self.hidden + "/"
         cids = set()
         for name in list(scan.items):
@@ -218,9 +227,13 @@ class ZfsBackend(Backend):
             try:
                 await self._repair(cid)
                 await self._gc(cid)
-            except BackendError as e:
-                log.warning("zfs: could not tidy container %s: %s", cid, e)
+            except Exception as e:  # noqa: BLE001 - one container must not stop a start-up
+                self._set_aside(f"cannot tidy an interrupted restore of container {cid}: {e}")
         self._cache.clear()
+
+    def _set_aside(self, problem: str) -> None:
+        log.error("zfs %s: %s (tried again at the next start)", self.root, problem)
+        self.problems.append(problem)
 
     async def _figures(self) -> tuple[int, str | None]:
         """The root's `available` bytes and, when mounted, its mountpoint: one `zfs get`,

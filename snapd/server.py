@@ -304,6 +304,7 @@ class Daemon:
         self.metrics.watch_zfs(lambda: [(b.pool_id, b.stats) for b in self.service.backends if b.kind == "zfs"])
         self.metrics.watch_pools(self.service.pool_usage)
         self.metrics.watch_reaper(self.reaper)
+        self.metrics.watch_problems(self.service.problem_counts)
         self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
@@ -444,7 +445,7 @@ class Daemon:
                           "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),
                                      "max_snapshots_per_container": policy.max_snapshots_per_container,
                                      "max_snapshots_per_project": policy.max_snapshots_per_project},
-                          "problems": list(getattr(backend, "problems", []))})
+                          })
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -461,4 +462,5 @@ class Daemon:
             "log": {"level": self.cfg.log_level, "format": self.cfg.log_format},
             "watchdog_interval_s": self.watchdog.interval,
             "last_errors": list(self.errors.records),
+            "problems": self.service.problems(),
         }

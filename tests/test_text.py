@@ -95,8 +95,8 @@ def test_zfs_aliases_no_line_reader_can_split(zpool: ZfsHarness, tmp_path: Path)
         }
         r = d.unix.get(snaps(labelled))  # an unreadable label: the container is unlabelled
         assert (r.status, r.data["project_id"], r.data["snapshots"]) == (200, None, []), r.body
-        pools = d.unix.get(f"{ADMIN}/status").data["pools"]
-        problems = [p for pool in pools for p in pool["problems"]]
+        status = d.unix.get(f"{ADMIN}/status").data
+        problems = [p["problem"] for p in status["problems"] if p["source"] == "pool"]
         assert len(problems) == 2, problems
         assert f"{ds}@hand-newline {ALIAS_PROPERTY}" in problems[0]
         assert f"{zpool.dataset(labelled)} {PROJECT_PROPERTY} local" in problems[1]

@@ -337,9 +337,9 @@ def _status_text(d: dict) -> str:
              "",
              "limits (a create beyond one gets 507):"]
     lines += [f"  {p['pool']}: {_limits_text(p['limits'])}" for p in d["pools"]]
-    problems = [f"  {p['pool']}: {text}" for p in d["pools"] for text in p.get("problems", [])]
-    if problems:
-        lines += ["", "unreadable on disk (skipped):"] + problems
+    if d.get("problems"):
+        lines += ["", f"set aside ({len(d['problems'])}; retried at the next start):"]
+        lines += [f"  {p['source']}{' ' + p['pool'] if p['pool'] else ''}: {p['problem']}" for p in d["problems"]]
     if d["last_errors"]:
         lines += ["", "last errors:"] + [f"  {e['time']} {e['logger']}: {e['message']}" for e in d["last_errors"]]
     return "\n".join(lines)

@@ -28,8 +28,10 @@ restore  The container swap is one atomic step (RENAME_EXCHANGE, or the
 delete   Always rolled FORWARD (a delete is idempotent): the snapshot is
          deleted on disk if still there, then its row.
 
-An entry whose pool is not configured, or whose settling fails, stays
-pending (logged) and is tried again at the next start.
+An entry whose pool is not configured, or whose settling fails in any way
+(an exception of any type), stays pending (logged, and reported in
+`problems` for `snapd status`) and is tried again at the next start or by
+`snapd reconcile`; the other entries are settled all the same.
 """
 
 from __future__ import annotations
@@ -45,13 +47,15 @@ log = logging.getLogger("snapd.journal")
 
 
 async def recover(store: Store, backends: list[Backend], clock: Clock | None = None, *,
-                  every_pool: bool = True) -> int:
+                  every_pool: bool = True, problems: dict[int, str] | None = None) -> int:
     """Settle every unfinished operation of these pools; the number settled.
 
     `every_pool`: `backends` are all the configured pools (start-up), so an
     entry of another pool is reported; False on a reload that opens new pools
     (other pools' pending entries may be operations in flight right now).
+    `problems`: filled with journal id -> why, for each entry left pending.
     """
+    problems = {} if problems is None else problems
     clock = clock or Clock()
     by_pool = {b.pool_id: b for b in backends}
     settled = 0
@@ -62,13 +66,18 @@ async def recover(store: Store, backends: list[Backend], clock: Clock | None = N
             if not every_pool:
                 continue
             log.warning("%s left pending: pool %s is not configured", what, entry.pool)
+            problems[entry.id] = f"{what} left pending: pool {entry.pool} is not configured"
             continue
         try:
             await backend.recover(entry.op, entry.container_id, entry.snapshot, entry.data)
             outcome = await _SETTLE[entry.op](store, backend, entry)
         except Exception as exc:  # noqa: BLE001 - tried again at the next start
-            log.error("%s not settled (tried again at the next start): %s", what, exc)
+            why = str(exc) or type(exc).__name__
+            log.error("%s not settled (tried again at the next start): %s", what, why,
+                      exc_info=not isinstance(exc, BackendError))
+            problems[entry.id] = f"{what} left pending: {why}"
             continue
+        problems.pop(entry.id, None)
         store.journal_end(entry.id, "recovered", clock.now())
         log.info("recover %s pool=%s outcome=%s", what, entry.pool, outcome)
         settled += 1

@@ -29,6 +29,7 @@ class JournalEntry:
     container_id: str
     snapshot: str | None
     pool: str
-    data: dict
+    data: dict | None
+    """What recovery needs; None when the stored data cannot be read."""
     state: str
     started_at: float

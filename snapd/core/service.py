@@ -107,6 +107,10 @@ class SnapshotService:
         self._totals: dict[tuple[str, str], tuple[float, int | None]] = {}
         self._labels: dict[str, dict[str, str | None]] = {}
         """pool -> container id -> project, for max_snapshots_per_project (loaded on first use)."""
+        self._journal_problems: dict[int, str] = {}
+        """Journal id -> why, for entries a settle left pending."""
+        self._reconcile_problems: dict[str, str] = {}
+        """Pool -> why, for pools the last settle could not reconcile."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.pool_id, self.default_policy)
@@ -130,14 +134,41 @@ class SnapshotService:
         """
         if new is not None:
             configured = {b.pool_id for b in [*self.backends, *new]}
-            return await settle(self.store, new, self.clock, configured=configured, every_pool=False,
-                                before_each=before_each)
+            done = await settle(self.store, new, self.clock, configured=configured, every_pool=False,
+                                before_each=before_each, journal_problems=self._journal_problems)
+        else:
+            async def run() -> Settlement:
+                return await settle(self.store, list(self.backends), self.clock, dry_run=dry_run,
+                                    before_each=before_each, journal_problems=self._journal_problems)
 
-        async def run() -> Settlement:
-            return await settle(self.store, list(self.backends), self.clock, dry_run=dry_run,
-                                before_each=before_each)
+            done = await self.exclusive(run)
+        if not dry_run:
+            for s in done.pools:
+                if s.error:
+                    self._reconcile_problems[s.pool] = s.error
+                else:
+                    self._reconcile_problems.pop(s.pool, None)
+        return done
 
-        return await self.exclusive(run)
+    def problems(self) -> list[dict[str, str]]:
+        """What was set aside and is still unresolved, one entry each: leftovers and
+        unreadable values a pool reports, journal entries left pending, pools not
+        reconciled (`snapd status`)."""
+        out = [{"source": "pool", "pool": b.pool_id, "problem": p} for b in self.backends for p in b.problems]
+        if self._journal_problems:
+            pending = {e.id for e in self.store.journal_pending()}
+            for jid in [j for j in self._journal_problems if j not in pending]:
+                del self._journal_problems[jid]  # settled since, by `snapd reconcile`
+            out += [{"source": "journal", "pool": "", "problem": p} for p in self._journal_problems.values()]
+        out += [{"source": "reconcile", "pool": pool, "problem": p} for pool, p in self._reconcile_problems.items()]
+        return out
+
+    def problem_counts(self) -> dict[str, int]:
+        """problems() counted by source, every source present (for /metrics)."""
+        counts = dict.fromkeys(("pool", "journal", "reconcile"), 0)
+        for p in self.problems():
+            counts[p["source"]] += 1
+        return counts
 
     # -- finding containers ------------------------------------------------
 
@@ -507,6 +538,8 @@ class SnapshotService:
         async def op() -> Container:
             container, row = await self.get(cid, name, guard)
             error = (await self._delete_rows(container.backend, cid, [row]))[name]
+            if isinstance(error, ContainerBusy):  # e.g. a mount inside: kept whole, 409
+                raise Conflict(f"snapshot {name} was not deleted: {error}", error.details)
             if error is not None:
                 raise OperationFailed(f"snapshot {name} was not deleted: {error}")
             return container

@@ -386,7 +386,7 @@ class Store:
         """Unfinished operations, oldest first."""
         return [
             JournalEntry(d["id"], d["op"], d["container_id"], d["snapshot"], d["pool"],
-                         json.loads(d["data"]), d["state"], d["started_at"] / 1000.0)
+                         _json_or_none(d["data"]), d["state"], d["started_at"] / 1000.0)
             for d in self.db.query("SELECT * FROM journal WHERE state = 'pending' ORDER BY id")
         ]
 
@@ -478,3 +478,12 @@ class Store:
             "SELECT COUNT(*) FROM snapshots WHERE expires_at IS NOT NULL AND expires_at <= ?", [_ms(until)]
         ).fetchone()[0]
         return rows, total
+
+
+def _json_or_none(text: str | None) -> dict | None:
+    """A journal entry's data; None when unreadable (its settling then fails: left pending)."""
+    try:
+        data = json.loads(text or "")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -12,6 +12,7 @@ What is measured where:
   scrape time (count, errors, seconds per command).
 * Snapshots per pool and bytes they hold: `PoolCollector` calls a function
   at scrape time (e.g. one GROUP BY over the store).
+* Start-up problems: `ProblemCollector` counts what was set aside, by source.
 * Reaper: `ReaperCollector` turns `Reaper.lags` (seconds from expires_at
   to the delete) into a histogram and exposes `Reaper.failures`.
 
@@ -117,6 +118,9 @@ class Metrics:
     def watch_reaper(self, reaper: ReaperLike) -> Collector:
         return self.add_collector(ReaperCollector(reaper))
 
+    def watch_problems(self, counts: Callable[[], dict[str, int]]) -> Collector:
+        return self.add_collector(ProblemCollector(counts))
+
 
 def render(metrics: Metrics) -> tuple[bytes, str]:
     """The text exposition of every metric, and its content type."""
@@ -179,6 +183,26 @@ class PoolCollector(Collector):
             size.add_metric([pool], nbytes or 0)
         yield count
         yield size
+
+    def describe(self) -> Iterator:
+        return iter(())
+
+
+class ProblemCollector(Collector):
+    """Items start-up set aside and not resolved since, by source: `counts()` at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator:
+        gauge = GaugeMetricFamily(
+            f"{NAMESPACE}_startup_problems",
+            "Items set aside instead of stopping the daemon (leftovers a pool could not remove, "
+            "journal entries left pending, pools not reconciled), by source; see `snapd status`.",
+            labels=["source"])
+        for source, n in sorted(self.counts().items()):
+            gauge.add_metric([source], n)
+        yield gauge
 
     def describe(self) -> Iterator:
         return iter(())

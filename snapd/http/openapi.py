@@ -284,10 +284,14 @@ SCHEMAS["PoolStatus"] = _object({
                     "description": "null where inodes are dynamic (btrfs, ZFS) or not known."},
     "snapshots": {"type": "integer", "minimum": 0}, "bytes": {"type": "integer", "minimum": 0},
     "limits": _ref("PoolLimits"),
-    "problems": {"type": "array", "items": {"type": "string"},
-                 "description": "What the pool holds that the backend could not read or remove "
-                                "(skipped or set aside, not fatal)."},
 })
+SCHEMAS["Problem"] = _object({
+    "source": {"enum": ["pool", "journal", "reconcile"]},
+    "pool": {"type": "string", "description": "The pool (empty for a journal entry)."},
+    "problem": {"type": "string"},
+}, description="Something set aside instead of stopping the daemon: a leftover a pool could not "
+               "remove, a value on disk it could not read, a journal entry left pending, a pool "
+               "not reconciled. Retried at the next start (journal entries also by reconcile).")
 SCHEMAS["ReaperStatus"] = _object({
     "deleted": {"type": "integer", "minimum": 0},
     "failing": {"type": "integer", "minimum": 0},
@@ -315,6 +319,7 @@ SCHEMAS["Status"] = _object({
     "log": _ref("LogSettings"),
     "watchdog_interval_s": {"type": ["number", "null"]},
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
+    "problems": {"type": "array", "items": _ref("Problem")},
 })
 SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", "Status")
 
