@@ -45,7 +45,7 @@ class DaemonProcess:
             args += ["--listen", f"127.0.0.1:{self.port}"]
         return args + self.extra
 
-    def start(self, timeout: float = 20) -> "DaemonProcess":
+    def start(self, timeout: float = 60) -> "DaemonProcess":
         env = {**os.environ, **self.env}
         self._log_file = open(self.log, "ab")
         self.proc = subprocess.Popen(self.args(), stdout=self._log_file, stderr=subprocess.STDOUT, env=env)

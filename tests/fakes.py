@@ -15,6 +15,10 @@ from snapd.core.reaper import Reaper
 from snapd.core.service import SnapshotService
 from snapd.core.store import Store
 
+from .waiting import DEADLINE, eventually
+
+__all__ = ["FakeClock", "GatedOverlay", "eventually", "reaper_world", "settle", "step"]
+
 
 class FakeClock(Clock):
     """A clock that moves only when told; records what the reaper sleeps until."""
@@ -44,13 +48,22 @@ class FakeClock(Clock):
                     w.cancel()
 
 
-async def eventually(predicate, timeout: float = 60.0, interval: float = 0.01) -> None:
-    """Wait (real time) until predicate() is true; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+async def settle(reaper: Reaper, clock: FakeClock) -> None:
+    """Wait until the reaper has done everything due at the clock's present time:
+    every due snapshot deleted (and counted) or failed and waiting for its retry,
+    no worker running, the dispatcher asleep until a later time."""
+    now = clock.now()
+    try:
+        await asyncio.wait_for(reaper.settled(now), DEADLINE)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"the reaper did not settle at t={now} within {DEADLINE:g}s: "
+                             f"{reaper.working} workers still running") from None
+
+
+async def step(reaper: Reaper, clock: FakeClock, seconds: float) -> None:
+    """Move the clock forward and wait until the reaper has caught up with it."""
+    clock.advance(seconds)
+    await settle(reaper, clock)
 
 
 class GatedOverlay(OverlayBackend):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
 from .harness import new_cid
+from .waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,9 @@ def test_a_slow_operation_blocks_neither_the_loop_nor_other_containers(env) -> N
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.monotonic() + 20
-    while not any((pool / ".snapshots" / ".tmp").glob(f"create-{big}*")) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert not done.is_set()
+    until(lambda: any((pool / ".snapshots" / ".tmp").glob(f"create-{big}*")) or done.is_set(),
+          "the big create's scratch copy appears", interval=0.001)
+    assert not done.is_set(), "the big create finished before it was seen under way"
     # while the big copy runs: another container is listed, snapshotted and restored
     assert d.unix.get(snaps(small)).status == 200
     name = d.unix.post(snaps(small)).data["snapshot"]["name"]

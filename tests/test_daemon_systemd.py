@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from .conftest import unavailable
 from .daemon import DaemonProcess, free_port
 from .digest import write_tree
 from .harness import new_cid
+from .waiting import until
 
 REPO = Path(__file__).parent.parent
 
@@ -77,10 +77,8 @@ def test_socket_activation_unix_and_tcp(tmp_path: Path) -> None:
              "--pool", f"overlay:{pool}", "--listen", f"127.0.0.1:{port}"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        deadline = time.monotonic() + 20
-        while not passed.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
+        until(lambda: passed.exists() or proc.poll() is not None, "systemd-socket-activate listens")
+        assert proc.poll() is None, log.read_text()
         # the first connection starts the daemon, which answers it on the passed socket
         r = Client(unix=passed).get(snaps(cid))
         assert r.status == 200 and r.data["container_id"] == cid
@@ -117,10 +115,7 @@ def test_sighup_applies_a_new_config_and_rejects_a_broken_one(tmp_path: Path) ->
 
         write([pool_a, pool_b], port2, "debug")
         d.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while "reloaded:" not in d.log_text():
-            assert time.monotonic() < deadline, d.log_text()
-            time.sleep(0.05)
+        until(lambda: "reloaded:" in d.log_text(), "the daemon logs 'reloaded:'", interval=0.05)
         assert d.unix.get(snaps(cid_b)).status == 200
         assert Client(tcp=("127.0.0.1", port2)).get(snaps(cid_a)).status == 401
         with pytest.raises(ConnectionRefusedError):
@@ -129,10 +124,7 @@ def test_sighup_applies_a_new_config_and_rejects_a_broken_one(tmp_path: Path) ->
 
         write([pool_b], port1, "info", "bogus_key = 1\n")
         d.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while "reload rejected" not in d.log_text():
-            assert time.monotonic() < deadline, d.log_text()
-            time.sleep(0.05)
+        until(lambda: "reload rejected" in d.log_text(), "the daemon logs 'reload rejected'", interval=0.05)
         assert "bogus_key" in d.log_text()
         # the running configuration stays: both pools, port2, debug
         assert d.unix.get(snaps(cid_a)).status == 200 and d.unix.get(snaps(cid_b)).status == 200

@@ -6,8 +6,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from .waiting import until
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -25,9 +26,7 @@ def test_curl_examples_work_against_the_dev_daemon(tmp_path: Path) -> None:
                             stderr=subprocess.DEVNULL)
     try:
         sock = tmp_path / ".snapd-dev" / "api.sock"
-        deadline = time.monotonic() + 30
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: sock.exists(), "the dev daemon's socket appears", interval=0.05)
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
     finally:

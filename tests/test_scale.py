@@ -25,8 +25,9 @@ from snapd.core.store import SnapshotRow, Store
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
-from .fakes import FakeClock, eventually, reaper_world
+from .fakes import FakeClock, eventually, reaper_world, settle, step
 from .harness import new_cid
+from .waiting import until
 
 SECOND = 1 / 86400  # in days
 GENERATED = 100_000
@@ -141,7 +142,8 @@ async def test_10000_expiring_at_once_are_all_deleted_and_requests_are_answered_
     rows = _fake_snapshots(backend, clock, 100, 100, 1.0)
     service.store.insert_many(rows)
     reaper.notify(rows[0].expires_at)  # rows made directly: tell the reaper, as the service does
-    await eventually(lambda: clock.sleeps and clock.sleeps[-1] == rows[0].expires_at)
+    await settle(reaper, clock)
+    assert clock.sleeps[-1] == rows[0].expires_at
     other = new_cid()
     write_tree(Path(backend.root) / other, {"f": "y"})
     clock.advance(1.0)
@@ -156,8 +158,8 @@ async def test_10000_expiring_at_once_are_all_deleted_and_requests_are_answered_
             answered_during += 1
         await asyncio.sleep(0.005)
     assert answered_during > 0, "the mass expiry finished before any request: the test proved nothing"
-    await eventually(lambda: reaper.deleted == 10_000, timeout=120)
-    assert not reaper.failures
+    await settle(reaper, clock)
+    assert reaper.deleted == 10_000 and not reaper.failures
     left = {r.container_id for r in service.store.expiring(clock.now() + 86400, 100)[0]}
     assert left == set()
     assert all(not (Path(backend.root) / ".snapshots" / r.container_id).exists() for r in rows[::100])
@@ -172,24 +174,26 @@ async def test_failing_deletes_are_retried_with_backoff_and_block_no_others(worl
     reaper.notify(rows[0].expires_at)  # rows made directly: tell the reaper, as the service does
     bad = {rows[i].name for i in (0, 7)}  # names repeat across containers: 40 failing snapshots
     backend.fail = set(bad)
-    await eventually(lambda: clock.sleeps and clock.sleeps[-1] == rows[0].expires_at)
-    clock.advance(1.0)
-    await eventually(lambda: reaper.deleted == len(rows) - 40, timeout=60)
-    await eventually(lambda: len(reaper.failures) == 40)
+    await settle(reaper, clock)
+    assert clock.sleeps[-1] == rows[0].expires_at
+    await step(reaper, clock, 1.0)
+    assert reaper.deleted == len(rows) - 40
+    assert len(reaper.failures) == 40
     assert all(f.attempts == 1 and "injected failure" in f.error for f in reaper.failures.values())
     assert {r.name for r in service.store.expiring(clock.now(), 1000)[0]} == bad  # still listed
-    clock.advance(1.0)  # first retry due
-    await eventually(lambda: all(f.attempts == 2 for f in reaper.failures.values()))
+    await step(reaper, clock, 1.0)  # first retry due
+    assert all(f.attempts == 2 for f in reaper.failures.values())
     assert all(f.retry_at - clock.now() == pytest.approx(2.0, abs=0.01) for f in reaper.failures.values())
     # a snapshot made meanwhile still expires on time, failures or not
     cid = rows[0].container_id
     _, late = await service.create(cid, None, SECOND)
-    clock.advance(1.0)
-    await eventually(lambda: service.store.get(cid, late.name) is None)
+    await step(reaper, clock, 1.0)
+    assert service.store.get(cid, late.name) is None
+    assert all(f.attempts == 2 for f in reaper.failures.values())  # their retry is not due yet
     backend.fail = set()
-    clock.advance(2.0)
-    await eventually(lambda: service.store.count() == 0, timeout=60)
-    await eventually(lambda: not reaper.failures)  # cleared once the worker records the deletes
+    await step(reaper, clock, 2.0)
+    assert service.store.count() == 0
+    assert not reaper.failures and reaper.deleted == len(rows) + 1
 
 
 async def test_a_snapshot_being_restored_or_created_is_never_reaped_mid_operation(world) -> None:
@@ -204,15 +208,15 @@ async def test_a_snapshot_being_restored_or_created_is_never_reaped_mid_operatio
     restoring = asyncio.create_task(service.restore(cid, doomed.name))
     await backend.entered.wait()
     clock.advance(2.0)
-    await eventually(lambda: service.store.get(elsewhere, other.name) is None)  # others are not blocked
-    await eventually(lambda: reaper.working >= 1)
-    await asyncio.sleep(0.3)
+    await eventually(lambda: service.store.get(elsewhere, other.name) is None, "others are not blocked")
+    await eventually(lambda: cid in reaper.held_back, "the reaper waits for the restore's lock")
     assert service.store.get(cid, doomed.name) is not None
     assert (Path(backend.root) / ".snapshots" / cid / doomed.name).is_dir()
     backend.gate.set()
     _container, restored = await restoring
     assert restored.name == doomed.name
-    await eventually(lambda: service.store.get(cid, doomed.name) is None)  # reaped after the restore
+    await settle(reaper, clock)
+    assert service.store.get(cid, doomed.name) is None  # reaped after the restore
     # a create in progress: an expired sibling waits for it, the new snapshot is whole
     backend.gate, backend.entered = None, asyncio.Event()
     _, sibling = await service.create(cid, None, SECOND)
@@ -220,11 +224,12 @@ async def test_a_snapshot_being_restored_or_created_is_never_reaped_mid_operatio
     creating = asyncio.create_task(service.create(cid, "new", 30))
     await backend.entered.wait()
     clock.advance(2.0)
-    await asyncio.sleep(0.3)
+    await eventually(lambda: cid in reaper.held_back, "the reaper waits for the create's lock")
     assert service.store.get(cid, sibling.name) is not None
     backend.gate.set()
     _, new = await creating
-    await eventually(lambda: service.store.get(cid, sibling.name) is None)
+    await settle(reaper, clock)
+    assert service.store.get(cid, sibling.name) is None
     assert service.store.get(cid, new.name) is not None
     assert (Path(backend.root) / ".snapshots" / cid / new.name / "f").read_text() == "1"
 
@@ -250,11 +255,12 @@ async def test_operations_on_one_container_run_in_arrival_order(world) -> None:
         ("alias", service.set_alias(cid, second.name, "x")),
         ("create", service.create(cid, "c", None)),
         ("delete", service.delete(cid, second.name)),
-        ("list", service.list_json(cid)),  # reads do not queue
     ]:
         tasks.append(asyncio.create_task(op(label, coro)))
-        await asyncio.sleep(0.01)
-    await eventually(lambda: "list" in order)
+        queued = len(tasks)  # the restore and those before this one
+        await eventually(lambda: service.inflight == queued, f"the {label} is queued behind the restore")
+    tasks.append(asyncio.create_task(op("list", service.list_json(cid))))  # reads do not queue
+    await eventually(lambda: "list" in order, "the list is answered while the restore holds the lock")
     assert order == ["list"]
     gate.set()
     await asyncio.gather(*tasks)
@@ -309,15 +315,13 @@ def test_200_clients_on_50_containers_get_no_errors_no_duplicates_and_lose_nothi
         assert sorted(p.name for p in (pool / ".snapshots" / cid).iterdir()) == sorted(names)
 
 
-def _send_and_hang_up(d: DaemonProcess, method: str, path: str, until) -> None:
-    """Send a request, wait until `until()` (the work has started), then drop the
-    connection without reading the answer (RST)."""
+def _send_and_hang_up(d: DaemonProcess, method: str, path: str, started, what: str) -> None:
+    """Send a request, wait until `started()` (the work has started: `what`), then drop
+    the connection without reading the answer (RST)."""
     s = socket.socket(socket.AF_UNIX)
     s.connect(str(d.socket))
     s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-    deadline = time.monotonic() + 30
-    while not until() and time.monotonic() < deadline:
-        time.sleep(0.002)
+    until(started, what, interval=0.002)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.close()
 
@@ -328,24 +332,20 @@ def test_a_client_that_hangs_up_mid_request_leaves_nothing_half_done(served) -> 
     files = {f"d{i // 100}/f{i}": "x" * 2000 for i in range(3000)}
     write_tree(pool / cid, files)
     tmp = pool / ".snapshots" / ".tmp"
-    _send_and_hang_up(d, "POST", snaps(cid), lambda: any(tmp.glob(f"create-{cid}*")))
+    _send_and_hang_up(d, "POST", snaps(cid), lambda: any(tmp.glob(f"create-{cid}*")),
+                      "the create's scratch copy appears")
 
     def listed() -> list[str]:
         return [s["name"] for s in d.unix.get(snaps(cid)).data["snapshots"]]
 
-    deadline = time.monotonic() + 60
-    while not listed() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (name,) = listed()
+    (name,) = until(listed, "the create whose client hung up finishes and is listed")
     snap = pool / ".snapshots" / cid / name
     assert sum(len(f) for _, _, f in os.walk(snap)) == len(files)  # whole, not half-copied
     assert not any(tmp.glob(f"*{cid}*"))
     # a delete whose client hangs up straight away still happens, wholly
-    _send_and_hang_up(d, "DELETE", snaps(cid, name), lambda: True)
-    deadline = time.monotonic() + 60
-    while listed() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert listed() == [] and not snap.exists()
+    _send_and_hang_up(d, "DELETE", snaps(cid, name), lambda: True, "sent")
+    until(lambda: listed() == [], "the delete whose client hung up finishes")
+    assert not snap.exists()
     assert not any(tmp.glob(f"*{cid}*"))
 
 

@@ -17,6 +17,7 @@ from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
 from .harness import new_cid
+from .waiting import until
 
 
 def serve(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -103,9 +104,8 @@ def test_sigterm_finishes_in_flight_work_then_exits_cleanly(tmp_path: Path, pool
     t = threading.Thread(target=create)
     t.start()
     # wait until the create is under way (its scratch copy exists), then stop the daemon
-    deadline = time.monotonic() + 10
-    while not any((pool / ".snapshots" / ".tmp").glob("create-*")) and time.monotonic() < deadline:
-        time.sleep(0.002)
+    until(lambda: any((pool / ".snapshots" / ".tmp").glob("create-*")), "the create's scratch copy appears",
+          interval=0.002)
     d.proc.send_signal(signal.SIGTERM)
     t.join(60)
     assert d.stop() == 0

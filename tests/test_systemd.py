@@ -19,6 +19,8 @@ import pytest
 
 from snapd.host import systemd
 
+from .waiting import eventually, until
+
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 MAX_EXPOSURE = 4.0
@@ -120,6 +122,13 @@ def received(sock: socket.socket) -> list[str]:
     return out
 
 
+async def arrivals(sock: socket.socket, count: int, what: str) -> list[str]:
+    """Wait (the event loop running) until `count` more datagrams have arrived; all of them."""
+    got: list[str] = []
+    await eventually(lambda: got.extend(received(sock)) or len(got) >= count, what)
+    return got
+
+
 def test_notify_ready_status_stopping(notify_socket: socket.socket) -> None:
     assert systemd.ready("serving 2 pools\n(more)")
     msg = notify_socket.recv(4096).decode().split("\n")
@@ -159,24 +168,22 @@ async def test_watchdog_pings_from_the_event_loop(notify_socket: socket.socket,
     dog = systemd.Watchdog(status=lambda: summary[0])
     assert dog.enabled and dog.interval == pytest.approx(0.05)
     dog.start()
-    await asyncio.sleep(0.3)
-    first = received(notify_socket)
-    assert len(first) >= 4, first
+    first = await arrivals(notify_socket, 4, "four pings")
     assert all(m.startswith("WATCHDOG=1") for m in first)
     assert first[0] == "WATCHDOG=1\nSTATUS=1 pool"
     assert "STATUS" not in "".join(first[1:])  # only sent when it changes
     summary[0] = "2 pools"
-    await asyncio.sleep(0.1)
-    assert "WATCHDOG=1\nSTATUS=2 pools" in received(notify_socket)
+    (changed,) = await arrivals(notify_socket, 1, "a ping after the status changed")
+    assert changed == "WATCHDOG=1\nSTATUS=2 pools"
 
     # a blocked event loop sends no pings: that is what gets a hung daemon restarted
-    time.sleep(0.4)  # noqa: ASYNC251 -- blocking the loop on purpose
+    time.sleep(0.4)  # noqa: ASYNC251 -- blocking the loop on purpose, for 8 intervals
     assert received(notify_socket) == []
-    await asyncio.sleep(0.12)
-    assert received(notify_socket)  # and they resume with the loop
+    await arrivals(notify_socket, 1, "pings resume with the loop")
+    pings = dog.pings
     await dog.stop()
-    await asyncio.sleep(0.12)
-    assert received(notify_socket) == []
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "watchdog"]  # nothing left to ping
+    assert received(notify_socket) == [] and dog.pings == pings
 
 
 def test_watchdog_for_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,10 +233,8 @@ def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
          sys.executable, "-c", CHILD],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while not path.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.02)
+        until(lambda: path.exists() or proc.poll() is not None, "systemd-socket-activate listens")
+        assert proc.poll() is None, proc.stderr.read()  # it exited: its stderr is complete
         with socket.socket(socket.AF_UNIX) as c:
             c.settimeout(15)
             c.connect(str(path))  # this starts the child, which answers on it

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -70,8 +71,14 @@ class Reaper:
         self._slots = asyncio.Semaphore(parallel)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._parked_until: float | None = None
+        """While the dispatcher sleeps: when it will look again by itself (inf: never)."""
+        self._parked = asyncio.Event()
+        """Set (and replaced) each time the dispatcher goes to sleep."""
         self._workers: dict[tuple[str, str], asyncio.Task] = {}
         self.failures: dict[tuple[str, str], _Failure] = {}
+        self.held_back: set[str] = set()
+        """Containers with snapshots due whose worker waits for the container's lock."""
         self.deleted = 0
         self.lags: list[float] = []
         """Seconds between expires_at and the delete, most recent last (bounded)."""
@@ -111,10 +118,33 @@ class Reaper:
                 log.exception("reaper pass failed")
                 await asyncio.sleep(1)
                 continue
-            if when is None:
-                await self._wake.wait()
-            else:
-                await self.clock.sleep_until(when, self._wake)
+            self._park(math.inf if when is None else when)
+            try:
+                if when is None:
+                    await self._wake.wait()
+                else:
+                    await self.clock.sleep_until(when, self._wake)
+            finally:
+                self._parked_until = None
+
+    def _park(self, until: float) -> None:
+        self._parked_until = until
+        parked, self._parked = self._parked, asyncio.Event()
+        parked.set()
+
+    def idle_at(self, at: float) -> bool:
+        """Whether everything due at clock time `at` is done: no worker runs, and the
+        dispatcher sleeps with nothing to look at before a time later than `at`."""
+        return (self._parked_until is not None and self._parked_until > at
+                and not self._wake.is_set() and not self._workers)
+
+    async def settled(self, at: float | None = None) -> None:
+        """Return once every snapshot due at `at` (default: now) has been deleted or
+        has failed and waits for its retry -- and the counters say so."""
+        if at is None:
+            at = self.clock.now()
+        while not self.idle_at(at):
+            await self._parked.wait()
 
     def next_wake(self, now: float) -> float | None:
         """When the dispatcher must look again by itself: the earliest future expiry
@@ -209,18 +239,23 @@ class Reaper:
     async def _work(self, cid: str, pool: str) -> None:
         """Delete the container's due snapshots, a chunk at a time, until none is due."""
         while True:
-            await self._until_free(cid)
-            async with self._slots:
-                now = self.clock.now()
-                rows = self._next_chunk(cid, pool, now)
-                if not rows:
-                    return
-                try:
-                    results = await self.service.delete_expired(cid, pool, [r.name for r in rows], now)
-                except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried
-                    results = {}
-                    for r in rows:
-                        self._failed(cid, pool, r.name, str(exc) or type(exc).__name__)
+            if self._locked(cid):
+                self.held_back.add(cid)
+            try:
+                await self._until_free(cid)
+                async with self._slots:
+                    now = self.clock.now()
+                    rows = self._next_chunk(cid, pool, now)
+                    if not rows:
+                        return
+                    try:
+                        results = await self.service.delete_expired(cid, pool, [r.name for r in rows], now)
+                    except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried
+                        results = {}
+                        for r in rows:
+                            self._failed(cid, pool, r.name, str(exc) or type(exc).__name__)
+            finally:
+                self.held_back.discard(cid)
             self._record(cid, pool, rows, results)
             await asyncio.sleep(0)  # let requests queued meanwhile run
 
