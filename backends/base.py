@@ -213,8 +213,9 @@ class Backend(abc.ABC):
     async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
         """Mirror a new alias on disk, for backends that mirror metadata."""
 
-    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
-        """Current exclusive sizes, by container id then snapshot name (batched)."""
+    async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
+        """Exclusive sizes of these snapshots now, by name (one batched count; the
+        service names the snapshots a create or delete may have changed)."""
         return {}
 
     async def free_bytes(self) -> int | None:

@@ -37,11 +37,9 @@ Exclusive: bytes of data extents no other file or subvolume references
 Counting walks the snapshot, so it never happens on create or list: create
 reports 0 (exact at that instant: a new snapshot shares every extent with
 its container), list reports None, and `sizes()` -- which the service calls
-in the background after every create and delete -- recounts only the
-snapshots whose figure may have changed since its last call: a new snapshot
-and its newest older neighbour after a create, both neighbours after a
-delete, all in ONE `btrfs filesystem du` process.  This backend never
-enables quotas.
+in the background with the snapshots a create or delete may have changed
+(its neighbours in time) -- counts just those, in ONE `btrfs filesystem du`
+process.  This backend never enables quotas.
 """
 
 from __future__ import annotations
@@ -55,7 +53,6 @@ import os
 import re
 import secrets
 import stat
-import threading
 
 from backends import faults
 
@@ -132,10 +129,6 @@ class BtrfsBackend(Backend):
         self._snapdir = os.path.join(self.root, SNAPSHOTS_DIR)
         self._tmpdir = os.path.join(self._snapdir, TMP_DIR)
         self._root_treeid: int | None = None
-        self._events_lock = threading.Lock()
-        self._events: dict[str, list[tuple[str, float, str]]] = {}
-        """cid -> ("create" | "delete", otime, name) since the last sizes() call."""
-        self._otimes: dict[tuple[str, str], float] = {}
         """(cid, name) -> creation time of snapshots seen, to order them cheaply."""
 
     # -- paths -------------------------------------------------------------
@@ -344,7 +337,6 @@ class BtrfsBackend(Backend):
         facts = self._facts(cid, name)
         if facts is None:
             raise BackendError(f"snapshot {name} of {cid} vanished after creation")
-        self._note(cid, "create", facts.created_at, name)
         if facts.size is None:  # no qgroups: a new snapshot shares all its extents
             facts = dataclasses.replace(facts, size=0)
         return facts
@@ -461,9 +453,7 @@ class BtrfsBackend(Backend):
         with dfd as fd:
             for name in doomed:
                 try:
-                    otime = _otime(os.path.join(sdir, name))
                     ioc.destroy(fd, name)
-                    self._note(cid, "delete", otime, name)
                     out[name] = None
                 except FileNotFoundError:
                     out[name] = None
@@ -477,7 +467,6 @@ class BtrfsBackend(Backend):
     ) -> dict[str, BackendError | None]:
         out, doomed = await asyncio.to_thread(self._to_delete, cid, snaps)
         paths = {n: os.path.join(self._sdir(cid), n) for n in doomed}
-        otimes = {n: await asyncio.to_thread(_otime, p) for n, p in paths.items()}
         err: BackendError | None = None
         if paths:
             try:
@@ -487,8 +476,6 @@ class BtrfsBackend(Backend):
         for n, p in paths.items():
             gone = not await asyncio.to_thread(os.path.lexists, p)
             out[n] = None if gone else (err or BackendError(f"snapshot {n} still present"))
-            if gone:
-                self._note(cid, "delete", otimes[n], n)
         await asyncio.to_thread(_rmdir_if_empty, self._sdir(cid))
         return out
 
@@ -527,18 +514,13 @@ class BtrfsBackend(Backend):
                 out[c] = facts
         return out
 
-    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
-        """Current exclusive sizes: all snapshots from qgroups when quotas are on,
-        else a recount of those a create or delete since the last call may have
-        changed (see the module docstring); {} when nothing changed."""
-        events = self._take_events(cid)
+    async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
+        """Exclusive sizes of these snapshots now: from qgroups when quotas are on,
+        else counted (one `btrfs filesystem du`, walking them: off the request path)."""
         quota = await asyncio.to_thread(self._qgroup_sizes, cid)
         if quota is not None:
-            return quota
-        if not events:
-            return {}
-        targets = await asyncio.to_thread(self._recount_targets, events)
-        return await self.recount(targets)
+            return {n: s for n, s in quota.get(cid, {}).items() if n in names}
+        return (await self.recount({cid: names})).get(cid, {})
 
     async def recount(self, targets: dict[str, list[str]]) -> dict[str, dict[str, int]]:
         """Count exclusive bytes of these snapshots (cid -> names) in one process.
@@ -581,22 +563,6 @@ class BtrfsBackend(Backend):
                      f"; {err.decode(errors='replace').strip()}" if err.strip() else "")
         return counted
 
-    def _note(self, cid: str, what: str, otime: float | None, name: str) -> None:
-        with self._events_lock:
-            self._events.setdefault(cid, []).append((what, otime or 0.0, name))
-            if what == "create" and otime:
-                self._otimes[(cid, name)] = otime
-            else:
-                self._otimes.pop((cid, name), None)
-
-    def _take_events(self, cid: str | None) -> dict[str, list[tuple[str, float, str]]]:
-        with self._events_lock:
-            if cid is None:
-                taken, self._events = self._events, {}
-                return taken
-            ev = self._events.pop(cid, None)
-            return {cid: ev} if ev else {}
-
     def _qgroup_sizes(self, cid: str | None) -> dict[str, dict[str, int]] | None:
         sizes = self._exclusive()
         if sizes is None:
@@ -607,45 +573,6 @@ class BtrfsBackend(Backend):
                 f = self._facts(c, n, sizes)
                 if f is not None and f.size is not None:
                     out.setdefault(c, {})[n] = f.size
-        return out
-
-    def _recount_targets(
-        self, events: dict[str, list[tuple[str, float, str]]]
-    ) -> dict[str, list[str]]:
-        """Which snapshots to recount after these creates and deletes.
-
-        A snapshot's exclusive bytes change when its neighbours in time come or
-        go (it shares most extents with them), so: a new snapshot and its newest
-        older neighbour; both neighbours of a deleted one.
-        """
-        out: dict[str, list[str]] = {}
-        for c, evs in events.items():
-            now = []
-            for n in self._snapshot_names(c).get(c, []):
-                with self._events_lock:
-                    t = self._otimes.get((c, n))
-                if t is None:
-                    t = _otime(os.path.join(self._snapdir, c, n))
-                    if t is None:
-                        continue
-                    with self._events_lock:
-                        self._otimes[(c, n)] = t
-                now.append((t, n))
-            now.sort()
-            names = {n for _, n in now}
-            want: set[str] = set()
-            for what, t, name in evs:
-                key = (t, name)
-                older = [k for k in now if k < key and k[1] != name]
-                newer = [k for k in now if k > key and k[1] != name]
-                if what == "create" and name in names:
-                    want.add(name)
-                if older:
-                    want.add(older[-1][1])
-                if what == "delete" and newer:
-                    want.add(newer[0][1])
-            if want:
-                out[c] = sorted(want)
         return out
 
     # -- commands ----------------------------------------------------------
@@ -769,16 +696,6 @@ def parse_du(text: str, paths: list[str]) -> dict[str, int]:
         if fields[3] in wanted:
             out[fields[3]] = int(fields[1])
     return out
-
-
-def _otime(path: str) -> float | None:
-    """Creation time of the subvolume at `path`, or None."""
-    try:
-        with _Fd(path) as fd:
-            info = ioc.subvol_info(fd)
-        return info.otime or os.lstat(path).st_mtime
-    except OSError:
-        return None
 
 
 def _rmdir_if_empty(path: str) -> None:

@@ -20,14 +20,13 @@ that cannot finish moves the snapshot back into place.
 
 Sizes are exclusive allocated bytes (inodes not shared with another
 snapshot), computed at creation; when a create or delete changes what a
-neighbouring snapshot shares, that neighbour is marked for recount and
-`sizes()` recounts just those, off the request path.
+neighbouring snapshot shares, the service asks `sizes()` to recount just
+those, off the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import errno
 import logging
 import os
@@ -111,7 +110,6 @@ class OverlayBackend(Backend):
         self.snapdir = self.path / SNAPSHOTS_DIR
         self.tmpdir = self.snapdir / ".tmp"
         self.quarantine = self.snapdir / ".quarantine"
-        self._dirty: dict[str, set[str]] = {}
 
     # -- paths ---------------------------------------------------------------
 
@@ -280,8 +278,6 @@ class OverlayBackend(Backend):
         except BaseException:
             self._discard(scratch, "a failed create's copy")
             raise
-        if previous is not None and stats.linked:
-            self._dirty.setdefault(cid, set()).add(previous.name)
         return SnapshotFacts(
             name=name,
             created_at=os.lstat(final).st_ctime,
@@ -387,15 +383,7 @@ class OverlayBackend(Backend):
                 continue
             faults.point("overlay.delete.after-rename")
             results[name] = self._remove_or_put_back(name, doomed, path)
-        remaining = sorted(self._names(cid), key=_name_key)
-        if remaining:
-            # Only a deleted snapshot's nearest survivors can gain exclusive inodes.
-            dirty = self._dirty.setdefault(cid, set())
-            keys = [_name_key(n) for n in remaining]
-            for name in names:
-                i = bisect.bisect_left(keys, _name_key(name))  # name itself is gone
-                dirty.update(remaining[max(i - 1, 0):i + 1])
-        else:
+        if not self._names(cid):
             try:
                 (self.snapdir / cid).rmdir()
             except OSError:
@@ -451,18 +439,13 @@ class OverlayBackend(Backend):
                 out[c] = facts
         return out
 
-    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
-        """Recount the snapshots whose sharing changed since the last call."""
-        return await asyncio.to_thread(self._sizes, cid)
+    async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
+        """Exclusive allocated bytes of these snapshots now (walks them: off the request path)."""
+        return await asyncio.to_thread(self._sizes, cid, names)
 
-    def _sizes(self, cid: str | None) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for c in [cid] if cid else list(self._dirty):
-            for name in self._dirty.pop(c, set()):
-                path = self._snapshot(c, name)
-                if fsops.is_real_dir(path):
-                    out.setdefault(c, {})[name] = treecopy.tree_exclusive_bytes(path)
-        return out
+    def _sizes(self, cid: str, names: list[str]) -> dict[str, int]:
+        return {name: treecopy.tree_exclusive_bytes(path) for name in names
+                if fsops.is_real_dir(path := self._snapshot(cid, name))}
 
     def container_path(self, cid: str) -> Path:
         return self._container(cid)

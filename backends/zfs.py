@@ -428,9 +428,10 @@ class ZfsBackend(Backend):
             raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
         return {c: [self._facts(scan, c, s) for s in scan.visible(c).values()] for c in cids}
 
-    async def sizes(self, cid: str | None = None) -> dict[str, dict[str, int]]:
+    async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
+        """`used` of these snapshots (one `zfs get -r` of the container, cached briefly)."""
         listed = await self.list(cid)
-        return {c: {f.name: f.size or 0 for f in facts} for c, facts in listed.items()}
+        return {f.name: f.size or 0 for f in listed.get(cid, []) if f.name in names}
 
     def _facts(self, scan: _Scan, cid: str, s: _Ds) -> SnapshotFacts:
         p = s.props

@@ -196,9 +196,9 @@ async def test_bulk_delete_and_batched_sizes(harness, backend):
             (path / f"f{i}").write_bytes(os.urandom(200_000))
         await backend.create(cid, name, None, None)
     backend.stats.reset()
-    sizes = await backend.sizes(cid)
-    await backend.sizes(cid)
-    assert set(sizes[cid]) == set(names)
+    sizes = await backend.sizes(cid, names)
+    await backend.sizes(cid, names[:3])
+    assert set(sizes) == set(names)
     assert backend.stats.count() == 1, backend.stats.as_dict()  # one zfs get, then cached
 
     backend.stats.reset()
@@ -296,18 +296,18 @@ async def test_create_keeps_size_cache_and_mirrors_given_time(harness, backend):
     path = harness.make_container(cid)
     (path / "f").write_bytes(os.urandom(100_000))
     await backend.create(cid, "a", None, None)
-    await backend.sizes(cid)  # fills the cache
+    await backend.sizes(cid, ["a"])  # fills the cache
     backend.stats.reset()
     facts = await backend.create(cid, "b", "x", None, created_at=1_700_000_000.123)
     assert facts.created_at == 1_700_000_000.123
-    sizes = await backend.sizes(cid)
-    assert sizes[cid] == {"a": sizes[cid]["a"], "b": 0}
+    sizes = await backend.sizes(cid, ["a", "b"])
+    assert sizes == {"a": sizes["a"], "b": 0}
     assert backend.stats.count() == 1, backend.stats.as_dict()  # the snapshot only
     fresh = ZfsBackend(harness.root)
     await fresh.open()
     listed = {f.name: f for f in (await fresh.list(cid))[cid]}
     assert listed["b"].created_at == 1_700_000_000.123 and listed["b"].size == 0
-    assert listed["a"].size == sizes[cid]["a"]
+    assert listed["a"].size == sizes["a"]
 
 
 async def test_delete_without_holders_is_scan_plus_destroy(harness, backend):

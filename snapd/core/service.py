@@ -15,7 +15,7 @@ import os
 import signal
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from backends.base import (
     Backend,
@@ -96,7 +96,8 @@ class SnapshotService:
         self._inflight: set[asyncio.Task] = set()
         self.on_expiry_set: Callable[[float], None] = lambda when: None
         """Called with a new expires_at (the reaper wakes if it is sooner)."""
-        self._size_pending: dict[tuple[str, str], Backend] = {}
+        self._size_pending: dict[tuple[str, str], tuple[Backend, set[str]]] = {}
+        """(pool, container) -> the backend and the snapshots whose sizes to recount."""
         self._size_worker: asyncio.Task | None = None
         self.policies: dict[str, PoolPolicy] = {}
         """backend.pool_id -> reserve and restore hooks (the server sets them)."""
@@ -406,21 +407,34 @@ class SnapshotService:
             self._size_worker.cancel()
             await asyncio.gather(self._size_worker, return_exceptions=True)
 
-    def refresh_sizes_later(self, backend: Backend, cid: str) -> None:
-        """Recount sizes a create or delete may have changed, off the request path."""
-        self._size_pending[(backend.pool_id, cid)] = backend
-        if self._size_worker is None or self._size_worker.done():
+    async def recounted(self) -> None:
+        """Return once every size recount asked for so far has run."""
+        while self._size_worker is not None and not self._size_worker.done():
+            await asyncio.shield(self._size_worker)
+
+    def _recount_later(self, backend: Backend, cid: str, names: Iterable[str]) -> None:
+        """Recount these snapshots' sizes off the request path (coalesced per container).
+
+        A snapshot's exclusive bytes change only when a neighbour in time comes or
+        goes (what it shares, it shares with them), so the service names exactly
+        those and the backend counts just them.
+        """
+        _, pending = self._size_pending.setdefault((backend.pool_id, cid), (backend, set()))
+        pending.update(names)
+        if pending and (self._size_worker is None or self._size_worker.done()):
             self._size_worker = asyncio.create_task(self._refresh_sizes(), name="sizes")
 
     async def _refresh_sizes(self) -> None:
         while self._size_pending:
-            (_pool, cid), backend = next(iter(self._size_pending.items()))
-            del self._size_pending[(_pool, cid)]
+            (pool, cid), (backend, names) = next(iter(self._size_pending.items()))
+            del self._size_pending[(pool, cid)]
+            if not names:
+                continue
             try:
-                for c, sizes in (await backend.sizes(cid)).items():
-                    self.store.update_sizes(c, sizes)
+                sizes = await backend.sizes(cid, sorted(names))
+                self.store.update_sizes(cid, {n: s for n, s in sizes.items() if n in names})
             except Exception as exc:  # sizes are advisory; never fail an operation for them
-                log.warning("size refresh failed pool=%s container=%s error=%s", _pool, cid, exc)
+                log.warning("size refresh failed pool=%s container=%s error=%s", pool, cid, exc)
 
     def busy(self, cid: str) -> bool:
         """Whether an operation on container `cid` is running or queued."""
@@ -472,7 +486,8 @@ class SnapshotService:
             with self.store.transaction():
                 self.store.insert(row)
                 self.store.journal_end(jid, "done", now)
-            self.refresh_sizes_later(container.backend, cid)
+            older = self.store.neighbours(cid, now, name)[:1]
+            self._recount_later(container.backend, cid, [*older, *([name] if facts.size is None else [])])
             if expires_at is not None:
                 self.on_expiry_set(expires_at)
             return container, row
@@ -588,7 +603,6 @@ class SnapshotService:
             self._journal_failed(jid)
             raise
         faults.point("service.delete.on-disk")
-        self.refresh_sizes_later(backend, cid)
         with self.store.transaction():
             for row in rows:
                 error = results.get(row.name, BackendError("backend gave no result"))
@@ -597,6 +611,8 @@ class SnapshotService:
                 else:
                     log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
             self.store.journal_end(jid, "done", self.clock.now())
+        gone = [r for r in rows if r.name in results and results[r.name] is None]
+        self._recount_later(backend, cid, {n for r in gone for n in self.store.neighbours(cid, r.created_at, r.name)})
         return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
 
     async def delete_expired(

@@ -433,6 +433,20 @@ class Store:
             rows = rows[:limit]
         return [r[0] for r in rows], ((rows[-1][1], rows[-1][2]) if more and rows else None)
 
+    def neighbours(self, cid: str, created_at: float, name: str) -> list[str]:
+        """The snapshots just older and just newer than the position (created_at, name) --
+        which need not be a row any more -- in the container's order (two index seeks)."""
+        at = _ms(created_at)
+        out = []
+        for cmp, order in (("<", "DESC"), (">", "ASC")):
+            row = self.db.execute(
+                f"SELECT name FROM snapshots WHERE container_id = ? AND (created_at {cmp} ? OR "
+                f"(created_at = ? AND name {cmp} ?)) ORDER BY created_at {order}, name {order} LIMIT 1",
+                [cid, at, at, name]).fetchone()
+            if row:
+                out.append(row[0])
+        return out
+
     def position(self, cid: str, name: str) -> tuple[int, str] | None:
         """(created_at in ms, name) of one snapshot: a list cursor."""
         row = self.db.execute(
