@@ -359,22 +359,15 @@ def cmd_container_show(args: argparse.Namespace) -> int:
     return _request(args, "GET", f"{ADMIN}/containers/{quote(args.id, safe='')}")
 
 
-def cmd_container_set_project(args: argparse.Namespace) -> int:
-    if args.clear == (args.project is not None):
-        print("snapd container set-project: give either PROJECT or --clear", file=sys.stderr)
+def cmd_container_set_label(args: argparse.Namespace) -> int:
+    """`snapd container set-project|set-layout ID VALUE|--clear`."""
+    value = getattr(args, args.label)
+    if args.clear == (value is not None):
+        print(f"snapd container set-{args.label}: give either {args.label.upper()} or --clear", file=sys.stderr)
         return 2
     args.render = _container_text
-    return _request(args, "PUT", f"{ADMIN}/containers/{quote(args.id, safe='')}/project",
-                    {"project": args.project})
-
-
-def cmd_container_set_layout(args: argparse.Namespace) -> int:
-    if args.clear == (args.layout is not None):
-        print("snapd container set-layout: give either LAYOUT or --clear", file=sys.stderr)
-        return 2
-    args.render = _container_text
-    return _request(args, "PUT", f"{ADMIN}/containers/{quote(args.id, safe='')}/layout",
-                    {"layout": args.layout})
+    return _request(args, "PUT", f"{ADMIN}/containers/{quote(args.id, safe='')}/{args.label}",
+                    {args.label: value})
 
 
 def _reconcile_text(d: dict) -> str:
@@ -547,18 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
     cs = admin_cmd(container, "show", "show a container's pool, backend, project, layout and snapshot count",
                    cmd_container_show, f"snapd container show {cid}")
     cs.add_argument("id", help="container id")
-    cp = admin_cmd(container, "set-project", "label a container with its project", cmd_container_set_project,
+    cp = admin_cmd(container, "set-project", "label a container with its project", cmd_container_set_label,
                    f"snapd container set-project {cid} web", f"snapd container set-project {cid} --clear")
     cp.add_argument("id", help="container id")
     cp.add_argument("project", nargs="?", help="project label")
     cp.add_argument("--clear", action="store_true", help="remove the label")
+    cp.set_defaults(label="project")
     cl = admin_cmd(container, "set-layout", "fix what a snapshot of a directory container captures: "
-                   "overlay (its upper/ only) or whole (overlay pools)", cmd_container_set_layout,
+                   "overlay (its upper/ only) or whole (overlay pools)", cmd_container_set_label,
                    f"snapd container set-layout {cid} whole", f"snapd container set-layout {cid} --clear")
     cl.add_argument("id", help="container id")
     cl.add_argument("layout", nargs="?", choices=("overlay", "whole"), help="the layout")
     cl.add_argument("--clear", action="store_true",
                     help="remove the label (the pool's layout setting decides again)")
+    cl.set_defaults(label="layout")
 
     expiry = group("expiry", "what the reaper will delete (admin only)")
     ep = admin_cmd(expiry, "plan", "list the snapshots that expire in the next N hours, earliest first "

@@ -147,34 +147,31 @@ async def show_container(request: web.Request) -> web.Response:
     return ok("Container retrieved successfully", await _container_json(request, cid))
 
 
-async def set_project(request: web.Request) -> web.Response:
-    require_admin(request)
-    cid = _cid(request.match_info["id"])
-    body = _body(await read_body(request), {"project"})
-    if "project" not in body:
-        raise _invalid("project", "required (null removes the label)")
-    project = None if body["project"] is None else _project(body["project"])
-    try:
-        await request.app[SERVICE_KEY].set_project(cid, project)
-    except ServiceError as exc:
-        raise map_service_error(exc, CONTAINER_MSGS) from None
-    return ok("Container project updated successfully", await _container_json(request, cid))
-
-
-async def set_layout(request: web.Request) -> web.Response:
-    require_admin(request)
-    cid = _cid(request.match_info["id"])
-    body = _body(await read_body(request), {"layout"})
-    if "layout" not in body:
-        raise _invalid("layout", "required (null removes the label)")
-    layout = body["layout"]
-    if layout is not None and layout not in LAYOUTS:
+def _layout(value: object) -> str:
+    if value not in LAYOUTS:
         raise _invalid("layout", f"must be one of {', '.join(LAYOUTS)}, or null to remove the label")
+    return value  # type: ignore[return-value]
+
+
+LABELS: dict[str, Callable[[Any], str]] = {"project": _project, "layout": _layout}
+"""Container label -> the check of a new value (null always removes the label)."""
+
+
+async def set_label(request: web.Request) -> web.Response:
+    """PUT /api/v1/admin/containers/{id}/{label}: set or remove a project or layout label."""
+    require_admin(request)
+    cid = _cid(request.match_info["id"])
+    label = request.match_info.route.resource.canonical.rsplit("/", 1)[1]  # type: ignore[union-attr]
+    body = _body(await read_body(request), {label})
+    if label not in body:
+        raise _invalid(label, "required (null removes the label)")
+    value = None if body[label] is None else LABELS[label](body[label])
+    service = request.app[SERVICE_KEY]
     try:
-        await request.app[SERVICE_KEY].set_layout(cid, layout)
+        await (service.set_project(cid, value) if label == "project" else service.set_layout(cid, value))
     except ServiceError as exc:
         raise map_service_error(exc, CONTAINER_MSGS) from None
-    return ok("Container layout updated successfully", await _container_json(request, cid))
+    return ok(f"Container {label} updated successfully", await _container_json(request, cid))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -191,7 +188,7 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{ADMIN}/tokens", list_tokens, allow_head=False)
     app.router.add_delete(f"{ADMIN}/tokens/{{token_id}}", revoke_token)
     app.router.add_get(f"{ADMIN}/containers/{{id}}", show_container, allow_head=False)
-    app.router.add_put(f"{ADMIN}/containers/{{id}}/project", set_project)
-    app.router.add_put(f"{ADMIN}/containers/{{id}}/layout", set_layout)
+    for label in LABELS:
+        app.router.add_put(f"{ADMIN}/containers/{{id}}/{label}", set_label)
     add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py)
     add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/http/admin_expiry.py)
