@@ -121,3 +121,16 @@ def test_admin_commands_tokens_and_projects(env, cid: str) -> None:
     assert snapd(d, "token", "create").returncode == 2  # neither --project nor --admin
     assert snapd(d, "container", "set-project", cid, "--clear").returncode == 0
     assert "project_id: -" in snapd(d, "container", "show", cid).stdout
+
+
+def test_token_create_with_containers(env, cid: str) -> None:
+    """`--container` (repeatable) scopes a token to those containers; a bad id is refused."""
+    d, _pool = env
+    out = snapd(d, "token", "create", "--project", "web", "--container", cid, "--container", cid.upper())
+    assert out.returncode == 0, out.stderr
+    token_id = out.stdout.splitlines()[0].split("_")[1]
+    row = next(line for line in snapd(d, "token", "list").stdout.splitlines() if line.startswith(token_id))
+    assert f"project=web containers={cid} " in row
+    bad = snapd(d, "token", "create", "--project", "web", "--container", "nope")
+    assert bad.returncode == 1 and "containers" in bad.stdout + bad.stderr
+    assert snapd(d, "token", "revoke", token_id).returncode == 0

@@ -161,7 +161,10 @@ SCHEMAS["TokenBody"] = {
     "properties": {
         "admin": {"type": "boolean"},
         "project": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-        "containers": {"type": "array", "items": {"type": "string"}},
+        "containers": {
+            "type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[0-9A-Fa-f]{24}$"},
+            "description": "Only these containers of the project; absent: all of them",
+        },
         "read_only": {"type": "boolean"},
         "metrics": {"type": "boolean"},
         "label": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ALIAS},
