@@ -114,7 +114,7 @@ def test_admin_commands_tokens_and_projects(env, cid: str) -> None:
     token_id = secret.split("_")[1]
     listed = snapd(d, "token", "list").stdout
     assert token_id in listed and "project=web read-only" in listed and "active" in listed
-    assert secret not in listed and secret.split("_")[2] not in listed
+    assert secret not in listed and secret.split("_", 2)[2] not in listed
     assert snapd(d, "token", "revoke", token_id).returncode == 0
     assert "revoked" in snapd(d, "token", "list").stdout
     assert snapd(d, "token", "revoke", "000000000000").returncode == 1
