@@ -29,6 +29,7 @@ from backends.base import (
 
 from backends import faults
 from snapd.core.clock import Clock, snapshot_stamp
+from snapd.core.names import highest, next_name
 from snapd.host.config import PoolPolicy
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
 from snapd.core.oplog import OperationLog
@@ -287,14 +288,9 @@ class SnapshotService:
         return len(self._inflight)
 
     def _new_name(self, cid: str, now: float) -> str:
+        """A name never given to a snapshot of `cid` before (snapd/core/names.py)."""
         base = snapshot_stamp(now)
-        taken = self.store.names_like(cid, base)
-        if base not in taken:
-            return base
-        n = 2
-        while f"{base}-{n}" in taken:
-            n += 1
-        return f"{base}-{n}"
+        return next_name(base, highest([self.store.name_mark(cid), *self.store.names_like(cid, base)]))
 
     async def create(
         self, cid: str, alias: str | None, expiry_days: float | None, guard: Guard | None = None
@@ -305,8 +301,10 @@ class SnapshotService:
             now = self.clock.now()
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
-            jid = self._journal("create", container, cid, name,
-                                {"alias": alias, "expires_at": expires_at, "created_at": now})
+            with self.store.transaction():  # the name is spent once the intent is recorded
+                jid = self._journal("create", container, cid, name,
+                                    {"alias": alias, "expires_at": expires_at, "created_at": now})
+                self.store.raise_name_mark(cid, name)
             faults.point("service.create.journaled")
             try:
                 facts = await self._run("create", container.backend, cid, name,
