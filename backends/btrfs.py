@@ -56,12 +56,14 @@ import secrets
 import shutil
 import stat
 import threading
+from pathlib import Path
 
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import inuse
+from . import fsops, inuse
 from .base import (
+    NAME_MARK_XATTR,
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
     Backend,
@@ -266,6 +268,17 @@ class BtrfsBackend(Backend):
 
         await asyncio.to_thread(put)
 
+    async def name_marks(self, cid: str | None = None) -> dict[str, str]:
+        return await asyncio.to_thread(fsops.read_name_marks, Path(self._snapdir), NAME_MARK_XATTR, cid,
+                                       lambda c: CID_RE.match(c) is not None)
+
+    async def set_name_mark(self, cid: str, name: str) -> None:
+        self._cpath(cid)
+        try:
+            await asyncio.to_thread(fsops.write_name_mark, Path(self._snapdir), NAME_MARK_XATTR, cid, name)
+        except OSError as e:
+            raise _error(e, f"cannot record the name mark of container {cid}") from e
+
     def _refuse_nested(self, cid: str, cfd: int, action: str) -> None:
         nested = _nested(cfd)
         if nested:
@@ -456,8 +469,7 @@ class BtrfsBackend(Backend):
                     out[s.name] = _error(e, f"cannot delete snapshot {s.name}")
                 except BackendError as e:
                     out[s.name] = e
-        _rmdir_if_empty(sdir)
-        return out
+        return out  # an emptied `.snapshots/<id>` stays: it carries the name mark
 
     async def _delete_cmd(
         self, cid: str, snaps: list[SnapshotRef]
@@ -487,7 +499,6 @@ class BtrfsBackend(Backend):
             out[n] = None if gone else (err or BackendError(f"snapshot {n} still present"))
             if gone:
                 self._note(cid, "delete", otimes[n], n)
-        await asyncio.to_thread(_rmdir_if_empty, self._sdir(cid))
         return out
 
     # -- list / sizes ------------------------------------------------------
@@ -768,13 +779,6 @@ def _otime(path: str) -> float | None:
         return info.otime or os.lstat(path).st_mtime
     except OSError:
         return None
-
-
-def _rmdir_if_empty(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 def _fstype(path: str) -> str:

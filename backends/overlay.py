@@ -35,6 +35,7 @@ from backends import faults
 
 from . import fsops, inuse, treecopy
 from .base import (
+    NAME_MARK_XATTR,
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
     Backend,
@@ -143,6 +144,15 @@ class OverlayBackend(Backend):
 
     async def set_project(self, cid: str, project: str | None) -> None:
         await asyncio.to_thread(fsops.set_xattr, self._container(cid), PROJECT_XATTR, project)
+
+    async def name_marks(self, cid: str | None = None) -> dict[str, str]:
+        return await asyncio.to_thread(fsops.read_name_marks, self.snapdir, NAME_MARK_XATTR, cid,
+                                       lambda c: _CID.fullmatch(c) is not None)
+
+    async def set_name_mark(self, cid: str, name: str) -> None:
+        if not _CID.fullmatch(cid):
+            raise ContainerNotFound(cid)
+        await asyncio.to_thread(fsops.write_name_mark, self.snapdir, NAME_MARK_XATTR, cid, name)
 
     async def free_bytes(self) -> int | None:
         return await asyncio.to_thread(fsops.free_bytes, self.path)
@@ -310,11 +320,7 @@ class OverlayBackend(Backend):
             for name in names:
                 i = bisect.bisect_left(keys, _name_key(name))  # name itself is gone
                 dirty.update(remaining[max(i - 1, 0):i + 1])
-        else:
-            try:
-                (self.snapdir / cid).rmdir()
-            except OSError:
-                pass
+        # an emptied `.snapshots/<id>` stays: it carries the container's name mark
         return results
 
     # -- listing and sizes ---------------------------------------------------

@@ -89,6 +89,22 @@ def test_names_stay_spent_across_a_restart(names: Names) -> None:
     names.create()
 
 
+def test_names_stay_spent_when_the_store_is_rebuilt(names: Names) -> None:
+    a, _b, c = names.create(), names.create(), names.create()
+    names.delete(c)
+    # to a snapshot that is not the newest: on ZFS the container's dataset is replaced
+    assert names.d.unix.patch(snaps(names.cid, a)).status == 200
+    names.restart(lose_store=True)
+    assert names.listed() == sorted(names.given[:2])  # rebuilt from the pool
+    names.create()
+    # every snapshot deleted: the mark alone remembers
+    names.delete(*names.listed())
+    names.restart(lose_store=True)
+    assert names.listed() == []
+    names.create()
+    assert "name-mark container=" + names.cid in names.d.log_text()
+
+
 @pytest.mark.parametrize("floor,want", [
     (None, STAMP),
     ("snap-20200101-000000-7", STAMP),  # an earlier second: the bare stamp

@@ -414,6 +414,7 @@ class SnapshotService:
     ) -> dict[str, BackendError | None]:
         """Delete snapshots on disk (batched), then drop the rows of those gone."""
         names = ",".join(r.name for r in rows)
+        await self._mirror_name_mark(backend, cid, [r.name for r in rows])
         jid = self._journal("delete", backend, cid, names, {"refs": {r.name: r.ref for r in rows}})
         faults.point("service.delete.journaled")
         try:
@@ -433,6 +434,20 @@ class SnapshotService:
                     log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
             self.store.journal_end(jid, "done", self.clock.now())
         return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
+
+    async def _mirror_name_mark(self, backend: Backend, cid: str, names: list[str]) -> None:
+        """Before names leave the disk, record on disk the greatest name given, so a
+        store rebuilt from the pool (max of this mark and the names still there)
+        never gives them again.  Creates need no disk write: a snapshot on disk
+        speaks for its own name."""
+        mark = highest([self.store.name_mark(cid), *names])
+        if mark is None:
+            return
+        self.store.raise_name_mark(cid, mark)  # already so, unless the store lost track
+        try:
+            await backend.set_name_mark(cid, mark)
+        except (BackendError, OSError) as exc:  # the store's mark still holds; only a rebuild could miss it
+            log.warning("cannot record name mark on disk container=%s mark=%s error=%s", cid, mark, exc)
 
     async def delete_expired(
         self, cid: str, pool: str, names: list[str], now: float
