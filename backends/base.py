@@ -132,8 +132,8 @@ class Backend(abc.ABC):
         """The snapshot-name high-water marks kept on disk, by container id (all
         containers when cid is None; containers without one are left out).
 
-        The service writes a container's mark with set_name_mark() before any
-        of its snapshots leaves the disk, so the greater of the mark and the
+        The service writes a container's mark with set_name_mark() before a
+        delete removes its newest snapshot, so the greater of the mark and the
         names still on disk is at least every name ever given: what a store
         rebuilt from the pool needs to never give a name twice.  The mark is
         kept out of the container's reach, survives restores and deleting

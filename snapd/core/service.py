@@ -436,14 +436,18 @@ class SnapshotService:
         return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
 
     async def _mirror_name_mark(self, backend: Backend, cid: str, names: list[str]) -> None:
-        """Before names leave the disk, record on disk the greatest name given, so a
-        store rebuilt from the pool (max of this mark and the names still there)
-        never gives them again.  Creates need no disk write: a snapshot on disk
-        speaks for its own name."""
+        """Before names leave the disk, make sure a store rebuilt from the pool (whose
+        mark is the greater of the disk's mark and the names still there) would
+        never give them again: write the store's mark to the disk, unless a newer
+        snapshot stays and covers them.  So creates need no disk write (a snapshot
+        on disk speaks for its own name), and neither does pruning the oldest."""
         mark = highest([self.store.name_mark(cid), *names])
         if mark is None:
             return
         self.store.raise_name_mark(cid, mark)  # already so, unless the store lost track
+        top = self.store.top_name(cid)
+        if top is not None and top not in names:
+            return
         try:
             await backend.set_name_mark(cid, mark)
         except (BackendError, OSError) as exc:  # the store's mark still holds; only a rebuild could miss it

@@ -260,6 +260,17 @@ class Store:
         row = self.db.execute("SELECT last_name FROM name_marks WHERE container_id = ?", [cid]).fetchone()
         return row[0] if row else None
 
+    _GENERATED = "snap-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9][0-9][0-9][0-9][0-9][0-9]"
+
+    def top_name(self, cid: str) -> str | None:
+        """The greatest generated name among the container's snapshots (two index reads:
+        the latest second by name order, then the greatest suffix within it)."""
+        row = self.db.execute(
+            "SELECT name FROM snapshots WHERE container_id = ? AND (name GLOB ? OR name GLOB ?) "
+            "ORDER BY name DESC LIMIT 1", [cid, self._GENERATED, self._GENERATED + "-[1-9]*"],
+        ).fetchone()
+        return highest(self.names_like(cid, row[0][:20])) if row else None
+
     def next_expiry(self) -> float | None:
         row = self.db.execute(
             "SELECT MIN(expires_at) FROM snapshots WHERE expires_at IS NOT NULL"
