@@ -36,6 +36,15 @@ LAYOUTS = ("overlay", "whole")
 PROJECT_PROPERTY = "container-snapd:project"
 """ZFS user property holding a dataset container's project label."""
 
+NAME_MARK_XATTR = (
+    "trusted.container-snapd.last-name" if os.geteuid() == 0 else "user.container-snapd.last-name"
+)
+"""Extended attribute on `<root>/.snapshots/<id>` (out of the container's reach):
+the greatest snapshot name ever given for the container (see name_marks())."""
+
+NAME_MARK_PROPERTY = "container-snapd:last-name"
+"""ZFS user property on a container's dataset: its NAME_MARK_XATTR."""
+
 SNAPSHOTS_DIR = ".snapshots"
 """Directory under a directory pool's root that holds snapshots (and temp work)."""
 
@@ -175,6 +184,24 @@ class Backend(abc.ABC):
             f"a {self.kind} container is always captured whole: layout labels apply to overlay pools only",
             [{"field": "layout", "reason": f"container {cid} is in {self.kind} pool {self.root}"}],
         )
+
+    @abc.abstractmethod
+    async def name_marks(self, cid: str | None = None) -> dict[str, str]:
+        """The snapshot-name high-water marks kept on disk, by container id (all
+        containers when cid is None; containers without one are left out).
+
+        The service writes a container's mark with set_name_mark() before a
+        delete removes its newest snapshot, so the greater of the mark and the
+        names still on disk is at least every name ever given: what a store
+        rebuilt from the pool needs to never give a name twice.  The mark is
+        kept out of the container's reach, survives restores and deleting
+        every snapshot, and moves with the container where the container moves.
+        """
+
+    @abc.abstractmethod
+    async def set_name_mark(self, cid: str, name: str) -> None:
+        """Record `name` as the container's mark, so that no snapshot removed after
+        this call can be gone from the disk while the mark is not there."""
 
     @abc.abstractmethod
     async def create(

@@ -53,12 +53,14 @@ import os
 import re
 import secrets
 import stat
+from pathlib import Path
 
 from backends import faults
 
 from . import btrfs_ioctl as ioc
 from . import fsops, inuse, mounts, remove
 from .base import (
+    NAME_MARK_XATTR,
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
     Backend,
@@ -257,6 +259,17 @@ class BtrfsBackend(Backend):
                 raise _error(e, f"cannot label container {cid}") from e
 
         await asyncio.to_thread(put)
+
+    async def name_marks(self, cid: str | None = None) -> dict[str, str]:
+        return await asyncio.to_thread(fsops.read_name_marks, Path(self._snapdir), NAME_MARK_XATTR, cid,
+                                       lambda c: CID_RE.match(c) is not None)
+
+    async def set_name_mark(self, cid: str, name: str) -> None:
+        self._cpath(cid)
+        try:
+            await asyncio.to_thread(fsops.write_name_mark, Path(self._snapdir), NAME_MARK_XATTR, cid, name)
+        except OSError as e:
+            raise _error(e, f"cannot record the name mark of container {cid}") from e
 
     def _refuse_nested(self, cid: str, cfd: int, action: str) -> None:
         nested = _nested(cfd)
@@ -459,8 +472,7 @@ class BtrfsBackend(Backend):
                     out[name] = None
                 except OSError as e:
                     out[name] = _error(e, f"cannot delete snapshot {name}")
-        _rmdir_if_empty(sdir)
-        return out
+        return out  # an emptied `.snapshots/<id>` stays: it carries the name mark
 
     async def _delete_cmd(
         self, cid: str, snaps: list[SnapshotRef]
@@ -476,7 +488,6 @@ class BtrfsBackend(Backend):
         for n, p in paths.items():
             gone = not await asyncio.to_thread(os.path.lexists, p)
             out[n] = None if gone else (err or BackendError(f"snapshot {n} still present"))
-        await asyncio.to_thread(_rmdir_if_empty, self._sdir(cid))
         return out
 
     # -- list / sizes ------------------------------------------------------
@@ -696,13 +707,6 @@ def parse_du(text: str, paths: list[str]) -> dict[str, int]:
         if fields[3] in wanted:
             out[fields[3]] = int(fields[1])
     return out
-
-
-def _rmdir_if_empty(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 def _fstype(path: str) -> str:

@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -98,3 +99,35 @@ def inodes(path: Path | str) -> tuple[int, int] | None:
     if st.f_files <= 0 or not 0 <= st.f_favail <= st.f_files:
         return None
     return st.f_favail, st.f_files
+
+
+def read_name_marks(snapdir: Path, key: str, cid: str | None, is_cid: Callable[[str], bool]) -> dict[str, str]:
+    """Attribute `key` of `snapdir/<cid>` (every `snapdir/<id>` when cid is None), by id."""
+    if cid is not None:
+        cids = [cid]
+    else:
+        try:
+            cids = [e.name for e in os.scandir(snapdir) if is_cid(e.name) and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return {}
+    out: dict[str, str] = {}
+    for c in cids:
+        try:
+            value = get_xattr(snapdir / c, key)
+        except FileNotFoundError:
+            continue
+        if value:
+            out[c] = value
+    return out
+
+
+def write_name_mark(snapdir: Path, key: str, cid: str, name: str) -> None:
+    """Set attribute `key` of `snapdir/<cid>` (made if missing) to `name`.
+
+    No fsync: what must not overtake it is the removal of a snapshot under
+    the same directory, a later metadata change of the same filesystem,
+    which a journalling filesystem never makes durable before an earlier one.
+    """
+    d = snapdir / cid
+    d.mkdir(mode=0o700, exist_ok=True)
+    set_xattr(d, key, name)

@@ -41,6 +41,7 @@ from . import fsops, inuse, mounts, remove, treecopy
 from .base import (
     LAYOUT_XATTR,
     LAYOUTS,
+    NAME_MARK_XATTR,
     PROJECT_XATTR,
     SNAPSHOTS_DIR,
     Backend,
@@ -196,6 +197,15 @@ class OverlayBackend(Backend):
 
     async def set_layout(self, cid: str, layout: str | None) -> None:
         await asyncio.to_thread(fsops.set_xattr, self._container(cid), LAYOUT_XATTR, layout)
+
+    async def name_marks(self, cid: str | None = None) -> dict[str, str]:
+        return await asyncio.to_thread(fsops.read_name_marks, self.snapdir, NAME_MARK_XATTR, cid,
+                                       lambda c: _CID.fullmatch(c) is not None)
+
+    async def set_name_mark(self, cid: str, name: str) -> None:
+        if not _CID.fullmatch(cid):
+            raise ContainerNotFound(cid)
+        await asyncio.to_thread(fsops.write_name_mark, self.snapdir, NAME_MARK_XATTR, cid, name)
 
     async def free_bytes(self) -> int | None:
         return await asyncio.to_thread(fsops.free_bytes, self.path)
@@ -383,11 +393,7 @@ class OverlayBackend(Backend):
                 continue
             faults.point("overlay.delete.after-rename")
             results[name] = self._remove_or_put_back(name, doomed, path)
-        if not self._names(cid):
-            try:
-                (self.snapdir / cid).rmdir()
-            except OSError:
-                pass
+        # an emptied `.snapshots/<id>` stays: it carries the container's name mark
         return results
 
     def _remove_or_put_back(self, name: str, doomed: Path, path: Path) -> BackendError | None:

@@ -28,6 +28,7 @@ from backends import faults
 
 from . import inuse, mounts
 from .base import (
+    NAME_MARK_PROPERTY,
     PROJECT_PROPERTY,
     Backend,
     BackendError,
@@ -371,6 +372,24 @@ class ZfsBackend(Backend):
             await self.zfs.zfs("inherit", PROJECT_PROPERTY, self._ds(cid))
         else:
             await self.zfs.zfs("set", f"{PROJECT_PROPERTY}={project}", self._ds(cid))
+
+    async def name_marks(self, cid: str | None = None) -> dict[str, str]:
+        """The local NAME_MARK_PROPERTY of `<root>/<id>` (one `zfs get`).  A restore's
+        clone takes the container's local properties, so the mark follows the
+        container; the holder keeps a copy nobody reads."""
+        if cid is not None and not _CID_RE.match(cid):
+            return {}
+        top = self._ds(cid) if cid is not None else self.root
+        got = await self.zfs.get([NAME_MARK_PROPERTY], [top], depth=None if cid else 1,
+                                 sources="local", check=False)
+        pre = self.root + "/"
+        return {ds[len(pre):]: props[NAME_MARK_PROPERTY] for ds, props in got.items()
+                if ds.startswith(pre) and _CID_RE.match(ds[len(pre):])
+                and props.get(NAME_MARK_PROPERTY, "-") not in ("", "-")}
+
+    async def set_name_mark(self, cid: str, name: str) -> None:
+        await self._require(cid)
+        await self.zfs.zfs("set", f"{NAME_MARK_PROPERTY}={name}", self._ds(cid))
 
     # -- snapshots ----------------------------------------------------------
 

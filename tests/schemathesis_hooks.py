@@ -37,30 +37,10 @@ def _after_names_a_missing_snapshot(failure: Failure, case: Any, response: Any) 
     return [d["field"] for d in details if d["field"] != "request_id"] == ["after"]
 
 
-# PENDING (issue 12): the rule below covers the token-scope validation another branch is landing;
-# the document already states the rule as it will be.  Delete it once that fix is merged; the run
-# must then pass without it.
-
-
-def _scope_rule_not_yet_enforced(failure: Failure, case: Any) -> bool:
-    """A token body whose `containers` is present but not a non-empty list of container ids, which
-    the old check reads as "the whole project" (`body.get("containers") or []`): the token-scope
-    fix makes these a 400."""
-    if failure.code != ACCEPTED_NEGATIVE or _operation_id(case) != "createToken":
-        return False
-    body = case.body if isinstance(case.body, dict) else {}
-    if "containers" not in body:
-        return False
-    containers = body["containers"]
-    return not (isinstance(containers, list) and containers
-                and all(isinstance(c, str) and CONTAINER_ID.fullmatch(c) for c in containers))
-
-
 @schemathesis.hook
 def filter_failure(context: Any, failure: Failure, case: Any, response: Any) -> bool:
-    """Keep every failure but the ones described above."""
-    return not (_after_names_a_missing_snapshot(failure, case, response)
-                or _scope_rule_not_yet_enforced(failure, case))
+    """Keep every failure but the one described above."""
+    return not _after_names_a_missing_snapshot(failure, case, response)
 
 
 EXAMPLE_CONTAINER = "507f1f77bcf86cd799439011"

@@ -205,7 +205,7 @@ def test_tokens_are_listed_without_secrets_and_stored_only_as_hashes(world: Worl
     assert world.tokens["own"] not in r.raw.decode()
     db = (world.d.state_dir / "snapd.db").read_bytes()
     for secret in world.tokens.values():
-        assert secret.encode() not in db and secret.split("_")[-1].encode() not in db
+        assert secret.encode() not in db and secret.split("_", 2)[-1].encode() not in db
 
 
 def test_project_label_lives_on_the_container_and_survives_restore(world: World) -> None:
@@ -228,17 +228,63 @@ def test_bad_project_labels_are_refused(world: World, body: dict, field: str) ->
     assert world.d.unix.get(snaps(world.a)).data["project_id"] == "proj-a"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({}, "project"), ({"admin": True, "project": "p"}, "admin"), ({"project": "p", "read_only": "yes"}, "read_only"),
-    ({"project": "p", "expires": 0}, "expires"), ({"project": "p", "containers": ["nope"]}, "id"),
-    ({"containers": [new_cid()]}, "project"), ({"project": "p", "label": ""}, "label"),
-    ({"project": "p", "label": "ci\u202egpj.exe"}, "label"), ({"project": "p", "label": "a\x1b[31m"}, "label"),
-])
+CID = new_cid()
+BAD_TOKEN_BODIES: list[tuple[dict, str]] = [
+    ({}, "project"), ({"admin": True, "project": "p"}, "admin"), ({"containers": [CID]}, "project"),
+    # a scope is absent or a non-empty list of container ids: nothing falls back to the whole project
+    *(({"project": "p", "containers": bad}, "containers")
+      for bad in ({}, None, "", 0, False, True, CID, {"id": CID}, [], ["nope"], [CID, "nope"], [CID, None],
+                  [[CID]], [CID.upper() + "0"])),
+    ({"admin": True, "containers": []}, "containers"),
+    # flags are booleans; nothing is coerced from truthiness
+    *(({"project": "p", flag: bad}, flag)
+      for flag in ("admin", "read_only", "metrics") for bad in (None, 0, 1, "yes", "", [], {})),
+    # expires: a positive number of days, at most 36500
+    *(({"project": "p", "expires": bad}, "expires")
+      for bad in (0, -1, False, True, "1", [], {}, 36501, 10**400)),
+    # label: 1 to 100 characters, no control characters
+    *(({"project": "p", "label": bad}, "label")
+      for bad in ("", 5, True, [], {}, "x" * 101, "bell\u0007", "line\nbreak", "\ud800")),
+    # project: a project name
+    *(({"project": bad}, "project") for bad in ("", "a/b", ".hidden", "x" * 129, 5, True, [], {})),
+    ({"project": "p", "scope": "all"}, "scope"),
+    # text hygiene: no Unicode control, format or separator character
+    *(({"project": "p", "label": bad}, "label") for bad in ("ci\u202egpj.exe", "a\x1b[31m", "x\u2028y", "\u009b")),
+]
+
+
+@pytest.mark.parametrize("body,field", BAD_TOKEN_BODIES, ids=lambda v: repr(v)[:60])
 def test_bad_token_requests_are_refused(world: World, body: dict, field: str) -> None:
-    before = len(world.d.unix.get(f"{ADMIN}/tokens").data["tokens"])
+    before = world.d.unix.get(f"{ADMIN}/tokens").data["tokens"]
     r = world.d.unix.post(f"{ADMIN}/tokens", body)
-    assert r.status == 400 and r.body["details"][0]["field"] == field, r.body
-    assert len(world.d.unix.get(f"{ADMIN}/tokens").data["tokens"]) == before
+    assert (r.status, r.body["message"]) == (400, "Invalid request payload"), r.body
+    assert r.body["details"][0]["field"] == field, r.body
+    assert world.d.unix.get(f"{ADMIN}/tokens").data["tokens"] == before
+
+
+def test_a_container_scope_is_kept_exactly(world: World) -> None:
+    """Ids are lower-cased and deduplicated; the token sees those containers and no other."""
+    token_id, secret = make_token(world.d, project="proj-a",
+                                  containers=[world.a.upper(), world.a, world.a.upper()])
+    listed = {t["id"]: t for t in world.d.unix.get(f"{ADMIN}/tokens").data["tokens"]}
+    assert listed[token_id]["scope"]["containers"] == [world.a]
+    client = Client(tcp=("127.0.0.1", world.d.port), headers={"Authorization": f"Bearer {secret}"})
+    assert client.get(snaps(world.a)).status == 200
+    assert client.get(snaps(world.a2)).status == 403
+
+
+@pytest.mark.parametrize("body", [
+    {"project": "p", "admin": False, "read_only": True, "metrics": False, "label": None, "expires": None},
+    {"project": "p", "containers": [CID, CID], "expires": 0.5, "label": "ci ☃"},
+    {"metrics": True}, {"admin": True, "metrics": True, "expires": 36500},
+], ids=lambda v: repr(v)[:60])
+def test_good_token_requests_still_work(world: World, body: dict) -> None:
+    r = world.d.unix.post(f"{ADMIN}/tokens", body)
+    assert r.status == 200, r.body
+    scope = r.data["token"]["scope"]
+    assert scope["containers"] == sorted(set(body.get("containers", [])))
+    assert scope["project"] == body.get("project")
+    assert world.d.unix.delete(f"{ADMIN}/tokens/{r.data['token']['id']}").status == 200
 
 
 def test_admin_group_members_are_admins_on_the_unix_socket(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_admin_commands_tokens_and_projects(env, cid: str) -> None:
     token_id = secret.split("_")[1]
     listed = snapd(d, "token", "list").stdout
     assert token_id in listed and "project=web read-only" in listed and "active" in listed
-    assert secret not in listed and secret.split("_")[2] not in listed
+    assert secret not in listed and secret.split("_", 2)[2] not in listed
     assert snapd(d, "token", "revoke", token_id).returncode == 0
     assert "revoked" in snapd(d, "token", "list").stdout
     assert snapd(d, "token", "revoke", "000000000000").returncode == 1
@@ -135,3 +135,16 @@ def test_container_set_layout(env, cid: str) -> None:
     assert snapd(d, "container", "set-layout", cid).returncode == 2  # neither LAYOUT nor --clear
     out = snapd(d, "container", "set-layout", cid, "--clear")
     assert out.returncode == 0 and "layout_label: -" in out.stdout
+
+
+def test_token_create_with_containers(env, cid: str) -> None:
+    """`--container` (repeatable) scopes a token to those containers; a bad id is refused."""
+    d, _pool = env
+    out = snapd(d, "token", "create", "--project", "web", "--container", cid, "--container", cid.upper())
+    assert out.returncode == 0, out.stderr
+    token_id = out.stdout.splitlines()[0].split("_")[1]
+    row = next(line for line in snapd(d, "token", "list").stdout.splitlines() if line.startswith(token_id))
+    assert f"project=web containers={cid} " in row
+    bad = snapd(d, "token", "create", "--project", "web", "--container", "nope")
+    assert bad.returncode == 1 and "containers" in bad.stdout + bad.stderr
+    assert snapd(d, "token", "revoke", token_id).returncode == 0

@@ -12,17 +12,22 @@ class Clock:
     """Wall-clock time, with an optional fixed offset (tests move time forward).
 
     The offset comes from the constructor or, for a daemon started by a test,
-    from the environment variable SNAPD_CLOCK_OFFSET (seconds).
+    from the environment variable SNAPD_CLOCK_OFFSET (seconds).  A test may
+    also stop a daemon's clock at one instant with SNAPD_CLOCK_FROZEN (epoch
+    seconds): every operation then happens within the same second.
     """
 
     def __init__(self, offset: float | None = None) -> None:
         if offset is None:
             offset = float(os.environ.get("SNAPD_CLOCK_OFFSET", "0") or 0)
         self.offset = offset
+        frozen = os.environ.get("SNAPD_CLOCK_FROZEN")
+        self.frozen: float | None = float(frozen) if frozen else None
 
     def now(self) -> float:
         """Seconds since the epoch, to the millisecond (what the store keeps)."""
-        return round((time.time() + self.offset) * 1000) / 1000
+        t = self.frozen if self.frozen is not None else time.time() + self.offset
+        return round(t * 1000) / 1000
 
     async def sleep_until(self, when: float, wake: asyncio.Event) -> None:
         """Sleep until `when` (clock time) or until `wake` is set, whichever first."""

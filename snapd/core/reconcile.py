@@ -3,7 +3,10 @@
 Runs at start-up (before listening).  A snapshot on disk that the store
 does not know is adopted, with alias and expiry from metadata mirrored on
 disk where the backend keeps it; a row whose snapshot is gone is removed;
-a ref that moved is updated.  Every action is logged with what and why.
+a ref that moved is updated; a container's name mark (snapd/core/names.py)
+is raised to the greater of the mark kept on disk and the names on disk, so
+a store rebuilt from the pools never gives a name twice.  Every action is
+logged with what and why.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 
 from backends.base import Backend, SnapshotFacts
 
+from snapd.core.names import highest
 from snapd.core.store import SnapshotRow, Store
 
 log = logging.getLogger("snapd.reconcile")
@@ -31,6 +35,9 @@ class Plan:
     conflicts: list[SnapshotRow] = field(default_factory=list)
     """Rows another configured pool already holds for the same container and name."""
     refused: str | None = None
+    marks: dict[str, str] = field(default_factory=dict)
+    """Container id -> a higher name mark for the store: the greater of the mark
+    kept on disk and the names on disk (a rebuilt store never reuses a name)."""
 
 
 
@@ -72,6 +79,16 @@ async def plan(store: Store, backend: Backend, configured: set[str] | None = Non
         elif facts.ref and facts.ref != row.ref:
             result.moved.append((row, facts.ref))
     result.forget = [row for key, row in rows.items() if key not in disk]
+    try:
+        disk_marks = await backend.name_marks(None)
+    except Exception as exc:  # noqa: BLE001 - names on disk still count
+        log.warning("reconcile pool=%s cannot read name marks: %s", pool, exc)
+        disk_marks = {}
+    for cid in set(on_disk) | set(disk_marks):
+        top = highest([disk_marks.get(cid), *(f.name for f in on_disk.get(cid, []))])
+        current = store.name_mark(cid)
+        if top is not None and highest([current, top]) != current:
+            result.marks[cid] = top
     if result.forget and not disk:
         # Every known snapshot gone at once looks like an unmounted pool, not deletions.
         result.refused = (
@@ -104,3 +121,8 @@ def apply(store: Store, p: Plan) -> None:
         log.info("reconcile pool=%s update-ref container=%s snapshot=%s ref=%s why=moved on disk",
                  p.pool, row.container_id, row.name, ref)
         store.update(row.container_id, row.name, ref=ref)
+    for cid, mark in p.marks.items():
+        log.info("reconcile pool=%s name-mark container=%s mark=%s why=names up to it were given",
+                 p.pool, cid, mark)
+        store.raise_name_mark(cid, mark)
+

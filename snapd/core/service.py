@@ -29,6 +29,7 @@ from backends.base import (
 
 from backends import faults
 from snapd.core.clock import Clock, snapshot_stamp
+from snapd.core.names import highest, next_name
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
@@ -445,14 +446,9 @@ class SnapshotService:
         return len(self._inflight)
 
     def _new_name(self, cid: str, now: float) -> str:
+        """A name never given to a snapshot of `cid` before (snapd/core/names.py)."""
         base = snapshot_stamp(now)
-        taken = self.store.names_like(cid, base)
-        if base not in taken:
-            return base
-        n = 2
-        while f"{base}-{n}" in taken:
-            n += 1
-        return f"{base}-{n}"
+        return next_name(base, highest([self.store.name_mark(cid), *self.store.names_like(cid, base)]))
 
     async def create(
         self, cid: str, alias: str | None, expiry_days: float | None, guard: Guard | None = None
@@ -463,8 +459,10 @@ class SnapshotService:
             now = self.clock.now()
             name = self._new_name(cid, now)
             expires_at = now + expiry_days * DAY if expiry_days is not None else None
-            jid = self._journal("create", container, cid, name,
-                                {"alias": alias, "expires_at": expires_at, "created_at": now})
+            with self.store.transaction():  # the name is spent once the intent is recorded
+                jid = self._journal("create", container, cid, name,
+                                    {"alias": alias, "expires_at": expires_at, "created_at": now})
+                self.store.raise_name_mark(cid, name)
             faults.point("service.create.journaled")
             try:
                 facts = await self._run("create", container.backend, cid, name,
@@ -594,6 +592,7 @@ class SnapshotService:
     ) -> dict[str, BackendError | None]:
         """Delete snapshots on disk (batched), then drop the rows of those gone."""
         names = ",".join(r.name for r in rows)
+        await self._mirror_name_mark(backend, cid, [r.name for r in rows])
         jid = self._journal("delete", backend, cid, names, {"refs": {r.name: r.ref for r in rows}})
         faults.point("service.delete.journaled")
         try:
@@ -614,6 +613,24 @@ class SnapshotService:
         gone = [r for r in rows if r.name in results and results[r.name] is None]
         self._recount_later(backend, cid, {n for r in gone for n in self.store.neighbours(cid, r.created_at, r.name)})
         return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
+
+    async def _mirror_name_mark(self, backend: Backend, cid: str, names: list[str]) -> None:
+        """Before names leave the disk, make sure a store rebuilt from the pool (whose
+        mark is the greater of the disk's mark and the names still there) would
+        never give them again: write the store's mark to the disk, unless a newer
+        snapshot stays and covers them.  So creates need no disk write (a snapshot
+        on disk speaks for its own name), and neither does pruning the oldest."""
+        mark = highest([self.store.name_mark(cid), *names])
+        if mark is None:
+            return
+        self.store.raise_name_mark(cid, mark)  # already so, unless the store lost track
+        top = self.store.top_name(cid)
+        if top is not None and top not in names:
+            return
+        try:
+            await backend.set_name_mark(cid, mark)
+        except (BackendError, OSError) as exc:  # the store's mark still holds; only a rebuild could miss it
+            log.warning("cannot record name mark on disk container=%s mark=%s error=%s", cid, mark, exc)
 
     async def delete_expired(
         self, cid: str, pool: str, names: list[str], now: float

@@ -18,11 +18,12 @@ from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
+from snapd.core.names import highest, name_key
 from snapd.core.records import JournalEntry, SnapshotRow
 
 log = logging.getLogger("snapd.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _ms(ts: float | None) -> int | None:
@@ -123,7 +124,21 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_journal_pending ON journal(id) WHERE state = 'pending'")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
+def _migrate_v4(db: sqlite_utils.Database) -> None:
+    """Per-container high-water marks of snapshot names (snapd/core/names.py),
+    seeded with the greatest name each container has now."""
+    db.execute("CREATE TABLE name_marks (container_id TEXT PRIMARY KEY, last_name TEXT NOT NULL)")
+    by_cid: dict[str, list[str]] = {}
+    for cid, name in db.execute("SELECT container_id, name FROM snapshots"):
+        by_cid.setdefault(cid, []).append(name)
+    db.conn.executemany(
+        "INSERT INTO name_marks (container_id, last_name) VALUES (?, ?)",
+        [(cid, top) for cid, names in by_cid.items() if (top := highest(names)) is not None],
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3,
+                                                             _migrate_v4]
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
 
 
@@ -271,6 +286,22 @@ class Store:
             )
         }
 
+    def name_mark(self, cid: str) -> str | None:
+        """The greatest snapshot name ever given for container `cid` (None: none known)."""
+        row = self.db.execute("SELECT last_name FROM name_marks WHERE container_id = ?", [cid]).fetchone()
+        return row[0] if row else None
+
+    _GENERATED = "snap-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9][0-9][0-9][0-9][0-9][0-9]"
+
+    def top_name(self, cid: str) -> str | None:
+        """The greatest generated name among the container's snapshots (two index reads:
+        the latest second by name order, then the greatest suffix within it)."""
+        row = self.db.execute(
+            "SELECT name FROM snapshots WHERE container_id = ? AND (name GLOB ? OR name GLOB ?) "
+            "ORDER BY name DESC LIMIT 1", [cid, self._GENERATED, self._GENERATED + "-[1-9]*"],
+        ).fetchone()
+        return highest(self.names_like(cid, row[0][:20])) if row else None
+
     def next_expiry(self) -> float | None:
         row = self.db.execute(
             "SELECT MIN(expires_at) FROM snapshots WHERE expires_at IS NOT NULL"
@@ -355,6 +386,21 @@ class Store:
                 "UPDATE snapshots SET size = ? WHERE container_id = ? AND name = ?",
                 [(size, cid, name) for name, size in sizes.items()],
             )
+
+    def raise_name_mark(self, cid: str, name: str) -> bool:
+        """Make `name` the container's mark if it is greater (plain SQL: shares a
+        transaction()); whether the mark changed.  Names not of the generated
+        form are ignored."""
+        key = name_key(name)
+        current = self.name_mark(cid)
+        if key is None or (current is not None and (name_key(current) or ("", 0)) >= key):
+            return False
+        self.db.execute(
+            "INSERT INTO name_marks (container_id, last_name) VALUES (?, ?) "
+            "ON CONFLICT(container_id) DO UPDATE SET last_name = excluded.last_name",
+            [cid, name],
+        )
+        return True
 
     def delete(self, cid: str, name: str) -> None:
         self.db.execute("DELETE FROM snapshots WHERE container_id = ? AND name = ?", [cid, name])

@@ -19,11 +19,12 @@ from snapd.http.auth import AUTH_KEY, require_admin
 from snapd.http.envelope import ApiError, Messages, map_service_error, ok, read_body
 from snapd.http.keys import SERVICE_KEY
 from snapd.http.validation import (
-    MAX_EXPIRY_DAYS,
     InvalidInput,
     parse_body,
     parse_container_id,
-    text_problem,
+    parse_container_ids,
+    parse_expiry,
+    parse_label,
 )
 
 STATUS_KEY = web.AppKey("status", Callable[[], Awaitable[dict]])
@@ -68,36 +69,31 @@ def _cid(raw: str) -> str:
 
 
 async def create_token(request: web.Request) -> web.Response:
+    """Issue a token.  Every field is checked for its exact type: a missing
+    key takes its default, a wrong value is a 400 naming it (never coerced)."""
     require_admin(request)
     body = _body(await read_body(request), {"admin", "project", "containers", "read_only", "metrics",
                                             "label", "expires"})
     admin, read_only, metrics = _flag(body, "admin"), _flag(body, "read_only"), _flag(body, "metrics")
     project = _project(body["project"]) if body.get("project") is not None else None
-    containers = body.get("containers") or []
-    if not isinstance(containers, list):
-        raise _invalid("containers", "must be a list of container ids")
-    containers = [_cid(c) if isinstance(c, str) else _cid("") for c in containers]
-    if admin and (project or containers or read_only):
+    try:
+        # absent: every container of the project; present: exactly a non-empty list of ids
+        containers = parse_container_ids(body["containers"], "containers") if "containers" in body else []
+        label = parse_label(body.get("label"), "label")
+        expires = parse_expiry(body.get("expires"), "expires")
+    except InvalidInput as exc:
+        raise ApiError(400, "Invalid request payload", exc.details) from None
+    if admin and (project is not None or containers or read_only):
         raise _invalid("admin", "an admin token has no project, containers or read-only scope")
     if not admin and project is None and not metrics:
         raise _invalid("project", "required unless the token is an admin or metrics token")
     if containers and project is None:
         raise _invalid("containers", "a container scope needs a project")
-    label = body.get("label")
-    problem = None if label is None else text_problem(label)
-    if problem is not None:
-        raise _invalid("label", problem)
-    expires = body.get("expires")
-    if expires is not None and (
-        isinstance(expires, bool) or not isinstance(expires, (int, float))
-        or not 0 < expires <= MAX_EXPIRY_DAYS
-    ):
-        raise _invalid("expires", f"days: greater than 0, at most {MAX_EXPIRY_DAYS}")
     ctx = request.app[AUTH_KEY]
     now = ctx.clock.now()
     token, secret = ctx.tokens.create(
         now=now, admin=admin, project=project, containers=containers, read_only=read_only,
-        metrics=metrics, label=label, expires_at=now + expires * DAY if expires else None,
+        metrics=metrics, label=label, expires_at=now + expires * DAY if expires is not None else None,
     )
     return ok("Token created successfully", {"token": token.as_json(), "secret": secret})
 

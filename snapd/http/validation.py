@@ -27,6 +27,24 @@ def parse_container_id(raw: str, kind: str = "id") -> str:
     return raw.lower()
 
 
+def parse_container_ids(value: Any, field: str) -> list[str]:
+    """A non-empty JSON list of container ids: lower-cased, duplicates dropped, in order.
+
+    Anything else -- null, an object, a string, an empty list, an item that is
+    not an id -- is InvalidInput("payload") naming `field`: a scope that cannot
+    be read must never widen to "every container".
+    """
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("payload", [_detail(field, "must be a non-empty list of container ids")])
+    out: dict[str, None] = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not CONTAINER_ID.fullmatch(item):
+            raise InvalidInput(
+                "payload", [_detail(field, f"item {i}: must be 24 hexadecimal characters", item)])
+        out[item.lower()] = None
+    return list(out)
+
+
 def check_snapshot_name(raw: str) -> str:
     if not SNAPSHOT_NAME.fullmatch(raw):
         raise InvalidInput(
@@ -127,14 +145,20 @@ def text_problem(value: Any) -> str | None:
     return None
 
 
-def parse_alias(value: Any, field_kind: str) -> str | None:
-    """An alias: a string following TEXT_RULE, or None."""
+def parse_label(value: Any, field: str, field_kind: str = "payload") -> str | None:
+    """Free text the daemon stores and prints (alias, token label): a string following
+    TEXT_RULE, or None; InvalidInput(field_kind) naming `field` otherwise."""
     if value is None:
         return None
     problem = text_problem(value)
     if problem is not None:
-        raise InvalidInput(field_kind, [_detail("alias", problem)])
+        raise InvalidInput(field_kind, [_detail(field, problem)])
     return value
+
+
+def parse_alias(value: Any, field_kind: str) -> str | None:
+    """An alias: a string following TEXT_RULE, or None."""
+    return parse_label(value, "alias", field_kind)
 
 
 def is_utf8(value: str) -> bool:
@@ -146,17 +170,17 @@ def is_utf8(value: str) -> bool:
     return True
 
 
-def parse_expiry(value: Any) -> float | None:
+def parse_expiry(value: Any, field: str = "expiry") -> float | None:
     """Days until expiry: a positive number up to MAX_EXPIRY_DAYS, or None."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput("payload", [_detail("expiry", "must be a number of days")])
+        raise InvalidInput("payload", [_detail(field, "must be a number of days")])
     # compare before isfinite: a huge JSON integer is an int that float() cannot hold
     if value <= 0 or value > MAX_EXPIRY_DAYS or not math.isfinite(value):
         raise InvalidInput(
             "payload",
-            [_detail("expiry", f"must be greater than 0 and at most {MAX_EXPIRY_DAYS} days")],
+            [_detail(field, f"must be greater than 0 and at most {MAX_EXPIRY_DAYS} days")],
         )
     return float(value)
 
