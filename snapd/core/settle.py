@@ -59,8 +59,8 @@ async def settle(store: Store, backends: list[Backend], clock: Clock, *, configu
     configured = configured or {b.pool_id for b in backends}
     mine = {b.pool_id for b in backends}
     result = Settlement(dry_run, [e for e in store.journal_pending() if every_pool or e.pool in mine])
+    before_each()
     if result.pending and not dry_run:
-        before_each()
         result.settled = await recover(store, backends, clock, every_pool=every_pool,
                                        problems=journal_problems)
     for backend in backends:
