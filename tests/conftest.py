@@ -9,6 +9,7 @@ from typing import Iterator
 
 import pytest
 
+from .aftercheck import host_unharmed  # noqa: F401  (a fixture, shared by the finding tests)
 from .daemon import DaemonProcess
 from .harness import HARNESSES, PoolHarness, harness_class
 

@@ -116,6 +116,15 @@ def strays(pool: PoolHarness, cid: str, listed: set[str]) -> list[str]:
     return out
 
 
+def missing(pool: PoolHarness, cid: str, listed: set[str]) -> list[str]:
+    """Snapshots of `cid` the store lists that the pool does not hold."""
+    if pool.kind in ("overlay", "btrfs"):
+        base = Path(pool.root) / ".snapshots" / cid  # type: ignore[attr-defined]
+        return sorted(n for n in listed if not (base / n).is_dir())
+    visible = _zfs_snapshots(pool, cid)
+    return sorted(n for n in listed if n not in visible)
+
+
 def pending_journal(d: DaemonProcess) -> list[tuple]:
     db = sqlite3.connect(str(d.state_dir / "snapd.db"))
     try:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from .aftercheck import HostCheck
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import tree_digest, write_tree
@@ -220,7 +221,7 @@ UNSAFE_CHARS = {
 
 @pytest.mark.parametrize("char", UNSAFE_CHARS, ids=lambda c: f"U+{ord(c):04X}")
 def test_alias_refuses_control_format_and_separator_characters(
-    daemon: DaemonProcess, container: str, char: str
+    daemon: DaemonProcess, pool: PoolHarness, container: str, char: str, host_unharmed: HostCheck,
 ) -> None:
     alias = f"prod{char}backup"
     r = daemon.unix.post(snaps(container), {"alias": alias})
@@ -233,6 +234,7 @@ def test_alias_refuses_control_format_and_separator_characters(
     assert (r.status, r.body["message"]) == (400, "Invalid alias value"), r.body
     assert UNSAFE_CHARS[char] in r.body["details"][0]["reason"]
     assert daemon.unix.get(snaps(container, snap["name"])).data["snapshot"]["alias"] == "keep"
+    host_unharmed(daemon, pool, [container])
 
 
 def test_alias_of_100_characters_is_fine(daemon: DaemonProcess, container: str) -> None:

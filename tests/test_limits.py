@@ -21,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from .aftercheck import HostCheck
 from .client import snaps
 from .conftest import unavailable
 from .crash import pending_journal
@@ -64,7 +65,8 @@ def _inodes(path: Path) -> tuple[int, int]:
     return st.f_favail, st.f_files
 
 
-def test_inode_reserve_stops_creates_before_the_pool_runs_out(few_inodes: Path, tmp_path: Path) -> None:
+def test_inode_reserve_stops_creates_before_the_pool_runs_out(
+        few_inodes: Path, tmp_path: Path, host_unharmed: HostCheck) -> None:
     pool = OverlayHarness(few_inodes)
     cid = new_cid()
     path = pool.make_container(cid)
@@ -98,6 +100,7 @@ def test_inode_reserve_stops_creates_before_the_pool_runs_out(few_inodes: Path, 
         status = d.unix.get("/api/v1/admin/status").data["pools"][0]
         assert status["free_inodes"] is not None and status["free_inodes"] < need
         assert status["limits"]["reserve_inodes"] == "30%"
+    host_unharmed(d, pool, [cid])
 
 
 def _set_project(d: DaemonProcess, cid: str, project: str) -> None:
@@ -105,7 +108,7 @@ def _set_project(d: DaemonProcess, cid: str, project: str) -> None:
     assert r.status == 200, r.body
 
 
-def test_snapshot_count_limits(pool: PoolHarness, tmp_path: Path) -> None:
+def test_snapshot_count_limits(pool: PoolHarness, tmp_path: Path, host_unharmed: HostCheck) -> None:
     a, b, c = new_cid(), new_cid(), new_cid()
     for cid in (a, b, c):
         write_tree(pool.make_container(cid), {"f": cid})
@@ -159,6 +162,7 @@ def test_snapshot_count_limits(pool: PoolHarness, tmp_path: Path) -> None:
         assert d.unix.post(snaps(b)).status == 200  # web: a 1, b 2
         assert "Project web has 3 snapshots" in refused(a)  # a itself is below its own limit
         assert f"Container {c} has 2 snapshots" in refused(c)
+    host_unharmed(d, pool, [a, b, c])
 
 
 def _mode(path: Path) -> int:
@@ -174,7 +178,7 @@ def _start_with_umask(workdir: Path, state: Path, pool: str) -> DaemonProcess:
 
 
 @pytest.mark.parametrize("earlier", ["fresh", "open-modes"])
-def test_state_files_are_private(tmp_path: Path, earlier: str) -> None:
+def test_state_files_are_private(tmp_path: Path, earlier: str, host_unharmed: HostCheck) -> None:
     pool = OverlayHarness(tmp_path / "p")
     cid = new_cid()
     write_tree(pool.make_container(cid), {"f": "1"})
@@ -195,3 +199,4 @@ def test_state_files_are_private(tmp_path: Path, earlier: str) -> None:
         assert files == {"snapd.db": 0o600, "snapd.db-wal": 0o600, "snapd.db-shm": 0o600}, files
     finally:
         assert d.stop() == 0, d.log_text()[-2000:]
+    host_unharmed(d, pool, [cid])

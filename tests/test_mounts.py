@@ -18,6 +18,7 @@ import pytest
 
 from backends import mounts
 
+from .aftercheck import HostCheck
 from .client import snaps
 from .crash import container_digest, snapshot_digest, strays
 from .daemon import DaemonProcess
@@ -62,7 +63,8 @@ def served(pool: PoolHarness, tmp_path: Path) -> Iterator[DaemonProcess]:
         assert d.stop() == 0, d.log_text()[-2000:]
 
 
-def test_restore_with_mounts_inside_is_refused(pool: PoolHarness, served: DaemonProcess) -> None:
+def test_restore_with_mounts_inside_is_refused(pool: PoolHarness, served: DaemonProcess,
+                                               host_unharmed: HostCheck) -> None:
     d = served
     cid = new_cid()
     c = pool.make_container(cid)
@@ -90,9 +92,11 @@ def test_restore_with_mounts_inside_is_refused(pool: PoolHarness, served: Daemon
     assert r.status == 200, r.body
     assert (c / "etc/app.conf").read_text() == "v1"
     assert strays(pool, cid, {name}) == []
+    host_unharmed(d, pool, [cid])
 
 
-def test_a_snapshot_does_not_capture_what_is_inside_a_mount(pool: PoolHarness, served: DaemonProcess) -> None:
+def test_a_snapshot_does_not_capture_what_is_inside_a_mount(pool: PoolHarness, served: DaemonProcess,
+                                                            host_unharmed: HostCheck) -> None:
     d = served
     cid = new_cid()
     c = pool.make_container(cid)
@@ -105,6 +109,7 @@ def test_a_snapshot_does_not_capture_what_is_inside_a_mount(pool: PoolHarness, s
     assert "etc/app.conf" in captured
     inside = sorted(p for p in captured if p.startswith(("scratch/", "data/")))
     assert inside == [], f"captured from inside mounts: {inside}"
+    host_unharmed(d, pool, [cid])
 
 
 def test_mountinfo_parsing(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from backends.base import LAYOUT_XATTR, PROJECT_XATTR
 
+from .aftercheck import HostCheck
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import tree_digest, walk_digest, write_tree
@@ -232,7 +233,7 @@ def test_a_full_pool_answers_507_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 
-def test_a_plain_container_cannot_make_itself_an_overlay_container(overlay_daemon) -> None:
+def test_a_plain_container_cannot_make_itself_an_overlay_container(overlay_daemon, host_unharmed: HostCheck) -> None:
     """The attack: a plain container's root runs `mkdir /upper /work` after its first snapshot."""
     d, pool = overlay_daemon
     cid = new_cid()
@@ -247,6 +248,7 @@ def test_a_plain_container_cannot_make_itself_an_overlay_container(overlay_daemo
     restore(d, cid, first)
     assert digest(c) == first_view
     assert not (c / "upper").exists()
+    host_unharmed(d, pool, [cid])
 
 
 def test_an_overlay_container_stays_one_when_work_disappears(overlay_daemon) -> None:
@@ -263,7 +265,8 @@ def test_an_overlay_container_stays_one_when_work_disappears(overlay_daemon) -> 
     assert (c / "lower/important").read_text() == "keep me"
 
 
-def test_in_use_outside_upper_blocks_the_restore_of_an_overlay_container(overlay_daemon) -> None:
+def test_in_use_outside_upper_blocks_the_restore_of_an_overlay_container(
+        overlay_daemon, host_unharmed: HostCheck) -> None:
     d, pool = overlay_daemon
     cid = new_cid()
     c = pool / cid
@@ -279,6 +282,7 @@ def test_in_use_outside_upper_blocks_the_restore_of_an_overlay_container(overlay
         child.kill()
         child.wait()
     restore(d, cid, name)
+    host_unharmed(d, pool, [cid])
 
 
 def test_an_admin_sets_the_layout(overlay_daemon) -> None:
@@ -333,7 +337,7 @@ def _same_inode(fd: int, a: str, b: str) -> bool:
     return os.stat(a, dir_fd=fd, follow_symlinks=False).st_ino == os.stat(b, dir_fd=fd, follow_symlinks=False).st_ino
 
 
-def test_hard_links_beyond_path_max_survive_create_and_restore(overlay_daemon) -> None:
+def test_hard_links_beyond_path_max_survive_create_and_restore(overlay_daemon, host_unharmed: HostCheck) -> None:
     d, pool = overlay_daemon
     cid = new_cid()
     long = b"a-longish-name"  # 300 levels of 15 bytes: the links lie beyond PATH_MAX
@@ -359,9 +363,11 @@ def test_hard_links_beyond_path_max_survive_create_and_restore(overlay_daemon) -
         assert _same_inode(fd, "a", "b") and _same_inode(fd, "s1", "s2")
     finally:
         os.close(fd)
+    host_unharmed(d, pool, [cid])
 
 
-def test_ten_thousand_levels_create_and_restore_with_1024_descriptors(tmp_path: Path) -> None:
+def test_ten_thousand_levels_create_and_restore_with_1024_descriptors(
+        tmp_path: Path, host_unharmed: HostCheck) -> None:
     require_root()
     with mounted(tmp_path / "pool", "-t", "tmpfs", "-o", "size=512m", "tmpfs") as pool:
         cid = new_cid()
@@ -381,6 +387,7 @@ def test_ten_thousand_levels_create_and_restore_with_1024_descriptors(tmp_path: 
             assert walk_digest(pool / cid) == before
         finally:
             assert d.stop() == 0
+        host_unharmed(d, pool, [cid])
 
 
 SWAPPER = r"""
@@ -399,7 +406,7 @@ for a, b in itertools.cycle(pairs):
 """
 
 
-def test_a_container_that_keeps_changing_gets_409_never_500(tmp_path: Path) -> None:
+def test_a_container_that_keeps_changing_gets_409_never_500(tmp_path: Path, host_unharmed: HostCheck) -> None:
     pool = tmp_path / "pool"
     cid = new_cid()
     files = {f"dir{i}/file{j}": f"content {i} {j}" for i in range(10) for j in range(20)}
@@ -433,14 +440,8 @@ def test_a_container_that_keeps_changing_gets_409_never_500(tmp_path: Path) -> N
         code = d.stop()
     assert code == 0
     print(f"creates: {statuses.count(200)} made, {statuses.count(409)} refused as changing")
-    # a clean restart; the store and the disk agree on exactly what was made
-    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=False).start()
-    try:
-        listed = {s["name"] for s in d.unix.get(snaps(cid)).data["snapshots"]}
-        on_disk = set(os.listdir(pool / ".snapshots" / cid)) if created else set()
-        assert listed == on_disk == created
-    finally:
-        assert d.stop() == 0
+    host_unharmed(d, pool, [cid])  # a clean restart; the store and the disk agree
+    assert (set(os.listdir(pool / ".snapshots" / cid)) if created else set()) == created  # on exactly what was made
 
 
 def test_a_create_that_keeps_seeing_changes_is_refused_and_leaves_nothing(
@@ -464,7 +465,8 @@ def test_a_create_that_keeps_seeing_changes_is_refused_and_leaves_nothing(
     assert not (pool / ".snapshots" / cid).exists()
 
 
-def test_mounts_inside_a_plain_container_are_not_captured(overlay_daemon, tmp_path: Path) -> None:
+def test_mounts_inside_a_plain_container_are_not_captured(
+        overlay_daemon, tmp_path: Path, host_unharmed: HostCheck) -> None:
     """A tmpfs and bind mounts of the same filesystem (same st_dev): mount points, captured empty."""
     require_root()
     d, pool = overlay_daemon
@@ -484,3 +486,4 @@ def test_mounts_inside_a_plain_container_are_not_captured(overlay_daemon, tmp_pa
     assert stat.S_IMODE(os.stat(snap / "data").st_mode) == 0o750  # the mounted root's own mode
     assert (snap / "etc/resolv.conf").read_bytes() == b""
     assert (snap / "kept").read_text() == "mine"
+    host_unharmed(d, pool, [cid])

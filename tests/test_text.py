@@ -19,6 +19,7 @@ from backends.zfs import ALIAS_PROPERTY
 from backends.zfs_cmd import find_tool
 from snapd.core.store import Store
 
+from .aftercheck import HostCheck
 from .client import snaps
 from .conftest import open_harness
 from .harness.zfs import ZfsHarness
@@ -55,7 +56,7 @@ def zpool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsHarness]:
         h.close()
 
 
-def test_zfs_aliases_no_line_reader_can_split(zpool: ZfsHarness, tmp_path: Path) -> None:
+def test_zfs_aliases_no_line_reader_can_split(zpool: ZfsHarness, tmp_path: Path, host_unharmed: HostCheck) -> None:
     """An alias with U+2028 once took the daemon down at its next start (issue 11, finding 4)."""
     cid = new_cid()
     zpool.make_container(cid)
@@ -112,10 +113,12 @@ def test_zfs_aliases_no_line_reader_can_split(zpool: ZfsHarness, tmp_path: Path)
         assert not raw_chars(out.stdout), out.stdout
     finally:
         assert d.stop() == 0
+    host_unharmed(d, zpool, [cid, labelled])
 
 
 @pytest.mark.parametrize("fmt", ["kv", "json"])
-def test_control_characters_from_the_url_are_escaped_in_the_log(tmp_path: Path, fmt: str) -> None:
+def test_control_characters_from_the_url_are_escaped_in_the_log(
+        tmp_path: Path, fmt: str, host_unharmed: HostCheck) -> None:
     pool = tmp_path / "pool"
     pool.mkdir()
     d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], extra=["--log-format", fmt]).start()
@@ -135,9 +138,10 @@ def test_control_characters_from_the_url_are_escaped_in_the_log(tmp_path: Path, 
     else:
         assert 'path="/api/v1/containers/\\x1b[31mred\\x00nul\\u202ertl\\x9bcsi\\u2028ls/snapshots"' \
             in lines[0], lines[0]
+    host_unharmed(d, pool, [])
 
 
-def test_the_cli_never_prints_control_or_bidi_characters(tmp_path: Path) -> None:
+def test_the_cli_never_prints_control_or_bidi_characters(tmp_path: Path, host_unharmed: HostCheck) -> None:
     """An alias and a token label stored before the API refused such characters."""
     pool = tmp_path / "pool"
     cid = new_cid()
@@ -170,3 +174,4 @@ def test_the_cli_never_prints_control_or_bidi_characters(tmp_path: Path) -> None
         assert not raw_chars(out.stdout), out.stdout
     finally:
         assert d.stop() == 0
+    host_unharmed(d, pool, [cid])

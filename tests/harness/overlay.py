@@ -19,6 +19,14 @@ class OverlayHarness(PoolHarness):
         self.root = workdir / "pool"
         self.root.mkdir(parents=True)
 
+    @classmethod
+    def at(cls, root: Path) -> "OverlayHarness":
+        """A harness for an existing directory pool `root` (a test's own pool)."""
+        harness = cls.__new__(cls)
+        PoolHarness.__init__(harness, root.parent)
+        harness.root = root
+        return harness
+
     @property
     def spec(self) -> str:
         return f"overlay:{self.root}"
