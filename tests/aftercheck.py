@@ -3,7 +3,9 @@
 After the test's actions, the daemon it used restarts cleanly (exit 0 on SIGTERM,
 answers after start, no traceback in what the new start logs, no journal entry left
 pending), the store matches the disk for the test's containers (every listed snapshot
-is in the pool, nothing in the pool for them is unlisted, no scratch left), and a
+is in the pool, nothing in the pool for them is unlisted, no scratch left; checked
+before the restart too when the daemon is running, since start-up adopts strays and
+clears scratch), and a
 canary tree outside the pool, made before the test's actions, is unchanged.
 
     def test_x(..., host_unharmed: HostCheck) -> None:
@@ -49,7 +51,10 @@ class HostCheck:
         for `cids`, and the canary.  A daemon found running is left running; one found
         stopped is stopped again (exit 0 required both times)."""
         harness = OverlayHarness.at(pool) if isinstance(pool, Path) else pool
+        cids = list(cids)
         was_running = daemon.proc is not None and daemon.proc.poll() is None
+        if was_running:  # before start-up's reconciliation could adopt or clear anything
+            self._store_matches_disk(daemon, harness, cids)
         code = daemon.stop()
         assert code == 0, f"daemon exited {code}:\n{daemon.log_text()[-3000:]}"
         logged = len(daemon.log_text())
@@ -57,12 +62,7 @@ class HostCheck:
         try:
             r = daemon.unix.get(STATUS)
             assert r.status == 200, r.body
-            for cid in cids:
-                r = daemon.unix.get(snaps(cid))
-                assert r.status == 200, r.body
-                listed = {s["name"] for s in r.data["snapshots"]}
-                assert missing(harness, cid, listed) == [], f"{cid}: listed but not in the pool"
-                assert strays(harness, cid, listed) == [], f"{cid}: in the pool but not listed"
+            self._store_matches_disk(daemon, harness, cids)
             assert pending_journal(daemon) == []
             started = daemon.log_text()[logged:]
             assert "Traceback" not in started, started[-3000:]
@@ -71,6 +71,15 @@ class HostCheck:
                 code = daemon.stop()
                 assert code == 0, f"daemon exited {code}:\n{daemon.log_text()[-3000:]}"
         assert tree_digest(self.canary) == self.before, "the canary outside the pool changed"
+
+    @staticmethod
+    def _store_matches_disk(daemon: DaemonProcess, pool: PoolHarness, cids: list[str]) -> None:
+        for cid in cids:
+            r = daemon.unix.get(snaps(cid))
+            assert r.status == 200, r.body
+            listed = {s["name"] for s in r.data["snapshots"]}
+            assert missing(pool, cid, listed) == [], f"{cid}: listed but not in the pool"
+            assert strays(pool, cid, listed) == [], f"{cid}: in the pool but not listed"
 
 
 @pytest.fixture
