@@ -5,7 +5,8 @@ different from both, each with its content digest.  `check()` is what every
 crash test asserts after the daemon restarts: the API answers, the container
 is in an allowed state, every listed snapshot exists with its content
 unchanged, the pool holds nothing for the container that the store does
-not list, and the journal holds no unfinished operation.
+not list, scratch is empty, nothing is quarantined, `snapd status` shows
+no start-up problem, and the journal holds no unfinished operation.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class Scenario:
                 f"content of {name} changed")
         assert strays(self.pool, self.cid, set(listed)) == []
         assert pending_journal(d) == []
+        assert check_scratch(self.pool, d) == 0  # nothing set aside, no start-up problem
         return sorted(listed)
 
 
