@@ -99,8 +99,9 @@ def zfs_snapshot_guids(pool: PoolHarness, cid: str) -> dict[str, str]:
     """Visible snapshot name -> its guid (unchanged while it is the same snapshot, also
     when a restore moves it to a hidden holder)."""
     full = {f: n for n, f in _zfs_snapshots(pool, cid).items()}
+    root = pool.root  # type: ignore[attr-defined]
     out = {}
-    for line in _zfs("list", "-H", "-o", "name,guid", "-t", "snapshot", "-r", pool.root).splitlines():  # type: ignore[attr-defined]
+    for line in _zfs("list", "-H", "-o", "name,guid", "-t", "snapshot", "-r", root).splitlines():
         name, guid = line.split("\t")
         if name in full:
             out[full[name]] = guid
@@ -395,13 +396,16 @@ def soak(pool: PoolHarness, workdir: Path, n: int, seed: int, *, max_delay: floa
 
     With `hostile`, the container holds Hostile's content (a `depth`-level tree, links
     beyond PATH_MAX) and, in every other phase of 2-6 rounds (from the second or third
-    round on), a tmpfs and a bind mount: a restore
-    then must not succeed (409, or killed before it answers) and the mounts and their
-    content must survive.  Operations on such a tree take seconds, so each one's kill
-    window starts at `max_delay` and adapts (x1.2 after a kill, x0.85 after an answer):
-    about half the kills land mid-way, spread over however long it takes.  Raises SoakFailed on the first inconsistency or failed
-    start; returns the counts: rounds, how each operation ended (completed, killed
-    before it answered, refused for mounts), daemon starts and failed starts, ...
+    round on), a tmpfs and a bind mount: a restore then must not succeed (409, or
+    killed before it answers) and the mounts and their content must survive.
+    Operations on such a tree take seconds, so each one's kill window starts at
+    `max_delay` and adapts (x1.2 after a kill, x0.85 after an answer): about half the
+    kills land mid-way, spread over however long the operation takes.
+
+    Raises SoakFailed on the first inconsistency or failed start.  Returns the counts:
+    rounds, how each operation ended (completed, killed before it answered,
+    refused_mount), mounted_rounds, deep_changes, quarantined (most at once),
+    starts, failed_starts, inconsistencies.
     """
     import random
     import threading
@@ -536,7 +540,8 @@ def soak(pool: PoolHarness, workdir: Path, n: int, seed: int, *, max_delay: floa
                             assert now_guids.get(name) == guids[name], f"[{i}] {name} was replaced"
                         else:
                             got = snapshot_digest(pool, sc.cid, name, snap_digest)
-                            assert got == known[name], f"[{i}] content of {name} changed: {difference(known[name], got)}"
+                            assert got == known[name], (
+                                f"[{i}] content of {name} changed: {difference(known[name], got)}")
                             guids[name] = now_guids[name]
                 else:
                     for name, want in known.items():
