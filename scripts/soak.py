@@ -67,6 +67,9 @@ def main() -> int:
             stats = soak(pool, Path(tmp) / "daemon", args.n, seed, max_delay=max_delay,
                          hostile=args.hostile, depth=args.depth, log=lambda m: print(m, flush=True))
         except SoakFailed as exc:
+            log = Path(tmp) / "daemon" / "daemon.log"
+            tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+            print("\n".join(["daemon log (last lines):", *tail]))
             print(f"FAILED: {exc}\n{exc.stats} after {time.monotonic() - t0:.1f}s (seed {seed})")
             return 1
         finally:
