@@ -394,8 +394,10 @@ class BtrfsBackend(Backend):
         with _Fd(self._tmpdir) as tfd:
             with _Fd(cpath) as cfd:
                 self._refuse_nested(cid, cfd, "restore")
+                # mounts inside first: a bind mount of the container's own directory
+                # shows its subvolume too, but is a mount inside, not the container mounted
+                mounts.refuse_mounts(cid, cpath)
                 self._refuse_mounted(cid, cfd)
-            mounts.refuse_mounts(cid, cpath)
             self._writable_copy(spath, tfd, tmpname)
             try:
                 _set_label(tmppath, _get_label(cpath))

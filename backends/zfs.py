@@ -221,9 +221,10 @@ class ZfsBackend(Backend):
             m = _TEMP_RE.match(tail) or _HOLDER_RE.match(tail)
             if m:
                 cids.add(m.group(1))
-        for name, d in scan.items.items():
-            if d.get(PENDING_PROPERTY) and not d.is_snap:
-                cids.add(name.rsplit("/", 1)[1])
+        for name, d in scan.items.items():  # a container swapped in, not finished
+            tail = name[len(self.root) + 1:] if name.startswith(self.root + "/") else ""
+            if d.get(PENDING_PROPERTY) and not d.is_snap and _CID_RE.match(tail):
+                cids.add(tail)
         for cid in sorted(cids):
             try:
                 await self._repair(cid)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
+from collections import Counter
 from pathlib import Path
 
 
@@ -43,19 +45,20 @@ def walk_digest(root: Path) -> list[tuple]:
     """Every entry of `root` in sorted depth-first order, for trees of any depth.
 
     One record per entry: depth, name, type, mode, owner, size, mtime,
-    content hash / link target / device, xattrs, and (for an inode with
-    several links) the index of its first name, so equal lists mean equal
-    trees with equal hard-link structure.  Holds one directory descriptor
-    at a time (parents are re-opened through ".."), recurses nowhere, and
-    keeps no full paths, so a 10,000-level tree digests within the default
-    descriptor limit.
+    content hash / link target / device, xattrs (none where unsupported),
+    and (for an inode with several names in the tree) the index of its
+    first name, so equal lists mean equal trees with equal hard-link
+    structure; links from outside the tree (a later snapshot sharing the
+    file) do not count.  Holds one directory descriptor at a time (parents
+    are re-opened through ".."), recurses nowhere, and keeps no full paths,
+    so a 10,000-level tree digests within the default descriptor limit.
     """
     out: list[tuple] = []
     first: dict[int, int] = {}
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    out.append(_record(fd, b"", 0, os.fstat(fd), first, len(out)))
-    stack = [iter(sorted(os.listdir(fd)))]  # bytes names: listdir(fd) gives str; encode below
     try:
+        out.append(_record(fd, b"", 0, os.fstat(fd), first, len(out)))
+        stack = [iter(sorted(os.listdir(fd)))]  # bytes names: listdir(fd) gives str; encode below
         while stack:
             for sname in stack[-1]:
                 name = os.fsencode(sname)
@@ -75,14 +78,20 @@ def walk_digest(root: Path) -> list[tuple]:
                     fd = parent
     finally:
         os.close(fd)
-    return out
+    names = Counter(r[-1] for r in out if r[-1] is not None)
+    return [r if r[-1] is None or names[r[-1]] > 1 else (*r[:-1], None) for r in out]
 
 
 def _record(dir_fd: int, name: bytes, depth: int, st: os.stat_result, first: dict[int, int], index: int) -> tuple:
     ref: int | bytes = dir_fd if not name else b"/proc/self/fd/%d/%s" % (dir_fd, name)
     follow = isinstance(ref, int)
-    xattrs = tuple(sorted((n, os.getxattr(ref, n, follow_symlinks=follow))
-                          for n in os.listxattr(ref, follow_symlinks=follow)))
+    try:
+        xattrs = tuple(sorted((n, os.getxattr(ref, n, follow_symlinks=follow))
+                              for n in os.listxattr(ref, follow_symlinks=follow)))
+    except OSError as e:
+        if e.errno != errno.ENOTSUP:  # zfs-fuse has no xattrs
+            raise
+        xattrs = ()
     what: object = None
     if stat.S_ISREG(st.st_mode):
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)

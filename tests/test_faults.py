@@ -22,6 +22,7 @@ from .conftest import pool_kinds
 from .crash import CONNECTION_ERRORS, Scenario, container_digest, soak
 from .daemon import DaemonProcess
 from .harness import PoolHarness
+from .rootfs import require_root
 
 # What each operation may leave: container states, snapshots that must stay, ones that may go.
 OPS = {
@@ -88,10 +89,23 @@ def test_crash_at_fault_point(pool: PoolHarness, tmp_path: Path, point: str) -> 
         assert d.stop() == 0
 
 
-def test_random_kills(pool: PoolHarness, tmp_path: Path) -> None:
-    """A short soak: operations killed at random moments (scripts/soak.py runs it longer)."""
+@pytest.mark.parametrize("hostile", [False, True], ids=["plain", "hostile"])
+def test_random_kills(pool: PoolHarness, tmp_path: Path, hostile: bool) -> None:
+    """A short soak: operations killed at random moments (scripts/soak.py runs it longer).
+
+    Hostile: a 5,000-level tree (2,500 on zfs-fuse) with links beyond PATH_MAX in the
+    container, and from the third round at the latest a tmpfs and a bind mount inside it.
+    """
+    if hostile:
+        require_root()
+    slow = pool.kind == "zfs"  # every step through zfs-fuse costs a FUSE round trip
     seed = int(os.environ.get("SNAPD_SOAK_SEED", random.randrange(1 << 30)))
-    n = int(os.environ.get("SNAPD_SOAK_N", "5"))
-    print(f"soak seed={seed} n={n} (rerun: SNAPD_SOAK_SEED={seed})")
-    stats = soak(pool, tmp_path / "soak", n, seed, log=print)
-    assert sum(stats.values()) == n
+    n = int(os.environ.get("SNAPD_SOAK_N", "5" if not hostile else "3" if slow else "4"))
+    depth = 2500 if slow else 5000  # still 5,000 bytes of path: beyond PATH_MAX
+    print(f"soak seed={seed} n={n} hostile={hostile} (rerun: SNAPD_SOAK_SEED={seed})")
+    stats = soak(pool, tmp_path / "soak", n, seed, hostile=hostile, depth=depth,
+                 max_delay=0.5 if hostile else 0.06, log=print)
+    print(stats)
+    assert stats["rounds"] == stats["completed"] + stats["killed"] + stats["refused_mount"] == n
+    assert stats["starts"] == 2 * n + 1 and stats["failed_starts"] == stats["inconsistencies"] == 0
+    assert stats["mounted_rounds"] >= (1 if hostile and n >= 3 else 0)

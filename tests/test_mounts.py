@@ -28,13 +28,14 @@ from .rootfs import require_root
 
 
 @contextlib.contextmanager
-def volumes(pool: PoolHarness, cid: str) -> Iterator[tuple[Path, Path, Path]]:
+def volumes(pool: PoolHarness, cid: str, source_in: str = "beside") -> Iterator[tuple[Path, Path, Path]]:
     """A tmpfs at <container>/scratch and a bind mount at <container>/data of a host
-    directory beside the container (same filesystem on overlay and btrfs), each holding
-    a file; always unmounted again.  Yields (tmpfs, bind, bind source)."""
+    directory beside the container (same filesystem on overlay and btrfs) or, with
+    `source_in="inside"`, of the container's own <container>/vol (on btrfs: its own
+    subvolume), each holding a file; always unmounted again.  Yields (tmpfs, bind, bind source)."""
     require_root()
     c = pool.container_path(cid)
-    source = c.parent / f"vol-{cid}"
+    source = c / "vol" if source_in == "inside" else c.parent / f"vol-{cid}"
     write_tree(source, {"host-file": "host data"})
     tmpfs, bind = c / "scratch", c / "data"
     tmpfs.mkdir()
@@ -63,14 +64,15 @@ def served(pool: PoolHarness, tmp_path: Path) -> Iterator[DaemonProcess]:
         assert d.stop() == 0, d.log_text()[-2000:]
 
 
-def test_restore_with_mounts_inside_is_refused(pool: PoolHarness, served: DaemonProcess,
+@pytest.mark.parametrize("source_in", ["beside", "inside"])
+def test_restore_with_mounts_inside_is_refused(pool: PoolHarness, served: DaemonProcess, source_in: str,
                                                host_unharmed: HostCheck) -> None:
     d = served
     cid = new_cid()
     c = pool.make_container(cid)
     write_tree(c, {"etc/app.conf": "v1"})
     name = None
-    with volumes(pool, cid) as (tmpfs, bind, source):
+    with volumes(pool, cid, source_in) as (tmpfs, bind, source):
         r = d.unix.post(snaps(cid))
         assert r.status == 200, r.body
         name = r.data["snapshot"]["name"]
