@@ -576,9 +576,13 @@ def soak(pool: PoolHarness, workdir: Path, n: int, seed: int, *, max_delay: floa
                 assert d.stop() == 0, f"[{i}] the daemon did not stop cleanly"
             except SoakFailed:
                 raise
-            except AssertionError as exc:
+            except (AssertionError, OSError) as exc:  # OSError: something expected is missing
                 stats["inconsistencies"] += 1
-                raise SoakFailed(f"{exc} (seed {seed})", stats) from exc
+                where = ""
+                if pool.kind == "zfs":
+                    where = "\n" + _zfs("list", "-o", "name,mounted,mountpoint,canmount,origin", "-t", "all",
+                                         "-r", pool.root, check=False)  # type: ignore[attr-defined]
+                raise SoakFailed(f"{exc!r} (seed {seed}){where}", stats) from exc
         if stats["failed_starts"]:
             raise SoakFailed(f"{stats['failed_starts']} failed start(s) (seed {seed})", stats)
     finally:
