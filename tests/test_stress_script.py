@@ -80,3 +80,22 @@ def test_a_term_stops_pytest_as_on_ctrl_c_and_the_burners(tmp_path: Path) -> Non
     assert not alive(int(started.read_text()))
     pids = re.search(r"CPU burners \(pids (\d+) (\d+)\)", out)
     assert pids and not [p for p in map(int, pids.groups()) if alive(p)], out
+
+
+def test_lanes_split_the_tests_and_the_first_failing_lane_stops_the_others(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    (tmp_path / "test_lanes.py").write_text(
+        "import time\nfrom pathlib import Path\n"
+        f"COUNT = Path({str(counter)!r})\n"
+        "def test_fast_fails_second():\n"
+        "    n = int(COUNT.read_text()) + 1 if COUNT.exists() else 1\n"
+        "    COUNT.write_text(str(n))\n"
+        "    assert n != 2, 'the second run fails'\n"
+        "def test_slow():\n"
+        "    time.sleep(600)\n")
+    out, burners = stress(tmp_path, "-n", "3", "--lane", "fast", "--lane", "slow", str(tmp_path / "test_lanes.py"))
+    assert out.returncode == 1, out.stdout
+    assert "[fast] run 1/3 passed" in out.stdout and "[fast] run 2 of 3 FAILED (pytest exit 1)" in out.stdout
+    assert "[slow] run" not in out.stdout  # stopped mid-run by the failing lane, not left to run on
+    assert counter.read_text() == "2"
+    assert not [p for p in burners if alive(p)]
