@@ -119,6 +119,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
         yield e
     finally:
         e.daemon.kill()
+        # a deep tree left by a failing test would break pytest's own recursive
+        # clean-up of old temporary directories in later sessions
+        remove.remove_tree(e.pool)
 
 
 BAD_ITEMS = ["scratch-with-a-mount", "deep-scratch", "journal-unreadable", "journal-unknown-pool"]
