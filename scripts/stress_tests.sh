@@ -41,7 +41,7 @@ case "$runs" in ''|*[!0-9]*|0) echo "runs must be a positive integer, not '$runs
 [ -x .venv/bin/python ] || scripts/venv.sh test
 py=.venv/bin/python
 logs="${STRESS_LOG_DIR:-$(mktemp -d -t snapd-stress.XXXXXX)}"
-mkdir -p "$logs"
+mkdir -p "$logs/tmp"
 
 # One lane: N runs in a row of the files (restricted by -k when the lane has an
 # expression), stopping at the first failure. Runs in a subshell of its own.
@@ -54,13 +54,16 @@ lane() {
   trap '[ -n "$pytest_pid" ] && kill -INT "$pytest_pid" 2>/dev/null; wait "$pytest_pid" 2>/dev/null; exit 130' TERM
   for i in $(seq 1 "$runs"); do
     log="$logs/${prefix}run-$i.log"
+    # a temporary root of the run's own: no other pytest on the machine can leave a tree
+    # there that pytest's recursive clean-up trips on; removed after a passing run
+    tmp="$logs/tmp/${prefix//[^a-z]/}run-$i"
     start=$(date +%s.%N)
     rc=0
     # in the background (so the lane can react to signals), with SIGINT handled
     # as in the foreground: bash starts background jobs with SIGINT ignored
     CI="${CI:-true}" "$py" -c 'import signal, sys, pytest
 signal.signal(signal.SIGINT, signal.default_int_handler)
-sys.exit(pytest.main(sys.argv[1:]))' -x -q -p no:cacheprovider "${select[@]}" "${files[@]}" "${pytest_args[@]}" >"$log" 2>&1 &
+sys.exit(pytest.main(sys.argv[1:]))' -x -q -p no:cacheprovider --basetemp="$tmp" "${select[@]}" "${files[@]}" "${pytest_args[@]}" >"$log" 2>&1 &
     pytest_pid=$!
     wait "$pytest_pid" || rc=$?
     pytest_pid=""
@@ -72,6 +75,7 @@ sys.exit(pytest.main(sys.argv[1:]))' -x -q -p no:cacheprovider "${select[@]}" "$
       echo "${prefix}durations (s): ${durations[*]}"
       exit "$rc"
     fi
+    [ ! -e "$tmp" ] || "$py" -c 'import sys; from backends.remove import remove_tree; remove_tree(sys.argv[1])' "$tmp"
     echo "${prefix}run $i/$runs passed in ${secs}s: $(tail -n 1 "$log")"
   done
   echo "${prefix}all $runs runs passed; durations (s): ${durations[*]}"
