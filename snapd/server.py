@@ -22,7 +22,7 @@ import ssl
 import stat
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 
@@ -41,10 +41,12 @@ from snapd.host.config import Config, ConfigError, PoolSpec
 from snapd.host.metrics import Metrics
 from snapd.http.envelope import BODY_TIMEOUT
 from snapd.http.guard import BACKLOG, GuardedRunner
-from snapd.http.netwatch import InterfaceListener
 from snapd.core.reaper import Reaper
 from snapd.core.state import State, StateError
 from snapd.host.systemd import ActivatedSockets
+
+if TYPE_CHECKING:
+    from snapd.http.netwatch import InterfaceListener
 
 log = logging.getLogger("snapd.server")
 SHUTDOWN_TIMEOUT = 120.0
@@ -195,7 +197,9 @@ class Listeners:
         for key in set(self.interfaces) - wanted_if:
             await self.interfaces.pop(key).stop()
         for key in wanted_if - set(self.interfaces):
-            listener = InterfaceListener(self.runner, key[0], key[1], tls, SHUTDOWN_TIMEOUT)
+            from snapd.http import netwatch  # pyroute2: a third of a start's imports; most hosts never need it
+
+            listener = netwatch.InterfaceListener(self.runner, key[0], key[1], tls, SHUTDOWN_TIMEOUT)
             await listener.start()
             self.interfaces[key] = listener
 
