@@ -165,6 +165,15 @@ class Backend(abc.ABC):
     async def container_exists(self, cid: str) -> bool:
         """Whether the container `cid` lives in this pool."""
 
+    async def containers(self) -> dict[str, str | None]:
+        """Every container in the pool, id -> project label (None when unlabelled), read
+        in one pass where the backend can (the policy scheduler's inventory)."""
+        return await self.projects(await self.container_ids())
+
+    @abc.abstractmethod
+    async def container_ids(self) -> list[str]:
+        """Ids of every container in the pool, sorted."""
+
     @abc.abstractmethod
     async def get_project(self, cid: str) -> str | None:
         """The container's project label, or None when unlabelled."""

@@ -277,8 +277,20 @@ class ZfsBackend(Backend):
         got = await self._inodes()
         return None if got is None else got[1]
 
+    async def container_ids(self) -> list[str]:
+        return sorted(await self.containers())
+
+    async def containers(self) -> dict[str, str | None]:
+        """Every filesystem directly under the root named like a container, in the one
+        `zfs get -d 1` that projects() makes."""
+        return await self._labels(None)
+
     async def projects(self, cids: list[str]) -> dict[str, str | None]:
         """The labels of containers `cids` in one `zfs get -d 1` (sources as _probe reads them)."""
+        return await self._labels(cids)
+
+    async def _labels(self, cids: list[str] | None) -> dict[str, str | None]:
+        """Containers `cids` (None: every one there) -> project, from one `zfs get -d 1`."""
         res = await self.zfs.zfs("get", "-H", "-r", "-d", "1", "-o", "name,property,source,value",
                                  f"type,{PROJECT_PROPERTY}", self.root, check=False)
         prefix = self.root + "/"
@@ -289,6 +301,8 @@ class ZfsBackend(Backend):
                 kinds[name] = value
             elif source in ("local", "received"):
                 labels[name] = value
+        if cids is None:
+            cids = sorted(n[len(prefix):] for n in kinds if n.startswith(prefix) and _CID_RE.match(n[len(prefix):]))
         return {cid: labels.get(prefix + cid) for cid in cids if kinds.get(prefix + cid) == "filesystem"}
 
     async def total_bytes(self) -> int | None:

@@ -187,6 +187,21 @@ class SnapshotService:
                 return container
         raise NotFound("container")
 
+    async def containers(self) -> list[Container]:
+        """Every container in every pool, with its project (one batched read per pool).  An id
+        in two pools is the first pool's, as find() sees it; a pool that cannot be read is
+        logged and left out this time."""
+        seen: dict[str, Container] = {}
+        for backend in list(self.backends):
+            try:
+                found = await backend.containers()
+            except Exception as exc:  # one bad pool must not hide the others' containers
+                log.warning("cannot list the containers of pool %s: %s", backend.pool_id, exc)
+                continue
+            for cid, project in found.items():
+                seen.setdefault(cid, Container(cid, backend, project))
+        return sorted(seen.values(), key=lambda c: c.id)
+
     def backend_for_pool(self, pool: str) -> Backend | None:
         return next((b for b in self.backends if b.pool_id == pool), None)
 
