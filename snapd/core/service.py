@@ -466,17 +466,21 @@ class SnapshotService:
         return next_name(base, highest([self.store.name_mark(cid), *self.store.names_like(cid, base)]))
 
     async def create(
-        self, cid: str, alias: str | None, expiry_days: float | None, guard: Guard | None = None
+        self, cid: str, alias: str | None = None, expiry: float | None = None, guard: Guard | None = None,
+        *, policy: str | None = None, freeze: bool | None = None,
     ) -> tuple[Container, SnapshotRow]:
+        """Take a snapshot of `cid`; `expiry` in days (None: none).  `policy` names the
+        policy taking it (None: by request); `freeze` overrides the pool's freeze setting."""
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
             await self._check_room(container)  # no await from here to the journal intent
             now = self.clock.now()
             name = self._new_name(cid, now)
-            expires_at = now + expiry_days * DAY if expiry_days is not None else None
+            expires_at = now + expiry * DAY if expiry is not None else None
             with self.store.transaction():  # the name is spent once the intent is recorded
                 jid = self._journal("create", container, cid, name,
-                                    {"alias": alias, "expires_at": expires_at, "created_at": now})
+                                    {"alias": alias, "expires_at": expires_at, "created_at": now,
+                                     "policy": policy})
                 self.store.raise_name_mark(cid, name)
             faults.point("service.create.journaled")
             try:
@@ -495,6 +499,7 @@ class SnapshotService:
                 expires_at=expires_at,
                 size=facts.size,
                 ref=facts.ref,
+                policy=policy,
             )
             with self.store.transaction():
                 self.store.insert(row)

@@ -1,0 +1,62 @@
+"""Ownership and holds (issue 13): a snapshot records the policy that took it; a
+held snapshot outlives every rule that would delete it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .digest import write_tree
+from .fakes import reaper_world, settle, step
+from .harness import new_cid
+
+SECOND = 1 / 86400  # in days
+
+
+@pytest.fixture
+async def world(tmp_path: Path):
+    async with reaper_world(tmp_path) as w:
+        yield w
+
+
+def make_container(world) -> str:
+    cid = new_cid()
+    write_tree(Path(world[3].root) / cid, {"f": "x"})
+    return cid
+
+
+async def test_create_records_the_policy_that_took_it(world) -> None:
+    service = world[0]
+    cid = make_container(world)
+    _, by_policy = await service.create(cid, policy="hourly")
+    _, by_request = await service.create(cid, "mine", None)
+    assert (by_policy.policy, by_request.policy) == ("hourly", None)
+    assert service.store.get(cid, by_policy.name).policy == "hourly"
+    assert service.store.get(cid, by_request.name).policy is None
+
+
+async def test_the_reaper_passes_over_a_held_snapshot(world) -> None:
+    service, reaper, clock, backend = world
+    cid = make_container(world)
+    _, held = await service.create(cid, None, SECOND)
+    _, free = await service.create(cid, None, 2 * SECOND)
+    service.store.set_hold(cid, held.name, "pre-upgrade", 1)
+    await settle(reaper, clock)
+    assert clock.sleeps[-1] == free.expires_at
+    await step(reaper, clock, 3.0)
+    assert service.store.get(cid, free.name) is None
+    assert service.store.get(cid, held.name) is not None
+    assert (Path(backend.root) / ".snapshots" / cid / held.name).exists()
+
+
+async def test_a_create_rolled_forward_from_the_journal_keeps_its_policy(world) -> None:
+    service, _reaper, clock, backend = world
+    cid = make_container(world)
+    _, row = await service.create(cid, policy="hourly")
+    service.store.delete(cid, row.name)  # as if the daemon died between the disk and the store
+    service.store.journal_begin("create", cid, row.name, backend.pool_id,
+                                {"alias": None, "expires_at": None, "created_at": row.created_at,
+                                 "policy": "hourly"}, clock.now())
+    await service.settle()
+    assert service.store.get(cid, row.name).policy == "hourly"
