@@ -231,6 +231,10 @@ class SnapshotService:
             raise NotFound("snapshot")
         return container, row
 
+    def snapshots(self, cid: str) -> list[SnapshotRow]:
+        """Every snapshot of `cid` the store knows, newest first (no container lookup, no guard)."""
+        return self.store.list(cid)
+
     def snapshot(self, cid: str, name: str) -> SnapshotRow | None:
         """The store's row for one snapshot (no container lookup, no guard)."""
         return self.store.get(cid, name)
@@ -668,6 +672,24 @@ class SnapshotService:
                 and r.expires_at is not None
                 and r.expires_at <= now
             ]
+            backend = self.backend_for_pool(pool)
+            if not rows or backend is None:
+                return {}
+            return await self._delete_rows(backend, cid, rows)
+
+        return await self._mutate(cid, op)
+
+
+    async def delete_pruned(
+        self, cid: str, pool: str, names: list[str], policy: str
+    ) -> dict[str, BackendError | None]:
+        """Delete those of `names` that policy `policy` took and nobody holds (for the
+        pruner).  Checked again here, under the container's lock, whatever the caller
+        computed: a manual snapshot, another policy's or a held one is never deleted."""
+
+        async def op() -> dict[str, BackendError | None]:
+            rows = [r for n in names if (r := self.store.get(cid, n)) is not None
+                    and r.policy == policy and r.hold_reason is None and r.pool == pool]
             backend = self.backend_for_pool(pool)
             if not rows or backend is None:
                 return {}

@@ -489,6 +489,13 @@ class Store:
             + (f"DO UPDATE SET {sets}" if fields else "DO NOTHING"),
             [policy, container, *fields.values()])
 
+    def policy_newest(self) -> list[tuple[str, str, float]]:
+        """(policy, container, created_at of its newest snapshot of that policy): where the
+        scheduler stands even if it stopped between a snapshot and recording its slot."""
+        return [(r[0], r[1], r[2] / 1000.0) for r in self.db.execute(
+            "SELECT policy, container_id, MAX(created_at) FROM snapshots WHERE policy IS NOT NULL "
+            "GROUP BY policy, container_id")]
+
     def next_expiry_after(self, now: float) -> float | None:
         """The earliest expires_at strictly after `now`."""
         row = self.db.execute(

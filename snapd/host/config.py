@@ -6,12 +6,14 @@ start-up can stop with one clear line.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
 from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, PoolPolicy, Reserve
 
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
@@ -109,6 +111,10 @@ class Config:
     otherwise in `pool_options` get."""
     pool_options: dict[str, PoolPolicy] = field(default_factory=dict)
     """Pool spec as written in `pools` -> its policy."""
+    policies: dict[str, PolicySpec] = field(default_factory=dict)
+    """The `[policies.NAME]` tables: snapshot policies (schedules and retention)."""
+    source: str = "flags"
+    """Where the values come from (the config file's path): error messages name it."""
 
     @property
     def reserve(self) -> Reserve:
@@ -136,6 +142,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "max_snapshots_per_container": int,
     "max_snapshots_per_project": int,
     "pool_options": dict,
+    "policies": dict,
 }
 LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project")
 """Keys set globally and overridable per pool."""
@@ -235,7 +242,34 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
             opts, cfg.defaults, f"{source}: pool_options.{spec!r}")
         for spec, opts in (merged.get("pool_options") or {}).items()
     }
+    cfg.policies = parse_policies(merged.get("policies") or {}, source)
+    cfg.source = source
     return cfg
+
+
+def policy_key(name: str, key: str | None = None) -> str:
+    """`policies.NAME.KEY` as the file spells it (a name that is not a bare key, quoted)."""
+    bare = name.replace("_", "").replace("-", "").isalnum() and name.isascii()
+    head = f"policies.{name if bare else json.dumps(name)}"
+    return head if key in (None, "name", "policy") else f"{head}.{key}"
+
+
+def parse_policies(tables: dict[str, Any], source: str) -> dict[str, PolicySpec]:
+    """The `[policies.NAME]` tables, each checked (spec.parse_policy) and together (no two
+    claiming one target); ConfigError names the key, `policies.NAME.KEY`."""
+    out: dict[str, PolicySpec] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {policy_key(name)}: must be a table ([{policy_key(name)}])")
+        try:
+            out[name] = parse_policy(name, table, "file")
+        except PolicyError as exc:
+            raise ConfigError(f"{source}: {policy_key(name, exc.key)}: {exc.message}") from None
+    try:
+        check_policies(out.values())
+    except PolicyError as exc:
+        raise ConfigError(f"{source}: policies: {exc.key}: {exc.message}") from None
+    return out
 
 
 def _argv(value: object, where: str) -> tuple[str, ...]:
