@@ -249,6 +249,14 @@ class Backend(abc.ABC):
     async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
         """Mirror a new alias on disk, for backends that mirror metadata."""
 
+    async def hold(self, cid: str, snap: SnapshotRef, reason: str, since: float) -> None:
+        """Hold the snapshot (`reason`, held since `since`): recorded on disk where the
+        backend can, so a store rebuilt from the pool keeps it; on ZFS also a `zfs hold`.
+        Holding a held snapshot again replaces the reason."""
+
+    async def release(self, cid: str, snap: SnapshotRef) -> None:
+        """Release the snapshot's hold; releasing one not held changes nothing."""
+
     async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
         """Exclusive sizes of these snapshots now, by name (one batched count; the
         service names the snapshots a create or delete may have changed)."""

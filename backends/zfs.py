@@ -40,7 +40,7 @@ from .base import (
     SnapshotNotFound,
     SnapshotRef,
 )
-from .zfs_cmd import ZfsRunner, ZfsStats, valid_dataset_name
+from .zfs_cmd import ZfsRunner, ZfsStats, error_for, valid_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ ALIAS_PROPERTY = "container-snapd:alias"
 EXPIRES_PROPERTY = "container-snapd:expires_at"
 CREATED_PROPERTY = "container-snapd:created_at"
 PENDING_PROPERTY = "container-snapd:restore-pending"
+HOLD_TAG = "container-snapd"
+"""The tag of the daemon's `zfs hold` on a held snapshot (`zfs holds` shows it)."""
 HIDDEN = ".snapd-hidden"
 SIZE_TTL = 2.0
 FREE_TTL = 1.0
@@ -454,6 +456,24 @@ class ZfsBackend(Backend):
         else:
             await self.zfs.zfs("set", f"{ALIAS_PROPERTY}={_encode(alias)}",
                                ref)
+
+    async def hold(self, cid: str, snap: SnapshotRef, reason: str, since: float) -> None:
+        """`zfs hold` with HOLD_TAG (a second hold with the tag is no error)."""
+        scan = await self._scan(cid, fresh=True)
+        ref = self._locate(scan, cid, snap)
+        self._invalidate(cid)
+        res = await self.zfs.zfs("hold", HOLD_TAG, ref, check=False)
+        if res.rc != 0 and "tag already exists" not in (res.stderr + res.stdout).lower():
+            raise error_for(res.argv, res.stderr or res.stdout)
+
+    async def release(self, cid: str, snap: SnapshotRef) -> None:
+        """`zfs release` of HOLD_TAG (none there is no error)."""
+        scan = await self._scan(cid, fresh=True)
+        ref = self._locate(scan, cid, snap)
+        self._invalidate(cid)
+        res = await self.zfs.zfs("release", HOLD_TAG, ref, check=False)
+        if res.rc != 0 and "no such tag" not in (res.stderr + res.stdout).lower():
+            raise error_for(res.argv, res.stderr or res.stdout)
 
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
         scan = await self._scan(cid)

@@ -2,7 +2,7 @@
 # do not edit: python -m snapd.cli.completion > completion/snapd.bash
 # Installed as /usr/share/bash-completion/completions/snapd (bash >= 4.2).
 declare -gA _snapd_subs _snapd_opts _snapd_valopts _snapd_choices
-_snapd_subs[snapd]='serve list create show restore alias delete status reconcile token container expiry'
+_snapd_subs[snapd]='serve list create show restore alias delete hold release status reconcile token container expiry'
 _snapd_opts[snapd]='-h --help --version'
 _snapd_valopts[snapd]=''
 _snapd_subs['snapd serve']=''
@@ -11,7 +11,7 @@ _snapd_valopts['snapd serve']='--config --socket --listen --state-dir --pool --l
 _snapd_choices['snapd serve --log-level']='debug info warning error'
 _snapd_choices['snapd serve --log-format']='kv json'
 _snapd_subs['snapd list']=''
-_snapd_opts['snapd list']='-h --help --socket --json'
+_snapd_opts['snapd list']='-h --help --socket --json --wide'
 _snapd_valopts['snapd list']=--socket
 _snapd_subs['snapd create']=''
 _snapd_opts['snapd create']='-h --help --socket --json --alias --expiry'
@@ -28,6 +28,12 @@ _snapd_valopts['snapd alias']=--socket
 _snapd_subs['snapd delete']=''
 _snapd_opts['snapd delete']='-h --help --socket --json'
 _snapd_valopts['snapd delete']=--socket
+_snapd_subs['snapd hold']=''
+_snapd_opts['snapd hold']='-h --help --socket --json --reason'
+_snapd_valopts['snapd hold']='--socket --reason'
+_snapd_subs['snapd release']=''
+_snapd_opts['snapd release']='-h --help --socket --json'
+_snapd_valopts['snapd release']=--socket
 _snapd_subs['snapd status']=''
 _snapd_opts['snapd status']='-h --help --socket --json'
 _snapd_valopts['snapd status']=--socket

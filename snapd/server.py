@@ -322,6 +322,7 @@ class Daemon:
             raise ConfigError(f"{self.cfg.source}: policies: {exc.key}: {exc.message}") from None
         self.scheduler = Scheduler(self.service, book, self.coverage, self.clock)
         self.policies = PolicyService(book, self.scheduler)
+        self.service.keep_source = self.policies.keep_reasons
         self.metrics.watch_policies(self.scheduler)
         self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)

@@ -60,3 +60,72 @@ async def test_a_create_rolled_forward_from_the_journal_keeps_its_policy(world) 
                                  "policy": "hourly"}, clock.now())
     await service.settle()
     assert service.store.get(cid, row.name).policy == "hourly"
+
+
+async def test_a_hold_keeps_its_first_time_and_takes_a_new_reason(world) -> None:
+    service, _reaper, clock, _backend = world
+    cid = make_container(world)
+    _, row = await service.create(cid)
+    _, held = await service.hold(cid, row.name, "pre-upgrade")
+    assert (held.hold_reason, held.hold_since) == ("pre-upgrade", clock.now())
+    first = clock.now()
+    clock.advance(60)
+    _, again = await service.hold(cid, row.name, "audit 2025")
+    assert (again.hold_reason, again.hold_since) == ("audit 2025", first)
+    assert service.store.get(cid, row.name) == again
+    _, released = await service.release(cid, row.name)
+    assert (released.hold_reason, released.hold_since) == (None, None)
+    assert service.store.get(cid, row.name) == released
+    _, unheld = await service.release(cid, row.name)  # releasing what is not held changes nothing
+    assert unheld == released
+
+
+async def test_a_delete_of_a_held_snapshot_is_a_conflict_naming_the_hold(world) -> None:
+    from snapd.core.errors import Conflict
+
+    service, _reaper, _clock, backend = world
+    cid = make_container(world)
+    _, row = await service.create(cid)
+    await service.hold(cid, row.name, "pre-upgrade")
+    with pytest.raises(Conflict, match=f"^snapshot {row.name} is held: pre-upgrade$"):
+        await service.delete(cid, row.name)
+    assert service.store.get(cid, row.name) is not None
+    assert (Path(backend.root) / ".snapshots" / cid / row.name).is_dir()
+    await service.release(cid, row.name)
+    await service.delete(cid, row.name)
+    assert service.store.get(cid, row.name) is None
+
+
+async def test_a_held_snapshot_can_be_restored(world) -> None:
+    service, _reaper, _clock, backend = world
+    cid = make_container(world)
+    _, row = await service.create(cid)
+    await service.hold(cid, row.name, "known good")
+    write_tree(Path(backend.root) / cid, {"f": "changed"})
+    _, restored = await service.restore(cid, row.name)
+    assert (Path(backend.root) / cid / "f").read_text() == "x"
+    assert restored.hold_reason == "known good"
+
+
+async def test_released_after_its_expiry_a_snapshot_goes_at_once(world) -> None:
+    service, reaper, clock, _backend = world
+    cid = make_container(world)
+    _, row = await service.create(cid, None, SECOND)
+    await service.hold(cid, row.name, "investigating")
+    await step(reaper, clock, 10.0)
+    assert service.store.get(cid, row.name) is not None
+    await service.release(cid, row.name)
+    await settle(reaper, clock)
+    assert service.store.get(cid, row.name) is None
+
+
+async def test_a_hold_placed_after_the_reaper_chose_its_names_still_wins(world) -> None:
+    service, _reaper, clock, _backend = world
+    cid = make_container(world)
+    _, row = await service.create(cid, None, SECOND)
+    clock.advance(5.0)
+    due = [r.name for r in service.expired(cid, clock.now(), 10)]
+    assert due == [row.name]
+    await service.hold(cid, row.name, "just in time")
+    assert await service.delete_expired(cid, row.pool, due, clock.now()) == {}
+    assert service.store.get(cid, row.name) is not None

@@ -32,6 +32,10 @@ OPERATION_IDS = {
     (BASE + "/{name}", "patch"): "restoreSnapshot",
     (BASE + "/{name}/alias", "patch"): "updateSnapshotAlias",
     (BASE + "/{name}", "delete"): "deleteSnapshot",
+    (BASE + "/{name}/hold", "put"): "holdSnapshot",
+    (BASE + "/{name}/hold", "delete"): "releaseSnapshot",
+    (BASE + "/{name}/detail", "get"): "getSnapshotDetail",
+    ("/api/v1/containers/{id}/snapshot-details", "get"): "listSnapshotDetails",
     (f"{ADMIN}/tokens", "get"): "listTokens",
     (f"{ADMIN}/tokens", "post"): "createToken",
     (f"{ADMIN}/tokens/{{token_id}}", "delete"): "revokeToken",
@@ -57,7 +61,7 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
     validate(doc)  # openapi-spec-validator: raises on any violation of OpenAPI 3.1
     assert {(p, m): op.get("operationId") for p, m, op in _operations(doc)} == OPERATION_IDS
     tags = {t["name"] for t in doc["tags"]}
-    assert tags == {"snapshots", "admin", "meta"}
+    assert tags == {"snapshots", "holds", "admin", "meta"}
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert "SO_PEERCRED" in scheme["description"]  # what OpenAPI cannot express is said in words

@@ -155,14 +155,18 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _snapshot_rows(snaps: list[dict]) -> str:
+def _snapshot_rows(snaps: list[dict], wide: bool = False) -> str:
+    """A table of snapshots; `wide`: with the detail routes' policy and hold columns."""
+    def extra(s: dict) -> list[str]:
+        return [s["policy"] or "-", s["hold"]["reason"] if s["hold"] else "-"] if wide else []
+
     return _table(
         [
             [s["name"], s["alias"] or "-", _when(s["created_at"]), _when(s["expires_at"]),
-             _when(s["last_used_at"]), _human_size(s["size"])]
+             _when(s["last_used_at"]), _human_size(s["size"]), *extra(s)]
             for s in snaps
         ],
-        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE"],
+        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE", *(["POLICY", "HOLD"] if wide else [])],
     )
 
 
@@ -209,11 +213,13 @@ def _render(args: argparse.Namespace, data: dict) -> str:
         head = f"container {data['container_id']} (project {data['project_id'] or '-'})"
         if not data["snapshots"]:
             return head + "\nno snapshots"
-        return head + "\n" + _snapshot_rows(data["snapshots"])
+        return head + "\n" + _snapshot_rows(data["snapshots"], wide=args.wide)
     if args.command == "delete":
         return f"deleted {data['snapshot_name']} of {data['container_id']}"
     if args.command == "restore":
         return f"restored {args.id} from {data['snapshot']['name']}"
+    if args.command in ("hold", "release"):
+        return _snapshot_rows([data["snapshot"]], wide=True)
     return _snapshot_rows([data["snapshot"]])
 
 
@@ -225,6 +231,8 @@ def _snap_path(args: argparse.Namespace, suffix: str = "") -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.wide:
+        return _request(args, "GET", f"/api/v1/containers/{quote(args.id, safe='')}/snapshot-details")
     return _request(args, "GET", _snap_path(args))
 
 
@@ -254,6 +262,14 @@ def cmd_alias(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     return _request(args, "DELETE", _snap_path(args))
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    return _request(args, "PUT", _snap_path(args, "/hold"), {"reason": args.reason})
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    return _request(args, "DELETE", _snap_path(args, "/hold"))
 
 
 # -- admin commands --------------------------------------------------------------------
@@ -473,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     cid = DEMO_CONTAINER
-    client("list", "list a container's snapshots, newest first", cmd_list, f"snapd list {cid}", name_arg=False)
+    listing = client("list", "list a container's snapshots, newest first", cmd_list, f"snapd list {cid}",
+                     f"snapd list --wide {cid}", name_arg=False)
+    listing.add_argument("--wide", action="store_true",
+                         help="also show the policy that took each snapshot and its hold")
     create = client("create", "take a snapshot", cmd_create,
                     f"snapd create {cid} --alias before-upgrade --expiry 7", name_arg=False)
     create.add_argument("--alias", help="a label of 1-100 characters")
@@ -487,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("alias", nargs="?", help="the new alias")
     alias.add_argument("--clear", action="store_true", help="remove the alias")
     client("delete", "delete a snapshot", cmd_delete, f"snapd delete {cid} snap-20250110-080000")
+    hold = client("hold", "hold a snapshot: nothing deletes it (expiry, retention, delete) until released",
+                  cmd_hold, f"snapd hold {cid} snap-20250115-103000 --reason pre-upgrade")
+    hold.add_argument("--reason", required=True, help="why it is held (1-200 characters)")
+    client("release", "release a snapshot's hold", cmd_release, f"snapd release {cid} snap-20250115-103000")
 
     def group(name: str, help_: str) -> Any:
         p = sub.add_parser(name, help=help_, description=help_)

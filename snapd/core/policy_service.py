@@ -18,9 +18,13 @@ from snapd.core.clock import iso
 from snapd.core.coverage import Coverage, Covered
 from snapd.core.errors import NotFound
 from snapd.core.policies.plan import ContainerPlan
+from snapd.core.policies.retention import retain
 from snapd.core.policies.spec import PolicySpec, policy_json
 from snapd.core.policy_book import Entry, PolicyBook
+from snapd.core.pruner import snaps
+from snapd.core.records import SnapshotRow
 from snapd.core.scheduler import Scheduler
+from snapd.core.service import Container
 
 MAX_HOURS = 24.0 * 3660
 """The longest plan horizon: ten years."""
@@ -139,16 +143,17 @@ class PolicyService:
         return {"container_id": c.id, "project_id": c.project, "pool": c.pool, "policy": cov.spec.name,
                 "next_snapshots": [iso(t) for t in plan.next_snapshots], "snapshots": snaps}
 
-    async def keep_reasons(self, cid: str, name: str) -> list[str] | None:
-        """What keeps snapshot `name` of `cid` now (the detail route), or None when the
-        container follows no policy (only its own expiry governs its snapshots)."""
-        cov = self.scheduler.covered.get(cid)
-        if cov is None:
-            return None
-        for v in await self.scheduler.pruner.verdicts(cov, self.clock.now()):
-            if v.name == name:
-                return list(v.keep)
-        return None
+    def keep_reasons(self, container: Container, rows: list[SnapshotRow]) -> dict[str, list[str]]:
+        """Snapshot name -> what keeps it now, for `rows` of `container` (the detail routes):
+        retain() over the container's snapshots, as the pruner runs it (with the pool's
+        free space as last read)."""
+        cov = self.scheduler.covered.get(container.id)
+        spec = cov.spec if cov is not None and cov.container.pool == container.pool else None
+        wanted = {r.name for r in rows}
+        view = snaps(self.scheduler.service.snapshots(container.id), container.pool)
+        space = self.scheduler.pruner.last_space.get(container.pool) if spec is not None else None
+        return {v.name: list(v.keep) for v in retain(view, spec, self.clock.now(), space=space)
+                if v.name in wanted}
 
 
 def _moves(before: dict[str, Covered], after: dict[str, Covered]) -> list[dict[str, Any]]:

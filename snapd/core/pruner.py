@@ -84,6 +84,8 @@ class Pruner:
         self.failures: dict[tuple[str, str], str] = {}
         """(container, snapshot) -> why its delete failed (retried at the next look)."""
         self.passes = 0
+        self.last_space: dict[str, Space] = {}
+        """Pool -> its free and total bytes as last read (for min_free)."""
         self._idle = asyncio.Event()
 
     # -- the computation (one for the pruner and the plan) ------------------------------
@@ -98,7 +100,10 @@ class Pruner:
         except Exception as exc:  # unknown space: the rule cannot act, the others still do
             log.warning("cannot read the free space of pool %s: %s", backend.pool_id, exc)
             return None
-        return None if free is None or total is None else Space(free, total)
+        if free is None or total is None:
+            return None
+        space = self.last_space[backend.pool_id] = Space(free, total)
+        return space
 
     async def verdicts(self, cov: Covered, now: float) -> list[Verdict]:
         """retain() for the container's snapshots at `now`."""
