@@ -502,6 +502,8 @@ class Daemon:
                 "failing": len(self.reaper.failures),
                 "next_expiry": iso(self.service.next_expiry()),  # type: ignore[union-attr]
             },
+            "policies": [{"name": e["name"], "source": e["source"], **e["status"]} for e in self.policies.list()],
+            "scheduler": self.scheduler.lag_summary(),
             "log": {"level": self.cfg.log_level, "format": self.cfg.log_format},
             "watchdog_interval_s": self.watchdog.interval,
             "last_errors": list(self.errors.records),

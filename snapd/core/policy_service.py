@@ -66,7 +66,8 @@ class PolicyService:
 
     # -- changing ----------------------------------------------------------------------
 
-    async def put(self, name: str, data: Mapping[str, object], dry_run: bool = False) -> dict[str, Any]:
+    async def put(self, name: str, data: Mapping[str, object], dry_run: bool = False,
+                  hours: float = 24.0) -> dict[str, Any]:
         """Set policy `name` through the API (or, with `dry_run`, say what that would do
         and change nothing): the policy, the containers it moves, and on a dry run the
         plan of every container whose policy changes."""
@@ -80,7 +81,7 @@ class PolicyService:
         if dry_run:
             changed = [c for cid, c in after.items() if cid in moves or c.spec.name == name]
             return {"dry_run": True, "created": not existed, "policy": self._would_be(spec), "moves": moves,
-                    "plan": await self.plan_json(changed, 24.0)}
+                    "plan": await self.plan_json(changed, hours)}
         entry = self.book.put(spec)
         return {"dry_run": False, "created": not existed, "policy": self.entry_json(entry), "moves": moves,
                 "plan": None}
@@ -119,7 +120,9 @@ class PolicyService:
         out = []
         began = time.monotonic()
         for cov in covered:
-            out.append(self._container_plan(cov, await self.scheduler.pruner.plan(cov, now, hours)))
+            offset, last_slot = self.scheduler.position(cov)
+            plan = await self.scheduler.pruner.plan(cov, now, hours, offset, last_slot)
+            out.append(self._container_plan(cov, plan))
             if time.monotonic() - began > SLICE:
                 await asyncio.sleep(0)
                 began = time.monotonic()

@@ -23,11 +23,11 @@ request waits more than a few tens of milliseconds behind a pass.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable
-from zoneinfo import ZoneInfo
 
 from snapd.core.clock import Clock
 from snapd.core.coverage import Covered
@@ -113,13 +113,15 @@ class Pruner:
             return await asyncio.to_thread(retain, view, cov.spec, now, space=space)
         return retain(view, cov.spec, now, space=space)
 
-    async def plan(self, cov: Covered, now: float, hours: float) -> ContainerPlan:
-        """plan_container() for the container's snapshots: what retain() will say as time passes."""
+    async def plan(self, cov: Covered, now: float, hours: float, offset: float,
+                   last_slot: float | None) -> ContainerPlan:
+        """plan_container() for the container's snapshots: what retain() says now, and again
+        after each planned snapshot (`offset`: its jitter; `last_slot`: the slot last taken)."""
         view = snaps(self.service.snapshots(cov.container.id), cov.container.pool)
-        tz = ZoneInfo(cov.spec.timezone)
-        if len(view) >= THREAD_AT:
-            return await asyncio.to_thread(plan_container, view, cov.spec, now, hours, tz)
-        return plan_container(view, cov.spec, now, hours, tz)
+        space = await self.space(cov)
+        call = functools.partial(plan_container, view, cov.spec, now, hours, cov.spec.tz, offset=offset,
+                                 last_slot=last_slot, space=space)
+        return await asyncio.to_thread(call) if len(view) >= THREAD_AT else call()
 
     # -- the task ----------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 from snapd.core.clock import Clock, iso
 from snapd.core.coverage import Coverage, Covered
@@ -187,7 +186,7 @@ class Scheduler:
             st = self.state.get((spec.name, cid))
             newest = self._newest.pop((spec.name, cid), None)
             if st is None or newest is not None:
-                tz, offset = _zone(spec), self.offset(spec, cid)
+                tz, offset = spec.tz, self.offset(spec, cid)
                 # new under this policy: wait for its next slot; else the slot of its newest snapshot
                 mark = spec.schedule.latest((now if st is None else newest) - offset, tz)
                 if st is None:
@@ -210,8 +209,18 @@ class Scheduler:
     def offset(self, spec: PolicySpec, cid: str) -> float:
         return jitter_offset(spec.name, cid, spec.jitter)
 
+    def position(self, cov: Covered) -> tuple[float, float | None]:
+        """A container's jitter offset under its policy and the slot it last took (for the
+        plan; a container new under the policy waits for the next slot, as _rebuild seeds it)."""
+        spec, cid = cov.spec, cov.container.id
+        offset = self.offset(spec, cid)
+        st = self.state.get((spec.name, cid))
+        if st is None:
+            return offset, spec.schedule.latest(self.clock.now() - offset, spec.tz)
+        return offset, st.last_slot
+
     def _next_look(self, spec: PolicySpec, cid: str, st: Slot, now: float) -> float:
-        planned = next_planned(spec.schedule, _zone(spec), self.offset(spec, cid), st.last_slot, now)
+        planned = next_planned(spec.schedule, spec.tz, self.offset(spec, cid), st.last_slot, now)
         if st.retry_at is not None and planned <= now:
             return max(planned, st.retry_at)
         return planned
@@ -229,7 +238,7 @@ class Scheduler:
                 continue
             spec, st = cov.spec, self.state[(policy, cid)]
             offset = self.offset(spec, cid)
-            slot = due_slot(spec.schedule, _zone(spec), offset, st.last_slot, now)
+            slot = due_slot(spec.schedule, spec.tz, offset, st.last_slot, now)
             if slot is None or (st.retry_at is not None and now < st.retry_at):
                 heapq.heappush(self._heap, (self._next_look(spec, cid, st, now), cid, policy))
                 continue
@@ -330,16 +339,6 @@ class Scheduler:
             "failed": self.failed[name],
             "failing": [{"container_id": cid, "error": err} for _, cid, err in errors[:20]],
         }
-
-
-_ZONES: dict[str, ZoneInfo] = {}
-
-
-def _zone(spec: PolicySpec) -> ZoneInfo:
-    zone = _ZONES.get(spec.timezone)
-    if zone is None:
-        zone = _ZONES[spec.timezone] = ZoneInfo(spec.timezone)
-    return zone
 
 
 def _ms(ts: float | None) -> int | None:

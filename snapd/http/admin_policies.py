@@ -106,7 +106,7 @@ async def put_policy(request: web.Request) -> web.Response:
     except InvalidInput as exc:
         raise ApiError(400, "Invalid request payload", exc.details) from None
     try:
-        result = await service.put(name, body, dry_run=dry_run)
+        result = await service.put(name, body, dry_run=dry_run, hours=_hours(request))
     except PolicyError as exc:
         raise _policy_error(exc) from None
     except FileOwned as exc:

@@ -334,6 +334,13 @@ SCHEMAS["ReaperStatus"] = _object({
     "failing": {"type": "integer", "minimum": 0},
     "next_expiry": NULLABLE_TIMESTAMP,
 })
+SCHEMAS["SchedulerStatus"] = _object({
+    "snapshots": {"type": "integer", "minimum": 0, "description": "Scheduled snapshots started since the start."},
+    "lag_p50_s": {"type": ["number", "null"], "minimum": 0,
+                  "description": "Median seconds from planned instant to start (recent snapshots)."},
+    "lag_p99_s": {"type": ["number", "null"], "minimum": 0},
+    "lag_max_s": {"type": ["number", "null"], "minimum": 0},
+})
 SCHEMAS["LogSettings"] = _object({
     "level": {"enum": ["debug", "info", "warning", "error"]},
     "format": {"enum": ["kv", "json"]},
@@ -353,6 +360,9 @@ SCHEMAS["Status"] = _object({
     "inflight": {"type": "integer", "minimum": 0},
     "listeners": {"type": "array", "items": {"type": "string"}},
     "reaper": _ref("ReaperStatus"),
+    "policies": {"type": "array", "items": _ref("PolicyStatus"),
+                 "description": "Every policy with its last run and next snapshot."},
+    "scheduler": _ref("SchedulerStatus"),
     "log": _ref("LogSettings"),
     "watchdog_interval_s": {"type": ["number", "null"]},
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
@@ -558,6 +568,8 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
+    from snapd.http import openapi_policies  # its schemas build on this module's helpers
+
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
     return {
@@ -568,7 +580,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": TAGS,
+        "tags": [*TAGS, openapi_policies.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -634,6 +646,7 @@ def _document() -> dict[str, Any]:
             },
             f"{ADMIN}/reconcile": _reconcile_path(),
             f"{ADMIN}/expiry": _expiry_path(),
+            **openapi_policies.policy_paths(),
             f"{ADMIN}/status": {
                 "get": _op("getStatus", "admin",
                            "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
