@@ -16,6 +16,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from snapd.http.admin import TOKEN_ID
+from snapd.http.admin_policies import POLICY_NAME
 from snapd.http.openapi import openapi_document
 from snapd.http.validation import CONTAINER_ID, SNAPSHOT_NAME
 
@@ -45,6 +46,11 @@ OPERATION_IDS = {
     (f"{ADMIN}/reconcile", "post"): "reconcilePools",
     (f"{ADMIN}/expiry", "get"): "getExpiryPlan",
     (f"{ADMIN}/status", "get"): "getStatus",
+    (f"{ADMIN}/policies", "get"): "listPolicies",
+    (f"{ADMIN}/policies/plan", "get"): "getPolicyPlan",
+    (f"{ADMIN}/policies/{{policy}}", "get"): "getPolicy",
+    (f"{ADMIN}/policies/{{policy}}", "put"): "putPolicy",
+    (f"{ADMIN}/policies/{{policy}}", "delete"): "deletePolicy",
     ("/metrics", "get"): "getMetrics",
     ("/api/v1/openapi.json", "get"): "getOpenApiDocument",
 }
@@ -61,7 +67,7 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
     validate(doc)  # openapi-spec-validator: raises on any violation of OpenAPI 3.1
     assert {(p, m): op.get("operationId") for p, m, op in _operations(doc)} == OPERATION_IDS
     tags = {t["name"] for t in doc["tags"]}
-    assert tags == {"snapshots", "holds", "admin", "meta"}
+    assert tags == {"snapshots", "holds", "admin", "policies", "meta"}
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert "SO_PEERCRED" in scheme["description"]  # what OpenAPI cannot express is said in words
@@ -69,17 +75,17 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
         assert len(op["tags"]) == 1 and op["tags"][0] in tags, (path, method)
         assert op["security"] == [{"bearerAuth": []}], (path, method)
         assert "401" in op["responses"], (path, method)
-    assert {t for p, m, o in _operations(doc) if p.startswith(ADMIN) for t in o["tags"]} == {"admin"}
+    assert {t for p, m, o in _operations(doc) if p.startswith(ADMIN) for t in o["tags"]} == {"admin", "policies"}
 
 
 SAMPLES = ["507f1f77bcf86cd799439011", "507F1F77BCF86CD799439011", "507f1f77bcf86cd79943901",
            "507f1f77bcf86cd7994390111", "507f1f77bcf86cd79943901g", "3f9a1c0d2b7e", "3F9A1C0D2B7E",
            "snap-20250115-103000", "snap-20250115-103000-2", "a", "a" * 128, "a" * 129, ".hidden", "-x",
-           "..", "a/b", "a b", "a\n", "é", ""]
+           "..", "a/b", "a b", "a\n", "é", "", "hourly", "plan", "plans", "x" * 63, "x" * 64, "a_b", "A"]
 
 
 @pytest.mark.parametrize("name, server_regex", [
-    ("id", CONTAINER_ID), ("name", SNAPSHOT_NAME), ("token_id", TOKEN_ID),
+    ("id", CONTAINER_ID), ("name", SNAPSHOT_NAME), ("token_id", TOKEN_ID), ("policy", POLICY_NAME),
 ])
 def test_path_parameters_carry_the_servers_own_patterns(name: str, server_regex: re.Pattern[str]) -> None:
     seen = 0

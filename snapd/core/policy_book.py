@@ -18,10 +18,13 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from snapd.core.clock import Clock
 from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy, policy_json
-from snapd.core.store import Store
+
+if TYPE_CHECKING:
+    from snapd.core.store import Store
 
 log = logging.getLogger("snapd.policies")
 

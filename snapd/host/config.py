@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
+from snapd.core.policy_book import RESERVED
 from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, PoolPolicy, Reserve
 
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
@@ -261,6 +262,9 @@ def parse_policies(tables: dict[str, Any], source: str) -> dict[str, PolicySpec]
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {policy_key(name)}: must be a table ([{policy_key(name)}])")
+        if name in RESERVED:
+            raise ConfigError(f"{source}: {policy_key(name)}: the name {name!r} is reserved "
+                              "(GET /api/v1/admin/policies/plan is the plan)")
         try:
             out[name] = parse_policy(name, table, "file")
         except PolicyError as exc:

@@ -4,11 +4,11 @@
     GET    /api/v1/admin/policies/plan?hours=N[&container=ID]
                                                     per container under a policy: next snapshots and,
                                                     per snapshot, what keeps it or when and why it goes
-    GET    /api/v1/admin/policies/{name}            one policy
-    PUT    /api/v1/admin/policies/{name}[?dry_run=true]
+    GET    /api/v1/admin/policies/{policy}          one policy
+    PUT    /api/v1/admin/policies/{policy}[?dry_run=true[&hours=N]]
                                                     set it (the body is the policy, the config file's
                                                     keys); a dry run returns the plan and changes nothing
-    DELETE /api/v1/admin/policies/{name}            forget it (its snapshots stay)
+    DELETE /api/v1/admin/policies/{policy}          forget it (its snapshots stay)
 
 A bad body is a 400 whose `details` name the key (`keep.hourly`); a policy of
 the config file is read-only here (409 naming the file).
@@ -17,19 +17,23 @@ the config file is read-only here (409 naming the file).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from aiohttp import web
 
 from snapd.core.errors import NotFound
 from snapd.core.policies.spec import KEYS, NAME, PolicyError
-from snapd.core.policy_book import FileOwned
+from snapd.core.policy_book import RESERVED, FileOwned
 from snapd.core.policy_service import MAX_HOURS, PolicyService
 from snapd.http.auth import require_admin
 from snapd.http.envelope import ApiError, ok, read_body
 from snapd.http.validation import CONTAINER_ID, InvalidInput, parse_body
 
 POLICIES_KEY = web.AppKey("policies", PolicyService)
+POLICY_NAME_RULE = "^[a-z0-9][a-z0-9_-]{0,62}$"
+POLICY_NAME = re.compile("(?!(?:" + "|".join(RESERVED) + r")\Z)" + NAME.pattern)
+"""A policy name in a path: spec.NAME, and not a reserved one (`plan` is the plan route)."""
 ROUTE = "/api/v1/admin/policies"
 DEFAULT_HOURS = 24.0
 
@@ -43,10 +47,11 @@ def _policies(request: web.Request) -> PolicyService:
 
 
 def _name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not NAME.fullmatch(name):
+    name = request.match_info["policy"]
+    if not POLICY_NAME.fullmatch(name):
         raise ApiError(400, "Invalid policy name",
-                       [{"field": "name", "reason": "must match ^[a-z0-9][a-z0-9_-]{0,62}$", "value": name[:80]}])
+                       [{"field": "policy", "reason": f"must match {POLICY_NAME_RULE}"
+                                                     f" ({', '.join(RESERVED)}: reserved)", "value": name[:80]}])
     return name
 
 
@@ -145,7 +150,7 @@ async def policy_plan(request: web.Request) -> web.Response:
 
 def add_policy_routes(app: web.Application) -> None:
     app.router.add_get(ROUTE, list_policies, allow_head=False)
-    app.router.add_get(f"{ROUTE}/plan", policy_plan, allow_head=False)  # before {name}: "plan" is a name
-    app.router.add_get(f"{ROUTE}/{{name}}", get_policy, allow_head=False)
-    app.router.add_put(f"{ROUTE}/{{name}}", put_policy)
-    app.router.add_delete(f"{ROUTE}/{{name}}", delete_policy)
+    app.router.add_get(f"{ROUTE}/plan", policy_plan, allow_head=False)  # before {policy}: "plan" is no policy's name
+    app.router.add_get(f"{ROUTE}/{{policy}}", get_policy, allow_head=False)
+    app.router.add_put(f"{ROUTE}/{{policy}}", put_policy)
+    app.router.add_delete(f"{ROUTE}/{{policy}}", delete_policy)

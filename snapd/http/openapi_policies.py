@@ -31,6 +31,7 @@ from snapd.http.openapi import (
 TAG = {"name": "policies", "description": "Snapshot policies (admin only): schedules, tiered retention, and the "
                                           "plan that says why each snapshot stays or when it goes."}
 NAME_PATTERN = "^(?!(?:" + "|".join(RESERVED) + ")$)[a-z0-9][a-z0-9_-]{0,62}$"
+"""admin_policies.POLICY_NAME, in ECMA-262 terms."""
 MAX_SECONDS = 100 * 366 * 86400
 DURATION = r"^\s*[0-9]{1,9}[smhdw]\s*$"
 BUCKETS = ("hourly", "daily", "weekly", "monthly", "yearly")
@@ -63,10 +64,7 @@ BODY_PROPERTIES: dict[str, Any] = {
                    "description": "`container:<id>`, `project:<label>`, `pool:<backend>:<root>`; the most "
                                   "specific policy wins (container over project over pool)."},
     "keep_last": _count("Always keep this policy's newest N snapshots (default 0)."),
-    "keep": {"type": "object", "additionalProperties": False,
-             "properties": {b: _count(f"Keep the newest snapshot of each of the last N {b} periods.")
-                            for b in BUCKETS},
-             "description": "The grid, in the policy's zone."},
+    "keep": _ref("PolicyGridBody"),
     "max_age": {"anyOf": [_duration("Never keep one of this policy's snapshots longer", 1), {"type": "null"}]},
     "alias": {"type": ["string", "null"], "minLength": 1,
               "description": "Alias template: `{policy}`, `{container}`, `{time}` (the slot, in the zone)."},
@@ -81,6 +79,10 @@ assert set(BODY_PROPERTIES) == set(KEYS)
 
 
 def _schemas() -> None:
+    SCHEMAS["PolicyGridBody"] = {
+        "type": "object", "additionalProperties": False,
+        "properties": {b: _count(f"Keep the newest snapshot of each of the last N {b} periods.") for b in BUCKETS},
+        "description": "The grid, read in the policy's zone (buckets left out: 0)."}
     SCHEMAS["PolicyBody"] = {"type": "object", "additionalProperties": False, "required": ["schedule", "applies_to"],
                              "properties": BODY_PROPERTIES,
                              "description": "A policy: the keys of a `[policies.NAME]` table of the config file."}
@@ -159,7 +161,7 @@ def _schemas() -> None:
     SCHEMAS["PolicyPlanResponse"] = _envelope("Policy plan retrieved successfully", "PolicyPlan")
 
 
-NAME_PARAM = {"name": "name", "in": "path", "required": True, "description": "Policy name",
+NAME_PARAM = {"name": "policy", "in": "path", "required": True, "description": "Policy name",
               "schema": {"type": "string", "pattern": NAME_PATTERN}, "example": "hourly"}
 
 
@@ -196,7 +198,7 @@ def policy_paths() -> dict[str, Any]:
                     {"name": "container", "in": "query", "required": False,
                      "description": "Only this container (404 when it follows no policy)",
                      "schema": {"type": "string", "pattern": CONTAINER_ID_PATTERN}}])},
-        f"{ROUTE}/{{name}}": {
+        f"{ROUTE}/{{policy}}": {
             "get": op("getPolicy", "One policy (admin)", "PolicyResponse", [400, 404], params=[NAME_PARAM]),
             "put": put,
             "delete": op("deletePolicy", "Forget a policy set through the API; its snapshots stay (admin)",
