@@ -42,6 +42,7 @@ measures the pool again before the next).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from datetime import datetime
 from typing import Mapping, Sequence
 from zoneinfo import ZoneInfo
@@ -86,6 +87,12 @@ Keys = tuple[int, int, int, int, int]
 """A snapshot's (hour, day, ISO week, month, year) periods, as comparable ints."""
 
 
+CACHE = 1 << 16
+"""Entries of the period and reason caches: a pruner pass over a host's snapshots asks again
+for the same instants (a container's kept snapshots, the plan's steps)."""
+
+
+@lru_cache(maxsize=CACHE)
 def period_keys(t: float, tz: ZoneInfo) -> Keys:
     """The periods instant `t` falls in, read in zone `tz`."""
     dt = datetime.fromtimestamp(t, tz)
@@ -121,6 +128,7 @@ def select(order: Sequence[int], keys: Mapping[int, Keys], keep_last: int, grid:
     return kept
 
 
+@lru_cache(maxsize=CACHE)
 def describe(rule: int, t: float, tz: ZoneInfo) -> str:
     """The reason rule `rule` gives for keeping the snapshot taken at `t`."""
     if rule == 0:
