@@ -480,7 +480,8 @@ class SnapshotService:
             faults.point("service.create.journaled")
             try:
                 facts = await self._run("create", container.backend, cid, name,
-                                        container.backend.create(cid, name, alias, expires_at, created_at=now))
+                                        container.backend.create(cid, name, alias, expires_at, created_at=now,
+                                                                                 policy=policy))
             except BaseException:
                 self._journal_failed(jid)
                 raise
