@@ -263,7 +263,7 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
         except FileNotFoundError:
             return []
 
-    def _create(self, cid: str, name: str, policy: str | None) -> SnapshotFacts:
+    def _create(self, cid: str, name: str, policy: str | None = None) -> SnapshotFacts:
         if not fsops.is_real_dir(self._container(cid)):
             raise ContainerNotFound(cid)
         final = self._snapshot(cid, name)
