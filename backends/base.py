@@ -66,6 +66,11 @@ class SnapshotFacts:
     """Expiry mirrored on disk, for backends that mirror metadata (else None)."""
     mirrored: bool = False
     """True when alias/expires_at above were read from on-disk metadata."""
+    policy: str | None = None
+    """The policy that took it, as recorded on disk (None: by request, or not recorded)."""
+    hold_reason: str | None = None
+    """Its hold as recorded on disk (None: not held)."""
+    hold_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,13 +220,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def create(
         self, cid: str, name: str, alias: str | None, expires_at: float | None,
-        created_at: float | None = None,
+        created_at: float | None = None, *, policy: str | None = None,
     ) -> SnapshotFacts:
         """Take snapshot `name` of container `cid`, atomically: all or nothing.
 
         `alias`, `expires_at` and `created_at` (the time the service records)
         are passed so backends that mirror metadata on disk can write it in
-        the same step.
+        the same step; `policy` (the policy taking it, None: by request) is
+        recorded on disk by every backend, so a rebuilt store keeps it.
         """
 
     @abc.abstractmethod

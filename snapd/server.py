@@ -487,7 +487,8 @@ class Daemon:
                           "snapshots": count, "bytes": held,
                           "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),
                                      "max_snapshots_per_container": policy.max_snapshots_per_container,
-                                     "max_snapshots_per_project": policy.max_snapshots_per_project},
+                                     "max_snapshots_per_project": policy.max_snapshots_per_project,
+                                     "manual_expiry": policy.manual_expiry},
                           })
         return {
             "version": __version__,

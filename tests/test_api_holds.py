@@ -3,6 +3,8 @@ errors, and the reference's routes left exactly as they were."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .client import snaps
@@ -148,7 +150,7 @@ def test_on_zfs_a_hold_is_a_zfs_hold(daemon: DaemonProcess, container: str, pool
     """The hold is ZFS's own too: `zfs holds` lists the daemon's tag and `zfs destroy` refuses."""
     if pool.kind != "zfs":
         pytest.skip("zfs holds exist on ZFS only")
-    from backends.zfs import HOLD_TAG
+    from backends.zfs import HOLD_PROPERTY, HOLD_TAG
 
     from .harness.zfs import _run
 
@@ -157,8 +159,11 @@ def test_on_zfs_a_hold_is_a_zfs_hold(daemon: DaemonProcess, container: str, pool
     assert daemon.unix.request("PUT", snaps(container, snap["name"], "/hold"), {"reason": "r"}).status == 200
     assert HOLD_TAG in _run("zfs", "holds", "-H", ref).stdout
     assert _run("zfs", "destroy", ref, check=False).returncode != 0
+    recorded = pool.props([ref], HOLD_PROPERTY)[ref][HOLD_PROPERTY]  # type: ignore[attr-defined]
+    assert json.loads(recorded)["reason"] == "r" and recorded.isascii()
     again = daemon.unix.request("PUT", snaps(container, snap["name"], "/hold"), {"reason": "another"})
     assert again.status == 200  # the tag is there already: no error
     assert daemon.unix.delete(snaps(container, snap["name"], "/hold")).status == 200
     assert HOLD_TAG not in _run("zfs", "holds", "-H", ref).stdout
+    assert pool.props([ref], HOLD_PROPERTY)[ref][HOLD_PROPERTY] == "-"  # type: ignore[attr-defined]
     assert daemon.unix.delete(snaps(container, snap["name"])).status == 200

@@ -335,7 +335,8 @@ def _limits_text(limits: dict) -> str:
 
     return (f"reserve {limits['reserve']}, inode reserve {limits['reserve_inodes']}; snapshots "
             f"per container {most(limits['max_snapshots_per_container'])}, "
-            f"per project {most(limits['max_snapshots_per_project'])}")
+            f"per project {most(limits['max_snapshots_per_project'])}; snapshots made by request expire "
+            + (f"after {limits['manual_expiry']:g} days" if limits["manual_expiry"] else "never"))
 
 
 def _status_text(d: dict) -> str:

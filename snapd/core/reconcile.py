@@ -2,7 +2,8 @@
 
 Runs at start-up (before listening).  A snapshot on disk that the store
 does not know is adopted, with alias and expiry from metadata mirrored on
-disk where the backend keeps it; a row whose snapshot is gone is removed;
+disk where the backend keeps it, and with the policy that took it and its
+hold (every backend records those on disk); a row whose snapshot is gone is removed;
 a ref that moved is updated; a container's name mark (snapd/core/names.py)
 is raised to the greater of the mark kept on disk and the names on disk, so
 a store rebuilt from the pools never gives a name twice.  Every action is
@@ -51,6 +52,9 @@ def _adopted(pool: str, cid: str, facts: SnapshotFacts) -> SnapshotRow:
         expires_at=facts.expires_at if facts.mirrored else None,
         size=facts.size,
         ref=facts.ref,
+        policy=facts.policy,
+        hold_reason=facts.hold_reason,
+        hold_since=None if facts.hold_since is None else round(facts.hold_since * 1000) / 1000,
     )
 
 

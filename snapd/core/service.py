@@ -483,16 +483,18 @@ class SnapshotService:
 
     async def create(
         self, cid: str, alias: str | None = None, expiry: float | None = None, guard: Guard | None = None,
-        *, policy: str | None = None, freeze: bool | None = None,
+        *, policy: str | None = None, freeze: bool | None = None, manual_default: bool = False,
     ) -> tuple[Container, SnapshotRow]:
-        """Take a snapshot of `cid`; `expiry` in days (None: none).  `policy` names the
-        policy taking it (None: by request); `freeze` overrides the pool's freeze setting."""
+        """Take a snapshot of `cid`; `expiry` in days (None: none; with `manual_default`,
+        the pool's manual_expiry).  `policy` names the policy taking it (None: by
+        request); `freeze` overrides the pool's freeze setting."""
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
             await self._check_room(container)  # no await from here to the journal intent
             now = self.clock.now()
             name = self._new_name(cid, now)
-            expires_at = now + expiry * DAY if expiry is not None else None
+            days = self.policy(container.backend).manual_expiry if expiry is None and manual_default else expiry
+            expires_at = now + days * DAY if days is not None else None
             with self.store.transaction():  # the name is spent once the intent is recorded
                 jid = self._journal("create", container, cid, name,
                                     {"alias": alias, "expires_at": expires_at, "created_at": now,
@@ -501,7 +503,8 @@ class SnapshotService:
             faults.point("service.create.journaled")
             try:
                 facts = await self._run("create", container.backend, cid, name,
-                                        container.backend.create(cid, name, alias, expires_at, created_at=now))
+                                        container.backend.create(cid, name, alias, expires_at, created_at=now,
+                                                                                 policy=policy))
             except BaseException:
                 self._journal_failed(jid)
                 raise

@@ -15,7 +15,7 @@ from typing import Any
 
 from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
 from snapd.core.policy_book import RESERVED
-from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, PoolPolicy, Reserve
+from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, MAX_EXPIRY_DAYS, PoolPolicy, Reserve
 
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
@@ -87,6 +87,13 @@ def parse_reserve(value: object, where: str, unit: str = "bytes") -> Reserve:
     return Reserve(amount, fraction, unit)
 
 
+def parse_manual_expiry(value: object, where: str) -> float | None:
+    """Days (fractions allowed) up to MAX_EXPIRY_DAYS; 0 turns it off (None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_EXPIRY_DAYS:
+        raise ConfigError(f"{where}: must be a number of days from 0 (off) to {MAX_EXPIRY_DAYS}")
+    return float(value) or None
+
+
 def parse_limit(value: object, where: str) -> int:
     """A snapshot count limit: a whole number, 0 for none."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -142,10 +149,12 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "reserve_inodes": (int, str),
     "max_snapshots_per_container": int,
     "max_snapshots_per_project": int,
+    "manual_expiry": (int, float),
     "pool_options": dict,
     "policies": dict,
 }
-LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project")
+LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project",
+              "manual_expiry")
 """Keys set globally and overridable per pool."""
 POOL_OPTION_KEYS = (*LIMIT_KEYS, "pre_restore", "post_restore", "hook_timeout", "layout")
 POOL_LAYOUTS = ("auto", "overlay", "whole")
@@ -294,6 +303,8 @@ def _limits(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolicy:
     for key in ("max_snapshots_per_container", "max_snapshots_per_project"):
         if key in values:
             changes[key] = parse_limit(values[key], f"{where}{key}")
+    if "manual_expiry" in values:
+        changes["manual_expiry"] = parse_manual_expiry(values["manual_expiry"], f"{where}manual_expiry")
     return replace(base, **changes)
 
 

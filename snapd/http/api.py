@@ -220,8 +220,9 @@ async def list_snapshots(request: web.Request) -> web.Response:
 @endpoint(CREATE_MSGS, write=True)
 async def create_snapshot(request: web.Request) -> web.Response:
     cid = _cid(request)
-    alias, expiry = parse_create_body(await read_body(request))
-    container, row = await _service(request).create(cid, alias, expiry, request[GUARD])
+    alias, expiry, given = parse_create_body(await read_body(request))
+    container, row = await _service(request).create(cid, alias, expiry, request[GUARD],
+                                                    manual_default=not given)
     return _snapshot_ok("Snapshot created successfully", container, row)
 
 

@@ -154,7 +154,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["number", "null"],
                 "exclusiveMinimum": 0,
                 "maximum": MAX_EXPIRY_DAYS,
-                "description": "Days until the snapshot expires (fractions allowed); absent or null: never.",
+                "description": "Days until the snapshot expires (fractions allowed); null: never; absent: "
+                               "the pool's `manual_expiry` (off unless configured: never).",
             },
         },
     },
@@ -313,7 +314,10 @@ SCHEMAS["PoolLimits"] = _object({
     "reserve": {"type": "string"}, "reserve_inodes": {"type": "string"},
     "max_snapshots_per_container": {"type": "integer", "minimum": 0},
     "max_snapshots_per_project": {"type": "integer", "minimum": 0},
-}, description="What a create must leave free, and snapshot counts (0: no limit).")
+    "manual_expiry": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS,
+                      "description": "Days: the expiry of a snapshot created without `expiry`; null: never."},
+}, description="What a create must leave free, snapshot counts (0: no limit), and the default expiry "
+               "of snapshots made by request.")
 SCHEMAS["PoolStatus"] = _object({
     "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"enum": ["overlay", "btrfs", "zfs"]},
     "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},

@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 from snapd.core.errors import InvalidInput
+from snapd.core.settings import MAX_EXPIRY_DAYS
 from snapd.core.text import describe_char, first_refused
 
 CONTAINER_ID = re.compile(r"[0-9A-Fa-f]{24}")
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 32
-MAX_EXPIRY_DAYS = 36500
 MAX_ALIAS = 100
 MAX_HOLD_REASON = 200
 
@@ -187,9 +187,11 @@ def parse_expiry(value: Any, field: str = "expiry") -> float | None:
     return float(value)
 
 
-def parse_create_body(raw: bytes) -> tuple[str | None, float | None]:
+def parse_create_body(raw: bytes) -> tuple[str | None, float | None, bool]:
+    """(alias, expiry in days, whether `expiry` was given at all: absent, the pool's
+    manual_expiry applies; null, the snapshot never expires)."""
     body = parse_body(raw, {"alias", "expiry"})
-    return parse_alias(body.get("alias"), "payload"), parse_expiry(body.get("expiry"))
+    return parse_alias(body.get("alias"), "payload"), parse_expiry(body.get("expiry")), "expiry" in body
 
 
 def parse_alias_body(raw: bytes) -> str | None:
