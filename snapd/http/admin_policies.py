@@ -148,9 +148,16 @@ async def policy_plan(request: web.Request) -> web.Response:
     return ok("Policy plan retrieved successfully", plan)
 
 
+async def plan_route(request: web.Request) -> web.Response:
+    """`/policies/plan` answers GET only: a PUT or DELETE there is a 405, not a policy named plan."""
+    if request.method != "GET":
+        raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+    return await policy_plan(request)
+
+
 def add_policy_routes(app: web.Application) -> None:
     app.router.add_get(ROUTE, list_policies, allow_head=False)
-    app.router.add_get(f"{ROUTE}/plan", policy_plan, allow_head=False)  # before {policy}: "plan" is no policy's name
+    app.router.add_route("*", f"{ROUTE}/plan", plan_route)  # before {policy}: "plan" is no policy's name
     app.router.add_get(f"{ROUTE}/{{policy}}", get_policy, allow_head=False)
     app.router.add_put(f"{ROUTE}/{{policy}}", put_policy)
     app.router.add_delete(f"{ROUTE}/{{policy}}", delete_policy)

@@ -76,6 +76,10 @@ BODY_PROPERTIES: dict[str, Any] = {
                                                            "pool's setting)."},
 }
 assert set(BODY_PROPERTIES) == set(KEYS)
+EXAMPLE = {"schedule": "0 * * * *", "timezone": "Europe/Berlin", "jitter": "5m",
+           "applies_to": ["container:507f1f77bcf86cd799439011"],
+           "keep_last": 3, "keep": {"hourly": 24, "daily": 7, "weekly": 4, "monthly": 12}, "max_age": "400d",
+           "alias": "auto-{policy}"}
 
 
 def _schemas() -> None:
@@ -85,7 +89,8 @@ def _schemas() -> None:
         "description": "The grid, read in the policy's zone (buckets left out: 0)."}
     SCHEMAS["PolicyBody"] = {"type": "object", "additionalProperties": False, "required": ["schedule", "applies_to"],
                              "properties": BODY_PROPERTIES,
-                             "description": "A policy: the keys of a `[policies.NAME]` table of the config file."}
+                             "description": "A policy: the keys of a `[policies.NAME]` table of the config file.",
+                             "example": EXAMPLE}
     SCHEMAS["Policy"] = _object({
         "schedule": {"type": "string"}, "timezone": {"type": "string"}, "jitter": {"type": "string"},
         "applies_to": {"type": "array", "items": {"type": "string"}},
