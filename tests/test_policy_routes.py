@@ -162,7 +162,6 @@ def test_a_bad_policy_is_a_400_naming_the_key_and_changes_nothing(env: Env, body
 
 @pytest.mark.parametrize("method, path, raw, field", [
     ("PUT", f"{ROUTE}/Hourly", json.dumps(HOURLY).encode(), "policy"),
-    ("PUT", f"{ROUTE}/plan", json.dumps(HOURLY).encode(), "policy"),
     ("GET", f"{ROUTE}/-x", None, "policy"),
     ("PUT", f"{ROUTE}/hourly", b"{not json", "body"),
     ("PUT", f"{ROUTE}/hourly", b"[1]", "body"),
@@ -177,6 +176,13 @@ def test_bad_names_bodies_and_queries_are_400s(env: Env, method: str, path: str,
     r = env.api.request(method, path, raw=raw)
     assert r.status == 400, r.body
     assert [d["field"] for d in r.body["details"]] == [field], r.body
+    assert env.names() == ["nightly"]
+
+
+def test_no_policy_is_named_plan(env: Env) -> None:
+    for method in ("PUT", "DELETE"):
+        r = env.api.request(method, f"{ROUTE}/plan", HOURLY if method == "PUT" else None)
+        assert (r.status, r.headers["allow"]) == (405, "GET"), r.body
     assert env.names() == ["nightly"]
 
 
