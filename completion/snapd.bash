@@ -2,7 +2,7 @@
 # do not edit: python -m snapd.cli.completion > completion/snapd.bash
 # Installed as /usr/share/bash-completion/completions/snapd (bash >= 4.2).
 declare -gA _snapd_subs _snapd_opts _snapd_valopts _snapd_choices
-_snapd_subs[snapd]='serve list create show restore alias delete hold release status reconcile token container expiry'
+_snapd_subs[snapd]='serve list create show restore alias delete hold release status reconcile token container policy expiry'
 _snapd_opts[snapd]='-h --help --version'
 _snapd_valopts[snapd]=''
 _snapd_subs['snapd serve']=''
@@ -64,13 +64,31 @@ _snapd_valopts['snapd container set-project']=--socket
 _snapd_subs['snapd container set-layout']=''
 _snapd_opts['snapd container set-layout']='-h --help --socket --json --clear'
 _snapd_valopts['snapd container set-layout']=--socket
+_snapd_subs['snapd policy']='list show set delete plan'
+_snapd_opts['snapd policy']='-h --help'
+_snapd_valopts['snapd policy']=''
+_snapd_subs['snapd policy list']=''
+_snapd_opts['snapd policy list']='-h --help --socket --json'
+_snapd_valopts['snapd policy list']=--socket
+_snapd_subs['snapd policy show']=''
+_snapd_opts['snapd policy show']='-h --help --socket --json'
+_snapd_valopts['snapd policy show']=--socket
+_snapd_subs['snapd policy set']=''
+_snapd_opts['snapd policy set']='-h --help --socket --json -f --file --dry-run --hours'
+_snapd_valopts['snapd policy set']='--socket -f --file --hours'
+_snapd_subs['snapd policy delete']=''
+_snapd_opts['snapd policy delete']='-h --help --socket --json'
+_snapd_valopts['snapd policy delete']=--socket
+_snapd_subs['snapd policy plan']=''
+_snapd_opts['snapd policy plan']='-h --help --socket --json --hours --container'
+_snapd_valopts['snapd policy plan']='--socket --hours --container'
 _snapd_subs['snapd expiry']=plan
 _snapd_opts['snapd expiry']='-h --help'
 _snapd_valopts['snapd expiry']=''
 _snapd_subs['snapd expiry plan']=''
 _snapd_opts['snapd expiry plan']='-h --help --socket --json --hours --limit'
 _snapd_valopts['snapd expiry plan']='--socket --hours --limit'
-_snapd_files='--config --socket --tls-cert --tls-key'
+_snapd_files='--config --file --socket --tls-cert --tls-key'
 _snapd_dirs='--dev-dir --state-dir'
 _snapd_complete() {
     local cur prev path=snapd w i skip=0

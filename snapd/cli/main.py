@@ -354,12 +354,23 @@ def _status_text(d: dict) -> str:
              "",
              "limits (a create beyond one gets 507):"]
     lines += [f"  {p['pool']}: {_limits_text(p['limits'])}" for p in d["pools"]]
+    if d.get("policies"):
+        from snapd.cli.policy import STATUS_HEADERS, policy_status_rows
+
+        lag = d["scheduler"]
+        lines += ["", f"policies (schedule lag p50 {_seconds(lag['lag_p50_s'])}, p99 {_seconds(lag['lag_p99_s'])}, "
+                      f"max {_seconds(lag['lag_max_s'])} over {lag['snapshots']} snapshots):",
+                  policy_status_rows(d["policies"])]
     if d.get("problems"):
         lines += ["", f"set aside ({len(d['problems'])}; retried at the next start):"]
         lines += [f"  {p['source']}{' ' + p['pool'] if p['pool'] else ''}: {p['problem']}" for p in d["problems"]]
     if d["last_errors"]:
         lines += ["", "last errors:"] + [f"  {e['time']} {e['logger']}: {e['message']}" for e in d["last_errors"]]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -580,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="remove the label (the pool's layout setting decides again)")
     cl.set_defaults(label="layout")
 
+    from snapd.cli import policy  # it builds on this module's helpers
+
+    policy.add_commands(group("policy", "snapshot policies: schedules, retention, the plan (admin only)"), admin_cmd)
+
     expiry = group("expiry", "what the reaper will delete (admin only)")
     ep = admin_cmd(expiry, "plan", "list the snapshots that expire in the next N hours, earliest first "
                    "(overdue ones too)", cmd_expiry_plan, "snapd expiry plan", "snapd expiry plan --hours 168")
@@ -589,5 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:  # `snapd policy set NAME -f FILE KEY=VALUE`: argparse does not intermix positionals
+        if getattr(args, "assignments", None) is None or any(r.startswith("-") for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.assignments += rest
     return args.func(args)

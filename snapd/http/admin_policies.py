@@ -87,7 +87,7 @@ def _policy_error(exc: PolicyError) -> ApiError:
 
 def _file_owned(exc: FileOwned) -> ApiError:
     return ApiError(409, f"Policy {exc.name} is defined in {exc.source}; change it there and reload",
-                    [{"field": "name", "reason": str(exc)}])
+                    [{"field": "policy", "reason": str(exc)}])
 
 
 async def list_policies(request: web.Request) -> web.Response:
