@@ -228,4 +228,6 @@ class Pruner:
                          cid, v.name, spec.name, v.delete_reason)
             elif error is not None:
                 self.failures[(cid, v.name)] = str(error)
+        if gone and any(v.delete_reason == "min_free" for v in doomed):
+            self.request(cid)  # measure the pool again: retain() stops at a snapshot of unknown size
         return gone
