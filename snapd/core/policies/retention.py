@@ -9,7 +9,7 @@ Who is subject to what:
 - the policy's own snapshots follow `expires_at` if set, `max_age`, the
   rules, and `min_free`.
 
-The rules are Proxmox Backup Server's prune rules, evaluated on the policy's
+The rules are Proxmox Backup Server's prune rules (its `mark_selections`), evaluated on the policy's
 snapshots younger than max_age and not expired, newest first, in the order
 keep_last, hourly, daily, weekly, monthly, yearly:
 
@@ -23,7 +23,7 @@ keep_last, hourly, daily, weekly, monthly, yearly:
 - a snapshot no rule keeps is deleted now ("outside grid").
 
 Periods are read in the policy's time zone: an hour (the autumn's repeated
-hour is two periods), a day, an ISO week (Monday to Sunday), a month, a year.
+hour is two periods, where PBS has one), a day, an ISO week (Monday to Sunday), a month, a year.
 Reasons read "keep_last", "hourly 2024-05-01T13" (a repeated hour gets its
 offset: "hourly 2024-10-27T02+01:00"), "daily 2024-05-01", "weekly 2024-W18",
 "monthly 2024-05", "yearly 2024".
