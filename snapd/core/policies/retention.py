@@ -184,16 +184,15 @@ def retain(snaps: Sequence[Snap], spec: PolicySpec | None, now: float, *,
     if spec is None:
         return out  # type: ignore[return-value]
     tz = spec.tz
-    live: list[int] = []
+    limits: dict[int, tuple[float, str] | None] = {}
     for i, v in enumerate(out):
         if v is not None:
             continue
-        limit = time_limit(snaps[i], spec)
+        limit = limits[i] = time_limit(snaps[i], spec)
         if limit is not None and limit[0] <= now:
             out[i] = Verdict(snaps[i].name, (), limit[0], limit[1])
-        else:
-            live.append(i)
-    order = newest_first(snaps, live)
+            del limits[i]
+    order = newest_first(snaps, list(limits))
     keys: dict[int, Keys] = {i: period_keys(snaps[i].created_at, tz) for i in order}
     kept = select(order, keys, spec.keep_last, spec.keep)
     for i in order:
@@ -201,7 +200,7 @@ def retain(snaps: Sequence[Snap], spec: PolicySpec | None, now: float, *,
         if i not in kept:
             out[i] = Verdict(snap.name, (), now, "outside grid")
             continue
-        limit = time_limit(snap, spec)
+        limit = limits[i]
         out[i] = Verdict(snap.name, (describe(kept[i], snap.created_at, tz),),
                          None if limit is None else limit[0], None if limit is None else limit[1])
     if space is not None and spec.min_free is not None:

@@ -82,6 +82,8 @@ class MinFree:
 
 @dataclass(frozen=True)
 class PolicySpec:
+    """One policy, parsed; `source` is "file" (read-only through the API) or "api"."""
+
     name: str
     schedule: Schedule
     timezone: str
@@ -97,6 +99,7 @@ class PolicySpec:
 
     @property
     def tz(self) -> ZoneInfo:
+        """The zone cron and the retention periods are read in."""
         return ZoneInfo(self.timezone)
 
 
@@ -274,9 +277,10 @@ def _target(item: object, key: str) -> Target:
         return Target(kind, rest)
     if kind == "pool":
         backend, sep, root = rest.partition(":")
-        if backend in POOL_BACKENDS and sep and root and first_refused(root) is None and "\0" not in root:
+        if backend in POOL_BACKENDS and sep and root and first_refused(root) is None:
+            # as the config names a pool (symlinks are the config's to resolve)
             root = posixpath.normpath(root) if root.startswith("/") else root.strip("/")
-            if root and root not in (".", "//"):
+            if root and root != ".":
                 return Target(kind, f"{backend}:{root}")
     raise PolicyError(key, "must be 'container:<24 hex digits>', 'project:<name>' or "
                            f"'pool:<{'|'.join(POOL_BACKENDS)}>:<root>'")
