@@ -139,7 +139,8 @@ def parse_policy(name: str, data: Mapping[str, object], source: str) -> PolicySp
         name=name, schedule=schedule, timezone=timezone, jitter=float(jitter),
         applies_to=_targets(data["applies_to"]), keep_last=keep_last, keep=keep,
         max_age=None if max_age is None else float(_duration(max_age, "max_age")),
-        alias=None if alias is None else _alias(alias, name), min_free=None if min_free is None else _min_free(min_free),
+        alias=None if alias is None else _alias(alias, name),
+        min_free=None if min_free is None else _min_free(min_free),
         freeze=freeze, source=source)
 
 
@@ -155,7 +156,8 @@ def policy_json(spec: PolicySpec) -> dict:
         "keep": asdict(spec.keep),
         "max_age": None if spec.max_age is None else format_duration(spec.max_age),
         "alias": spec.alias,
-        "min_free": None if mf is None else (f"{mf.percent:g}%" if mf.percent is not None else mf.bytes),
+        "min_free": None if mf is None else (
+            f"{repr(mf.percent).removesuffix('.0')}%" if mf.percent is not None else mf.bytes),
         "freeze": spec.freeze,
     }
 
