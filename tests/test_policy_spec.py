@@ -55,6 +55,8 @@ def test_defaults() -> None:
     policy(schedule="every 2s", keep_last=0, keep={"daily": 1}, min_free=12345, freeze=False),
     policy(schedule="*/5  1-3 * * MON", alias="{container}@{time}", timezone="America/New_York"),
     policy(applies_to=["pool:zfs:tank/containers/", "pool:overlay:/srv//c/"], jitter=0),
+    policy(min_free="12.345%"),
+    policy(min_free="0.1%"),
 ])
 def test_json_form_round_trips(data: dict) -> None:
     spec = parse_policy("p-1", data, "api")

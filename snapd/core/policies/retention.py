@@ -9,7 +9,7 @@ Who is subject to what:
 - the policy's own snapshots follow `expires_at` if set, `max_age`, the
   rules, and `min_free`.
 
-The rules are Proxmox Backup Server's prune rules, evaluated on the policy's
+The rules are Proxmox Backup Server's prune rules (its `mark_selections`), evaluated on the policy's
 snapshots younger than max_age and not expired, newest first, in the order
 keep_last, hourly, daily, weekly, monthly, yearly:
 
@@ -23,7 +23,7 @@ keep_last, hourly, daily, weekly, monthly, yearly:
 - a snapshot no rule keeps is deleted now ("outside grid").
 
 Periods are read in the policy's time zone: an hour (the autumn's repeated
-hour is two periods), a day, an ISO week (Monday to Sunday), a month, a year.
+hour is two periods, where PBS has one), a day, an ISO week (Monday to Sunday), a month, a year.
 Reasons read "keep_last", "hourly 2024-05-01T13" (a repeated hour gets its
 offset: "hourly 2024-10-27T02+01:00"), "daily 2024-05-01", "weekly 2024-W18",
 "monthly 2024-05", "yearly 2024".
@@ -184,16 +184,15 @@ def retain(snaps: Sequence[Snap], spec: PolicySpec | None, now: float, *,
     if spec is None:
         return out  # type: ignore[return-value]
     tz = spec.tz
-    live: list[int] = []
+    limits: dict[int, tuple[float, str] | None] = {}
     for i, v in enumerate(out):
         if v is not None:
             continue
-        limit = time_limit(snaps[i], spec)
+        limit = limits[i] = time_limit(snaps[i], spec)
         if limit is not None and limit[0] <= now:
             out[i] = Verdict(snaps[i].name, (), limit[0], limit[1])
-        else:
-            live.append(i)
-    order = newest_first(snaps, live)
+            del limits[i]
+    order = newest_first(snaps, list(limits))
     keys: dict[int, Keys] = {i: period_keys(snaps[i].created_at, tz) for i in order}
     kept = select(order, keys, spec.keep_last, spec.keep)
     for i in order:
@@ -201,7 +200,7 @@ def retain(snaps: Sequence[Snap], spec: PolicySpec | None, now: float, *,
         if i not in kept:
             out[i] = Verdict(snap.name, (), now, "outside grid")
             continue
-        limit = time_limit(snap, spec)
+        limit = limits[i]
         out[i] = Verdict(snap.name, (describe(kept[i], snap.created_at, tz),),
                          None if limit is None else limit[0], None if limit is None else limit[1])
     if space is not None and spec.min_free is not None:

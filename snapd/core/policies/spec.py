@@ -82,6 +82,8 @@ class MinFree:
 
 @dataclass(frozen=True)
 class PolicySpec:
+    """One policy, parsed; `source` is "file" (read-only through the API) or "api"."""
+
     name: str
     schedule: Schedule
     timezone: str
@@ -97,6 +99,7 @@ class PolicySpec:
 
     @property
     def tz(self) -> ZoneInfo:
+        """The zone cron and the retention periods are read in."""
         return ZoneInfo(self.timezone)
 
 
@@ -136,7 +139,8 @@ def parse_policy(name: str, data: Mapping[str, object], source: str) -> PolicySp
         name=name, schedule=schedule, timezone=timezone, jitter=float(jitter),
         applies_to=_targets(data["applies_to"]), keep_last=keep_last, keep=keep,
         max_age=None if max_age is None else float(_duration(max_age, "max_age")),
-        alias=None if alias is None else _alias(alias, name), min_free=None if min_free is None else _min_free(min_free),
+        alias=None if alias is None else _alias(alias, name),
+        min_free=None if min_free is None else _min_free(min_free),
         freeze=freeze, source=source)
 
 
@@ -152,7 +156,8 @@ def policy_json(spec: PolicySpec) -> dict:
         "keep": asdict(spec.keep),
         "max_age": None if spec.max_age is None else format_duration(spec.max_age),
         "alias": spec.alias,
-        "min_free": None if mf is None else (f"{mf.percent:g}%" if mf.percent is not None else mf.bytes),
+        "min_free": None if mf is None else (
+            f"{repr(mf.percent).removesuffix('.0')}%" if mf.percent is not None else mf.bytes),
         "freeze": spec.freeze,
     }
 
@@ -274,9 +279,10 @@ def _target(item: object, key: str) -> Target:
         return Target(kind, rest)
     if kind == "pool":
         backend, sep, root = rest.partition(":")
-        if backend in POOL_BACKENDS and sep and root and first_refused(root) is None and "\0" not in root:
+        if backend in POOL_BACKENDS and sep and root and first_refused(root) is None:
+            # as the config names a pool (symlinks are the config's to resolve)
             root = posixpath.normpath(root) if root.startswith("/") else root.strip("/")
-            if root and root not in (".", "//"):
+            if root and root != ".":
                 return Target(kind, f"{backend}:{root}")
     raise PolicyError(key, "must be 'container:<24 hex digits>', 'project:<name>' or "
                            f"'pool:<{'|'.join(POOL_BACKENDS)}>:<root>'")
