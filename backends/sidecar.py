@@ -124,11 +124,12 @@ def read_all(snapdir: Path, cid: str) -> dict[str, Meta]:
 
 
 def write(snapdir: Path, cid: str, name: str, meta: Meta) -> None:
-    """Record `meta` for the snapshot atomically (empty: remove the file).  The caller
-    makes the per-container directory durable (a create's rename into it does)."""
+    """Record `meta` for the snapshot atomically and durably (empty: remove the file)."""
     path = path_of(snapdir, cid, name)
     if meta.empty:
         remove(snapdir, cid, name)
+        if path.parent.is_dir():
+            fsync_dir(path.parent)  # a release is not undone by a power loss
         return
     path.parent.mkdir(mode=0o700, exist_ok=True)
     temp = path.with_name(f".{name}{TEMP_SUFFIX}")

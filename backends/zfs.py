@@ -486,24 +486,24 @@ class ZfsBackend(Backend):
     async def hold(self, cid: str, snap: SnapshotRef, reason: str, since: float) -> None:
         """`zfs hold` with HOLD_TAG (a second hold with the tag is no error), then the
         reason and time in HOLD_PROPERTY, which a rebuilt store reads back."""
-        scan = await self._scan(cid, fresh=True)
-        ref = self._locate(scan, cid, snap)
-        self._invalidate(cid)
-        res = await self.zfs.zfs("hold", HOLD_TAG, ref, check=False)
-        if res.rc != 0 and "tag already exists" not in (res.stderr + res.stdout).lower():
-            raise error_for(res.argv, res.stderr or res.stdout)
+        ref = await self._hold_tag(cid, snap, "hold", "tag already exists")
         value = json.dumps({"reason": reason, "since": since}, ensure_ascii=True, sort_keys=True)
         await self.zfs.zfs("set", f"{HOLD_PROPERTY}={value}", ref)
 
     async def release(self, cid: str, snap: SnapshotRef) -> None:
         """`zfs release` of HOLD_TAG (none there is no error), then HOLD_PROPERTY goes."""
-        scan = await self._scan(cid, fresh=True)
-        ref = self._locate(scan, cid, snap)
-        self._invalidate(cid)
-        res = await self.zfs.zfs("release", HOLD_TAG, ref, check=False)
-        if res.rc != 0 and "no such tag" not in (res.stderr + res.stdout).lower():
-            raise error_for(res.argv, res.stderr or res.stdout)
+        ref = await self._hold_tag(cid, snap, "release", "no such tag")
         await self.zfs.zfs("inherit", HOLD_PROPERTY, ref)
+
+    async def _hold_tag(self, cid: str, snap: SnapshotRef, command: str, already: str) -> str:
+        """`zfs hold|release HOLD_TAG` on the snapshot, where it is now; zfs's answer that it
+        is so already (`already`) is no error.  The snapshot's full name."""
+        ref = self._locate(await self._scan(cid, fresh=True), cid, snap)
+        self._invalidate(cid)
+        res = await self.zfs.zfs(command, HOLD_TAG, ref, check=False)
+        if res.rc != 0 and already not in (res.stderr + res.stdout).lower():
+            raise error_for(res.argv, res.stderr or res.stdout)
+        return ref
 
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
         scan = await self._scan(cid)

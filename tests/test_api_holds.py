@@ -167,3 +167,22 @@ def test_on_zfs_a_hold_is_a_zfs_hold(daemon: DaemonProcess, container: str, pool
     assert HOLD_TAG not in _run("zfs", "holds", "-H", ref).stdout
     assert pool.props([ref], HOLD_PROPERTY)[ref][HOLD_PROPERTY] == "-"  # type: ignore[attr-defined]
     assert daemon.unix.delete(snaps(container, snap["name"])).status == 200
+
+
+def test_a_newer_held_snapshot_outlives_a_restore_to_an_older_one(daemon: DaemonProcess, container: str,
+                                                                   pool: PoolHarness) -> None:
+    """On ZFS the restore clones and promotes: the held snapshot moves to a hidden holder
+    dataset, its zfs hold and properties with it."""
+    old = create(daemon, container)
+    write_tree(pool.container_path(container), {"etc/hostname": "two\n"})
+    new = create(daemon, container)
+    assert daemon.unix.request("PUT", snaps(container, new["name"], "/hold"), {"reason": "newest"}).status == 200
+    assert daemon.unix.patch(snaps(container, old["name"])).status == 200
+    detail = daemon.unix.get(snaps(container, new["name"], "/detail")).data["snapshot"]
+    assert detail["hold"]["reason"] == "newest"
+    assert daemon.unix.delete(snaps(container, new["name"])).status == 409
+    assert daemon.unix.patch(snaps(container, new["name"])).status == 200  # and back to the held one
+    assert (pool.container_path(container) / "etc/hostname").read_text() == "two\n"
+    assert daemon.unix.delete(snaps(container, new["name"], "/hold")).status == 200
+    for snap in (new, old):
+        assert daemon.unix.delete(snaps(container, snap["name"])).status == 200

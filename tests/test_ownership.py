@@ -143,3 +143,34 @@ def test_the_sweep_removes_files_whose_snapshot_is_gone(tmp_path: Path) -> None:
     removed = sidecar.sweep(tmp_path, lambda c: c == CID, lambda c, n: n == "kept")
     assert removed == 2
     assert sorted(p.name for p in (tmp_path / CID).iterdir()) == [".kept.json", ".other-file"]
+
+
+async def test_reconcile_takes_a_hold_from_the_disk_where_the_store_missed_it(pool: PoolHarness,
+                                                                              tmp_path: Path) -> None:
+    """A crash between the disk's hold (written first) and the store's: the disk is right."""
+    from backends.base import SnapshotRef
+
+    cid = new_cid()
+    write_tree(pool.make_container(cid), {"f": "1"})
+    service = await _rebuilt(pool, tmp_path / "snapd.db")
+    try:
+        _, held = await service.create(cid)
+        _, released = await service.create(cid)
+        await service.hold(cid, held.name, "on disk only")
+        since = service.store.get(cid, held.name).hold_since
+        service.store.set_hold(cid, held.name, None, None)  # the store's write was lost
+        await service.hold(cid, released.name, "released on disk")
+        backend = service.backends[0]
+        await backend.release(cid, SnapshotRef(released.name, released.ref))  # ... and the store never heard
+        dry = await service.settle(dry_run=True)
+        mine = [(r.name, reason) for s in dry.pools for r, reason, _ in s.plan.holds if r.container_id == cid]
+        assert sorted(mine) == sorted([(held.name, "on disk only"), (released.name, None)])
+        assert service.store.get(cid, held.name).hold_reason is None  # a dry run changes nothing
+        await service.settle()
+        assert _owned(service.store.list(cid)) == {held.name: (None, "on disk only", since),
+                                                   released.name: (None, None, None)}
+        await service.release(cid, held.name)
+        for name in (held.name, released.name):
+            await service.delete(cid, name)
+    finally:
+        service.store.close()

@@ -405,7 +405,7 @@ def _reconcile_text(d: dict) -> str:
         lines.append(f"journal: {verb} settle unfinished {e['op']} of {e['container_id']}"
                      f"{'@' + e['snapshot'] if e['snapshot'] else ''} (pool {e['pool']}, entry {e['id']})")
     for p in d["pools"]:
-        kinds = ("adopt", "forget", "update_ref", "rehome", "conflict", "name_mark")
+        kinds = ("adopt", "forget", "update_ref", "rehome", "conflict", "update_hold", "name_mark")
         actions = [(kind.replace("_", "-"), a) for kind in kinds
                    for a in p.get(kind, [])]
         head = f"pool {p['pool']}: " + (f"error: {p['error']}" if p["error"] else

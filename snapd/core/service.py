@@ -504,7 +504,7 @@ class SnapshotService:
             try:
                 facts = await self._run("create", container.backend, cid, name,
                                         container.backend.create(cid, name, alias, expires_at, created_at=now,
-                                                                                 policy=policy))
+                                                                 policy=policy))
             except BaseException:
                 self._journal_failed(jid)
                 raise
