@@ -355,7 +355,7 @@ def _status_text(d: dict) -> str:
              "limits (a create beyond one gets 507):"]
     lines += [f"  {p['pool']}: {_limits_text(p['limits'])}" for p in d["pools"]]
     if d.get("policies"):
-        from snapd.cli.policy import STATUS_HEADERS, policy_status_rows
+        from snapd.cli.policy import policy_status_rows
 
         lag = d["scheduler"]
         lines += ["", f"policies (schedule lag p50 {_seconds(lag['lag_p50_s'])}, p99 {_seconds(lag['lag_p99_s'])}, "
