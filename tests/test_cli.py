@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,23 +80,28 @@ def test_api_errors_exit_1_with_the_message(env, cid: str) -> None:
     assert out.stderr.startswith("snapd: 404 Container not found (request ") and "request_id" not in out.stderr
 
 
+def cells(line: str) -> list[str]:
+    """A table line's cells (columns are two or more spaces apart)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
 def test_hold_release_and_the_wide_list(env, cid: str) -> None:
     d, _pool = env
     name = json.loads(snapd(d, "create", "--json", cid).stdout)["data"]["snapshot"]["name"]
     other = json.loads(snapd(d, "create", "--json", cid).stdout)["data"]["snapshot"]["name"]
     out = snapd(d, "hold", cid, name, "--reason", "pre-upgrade")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0].split()[-2:] == ["POLICY", "HOLD"]
-    row = out.stdout.splitlines()[1].split()
-    assert (row[0], row[-2:]) == (name, ["-", "pre-upgrade"])
+    assert cells(out.stdout.splitlines()[0])[-3:] == ["POLICY", "HOLD", "KEPT BY"]
+    row = cells(out.stdout.splitlines()[1])
+    assert (row[0], row[-3:]) == (name, ["-", "pre-upgrade", "hold: pre-upgrade"])
     header, *rows = snapd(d, "list", "--wide", cid).stdout.splitlines()[1:]
-    assert header.split()[-2:] == ["POLICY", "HOLD"]
-    assert [(r.split()[0], r.split()[-1]) for r in rows] == [(other, "-"), (name, "pre-upgrade")]
+    assert cells(header)[-3:] == ["POLICY", "HOLD", "KEPT BY"]
+    assert [(cells(r)[0], cells(r)[-2]) for r in rows] == [(other, "-"), (name, "pre-upgrade")]
     assert "POLICY" not in snapd(d, "list", cid).stdout  # the plain list keeps the reference's columns
     out = snapd(d, "delete", cid, name)
     assert out.returncode == 1 and f"409 snapshot {name} is held: pre-upgrade" in out.stderr
     out = snapd(d, "release", cid, name)
-    assert out.returncode == 0 and out.stdout.splitlines()[1].split()[-2:] == ["-", "-"]
+    assert out.returncode == 0 and cells(out.stdout.splitlines()[1])[-3:] == ["-", "-", "manual"]
     assert snapd(d, "delete", cid, name).returncode == 0
     out = snapd(d, "hold", cid, other, "--reason", "")
     assert out.returncode == 1 and "reason: must be 1 to 200 characters" in out.stderr

@@ -156,9 +156,10 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def _snapshot_rows(snaps: list[dict], wide: bool = False) -> str:
-    """A table of snapshots; `wide`: with the detail routes' policy and hold columns."""
+    """A table of snapshots; `wide`: with the detail routes' policy, hold and keep columns."""
     def extra(s: dict) -> list[str]:
-        return [s["policy"] or "-", s["hold"]["reason"] if s["hold"] else "-"] if wide else []
+        keep = "-" if s.get("keep") is None else ", ".join(s["keep"]) or "goes now"
+        return [s["policy"] or "-", s["hold"]["reason"] if s["hold"] else "-", keep] if wide else []
 
     return _table(
         [
@@ -166,7 +167,7 @@ def _snapshot_rows(snaps: list[dict], wide: bool = False) -> str:
              _when(s["last_used_at"]), _human_size(s["size"]), *extra(s)]
             for s in snaps
         ],
-        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE", *(["POLICY", "HOLD"] if wide else [])],
+        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE", *(["POLICY", "HOLD", "KEPT BY"] if wide else [])],
     )
 
 
