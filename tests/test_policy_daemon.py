@@ -30,16 +30,18 @@ def at(h: float) -> float:
 class World:
     """A daemon on the pool with its own state and clock, and one container."""
 
-    def __init__(self, pool: PoolHarness, workdir: Path, start: float) -> None:
+    def __init__(self, pool: PoolHarness, workdir: Path, start: float, extra: list[str] | None = None) -> None:
         self.pool = pool
         self.workdir = workdir
+        self.extra = extra or []
         self.clock = ClockFile(workdir / "clock", start)
         self.cid = new_cid()
         (pool.make_container(self.cid) / "data").write_text("one\n")
         self.d = self.start()
 
     def start(self) -> DaemonProcess:
-        return DaemonProcess(self.workdir / "d", [self.pool.spec], tcp=False, env=self.clock.env).start()
+        return DaemonProcess(self.workdir / "d", [self.pool.spec], tcp=False, env=self.clock.env,
+                             extra=self.extra).start()
 
     def restart(self, advance: float = 0.0) -> None:
         assert self.d.stop() == 0, self.d.log_text()[-3000:]
@@ -183,3 +185,30 @@ def test_a_restart_takes_no_slot_twice_and_downtime_ends_in_one_catch_up(world: 
     world.clock.set(at(9) - 2 * HOUR)  # a clock stepped back repeats nothing
     world.clock.set(at(10))
     world.wait_for({at(a) for a in range(0, 4)} | {at(8), at(9), at(10)}, "slot 10 taken, once")
+
+
+def test_a_failed_snapshot_is_retried_with_backoff_and_its_slot_is_not_lost(pool: PoolHarness, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("max_snapshots_per_container = 2\n")
+    w = World(pool, tmp_path, at(-1) - 60, extra=["--config", str(config)])
+    try:
+        manual = w.d.unix.post(f"/api/v1/containers/{w.cid}/snapshots", {}).data["snapshot"]["name"]
+        w.put_policy("hourly", {"schedule": "0 * * * *", "keep_last": 5, "applies_to": [f"container:{w.cid}"]})
+        w.scheduling()
+        w.clock.set(at(0))
+        w.wait_for({at(0)}, "slot 0 taken (the container's second snapshot: its limit)")
+        w.clock.set(at(1))
+
+        def failing() -> list[dict]:
+            return w.d.unix.get(f"{ROUTE}/hourly").data["status"]["failing"]
+
+        errors = until(failing, "slot 1 refused by the snapshot limit, and recorded")
+        assert errors[0]["container_id"] == w.cid and "max_snapshots_per_container" in errors[0]["error"]
+        shown = w.d.unix.get(f"{ROUTE}/hourly").data["status"]
+        assert (shown["failed"], shown["next"]) == (1, "2025-06-15T01:00:40.000Z")  # retried after 10 s
+        assert w.d.unix.delete(f"/api/v1/containers/{w.cid}/snapshots/{manual}").status == 200
+        w.clock.advance(10)
+        w.wait_for({at(0), at(1) + 10}, "slot 1 taken at its retry")
+        assert failing() == []
+    finally:
+        w.close()
