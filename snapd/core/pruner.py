@@ -33,6 +33,7 @@ from snapd.core.clock import Clock
 from snapd.core.coverage import Covered
 from snapd.core.policies.plan import ContainerPlan, plan_container
 from snapd.core.policies.retention import Snap, Space, Verdict, retain
+from snapd.core.policies.spec import PolicySpec
 from snapd.core.records import SnapshotRow
 from snapd.core.service import SnapshotService
 
@@ -41,7 +42,7 @@ log = logging.getLogger("snapd.pruner")
 PASS_EVERY = 600.0
 """Seconds (clock time) between passes over every container under a policy."""
 THREAD_AT = 500
-"""Snapshots of one container from which retention runs in a worker thread."""
+"""Snapshots of one container from which retention (and the plan) runs in a worker thread."""
 PARALLEL = 2
 """Containers pruned at once."""
 EXPIRY = "expires_at"
@@ -57,6 +58,16 @@ def due_now(verdicts: list[Verdict], now: float) -> list[Verdict]:
     """The verdicts the pruner carries out at `now`: deletes due now, except at expires_at
     (the reaper's)."""
     return [v for v in verdicts if v.delete_at is not None and v.delete_at <= now and v.delete_reason != EXPIRY]
+
+
+def _retain(rows: list[SnapshotRow], pool: str, spec: PolicySpec, now: float, space: Space | None) -> list[Verdict]:
+    return retain(snaps(rows, pool), spec, now, space=space)
+
+
+def _plan(rows: list[SnapshotRow], pool: str, spec: PolicySpec, now: float, hours: float, offset: float,
+          last_slot: float | None, space: Space | None) -> ContainerPlan:
+    return plan_container(snaps(rows, pool), spec, now, hours, spec.tz, offset=offset, last_slot=last_slot,
+                          space=space)
 
 
 class Pruner:
@@ -105,23 +116,22 @@ class Pruner:
         space = self.last_space[backend.pool_id] = Space(free, total)
         return space
 
-    async def verdicts(self, cov: Covered, now: float) -> list[Verdict]:
-        """retain() for the container's snapshots at `now`."""
-        view = snaps(self.service.snapshots(cov.container.id), cov.container.pool)
+    async def verdicts(self, cov: Covered, now: float, rows: list[SnapshotRow] | None = None) -> list[Verdict]:
+        """retain() for the container's snapshots (`rows`, else read from the store) at `now`."""
+        if rows is None:
+            rows = await self.service.snapshots_paced(cov.container.id)
         space = await self.space(cov)
-        if len(view) >= THREAD_AT:
-            return await asyncio.to_thread(retain, view, cov.spec, now, space=space)
-        return retain(view, cov.spec, now, space=space)
+        call = functools.partial(_retain, rows, cov.container.pool, cov.spec, now, space)
+        return await asyncio.to_thread(call) if len(rows) >= THREAD_AT else call()
 
     async def plan(self, cov: Covered, now: float, hours: float, offset: float,
                    last_slot: float | None) -> ContainerPlan:
         """plan_container() for the container's snapshots: what retain() says now, and again
         after each planned snapshot (`offset`: its jitter; `last_slot`: the slot last taken)."""
-        view = snaps(self.service.snapshots(cov.container.id), cov.container.pool)
+        rows = await self.service.snapshots_paced(cov.container.id)
         space = await self.space(cov)
-        call = functools.partial(plan_container, view, cov.spec, now, hours, cov.spec.tz, offset=offset,
-                                 last_slot=last_slot, space=space)
-        return await asyncio.to_thread(call) if len(view) >= THREAD_AT else call()
+        call = functools.partial(_plan, rows, cov.container.pool, cov.spec, now, hours, offset, last_slot, space)
+        return await asyncio.to_thread(call) if len(rows) >= THREAD_AT else call()
 
     # -- the task ----------------------------------------------------------------------------
 
@@ -201,7 +211,8 @@ class Pruner:
         """Delete what retention does not keep of one container now; how many were deleted."""
         cid, spec = cov.container.id, cov.spec
         now = self.clock.now()
-        verdicts = await self.verdicts(cov, now)
+        rows = await self.service.snapshots_paced(cid)
+        verdicts = await self.verdicts(cov, now, rows)
         later = [v.delete_at for v in verdicts
                  if v.delete_at is not None and v.delete_at > now and v.delete_reason != EXPIRY]
         if later:
@@ -209,9 +220,10 @@ class Pruner:
         else:
             self._next_look.pop(cid, None)
         doomed = due_now(verdicts, now)
-        rows = {r.name: r for r in self.service.snapshots(cid)}
-        # retain() guarantees it; a delete is final, so make sure again before asking
-        doomed = [v for v in doomed if (r := rows.get(v.name)) is not None
+        by_name = {r.name: r for r in rows}
+        # retain() guarantees it; a delete is final, so make sure again before asking (and the
+        # service checks once more under the container's lock)
+        doomed = [v for v in doomed if (r := by_name.get(v.name)) is not None
                   and r.policy == spec.name and r.hold_reason is None and not v.keep]
         if not doomed:
             return 0

@@ -237,6 +237,19 @@ class SnapshotService:
         """Every snapshot of `cid` the store knows, newest first (no container lookup, no guard)."""
         return self.store.list(cid)
 
+    async def snapshots_paced(self, cid: str, page: int = 1000) -> list[SnapshotRow]:
+        """snapshots(), read a page at a time with the event loop running between pages (a
+        container with tens of thousands of snapshots takes tens of milliseconds to read)."""
+        rows: list[SnapshotRow] = []
+        while True:
+            last = rows[-1] if rows else None
+            got = self.store.list_after(cid, None if last is None else (round(last.created_at * 1000), last.name),
+                                        page)
+            rows += got
+            if len(got) < page:
+                return rows
+            await asyncio.sleep(0)
+
     async def rows(self, cid: str, guard: Guard | None = None) -> tuple[Container, list[SnapshotRow]]:
         """The container and all its snapshots, newest first."""
         container = await self.find(cid, guard)

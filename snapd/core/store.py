@@ -302,6 +302,16 @@ class Store:
             params.append(limit)
         return [_row(d) for d in self.db.query(sql, params)]
 
+    def list_after(self, cid: str, after: tuple[int, str] | None, limit: int) -> list[SnapshotRow]:
+        """A page of a container's snapshots in list order (newest first), after the position
+        `after` ((created_at in ms, name), as position() gives; None: from the newest)."""
+        sql, params = "SELECT * FROM snapshots WHERE container_id = ?", [cid]
+        if after is not None:
+            sql += " AND (created_at, name) < (?, ?)"
+            params += [after[0], after[1]]
+        return [_row(d) for d in self.db.query(sql + " ORDER BY created_at DESC, name DESC LIMIT ?",
+                                                [*params, limit])]
+
     def get(self, cid: str, name: str) -> SnapshotRow | None:
         rows = list(
             self.db.query("SELECT * FROM snapshots WHERE container_id = ? AND name = ?", [cid, name])
