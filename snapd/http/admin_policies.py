@@ -148,16 +148,11 @@ async def policy_plan(request: web.Request) -> web.Response:
     return ok("Policy plan retrieved successfully", plan)
 
 
-async def plan_route(request: web.Request) -> web.Response:
-    """`/policies/plan` answers GET only: a PUT or DELETE there is a 405, not a policy named plan."""
-    if request.method != "GET":
-        raise web.HTTPMethodNotAllowed(request.method, ["GET"])
-    return await policy_plan(request)
-
-
 def add_policy_routes(app: web.Application) -> None:
     app.router.add_get(ROUTE, list_policies, allow_head=False)
-    app.router.add_route("*", f"{ROUTE}/plan", plan_route)  # before {policy}: "plan" is no policy's name
-    app.router.add_get(f"{ROUTE}/{{policy}}", get_policy, allow_head=False)
-    app.router.add_put(f"{ROUTE}/{{policy}}", put_policy)
-    app.router.add_delete(f"{ROUTE}/{{policy}}", delete_policy)
+    app.router.add_get(f"{ROUTE}/plan", policy_plan, allow_head=False)
+    # {policy} never matches the reserved names: a PUT or DELETE of /policies/plan is a 405 (Allow: GET)
+    one = "{policy:(?!(?:" + "|".join(RESERVED) + ")$)[^{}/]+}"
+    app.router.add_get(f"{ROUTE}/{one}", get_policy, allow_head=False)
+    app.router.add_put(f"{ROUTE}/{one}", put_policy)
+    app.router.add_delete(f"{ROUTE}/{one}", delete_policy)
