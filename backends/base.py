@@ -170,14 +170,10 @@ class Backend(abc.ABC):
     async def container_exists(self, cid: str) -> bool:
         """Whether the container `cid` lives in this pool."""
 
+    @abc.abstractmethod
     async def containers(self) -> dict[str, str | None]:
         """Every container in the pool, id -> project label (None when unlabelled), read
-        in one pass where the backend can (the policy scheduler's inventory)."""
-        return await self.projects(await self.container_ids())
-
-    @abc.abstractmethod
-    async def container_ids(self) -> list[str]:
-        """Ids of every container in the pool, sorted."""
+        in one pass (the policy scheduler's inventory)."""
 
     @abc.abstractmethod
     async def get_project(self, cid: str) -> str | None:

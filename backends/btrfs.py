@@ -249,27 +249,11 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
             raise ContainerNotFound(f"container {cid} is not a subvolume in {self.root}")
         return path
 
-    async def container_ids(self) -> list[str]:
-        return await asyncio.to_thread(self._container_ids)
-
-    def _container_ids(self) -> list[str]:
-        try:
-            names = os.listdir(self.root)
-        except OSError:
-            return []
-        return sorted(n for n in names if CID_RE.match(n) and self._is_container(self._cpath(n)))
-
     async def containers(self) -> dict[str, str | None]:
-        def read() -> dict[str, str | None]:
-            out = {}
-            for cid in self._container_ids():
-                try:
-                    out[cid] = _get_label(self._cpath(cid))
-                except OSError:  # gone meanwhile
-                    continue
-            return out
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(
+            fsops.containers_in, self.root,
+            lambda n: CID_RE.match(n) is not None and self._is_container(self._cpath(n)),
+            lambda n: _get_label(self._cpath(n)))
 
     async def get_project(self, cid: str) -> str | None:
         def get() -> str | None:

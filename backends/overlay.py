@@ -191,27 +191,11 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
     async def container_exists(self, cid: str) -> bool:
         return _CID.fullmatch(cid) is not None and fsops.is_real_dir(self._container(cid))
 
-    async def container_ids(self) -> list[str]:
-        return await asyncio.to_thread(self._container_ids)
-
-    def _container_ids(self) -> list[str]:
-        try:
-            names = os.listdir(self.path)
-        except OSError:
-            return []
-        return sorted(n for n in names if _CID.fullmatch(n) and fsops.is_real_dir(self.path / n))
-
     async def containers(self) -> dict[str, str | None]:
-        def read() -> dict[str, str | None]:
-            out = {}
-            for cid in self._container_ids():
-                try:
-                    out[cid] = fsops.get_xattr(self._container(cid), PROJECT_XATTR)
-                except OSError:  # gone meanwhile
-                    continue
-            return out
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(
+            fsops.containers_in, self.path,
+            lambda n: _CID.fullmatch(n) is not None and fsops.is_real_dir(self.path / n),
+            lambda n: fsops.get_xattr(self._container(n), PROJECT_XATTR))
 
     async def get_project(self, cid: str) -> str | None:
         return await asyncio.to_thread(fsops.get_xattr, self._container(cid), PROJECT_XATTR)

@@ -301,9 +301,6 @@ class ZfsBackend(Backend):
         got = await self._inodes()
         return None if got is None else got[1]
 
-    async def container_ids(self) -> list[str]:
-        return sorted(await self.containers())
-
     async def containers(self) -> dict[str, str | None]:
         """Every filesystem directly under the root named like a container, in the one
         `zfs get -d 1` that projects() makes."""

@@ -30,6 +30,6 @@ async def test_every_container_is_found_with_its_project_and_nothing_else(pool: 
             os.symlink(pool.container_path(plain), root / new_cid())
         found = {c.id: (c.project, c.pool) for c in await service.containers() if c.id not in before}
         assert found == {plain: (None, backend.pool_id), labelled: ("web", backend.pool_id)}
-        assert await backend.container_ids() == sorted(before | {plain, labelled})
+        assert sorted(await backend.containers()) == sorted(before | {plain, labelled})
     finally:
         await backend.close()

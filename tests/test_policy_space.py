@@ -5,8 +5,6 @@ free space back; manual and held snapshots stay."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,9 +13,8 @@ import pytest
 
 from .client import UnixHTTPConnection
 from .clockfile import ClockFile
-from .conftest import unavailable
 from .daemon import DaemonProcess
-from .harness import is_root
+from .loopfs import ext4
 from .waiting import until
 
 CID = "5a5a5a5a5a5a5a5a5a5a5a5a"
@@ -25,32 +22,11 @@ MIB = 1 << 20
 BASE = datetime(2025, 6, 15, tzinfo=timezone.utc).timestamp()
 
 
-def _run(*args: str) -> str:
-    return subprocess.run(list(args), check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def small_ext4(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB ext4 filesystem (no blocks reserved for root), loop-mounted; detached on teardown."""
-    if not is_root():
-        unavailable("mounting an ext4 image needs root")
-    for tool in ("mkfs.ext4", "losetup", "mount", "umount"):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} not found (install e2fsprogs / util-linux)")
-    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(64 * MIB)
-    _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
-    dev = _run("losetup", "--find", "--show", str(image))
-    try:
-        _run("mount", dev, str(mnt))
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+    with ext4(tmp_path, 64 * MIB, "-m", "0") as mnt:
+        yield mnt
 
 
 def metric(d: DaemonProcess, sample: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from datetime import datetime, timezone
@@ -60,6 +61,39 @@ class Clock:
             except asyncio.TimeoutError:
                 if self._file is None or self.now() >= when:
                     return
+
+
+class Sleeper:
+    """The sleep of a dispatcher task (reaper, scheduler): until a clock time or a wake-up, and
+    observable -- `until` says, while it sleeps, when it will look again by itself, and
+    parked() returns the next time it goes to sleep (tests wait for "nothing left to do")."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.wake = asyncio.Event()
+        """Set to end the sleep now (something nearer came up); cleared by the dispatcher."""
+        self.until: float | None = None
+        self._parked = asyncio.Event()
+
+    async def sleep(self, when: float) -> None:
+        """Sleep until clock time `when` (math.inf: until woken)."""
+        self.until = when
+        parked, self._parked = self._parked, asyncio.Event()
+        parked.set()
+        try:
+            if when == math.inf:
+                await self.wake.wait()
+            else:
+                await self.clock.sleep_until(when, self.wake)
+        finally:
+            self.until = None
+
+    def idle_after(self, at: float) -> bool:
+        """Asleep, not woken, and not to look again by itself before a time later than `at`."""
+        return self.until is not None and self.until > at and not self.wake.is_set()
+
+    async def parked(self) -> None:
+        await self._parked.wait()
 
 
 class ClockFile:

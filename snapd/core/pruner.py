@@ -29,7 +29,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
-from snapd.core.clock import Clock
+from snapd.core.clock import Clock, Sleeper
 from snapd.core.coverage import Covered
 from snapd.core.policies.plan import ContainerPlan, plan_container
 from snapd.core.policies.retention import Snap, Space, Verdict, retain
@@ -83,7 +83,8 @@ class Pruner:
         self._slots = asyncio.Semaphore(parallel)
         self._queue: dict[str, None] = {}
         """Containers asked for, in order (a dict: asked twice, pruned once)."""
-        self._wake = asyncio.Event()
+        self._sleeper = Sleeper(self.clock)
+        self._wake = self._sleeper.wake
         self._task: asyncio.Task | None = None
         self._workers: set[asyncio.Task] = set()
         self._next_look: dict[str, float] = {}
@@ -97,7 +98,6 @@ class Pruner:
         self.passes = 0
         self.last_space: dict[str, Space] = {}
         """Pool -> its free and total bytes as last read (for min_free)."""
-        self._idle = asyncio.Event()
 
     # -- the computation (one for the pruner and the plan) ------------------------------
 
@@ -151,15 +151,14 @@ class Pruner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def idle(self) -> None:
-        """Return once nothing is asked for, no worker runs and the task sleeps (tests)."""
-        while self._queue or self._workers or not self._idle.is_set():
-            self._wake.set()
-            await asyncio.sleep(0.01)
+        """Return once nothing is asked for, no worker runs and the task sleeps with nothing
+        due now (tests, benchmarks)."""
+        while self._queue or self._workers or not self._sleeper.idle_after(self.clock.now()):
+            await self._sleeper.parked()
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            self._idle.clear()
             now = self.clock.now()
             try:
                 if self._next_pass is not None and now >= self._next_pass:
@@ -173,14 +172,8 @@ class Pruner:
                 await self._drain()
             except Exception:  # the pruner must outlive any one bad pass
                 log.exception("pruning pass failed")
-            when = min([*self._next_look.values(), self._next_pass or math.inf])
-            if self._wake.is_set():
-                continue
-            self._idle.set()
-            if when == math.inf:
-                await self._wake.wait()
-            else:
-                await self.clock.sleep_until(when, self._wake)
+            if not self._wake.is_set():
+                await self._sleeper.sleep(min([*self._next_look.values(), self._next_pass or math.inf]))
 
     async def _drain(self) -> None:
         """Prune every container asked for, PARALLEL at a time, yielding between them."""

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from snapd.core.clock import Clock, iso
+from snapd.core.clock import Clock, Sleeper, iso
 from snapd.core.coverage import Coverage, Covered
 from snapd.core.policies.schedule import due_slot, jitter_offset, next_planned
 from snapd.core.policies.spec import PolicySpec, render_alias
@@ -86,7 +86,8 @@ class Scheduler:
         self._heap: list[tuple[float, str, str]] = []
         """(planned instant, container, policy): each covered container's next look."""
         self._running: dict[str, asyncio.Task] = {}
-        self._wake = asyncio.Event()
+        self._sleeper = Sleeper(self.clock)
+        self._wake = self._sleeper.wake
         self._dirty = True
         self._task: asyncio.Task | None = None
         self._refresher: asyncio.Task | None = None
@@ -96,8 +97,6 @@ class Scheduler:
         """Seconds from planned instant to actual start, oldest first (bounded)."""
         self.lag_count = 0
         """Every lag ever recorded (metrics fold in the new ones)."""
-        self._parked_until: float | None = None
-        self._parked = asyncio.Event()
         book.on_change(self.touch)
 
     # -- control ---------------------------------------------------------------------------
@@ -147,29 +146,15 @@ class Scheduler:
                 continue
             if self._wake.is_set():
                 continue
-            when = self._heap[0][0] if self._heap else math.inf
-            self._park(when)
-            try:
-                if when == math.inf:
-                    await self._wake.wait()
-                else:
-                    await self.clock.sleep_until(when, self._wake)
-            finally:
-                self._parked_until = None
-
-    def _park(self, until: float) -> None:
-        self._parked_until = until
-        parked, self._parked = self._parked, asyncio.Event()
-        parked.set()
+            await self._sleeper.sleep(self._heap[0][0] if self._heap else math.inf)
 
     async def settled(self, at: float | None = None) -> None:
         """Return once everything due at clock time `at` (default now) has been taken or has
         failed and waits for its retry, and the pruner has done what that asked (tests)."""
         if at is None:
             at = self.clock.now()
-        while not (self._parked_until is not None and self._parked_until > at and not self._running
-                   and not self._dirty and not self._wake.is_set()):
-            await self._parked.wait()
+        while not (self._sleeper.idle_after(at) and not self._running and not self._dirty):
+            await self._sleeper.parked()
         await self.pruner.idle()
 
     async def _rebuild(self) -> None:
