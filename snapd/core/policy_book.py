@@ -131,12 +131,6 @@ class PolicyBook:
         self._changed()
         return entry
 
-    def without(self, name: str) -> list[PolicySpec]:
-        """The set a DELETE of `name` would leave (FileOwned for a file policy)."""
-        if name in self._file:
-            raise FileOwned(name, self.file_source)
-        return [s for s in self.specs() if s.name != name]
-
     def delete(self, name: str) -> Entry | None:
         """Forget the API policy `name` (None if there is none).  Its snapshots stay:
         they are no policy's to prune any more, so only their own expiry governs them."""

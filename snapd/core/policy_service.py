@@ -79,7 +79,8 @@ class PolicyService:
         moves = _moves(before, after)
         existed = self.book.get(name) is not None
         if dry_run:
-            changed = [c for cid, c in after.items() if cid in moves or c.spec.name == name]
+            moved = {m["container_id"] for m in moves}
+            changed = [c for cid, c in after.items() if cid in moved or c.spec.name == name]
             return {"dry_run": True, "created": not existed, "policy": self._would_be(spec), "moves": moves,
                     "plan": await self.plan_json(changed, hours)}
         entry = self.book.put(spec)
@@ -94,9 +95,8 @@ class PolicyService:
         entry = self.book.get(name)
         if entry is None:
             raise NotFound("policy")
-        self.book.without(name)  # FileOwned for a file policy, before anything changes
         shown = self.entry_json(entry)
-        self.book.delete(name)
+        self.book.delete(name)  # FileOwned for a file policy, and nothing changes
         return shown
 
     def _pools(self) -> list[str]:

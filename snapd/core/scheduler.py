@@ -260,7 +260,7 @@ class Scheduler:
                 return
         st.last_slot, st.last_ok, st.last_error, st.attempts, st.retry_at = slot, row.created_at, None, 0, None
         self.store.slot_put(spec.name, cid, last_slot=_ms(slot), last_run=_ms(started),
-                                    last_ok=_ms(row.created_at), last_error=None)
+                            last_ok=_ms(row.created_at), last_error=None)
         self.taken[spec.name] += 1
         log.info("policy snapshot container=%s snapshot=%s policy=%s slot=%s lag=%.3fs",
                  cid, row.name, spec.name, iso(slot), started - planned)
