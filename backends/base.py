@@ -66,6 +66,11 @@ class SnapshotFacts:
     """Expiry mirrored on disk, for backends that mirror metadata (else None)."""
     mirrored: bool = False
     """True when alias/expires_at above were read from on-disk metadata."""
+    policy: str | None = None
+    """The policy that took it, as recorded on disk (None: by request, or not recorded)."""
+    hold_reason: str | None = None
+    """Its hold as recorded on disk (None: not held)."""
+    hold_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,11 @@ class Backend(abc.ABC):
         """Whether the container `cid` lives in this pool."""
 
     @abc.abstractmethod
+    async def containers(self) -> dict[str, str | None]:
+        """Every container in the pool, id -> project label (None when unlabelled), read
+        in one pass (the policy scheduler's inventory)."""
+
+    @abc.abstractmethod
     async def get_project(self, cid: str) -> str | None:
         """The container's project label, or None when unlabelled."""
 
@@ -206,13 +216,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def create(
         self, cid: str, name: str, alias: str | None, expires_at: float | None,
-        created_at: float | None = None,
+        created_at: float | None = None, *, policy: str | None = None,
     ) -> SnapshotFacts:
         """Take snapshot `name` of container `cid`, atomically: all or nothing.
 
         `alias`, `expires_at` and `created_at` (the time the service records)
         are passed so backends that mirror metadata on disk can write it in
-        the same step.
+        the same step; `policy` (the policy taking it, None: by request) is
+        recorded on disk by every backend, so a rebuilt store keeps it.
         """
 
     @abc.abstractmethod
@@ -239,6 +250,14 @@ class Backend(abc.ABC):
 
     async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
         """Mirror a new alias on disk, for backends that mirror metadata."""
+
+    async def hold(self, cid: str, snap: SnapshotRef, reason: str, since: float) -> None:
+        """Hold the snapshot (`reason`, held since `since`): recorded on disk where the
+        backend can, so a store rebuilt from the pool keeps it; on ZFS also a `zfs hold`.
+        Holding a held snapshot again replaces the reason."""
+
+    async def release(self, cid: str, snap: SnapshotRef) -> None:
+        """Release the snapshot's hold; releasing one not held changes nothing."""
 
     async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
         """Exclusive sizes of these snapshots now, by name (one batched count; the

@@ -58,7 +58,7 @@ from pathlib import Path
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import fsops, inuse, mounts, remove
+from . import fsops, inuse, mounts, remove, sidecar
 from .base import (
     NAME_MARK_XATTR,
     PROJECT_XATTR,
@@ -118,7 +118,7 @@ class _Fd:
         os.close(self.fd)
 
 
-class BtrfsBackend(Backend):
+class BtrfsBackend(sidecar.SidecarMeta, Backend):
     """A pool of btrfs subvolume containers under one directory."""
 
     kind = "btrfs"
@@ -130,6 +130,7 @@ class BtrfsBackend(Backend):
         super().__init__(os.path.abspath(root))
         self._snapdir = os.path.join(self.root, SNAPSHOTS_DIR)
         self._tmpdir = os.path.join(self._snapdir, TMP_DIR)
+        self.meta_dir = Path(self._snapdir)
         self._root_treeid: int | None = None
         """(cid, name) -> creation time of snapshots seen, to order them cheaply."""
 
@@ -175,6 +176,10 @@ class BtrfsBackend(Backend):
         with _Fd(self.root) as fd:
             self._root_treeid = ioc.subvol_info(fd).treeid
         self._sweep()
+        self._sweep_meta(lambda c: CID_RE.match(c) is not None)
+
+    def _snapshot_there(self, cid: str, name: str) -> bool:
+        return _is_subvolume(self._spath(cid, name))
 
     def _sweep(self) -> None:
         """Delete leftovers of interrupted operations in .tmp; quarantine what cannot go."""
@@ -244,6 +249,12 @@ class BtrfsBackend(Backend):
             raise ContainerNotFound(f"container {cid} is not a subvolume in {self.root}")
         return path
 
+    async def containers(self) -> dict[str, str | None]:
+        return await asyncio.to_thread(
+            fsops.containers_in, self.root,
+            lambda n: CID_RE.match(n) is not None and self._is_container(self._cpath(n)),
+            lambda n: _get_label(self._cpath(n)))
+
     async def get_project(self, cid: str) -> str | None:
         def get() -> str | None:
             return _get_label(self._need_container(cid))
@@ -305,8 +316,18 @@ class BtrfsBackend(Backend):
 
     async def create(
         self, cid: str, name: str, alias: str | None, expires_at: float | None,
-        created_at: float | None = None,
+        created_at: float | None = None, *, policy: str | None = None,
     ) -> SnapshotFacts:
+        self._spath(cid, name)
+        meta = await asyncio.to_thread(self._create_meta, cid, name, policy)
+        try:
+            facts = await self._create(cid, name)
+        except BaseException:
+            await asyncio.to_thread(sidecar.remove, self.meta_dir, cid, name)
+            raise
+        return dataclasses.replace(facts, policy=meta.policy)
+
+    async def _create(self, cid: str, name: str) -> SnapshotFacts:
         spath = self._spath(cid, name)
         if self.use_ioctl:
             try:
@@ -436,8 +457,11 @@ class BtrfsBackend(Backend):
         self, cid: str, snaps: list[SnapshotRef]
     ) -> dict[str, BackendError | None]:
         if not self.use_ioctl:
-            return await self._delete_cmd(cid, snaps)
-        return await asyncio.to_thread(self._delete_ioctl, cid, snaps)
+            results = await self._delete_cmd(cid, snaps)
+        else:
+            results = await asyncio.to_thread(self._delete_ioctl, cid, snaps)
+        await asyncio.to_thread(self._forget_meta, cid, results)
+        return results
 
     def _to_delete(self, cid: str, snaps: list[SnapshotRef]) -> tuple[dict[str, BackendError | None], list[str]]:
         """Sort a delete's names, the same for both paths: gone already (done), not a
@@ -495,7 +519,7 @@ class BtrfsBackend(Backend):
     # -- list / sizes ------------------------------------------------------
 
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
-        return await asyncio.to_thread(self._list, cid)
+        return await asyncio.to_thread(lambda: self._attach_meta(self._list(cid)))
 
     def _snapshot_names(self, cid: str | None) -> dict[str, list[str]]:
         if cid is not None:

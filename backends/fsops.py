@@ -88,6 +88,24 @@ def fs_type(path: str) -> str | None:
     return best[1] if best else None
 
 
+def containers_in(root: Path | str, is_container: Callable[[str], bool],
+                  label: Callable[[str], str | None]) -> dict[str, str | None]:
+    """The entries of a directory pool's root that `is_container` accepts, each with its
+    `label` (an entry gone meanwhile is left out)."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return {}
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            if is_container(name):
+                out[name] = label(name)
+        except OSError:
+            continue
+    return out
+
+
 def free_bytes(path: Path) -> int:
     return psutil.disk_usage(str(path)).free
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from backends import faults
 
-from . import fsops, inuse, mounts, remove, treecopy
+from . import fsops, inuse, mounts, remove, sidecar, treecopy
 from .base import (
     LAYOUT_XATTR,
     LAYOUTS,
@@ -100,7 +100,7 @@ def _name_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-class OverlayBackend(Backend):
+class OverlayBackend(sidecar.SidecarMeta, Backend):
     """Directory pool: copies, overlay-aware."""
 
     kind = "overlay"
@@ -111,6 +111,7 @@ class OverlayBackend(Backend):
         self.snapdir = self.path / SNAPSHOTS_DIR
         self.tmpdir = self.snapdir / ".tmp"
         self.quarantine = self.snapdir / ".quarantine"
+        self.meta_dir = self.snapdir
 
     # -- paths ---------------------------------------------------------------
 
@@ -182,9 +183,19 @@ class OverlayBackend(Backend):
         self.snapdir.mkdir(mode=0o700, exist_ok=True)
         self.tmpdir.mkdir(mode=0o700, exist_ok=True)
         self.problems = remove.sweep_scratch(str(self.tmpdir), str(self.quarantine))
+        self._sweep_meta(lambda c: _CID.fullmatch(c) is not None)
+
+    def _snapshot_there(self, cid: str, name: str) -> bool:
+        return _CID.fullmatch(cid) is not None and fsops.is_real_dir(self._snapshot(cid, name))
 
     async def container_exists(self, cid: str) -> bool:
         return _CID.fullmatch(cid) is not None and fsops.is_real_dir(self._container(cid))
+
+    async def containers(self) -> dict[str, str | None]:
+        return await asyncio.to_thread(
+            fsops.containers_in, self.path,
+            lambda n: _CID.fullmatch(n) is not None and fsops.is_real_dir(self.path / n),
+            lambda n: fsops.get_xattr(self._container(n), PROJECT_XATTR))
 
     async def get_project(self, cid: str) -> str | None:
         return await asyncio.to_thread(fsops.get_xattr, self._container(cid), PROJECT_XATTR)
@@ -244,9 +255,9 @@ class OverlayBackend(Backend):
 
     async def create(
         self, cid: str, name: str, alias: str | None, expires_at: float | None,
-        created_at: float | None = None,
+        created_at: float | None = None, *, policy: str | None = None,
     ) -> SnapshotFacts:
-        return await asyncio.to_thread(self._create, cid, name)
+        return await asyncio.to_thread(self._create, cid, name, policy)
 
     def _latest(self, cid: str, exclude: str | None = None) -> Path | None:
         names = [n for n in self._names(cid) if n != exclude]
@@ -258,12 +269,19 @@ class OverlayBackend(Backend):
         except FileNotFoundError:
             return []
 
-    def _create(self, cid: str, name: str) -> SnapshotFacts:
+    def _create(self, cid: str, name: str, policy: str | None = None) -> SnapshotFacts:
         if not fsops.is_real_dir(self._container(cid)):
             raise ContainerNotFound(cid)
         final = self._snapshot(cid, name)
         if os.path.lexists(final):
             raise BackendError(f"snapshot {name} already exists on disk")
+        try:
+            return self._create_tree(cid, name, final, self._create_meta(cid, name, policy))
+        except BaseException:
+            sidecar.remove(self.meta_dir, cid, name)
+            raise
+
+    def _create_tree(self, cid: str, name: str, final: Path, meta: sidecar.Meta) -> SnapshotFacts:
         previous = self._latest(cid)
         since = _copy_started(previous) if previous is not None else None
         layout, _ = self._layout(cid, record=True)
@@ -293,6 +311,7 @@ class OverlayBackend(Backend):
             created_at=os.lstat(final).st_ctime,
             size=stats.exclusive_bytes,
             ref=f"{cid}/{name}",
+            policy=meta.policy,
         )
 
     # -- restore -------------------------------------------------------------
@@ -394,6 +413,7 @@ class OverlayBackend(Backend):
             faults.point("overlay.delete.after-rename")
             results[name] = self._remove_or_put_back(name, doomed, path)
         # an emptied `.snapshots/<id>` stays: it carries the container's name mark
+        self._forget_meta(cid, results)
         return results
 
     def _remove_or_put_back(self, name: str, doomed: Path, path: Path) -> BackendError | None:
@@ -429,7 +449,7 @@ class OverlayBackend(Backend):
     # -- listing and sizes ---------------------------------------------------
 
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
-        return await asyncio.to_thread(self._list, cid)
+        return await asyncio.to_thread(lambda: self._attach_meta(self._list(cid)))
 
     def _list(self, cid: str | None) -> dict[str, list[SnapshotFacts]]:
         cids = [cid] if cid else [

@@ -10,8 +10,10 @@ are destroyed (promoting a dependent clone first when needed); snapshots
 that other datasets still depend on are destroyed deferred (`destroy -d`)
 and hidden from list().  `open()` finishes or undoes an interrupted restore.
 
-Alias, expiry and creation time (ms precision) are mirrored into user
-properties of each snapshot so the metadata can be rebuilt from the pool.
+Alias, expiry, creation time (ms precision), the policy that took it and
+its hold are mirrored into user properties of each snapshot so the metadata
+can be rebuilt from the pool; a held snapshot also carries a `zfs hold`
+(tag HOLD_TAG), so not even a `zfs destroy` by hand removes it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .base import (
     SnapshotNotFound,
     SnapshotRef,
 )
-from .zfs_cmd import ZfsRunner, ZfsStats, valid_dataset_name
+from .zfs_cmd import ZfsRunner, ZfsStats, error_for, valid_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,12 @@ ALIAS_PROPERTY = "container-snapd:alias"
 EXPIRES_PROPERTY = "container-snapd:expires_at"
 CREATED_PROPERTY = "container-snapd:created_at"
 PENDING_PROPERTY = "container-snapd:restore-pending"
+POLICY_PROPERTY = "container-snapd:policy"
+"""On a snapshot a policy took: the policy's name (a JSON string in ASCII, like the alias)."""
+HOLD_PROPERTY = "container-snapd:hold"
+"""On a held snapshot: `{"reason": ..., "since": seconds}` (JSON in ASCII), beside the zfs hold."""
+HOLD_TAG = "container-snapd"
+"""The tag of the daemon's `zfs hold` on a held snapshot (`zfs holds` shows it)."""
 HIDDEN = ".snapd-hidden"
 SIZE_TTL = 2.0
 FREE_TTL = 1.0
@@ -59,7 +67,8 @@ _CID_RE = re.compile(r"^[0-9a-f]{24}$")
 _HOLDER_RE = re.compile(r"^([0-9a-f]{24})-(\d+)$")
 _TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
-               ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY]
+               ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY, POLICY_PROPERTY,
+               HOLD_PROPERTY]
 # Properties a clone cannot take at creation or that restore handles itself.
 _NO_COPY = {"mountpoint", "canmount", "casesensitivity", "normalization", "utf8only",
             "volsize", "volblocksize", "version", PENDING_PROPERTY}
@@ -152,6 +161,21 @@ def _decode(value: str | None) -> str | None:
         return v if isinstance(v, str) else value
     except ValueError:
         return value
+
+
+def _hold(value: str | None) -> tuple[str, float] | None:
+    """HOLD_PROPERTY's value back to (reason, since); None when unset or not what
+    hold() writes (a hold the daemon did not record is not one it keeps)."""
+    try:
+        data = json.loads(value) if value not in (None, "-", "") else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    reason, since = data.get("reason"), data.get("since")
+    if not isinstance(reason, str) or isinstance(since, bool) or not isinstance(since, (int, float)):
+        return None
+    return reason, float(since)
 
 
 def _float(value: str | None) -> float | None:
@@ -277,8 +301,17 @@ class ZfsBackend(Backend):
         got = await self._inodes()
         return None if got is None else got[1]
 
+    async def containers(self) -> dict[str, str | None]:
+        """Every filesystem directly under the root named like a container, in the one
+        `zfs get -d 1` that projects() makes."""
+        return await self._labels(None)
+
     async def projects(self, cids: list[str]) -> dict[str, str | None]:
         """The labels of containers `cids` in one `zfs get -d 1` (sources as _probe reads them)."""
+        return await self._labels(cids)
+
+    async def _labels(self, cids: list[str] | None) -> dict[str, str | None]:
+        """Containers `cids` (None: every one there) -> project, from one `zfs get -d 1`."""
         res = await self.zfs.zfs("get", "-H", "-r", "-d", "1", "-o", "name,property,source,value",
                                  f"type,{PROJECT_PROPERTY}", self.root, check=False)
         prefix = self.root + "/"
@@ -289,6 +322,8 @@ class ZfsBackend(Backend):
                 kinds[name] = value
             elif source in ("local", "received"):
                 labels[name] = value
+        if cids is None:
+            cids = sorted(n[len(prefix):] for n in kinds if n.startswith(prefix) and _CID_RE.match(n[len(prefix):]))
         return {cid: labels.get(prefix + cid) for cid in cids if kinds.get(prefix + cid) == "filesystem"}
 
     async def total_bytes(self) -> int | None:
@@ -395,7 +430,8 @@ class ZfsBackend(Backend):
     # -- snapshots ----------------------------------------------------------
 
     async def create(self, cid: str, name: str, alias: str | None,
-                     expires_at: float | None, created_at: float | None = None) -> SnapshotFacts:
+                     expires_at: float | None, created_at: float | None = None, *,
+                     policy: str | None = None) -> SnapshotFacts:
         """One `zfs snapshot -o ...`: the snapshot and its mirrored metadata at once.
 
         `created_at` is the time the caller records (its clock); without it,
@@ -413,6 +449,8 @@ class ZfsBackend(Backend):
             args += ["-o", f"{ALIAS_PROPERTY}={_encode(alias)}"]
         if expires_at is not None:
             args += ["-o", f"{EXPIRES_PROPERTY}={float(expires_at)!r}"]
+        if policy is not None:
+            args += ["-o", f"{POLICY_PROPERTY}={_encode(policy)}"]
         try:
             await self.zfs.zfs(*args, ref)
         except SnapshotNotFound as e:  # "dataset does not exist" names the container
@@ -427,9 +465,10 @@ class ZfsBackend(Backend):
             "defer_destroy": "off", "mounted": "-", CREATED_PROPERTY: repr(now),
             ALIAS_PROPERTY: "-" if alias is None else _encode(alias),
             EXPIRES_PROPERTY: "-" if expires_at is None else repr(float(expires_at)),
-            PENDING_PROPERTY: "-"}))
+            PENDING_PROPERTY: "-", POLICY_PROPERTY: "-" if policy is None else _encode(policy),
+            HOLD_PROPERTY: "-"}))
         return SnapshotFacts(name=name, created_at=now, size=0, ref=ref, alias=alias,
-                             expires_at=expires_at, mirrored=True)
+                             expires_at=expires_at, mirrored=True, policy=policy)
 
     async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
         scan = await self._scan(cid, fresh=True)
@@ -440,6 +479,28 @@ class ZfsBackend(Backend):
         else:
             await self.zfs.zfs("set", f"{ALIAS_PROPERTY}={_encode(alias)}",
                                ref)
+
+    async def hold(self, cid: str, snap: SnapshotRef, reason: str, since: float) -> None:
+        """`zfs hold` with HOLD_TAG (a second hold with the tag is no error), then the
+        reason and time in HOLD_PROPERTY, which a rebuilt store reads back."""
+        ref = await self._hold_tag(cid, snap, "hold", "tag already exists")
+        value = json.dumps({"reason": reason, "since": since}, ensure_ascii=True, sort_keys=True)
+        await self.zfs.zfs("set", f"{HOLD_PROPERTY}={value}", ref)
+
+    async def release(self, cid: str, snap: SnapshotRef) -> None:
+        """`zfs release` of HOLD_TAG (none there is no error), then HOLD_PROPERTY goes."""
+        ref = await self._hold_tag(cid, snap, "release", "no such tag")
+        await self.zfs.zfs("inherit", HOLD_PROPERTY, ref)
+
+    async def _hold_tag(self, cid: str, snap: SnapshotRef, command: str, already: str) -> str:
+        """`zfs hold|release HOLD_TAG` on the snapshot, where it is now; zfs's answer that it
+        is so already (`already`) is no error.  The snapshot's full name."""
+        ref = self._locate(await self._scan(cid, fresh=True), cid, snap)
+        self._invalidate(cid)
+        res = await self.zfs.zfs(command, HOLD_TAG, ref, check=False)
+        if res.rc != 0 and already not in (res.stderr + res.stdout).lower():
+            raise error_for(res.argv, res.stderr or res.stdout)
+        return ref
 
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
         scan = await self._scan(cid)
@@ -458,10 +519,13 @@ class ZfsBackend(Backend):
         mirrored = any(p.get(k, "-") != "-" for k in (CREATED_PROPERTY, ALIAS_PROPERTY,
                                                        EXPIRES_PROPERTY))
         created = _float(p.get(CREATED_PROPERTY)) or _float(p.get("creation")) or 0.0
+        hold = _hold(p.get(HOLD_PROPERTY))
         return SnapshotFacts(
             name=s.name.split("@", 1)[1], created_at=created, size=int(p.get("used", 0)),
             ref=s.name, alias=_decode(p.get(ALIAS_PROPERTY)),
-            expires_at=_float(p.get(EXPIRES_PROPERTY)), mirrored=mirrored)
+            expires_at=_float(p.get(EXPIRES_PROPERTY)), mirrored=mirrored,
+            policy=_decode(p.get(POLICY_PROPERTY)), hold_reason=hold[0] if hold else None,
+            hold_since=hold[1] if hold else None)
 
     # -- restore ------------------------------------------------------------
 

@@ -34,14 +34,19 @@ from snapd.host import logsetup
 from snapd.host import systemd
 from snapd.http.admin import STATUS_KEY
 from snapd.http.admin_expiry import REAPER_KEY
+from snapd.http.admin_policies import POLICIES_KEY
 from snapd.http.api import make_app
 from snapd.http.auth import AuthContext
 from snapd.core.clock import Clock, iso
-from snapd.host.config import Config, ConfigError, PoolSpec
+from snapd.host.config import Config, ConfigError, PoolSpec, policy_key
 from snapd.host.metrics import Metrics
 from snapd.http.envelope import BODY_TIMEOUT
 from snapd.http.guard import BACKLOG, GuardedRunner
+from snapd.core.coverage import Coverage
+from snapd.core.policies.spec import PolicyError, PolicySpec
+from snapd.core.policy_service import PolicyService
 from snapd.core.reaper import Reaper
+from snapd.core.scheduler import Scheduler
 from snapd.core.state import State, StateError
 from snapd.host.systemd import ActivatedSockets
 
@@ -309,17 +314,29 @@ class Daemon:
         self.metrics.watch_pools(self.service.pool_usage)
         self.metrics.watch_reaper(self.reaper)
         self.metrics.watch_problems(self.service.problem_counts)
+        self.coverage = Coverage(self.service)
+        await self._check_policies(self.cfg)
+        try:
+            book = self.state.policies(self.clock, self.cfg.policies, self.cfg.source)
+        except PolicyError as exc:
+            raise ConfigError(f"{self.cfg.source}: policies: {exc.key}: {exc.message}") from None
+        self.scheduler = Scheduler(self.service, book, self.coverage, self.clock)
+        self.policies = PolicyService(book, self.scheduler)
+        self.service.keep_source = self.policies.keep_reasons
+        self.metrics.watch_policies(self.scheduler)
         self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
         app[STATUS_KEY] = self.status
         app[REAPER_KEY] = self.reaper
+        app[POLICIES_KEY] = self.policies
         self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
                                     handle_signals=False)
         await self.runner.setup()
         self.listeners = Listeners(self.runner, self.activated, self.cfg.admin_group)
         await self.listeners.apply(self.cfg)
         self.reaper.start()
+        self.scheduler.start()
         log.info("listening on %s; pools %s", ", ".join(self.listeners.describe()),
                  ", ".join(self.backends))
         systemd.ready(self.status_line())
@@ -328,6 +345,7 @@ class Daemon:
     async def stop(self) -> None:
         systemd.stopping(f"finishing {self.service.inflight} operations")
         log.info("stopping: finishing %d operations in flight", self.service.inflight)
+        await self.scheduler.stop()
         await self.reaper.stop()
         await self._close()
         log.info("stopped")
@@ -380,6 +398,17 @@ class Daemon:
                                {b.pool_id: policies[key] for key, b in self.backends.items()},
                                cfg.policy(""))
 
+    async def _check_policies(self, cfg: Config, pools: list[str] | None = None) -> None:
+        """ConfigError (naming `policies.NAME.KEY`) unless every file policy names only
+        configured pools and applies to something that exists."""
+        if pools is None:
+            pools = [b.pool_id for b in self.backends.values()]
+        for spec in cfg.policies.values():
+            try:
+                await self.coverage.check_applies(spec, pools)
+            except PolicyError as exc:
+                raise ConfigError(f"{cfg.source}: {policy_key(spec.name, exc.key)}: {exc.message}") from None
+
     # -- reload ------------------------------------------------------------------------
 
     async def reload(self) -> None:
@@ -404,6 +433,8 @@ class Daemon:
                        if str(spec) not in self.backends and spec.root in by_root}
             for new_key, old_key in renamed.items():
                 self.backends[new_key] = self.backends.pop(old_key)
+            await self._check_policies(new, [str(p) for p in new.pools])
+            self._check_file_policies(new.policies, new.source)
             added = [spec for spec in new.pools if str(spec) not in self.backends]
             opened = {str(spec): await open_backend(spec, new.policy(spec).layout) for spec in added}
             try:
@@ -418,6 +449,8 @@ class Daemon:
                 await self.backends.pop(key).close()
             self.backends.update(opened)
             self._serve_pools(new)
+            self.policies.book.set_file(new.policies)
+            self.scheduler.touch(fresh=True)
             logsetup.configure(new.log_level, new.log_format)
             logging.getLogger().addHandler(self.errors)
             self.cfg = new
@@ -428,6 +461,12 @@ class Daemon:
         except Exception as exc:  # a reload must never take the daemon down
             log.error("reload failed, the running configuration stays: %s", exc, exc_info=exc)
         systemd.ready(self.status_line())
+
+    def _check_file_policies(self, specs: dict[str, PolicySpec], source: str) -> None:
+        try:
+            self.policies.book.check_file(specs)
+        except PolicyError as exc:
+            raise ConfigError(f"{source}: policies: {exc.key}: {exc.message}") from None
 
     # -- status ------------------------------------------------------------------------
 
@@ -448,7 +487,8 @@ class Daemon:
                           "snapshots": count, "bytes": held,
                           "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),
                                      "max_snapshots_per_container": policy.max_snapshots_per_container,
-                                     "max_snapshots_per_project": policy.max_snapshots_per_project},
+                                     "max_snapshots_per_project": policy.max_snapshots_per_project,
+                                     "manual_expiry": policy.manual_expiry},
                           })
         return {
             "version": __version__,
@@ -463,6 +503,8 @@ class Daemon:
                 "failing": len(self.reaper.failures),
                 "next_expiry": iso(self.service.next_expiry()),  # type: ignore[union-attr]
             },
+            "policies": [{"name": e["name"], "source": e["source"], **e["status"]} for e in self.policies.list()],
+            "scheduler": self.scheduler.lag_summary(),
             "log": {"level": self.cfg.log_level, "format": self.cfg.log_format},
             "watchdog_interval_s": self.watchdog.interval,
             "last_errors": list(self.errors.records),

@@ -59,6 +59,8 @@ def _validator(path: str, method: str, status: int) -> jsonschema.Draft202012Val
 def _template(path: str) -> str:
     """The OpenAPI path a concrete request path belongs to."""
     parts = path.split("?")[0].split("/")
+    if len(parts) == 6 and parts[1:4] == ["api", "v1", "containers"] and parts[5] == "snapshot-details":
+        parts[4] = "{id}"
     if len(parts) >= 6 and parts[1:4] == ["api", "v1", "containers"] and parts[5] == "snapshots":
         parts[4] = "{id}"
         if len(parts) >= 7:

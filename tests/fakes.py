@@ -84,9 +84,9 @@ class GatedOverlay(OverlayBackend):
             self.entered.set()
             await self.gate.wait()
 
-    async def create(self, cid, name, alias, expires_at, created_at=None):  # type: ignore[override]
+    async def create(self, cid, name, alias, expires_at, created_at=None, *, policy=None):  # type: ignore[override]
         await self._held()
-        return await super().create(cid, name, alias, expires_at, created_at=created_at)
+        return await super().create(cid, name, alias, expires_at, created_at=created_at, policy=policy)
 
     async def restore(self, cid, snap, others):  # type: ignore[override]
         await self._held()

@@ -29,8 +29,12 @@ FORBIDDEN = {
     "alias": "You do not have permission to update snapshots for this container",
     "restore": "You do not have permission to restore this container",
     "delete": "You do not have permission to delete snapshots for this container",
+    "hold": "You do not have permission to hold or release snapshots for this container",
+    "release": "You do not have permission to hold or release snapshots for this container",
+    "detail": "You do not have permission to access this container",
+    "details": "You do not have permission to access this container",
 }
-WRITES = {"create", "alias", "restore", "delete"}
+WRITES = {"create", "alias", "restore", "delete", "hold", "release"}
 
 
 @dataclass
@@ -98,6 +102,10 @@ def route_requests(cid: str, name: str, headers: dict[str, str]) -> list[tuple[s
         ("get", ("GET", snaps(cid, name), None, headers)),
         ("alias", ("PATCH", snaps(cid, name, "/alias"), {"alias": "x"}, headers)),
         ("restore", ("PATCH", snaps(cid, name), None, headers)),
+        ("hold", ("PUT", snaps(cid, name, "/hold"), {"reason": "r"}, headers)),
+        ("detail", ("GET", snaps(cid, name, "/detail"), None, headers)),
+        ("details", ("GET", f"/api/v1/containers/{cid}/snapshot-details", None, headers)),
+        ("release", ("DELETE", snaps(cid, name, "/hold"), None, headers)),
         ("delete", ("DELETE", snaps(cid, name), None, headers)),
         ("create", ("POST", snaps(cid), None, headers)),
         ("openapi", ("GET", "/api/v1/openapi.json", None, headers)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,34 @@ def test_api_errors_exit_1_with_the_message(env, cid: str) -> None:
     assert out.stderr.startswith("snapd: 404 Container not found (request ") and "request_id" not in out.stderr
 
 
+def cells(line: str) -> list[str]:
+    """A table line's cells (columns are two or more spaces apart)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_hold_release_and_the_wide_list(env, cid: str) -> None:
+    d, _pool = env
+    name = json.loads(snapd(d, "create", "--json", cid).stdout)["data"]["snapshot"]["name"]
+    other = json.loads(snapd(d, "create", "--json", cid).stdout)["data"]["snapshot"]["name"]
+    out = snapd(d, "hold", cid, name, "--reason", "pre-upgrade")
+    assert out.returncode == 0, out.stderr
+    assert cells(out.stdout.splitlines()[0])[-3:] == ["POLICY", "HOLD", "KEPT BY"]
+    row = cells(out.stdout.splitlines()[1])
+    assert (row[0], row[-3:]) == (name, ["-", "pre-upgrade", "hold: pre-upgrade"])
+    header, *rows = snapd(d, "list", "--wide", cid).stdout.splitlines()[1:]
+    assert cells(header)[-3:] == ["POLICY", "HOLD", "KEPT BY"]
+    assert [(cells(r)[0], cells(r)[-2]) for r in rows] == [(other, "-"), (name, "pre-upgrade")]
+    assert "POLICY" not in snapd(d, "list", cid).stdout  # the plain list keeps the reference's columns
+    out = snapd(d, "delete", cid, name)
+    assert out.returncode == 1 and f"409 snapshot {name} is held: pre-upgrade" in out.stderr
+    out = snapd(d, "release", cid, name)
+    assert out.returncode == 0 and cells(out.stdout.splitlines()[1])[-3:] == ["-", "-", "manual"]
+    assert snapd(d, "delete", cid, name).returncode == 0
+    out = snapd(d, "hold", cid, other, "--reason", "")
+    assert out.returncode == 1 and "reason: must be 1 to 200 characters" in out.stderr
+    assert snapd(d, "hold", cid, other).returncode == 2  # --reason is required
+
+
 def test_usage_errors_exit_2(env, cid: str) -> None:
     d, _ = env
     assert snapd(d, "alias", cid, "snap-1").returncode == 2  # neither ALIAS nor --clear
@@ -94,7 +123,7 @@ def test_unreachable_daemon_exits_1(tmp_path: Path) -> None:
 
 
 def test_every_subcommand_help_has_an_example() -> None:
-    for sub in ("serve", "list", "create", "show", "restore", "alias", "delete"):
+    for sub in ("serve", "list", "create", "show", "restore", "alias", "delete", "hold", "release"):
         out = subprocess.run([sys.executable, "-m", "snapd", sub, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "examples:" in out.stdout and f"snapd {sub}" in out.stdout
     out = subprocess.run([sys.executable, "-m", "snapd", "--version"], capture_output=True, text=True)

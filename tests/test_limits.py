@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -23,41 +22,20 @@ import pytest
 
 from .aftercheck import HostCheck
 from .client import snaps
-from .conftest import unavailable
 from .crash import pending_journal
 from .daemon import DaemonProcess
 from .digest import write_tree
-from .harness import PoolHarness, is_root, new_cid
+from .harness import PoolHarness, new_cid
 from .harness.overlay import OverlayHarness
+from .loopfs import ext4
 from .test_safety import running
-
-
-def _run(*args: str) -> str:
-    return subprocess.run(list(args), check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
 def few_inodes(tmp_path: Path) -> Iterator[Path]:
     """A real ext4 filesystem with about 256 inodes, loop-mounted (detached on teardown)."""
-    if not is_root():
-        unavailable("mounting an ext4 image needs root")
-    for tool in ("mkfs.ext4", "losetup", "mount", "umount"):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} not found (install e2fsprogs / util-linux)")
-    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    _run("mkfs.ext4", "-q", "-F", "-N", "256", str(image))
-    dev = _run("losetup", "--find", "--show", str(image))
-    try:
-        _run("mount", dev, str(mnt))
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+    with ext4(tmp_path, 64 << 20, "-N", "256") as mnt:
+        yield mnt
 
 
 def _inodes(path: Path) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +160,56 @@ def test_scrape_time_collectors(tmp_path: Path) -> None:
     assert value(snap, "container_snapd_reaper_lag_seconds_count") == 3
     assert value(snap, "container_snapd_reaper_lag_seconds_sum") == pytest.approx(107.2)
     store.close()
+
+
+@dataclass
+class FakeScheduler:
+    taken: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
+    lags: list[float] = field(default_factory=list)
+    lag_count: int = 0
+    deletes: Counter = field(default_factory=Counter)
+    held_now: int = 0
+    last: dict = field(default_factory=dict)
+
+    def last_success(self) -> dict[str, float]:
+        return self.last
+
+    def retention_deletes(self) -> Counter:
+        return self.deletes
+
+    def held(self) -> int:
+        return self.held_now
+
+    def started(self, policy: str, lag: float, at: float) -> None:
+        self.taken[policy] += 1
+        self.lags.append(lag)
+        self.lag_count += 1
+        self.last[policy] = at
+
+
+def test_policy_metrics() -> None:
+    metrics = Metrics()
+    sched = FakeScheduler()
+    metrics.watch_policies(sched)
+    assert value(samples(metrics), "container_snapd_policy_schedule_lag_seconds_count") == 0
+    sched.started("hourly", 0.02, 1_750_000_000.0)
+    sched.started("hourly", 3.0, 1_750_003_600.0)
+    sched.failed["daily"] += 2
+    sched.deletes.update({"outside grid": 5, "min_free": 1})
+    sched.held_now = 4
+    snap = samples(metrics)
+    assert value(snap, "container_snapd_policy_snapshots_taken_total", policy="hourly") == 2
+    assert value(snap, "container_snapd_policy_snapshots_failed_total", policy="daily") == 2
+    assert value(snap, "container_snapd_policy_last_success_timestamp_seconds", policy="hourly") == 1_750_003_600.0
+    assert value(snap, "container_snapd_policy_schedule_lag_seconds_bucket", le="0.05") == 1
+    assert value(snap, "container_snapd_policy_schedule_lag_seconds_bucket", le="5.0") == 2
+    assert value(snap, "container_snapd_retention_deletes_total", reason="outside grid") == 5
+    assert value(snap, "container_snapd_retention_deletes_total", reason="min_free") == 1
+    assert value(snap, "container_snapd_held_snapshots") == 4
+    sched.lags[:] = []  # the scheduler trims its list: counted once, nothing lost
+    sched.started("hourly", 0.5, 1_750_007_200.0)
+    assert value(samples(metrics), "container_snapd_policy_schedule_lag_seconds_count") == 3
 
 
 def test_registries_are_independent() -> None:

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from snapd.core.names import highest, next_name
-from snapd.core.store import SnapshotRow, Store
+from snapd.core.store import SCHEMA_VERSION, Store
 
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import write_tree
 from .harness import PoolHarness, new_cid
+from .oldstore import store_at
 
 FROZEN = "1750000000.25"
 STAMP = datetime.fromtimestamp(int(float(FROZEN)), tz=timezone.utc).strftime("snap-%Y%m%d-%H%M%S")
@@ -123,17 +124,15 @@ def test_the_next_name_is_above_every_name_given(floor: str | None, want: str) -
 
 
 def test_the_v4_migration_seeds_marks_from_the_snapshots_there(tmp_path: Path) -> None:
-    store = Store(tmp_path / "snapd.db")  # make a version-3 store holding snapshots
-    store.db.execute("DROP TABLE name_marks")
-    store.db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    old = store_at(tmp_path / "snapd.db", 3)
     cid, other = new_cid(), new_cid()
-    store.insert_many(SnapshotRow(cid, name, "p", 1.0)
-                      for name in (STAMP, f"{STAMP}-9", f"{STAMP}-10", "zz-by-hand"))
-    store.insert_many([SnapshotRow(other, "by-hand", "p", 1.0)])
-    store.close()
+    old["snapshots"].insert_all([{"container_id": cid, "name": name, "pool": "p", "created_at": 1000}
+                                 for name in (STAMP, f"{STAMP}-9", f"{STAMP}-10", "zz-by-hand")])
+    old["snapshots"].insert({"container_id": other, "name": "by-hand", "pool": "p", "created_at": 1000})
+    old.close()
     store = Store(tmp_path / "snapd.db")
     try:
-        assert store.schema_version == 4
+        assert store.schema_version == SCHEMA_VERSION
         assert (store.name_mark(cid), store.name_mark(other)) == (f"{STAMP}-10", None)
     finally:
         store.close()

@@ -155,14 +155,19 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _snapshot_rows(snaps: list[dict]) -> str:
+def _snapshot_rows(snaps: list[dict], wide: bool = False) -> str:
+    """A table of snapshots; `wide`: with the detail routes' policy, hold and keep columns."""
+    def extra(s: dict) -> list[str]:
+        keep = "-" if s.get("keep") is None else ", ".join(s["keep"]) or "goes now"
+        return [s["policy"] or "-", s["hold"]["reason"] if s["hold"] else "-", keep] if wide else []
+
     return _table(
         [
             [s["name"], s["alias"] or "-", _when(s["created_at"]), _when(s["expires_at"]),
-             _when(s["last_used_at"]), _human_size(s["size"])]
+             _when(s["last_used_at"]), _human_size(s["size"]), *extra(s)]
             for s in snaps
         ],
-        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE"],
+        ["NAME", "ALIAS", "CREATED", "EXPIRES", "LAST USED", "SIZE", *(["POLICY", "HOLD", "KEPT BY"] if wide else [])],
     )
 
 
@@ -209,11 +214,13 @@ def _render(args: argparse.Namespace, data: dict) -> str:
         head = f"container {data['container_id']} (project {data['project_id'] or '-'})"
         if not data["snapshots"]:
             return head + "\nno snapshots"
-        return head + "\n" + _snapshot_rows(data["snapshots"])
+        return head + "\n" + _snapshot_rows(data["snapshots"], wide=args.wide)
     if args.command == "delete":
         return f"deleted {data['snapshot_name']} of {data['container_id']}"
     if args.command == "restore":
         return f"restored {args.id} from {data['snapshot']['name']}"
+    if args.command in ("hold", "release"):
+        return _snapshot_rows([data["snapshot"]], wide=True)
     return _snapshot_rows([data["snapshot"]])
 
 
@@ -225,6 +232,8 @@ def _snap_path(args: argparse.Namespace, suffix: str = "") -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.wide:
+        return _request(args, "GET", f"/api/v1/containers/{quote(args.id, safe='')}/snapshot-details")
     return _request(args, "GET", _snap_path(args))
 
 
@@ -254,6 +263,14 @@ def cmd_alias(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     return _request(args, "DELETE", _snap_path(args))
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    return _request(args, "PUT", _snap_path(args, "/hold"), {"reason": args.reason})
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    return _request(args, "DELETE", _snap_path(args, "/hold"))
 
 
 # -- admin commands --------------------------------------------------------------------
@@ -319,7 +336,8 @@ def _limits_text(limits: dict) -> str:
 
     return (f"reserve {limits['reserve']}, inode reserve {limits['reserve_inodes']}; snapshots "
             f"per container {most(limits['max_snapshots_per_container'])}, "
-            f"per project {most(limits['max_snapshots_per_project'])}")
+            f"per project {most(limits['max_snapshots_per_project'])}; snapshots made by request expire "
+            + (f"after {limits['manual_expiry']:g} days" if limits["manual_expiry"] else "never"))
 
 
 def _status_text(d: dict) -> str:
@@ -337,12 +355,23 @@ def _status_text(d: dict) -> str:
              "",
              "limits (a create beyond one gets 507):"]
     lines += [f"  {p['pool']}: {_limits_text(p['limits'])}" for p in d["pools"]]
+    if d.get("policies"):
+        from snapd.cli.policy import policy_status_rows
+
+        lag = d["scheduler"]
+        lines += ["", f"policies (schedule lag p50 {_seconds(lag['lag_p50_s'])}, p99 {_seconds(lag['lag_p99_s'])}, "
+                      f"max {_seconds(lag['lag_max_s'])} over {lag['snapshots']} snapshots):",
+                  policy_status_rows(d["policies"])]
     if d.get("problems"):
         lines += ["", f"set aside ({len(d['problems'])}; retried at the next start):"]
         lines += [f"  {p['source']}{' ' + p['pool'] if p['pool'] else ''}: {p['problem']}" for p in d["problems"]]
     if d["last_errors"]:
         lines += ["", "last errors:"] + [f"  {e['time']} {e['logger']}: {e['message']}" for e in d["last_errors"]]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -377,7 +406,7 @@ def _reconcile_text(d: dict) -> str:
         lines.append(f"journal: {verb} settle unfinished {e['op']} of {e['container_id']}"
                      f"{'@' + e['snapshot'] if e['snapshot'] else ''} (pool {e['pool']}, entry {e['id']})")
     for p in d["pools"]:
-        kinds = ("adopt", "forget", "update_ref", "rehome", "conflict", "name_mark")
+        kinds = ("adopt", "forget", "update_ref", "rehome", "conflict", "update_hold", "name_mark")
         actions = [(kind.replace("_", "-"), a) for kind in kinds
                    for a in p.get(kind, [])]
         head = f"pool {p['pool']}: " + (f"error: {p['error']}" if p["error"] else
@@ -473,7 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     cid = DEMO_CONTAINER
-    client("list", "list a container's snapshots, newest first", cmd_list, f"snapd list {cid}", name_arg=False)
+    listing = client("list", "list a container's snapshots, newest first", cmd_list, f"snapd list {cid}",
+                     f"snapd list --wide {cid}", name_arg=False)
+    listing.add_argument("--wide", action="store_true",
+                         help="also show the policy that took each snapshot and its hold")
     create = client("create", "take a snapshot", cmd_create,
                     f"snapd create {cid} --alias before-upgrade --expiry 7", name_arg=False)
     create.add_argument("--alias", help="a label of 1-100 characters")
@@ -487,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("alias", nargs="?", help="the new alias")
     alias.add_argument("--clear", action="store_true", help="remove the alias")
     client("delete", "delete a snapshot", cmd_delete, f"snapd delete {cid} snap-20250110-080000")
+    hold = client("hold", "hold a snapshot: nothing deletes it (expiry, retention, delete) until released",
+                  cmd_hold, f"snapd hold {cid} snap-20250115-103000 --reason pre-upgrade")
+    hold.add_argument("--reason", required=True, help="why it is held (1-200 characters)")
+    client("release", "release a snapshot's hold", cmd_release, f"snapd release {cid} snap-20250115-103000")
 
     def group(name: str, help_: str) -> Any:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -556,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="remove the label (the pool's layout setting decides again)")
     cl.set_defaults(label="layout")
 
+    from snapd.cli import policy  # it builds on this module's helpers
+
+    policy.add_commands(group("policy", "snapshot policies: schedules, retention, the plan (admin only)"), admin_cmd)
+
     expiry = group("expiry", "what the reaper will delete (admin only)")
     ep = admin_cmd(expiry, "plan", "list the snapshots that expire in the next N hours, earliest first "
                    "(overdue ones too)", cmd_expiry_plan, "snapd expiry plan", "snapd expiry plan --hours 168")
@@ -565,5 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:  # `snapd policy set NAME -f FILE KEY=VALUE`: argparse does not intermix positionals
+        if getattr(args, "assignments", None) is None or any(r.startswith("-") for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.assignments += rest
     return args.func(args)

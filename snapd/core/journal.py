@@ -105,6 +105,7 @@ async def _create(store: Store, backend: Backend, e: JournalEntry) -> str:
         created_at=float(e.data.get("created_at") or facts.created_at),  # type: ignore[attr-defined]
         alias=e.data.get("alias"), expires_at=e.data.get("expires_at"),
         size=facts.size, ref=facts.ref,  # type: ignore[attr-defined]
+        policy=e.data.get("policy"),
     ))
     return "rolled forward (snapshot complete on disk; row written from the journal)"
 

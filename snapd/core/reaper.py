@@ -32,7 +32,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from snapd.core.clock import Clock
+from snapd.core.clock import Clock, Sleeper
 from snapd.core.service import SnapshotService
 from snapd.core.records import SnapshotRow
 
@@ -69,12 +69,9 @@ class Reaper:
         self.chunk = chunk
         self.max_workers = max_workers
         self._slots = asyncio.Semaphore(parallel)
-        self._wake = asyncio.Event()
+        self._sleeper = Sleeper(self.clock)
+        self._wake = self._sleeper.wake
         self._task: asyncio.Task | None = None
-        self._parked_until: float | None = None
-        """While the dispatcher sleeps: when it will look again by itself (inf: never)."""
-        self._parked = asyncio.Event()
-        """Set (and replaced) each time the dispatcher goes to sleep."""
         self._workers: dict[tuple[str, str], asyncio.Task] = {}
         self.failures: dict[tuple[str, str], _Failure] = {}
         self.held_back: set[str] = set()
@@ -118,25 +115,12 @@ class Reaper:
                 log.exception("reaper pass failed")
                 await asyncio.sleep(1)
                 continue
-            self._park(math.inf if when is None else when)
-            try:
-                if when is None:
-                    await self._wake.wait()
-                else:
-                    await self.clock.sleep_until(when, self._wake)
-            finally:
-                self._parked_until = None
-
-    def _park(self, until: float) -> None:
-        self._parked_until = until
-        parked, self._parked = self._parked, asyncio.Event()
-        parked.set()
+            await self._sleeper.sleep(math.inf if when is None else when)
 
     def idle_at(self, at: float) -> bool:
         """Whether everything due at clock time `at` is done: no worker runs, and the
         dispatcher sleeps with nothing to look at before a time later than `at`."""
-        return (self._parked_until is not None and self._parked_until > at
-                and not self._wake.is_set() and not self._workers)
+        return self._sleeper.idle_after(at) and not self._workers
 
     async def settled(self, at: float | None = None) -> None:
         """Return once every snapshot due at `at` (default: now) has been deleted or
@@ -144,7 +128,7 @@ class Reaper:
         if at is None:
             at = self.clock.now()
         while not self.idle_at(at):
-            await self._parked.wait()
+            await self._sleeper.parked()
 
     def next_wake(self, now: float) -> float | None:
         """When the dispatcher must look again by itself: the earliest future expiry

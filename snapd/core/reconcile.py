@@ -2,8 +2,10 @@
 
 Runs at start-up (before listening).  A snapshot on disk that the store
 does not know is adopted, with alias and expiry from metadata mirrored on
-disk where the backend keeps it; a row whose snapshot is gone is removed;
-a ref that moved is updated; a container's name mark (snapd/core/names.py)
+disk where the backend keeps it, and with the policy that took it and its
+hold (every backend records those on disk); a row whose snapshot is gone is removed;
+a ref that moved is updated; a hold the disk records differently is taken from the
+disk (a hold is written there first); a container's name mark (snapd/core/names.py)
 is raised to the greater of the mark kept on disk and the names on disk, so
 a store rebuilt from the pools never gives a name twice.  Every action is
 logged with what and why.
@@ -35,6 +37,9 @@ class Plan:
     conflicts: list[SnapshotRow] = field(default_factory=list)
     """Rows another configured pool already holds for the same container and name."""
     refused: str | None = None
+    holds: list[tuple[SnapshotRow, str | None, float | None]] = field(default_factory=list)
+    """Rows whose hold differs from the one recorded on disk, with the disk's (reason,
+    since): the disk is written first, so after a crash between the two it is right."""
     marks: dict[str, str] = field(default_factory=dict)
     """Container id -> a higher name mark for the store: the greater of the mark
     kept on disk and the names on disk (a rebuilt store never reuses a name)."""
@@ -51,7 +56,15 @@ def _adopted(pool: str, cid: str, facts: SnapshotFacts) -> SnapshotRow:
         expires_at=facts.expires_at if facts.mirrored else None,
         size=facts.size,
         ref=facts.ref,
+        policy=facts.policy,
+        hold_reason=facts.hold_reason,
+        hold_since=_ms_round(facts.hold_since),
     )
+
+
+def _ms_round(ts: float | None) -> float | None:
+    """A time as the store keeps it (whole milliseconds)."""
+    return None if ts is None else round(ts * 1000) / 1000
 
 
 async def plan(store: Store, backend: Backend, configured: set[str] | None = None) -> Plan:
@@ -76,8 +89,11 @@ async def plan(store: Store, backend: Backend, configured: set[str] | None = Non
                 result.conflicts.append(elsewhere)
             else:
                 result.rehomed.append((elsewhere, facts.ref))
-        elif facts.ref and facts.ref != row.ref:
-            result.moved.append((row, facts.ref))
+        else:
+            if facts.ref and facts.ref != row.ref:
+                result.moved.append((row, facts.ref))
+            if facts.hold_reason != row.hold_reason:
+                result.holds.append((row, facts.hold_reason, _ms_round(facts.hold_since)))
     result.forget = [row for key, row in rows.items() if key not in disk]
     try:
         disk_marks = await backend.name_marks(None)
@@ -121,6 +137,11 @@ def apply(store: Store, p: Plan) -> None:
         log.info("reconcile pool=%s update-ref container=%s snapshot=%s ref=%s why=moved on disk",
                  p.pool, row.container_id, row.name, ref)
         store.update(row.container_id, row.name, ref=ref)
+    for row, reason, since in p.holds:
+        log.info("reconcile pool=%s %s container=%s snapshot=%s why=%s on disk", p.pool,
+                 "hold" if reason is not None else "release", row.container_id, row.name,
+                 f"held ({reason!r})" if reason is not None else "not held")
+        store.set_hold(row.container_id, row.name, reason, None if since is None else round(since * 1000))
     for cid, mark in p.marks.items():
         log.info("reconcile pool=%s name-mark container=%s mark=%s why=names up to it were given",
                  p.pool, cid, mark)

@@ -18,6 +18,11 @@ class SnapshotRow:
     expires_at: float | None = None
     size: int | None = None
     ref: str = ""
+    policy: str | None = None
+    """The policy that took it (None: taken by request, governed by expires_at alone)."""
+    hold_reason: str | None = None
+    """Why it is held (None: not held); a held snapshot is never deleted by a rule."""
+    hold_since: float | None = None
 
 
 @dataclass(frozen=True)

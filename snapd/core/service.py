@@ -113,6 +113,8 @@ class SnapshotService:
         """Journal id -> why, for entries a settle left pending."""
         self._reconcile_problems: dict[str, str] = {}
         """Pool -> why, for pools the last settle could not reconcile."""
+        self.keep_source: Callable[[Container, list[SnapshotRow]], dict[str, list[str]]] | None = None
+        """What keeps each snapshot now (policy_service.PolicyService.keep_reasons)."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.pool_id, self.default_policy)
@@ -187,6 +189,21 @@ class SnapshotService:
                 return container
         raise NotFound("container")
 
+    async def containers(self) -> list[Container]:
+        """Every container in every pool, with its project (one batched read per pool).  An id
+        in two pools is the first pool's, as find() sees it; a pool that cannot be read is
+        logged and left out this time."""
+        seen: dict[str, Container] = {}
+        for backend in list(self.backends):
+            try:
+                found = await backend.containers()
+            except Exception as exc:  # one bad pool must not hide the others' containers
+                log.warning("cannot list the containers of pool %s: %s", backend.pool_id, exc)
+                continue
+            for cid, project in found.items():
+                seen.setdefault(cid, Container(cid, backend, project))
+        return sorted(seen.values(), key=lambda c: c.id)
+
     def backend_for_pool(self, pool: str) -> Backend | None:
         return next((b for b in self.backends if b.pool_id == pool), None)
 
@@ -215,6 +232,33 @@ class SnapshotService:
         if row is None:
             raise NotFound("snapshot")
         return container, row
+
+    def snapshots(self, cid: str) -> list[SnapshotRow]:
+        """Every snapshot of `cid` the store knows, newest first (no container lookup, no guard)."""
+        return self.store.list(cid)
+
+    async def snapshots_paced(self, cid: str, page: int = 1000) -> list[SnapshotRow]:
+        """snapshots(), read a page at a time with the event loop running between pages (a
+        container with tens of thousands of snapshots takes tens of milliseconds to read)."""
+        rows: list[SnapshotRow] = []
+        while True:
+            last = rows[-1] if rows else None
+            got = self.store.list_after(cid, None if last is None else (round(last.created_at * 1000), last.name),
+                                        page)
+            rows += got
+            if len(got) < page:
+                return rows
+            await asyncio.sleep(0)
+
+    async def rows(self, cid: str, guard: Guard | None = None) -> tuple[Container, list[SnapshotRow]]:
+        """The container and all its snapshots, newest first."""
+        container = await self.find(cid, guard)
+        return container, self.store.list(cid)
+
+    def keep_reasons(self, container: Container, rows: list[SnapshotRow]) -> dict[str, list[str]]:
+        """Snapshot name -> every rule that keeps it now (the policy plan's `keep`), for
+        those of `rows` the plan covers (from `keep_source`, which the daemon sets)."""
+        return self.keep_source(container, rows) if self.keep_source is not None else {}
 
     def snapshot(self, cid: str, name: str) -> SnapshotRow | None:
         """The store's row for one snapshot (no container lookup, no guard)."""
@@ -451,22 +495,29 @@ class SnapshotService:
         return next_name(base, highest([self.store.name_mark(cid), *self.store.names_like(cid, base)]))
 
     async def create(
-        self, cid: str, alias: str | None, expiry_days: float | None, guard: Guard | None = None
+        self, cid: str, alias: str | None = None, expiry: float | None = None, guard: Guard | None = None,
+        *, policy: str | None = None, freeze: bool | None = None, manual_default: bool = False,
     ) -> tuple[Container, SnapshotRow]:
+        """Take a snapshot of `cid`; `expiry` in days (None: none; with `manual_default`,
+        the pool's manual_expiry).  `policy` names the policy taking it (None: by
+        request); `freeze` overrides the pool's freeze setting."""
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
             await self._check_room(container)  # no await from here to the journal intent
             now = self.clock.now()
             name = self._new_name(cid, now)
-            expires_at = now + expiry_days * DAY if expiry_days is not None else None
+            days = self.policy(container.backend).manual_expiry if expiry is None and manual_default else expiry
+            expires_at = now + days * DAY if days is not None else None
             with self.store.transaction():  # the name is spent once the intent is recorded
                 jid = self._journal("create", container, cid, name,
-                                    {"alias": alias, "expires_at": expires_at, "created_at": now})
+                                    {"alias": alias, "expires_at": expires_at, "created_at": now,
+                                     "policy": policy})
                 self.store.raise_name_mark(cid, name)
             faults.point("service.create.journaled")
             try:
                 facts = await self._run("create", container.backend, cid, name,
-                                        container.backend.create(cid, name, alias, expires_at, created_at=now))
+                                        container.backend.create(cid, name, alias, expires_at, created_at=now,
+                                                                 policy=policy))
             except BaseException:
                 self._journal_failed(jid)
                 raise
@@ -480,6 +531,7 @@ class SnapshotService:
                 expires_at=expires_at,
                 size=facts.size,
                 ref=facts.ref,
+                policy=policy,
             )
             with self.store.transaction():
                 self.store.insert(row)
@@ -547,9 +599,46 @@ class SnapshotService:
 
         return await self._mutate(cid, op)
 
+    async def hold(self, cid: str, name: str, reason: str, guard: Guard | None = None
+                   ) -> tuple[Container, SnapshotRow]:
+        """Hold a snapshot: no rule, no expiry and no delete request removes it until it is
+        released.  Holding a held snapshot again replaces the reason; `since` stays."""
+        async def op() -> tuple[Container, SnapshotRow]:
+            container, row = await self.get(cid, name, guard)
+            if row.hold_reason == reason:
+                return container, row
+            since = row.hold_since if row.hold_reason is not None else self.clock.now()
+            await self._run("hold", container.backend, cid, name,
+                            container.backend.hold(cid, SnapshotRef(row.name, row.ref), reason, since))
+            self.store.set_hold(cid, name, reason, round(since * 1000))
+            oplog.info("hold container=%s snapshot=%s reason=%r", cid, name, reason)
+            return container, replace(row, hold_reason=reason, hold_since=round(since * 1000) / 1000)
+
+        return await self._mutate(cid, op)
+
+    async def release(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
+        """Release a snapshot's hold (one not held: nothing changes); it is governed by
+        its expiry and its policy again."""
+        async def op() -> tuple[Container, SnapshotRow]:
+            container, row = await self.get(cid, name, guard)
+            if row.hold_reason is None:
+                return container, row
+            await self._run("release", container.backend, cid, name,
+                            container.backend.release(cid, SnapshotRef(row.name, row.ref)))
+            self.store.set_hold(cid, name, None, None)
+            oplog.info("release container=%s snapshot=%s", cid, name)
+            if row.expires_at is not None:
+                self.on_expiry_set(row.expires_at)  # overdue already: the reaper takes it now
+            return container, replace(row, hold_reason=None, hold_since=None)
+
+        return await self._mutate(cid, op)
+
     async def delete(self, cid: str, name: str, guard: Guard | None = None) -> Container:
         async def op() -> Container:
             container, row = await self.get(cid, name, guard)
+            if row.hold_reason is not None:
+                raise Conflict(f"snapshot {name} is held: {row.hold_reason}",
+                               [{"field": "hold", "reason": f"held: {row.hold_reason}; release it first"}])
             error = (await self._delete_rows(container.backend, cid, [row]))[name]
             if isinstance(error, ContainerBusy):  # e.g. a mount inside: kept whole, 409
                 raise Conflict(f"snapshot {name} was not deleted: {error}", error.details)
@@ -590,7 +679,13 @@ class SnapshotService:
     async def _delete_rows(
         self, backend: Backend, cid: str, rows: list[SnapshotRow]
     ) -> dict[str, BackendError | None]:
-        """Delete snapshots on disk (batched), then drop the rows of those gone."""
+        """Delete snapshots on disk (batched), then drop the rows of those gone.  A held
+        snapshot is never deleted, whoever asks: its result is an error naming the hold."""
+        held: dict[str, BackendError | None] = {
+            r.name: BackendError(f"snapshot {r.name} is held: {r.hold_reason}") for r in rows if r.hold_reason}
+        rows = [r for r in rows if not r.hold_reason]
+        if not rows:
+            return held
         names = ",".join(r.name for r in rows)
         await self._mirror_name_mark(backend, cid, [r.name for r in rows])
         jid = self._journal("delete", backend, cid, names, {"refs": {r.name: r.ref for r in rows}})
@@ -612,7 +707,7 @@ class SnapshotService:
             self.store.journal_end(jid, "done", self.clock.now())
         gone = [r for r in rows if r.name in results and results[r.name] is None]
         self._recount_later(backend, cid, {n for r in gone for n in self.store.neighbours(cid, r.created_at, r.name)})
-        return {r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}
+        return {**held, **{r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}}
 
     async def _mirror_name_mark(self, backend: Backend, cid: str, names: list[str]) -> None:
         """Before names leave the disk, make sure a store rebuilt from the pool (whose
@@ -647,7 +742,26 @@ class SnapshotService:
                 if (r := self.store.get(cid, n)) is not None
                 and r.expires_at is not None
                 and r.expires_at <= now
+                and r.hold_reason is None
             ]
+            backend = self.backend_for_pool(pool)
+            if not rows or backend is None:
+                return {}
+            return await self._delete_rows(backend, cid, rows)
+
+        return await self._mutate(cid, op)
+
+
+    async def delete_pruned(
+        self, cid: str, pool: str, names: list[str], policy: str
+    ) -> dict[str, BackendError | None]:
+        """Delete those of `names` that policy `policy` took and nobody holds (for the
+        pruner).  Checked again here, under the container's lock, whatever the caller
+        computed: a manual snapshot, another policy's or a held one is never deleted."""
+
+        async def op() -> dict[str, BackendError | None]:
+            rows = [r for n in names if (r := self.store.get(cid, n)) is not None
+                    and r.policy == policy and r.hold_reason is None and r.pool == pool]
             backend = self.backend_for_pool(pool)
             if not rows or backend is None:
                 return {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_HOOK_TIMEOUT = 60.0
+MAX_EXPIRY_DAYS = 36500
+"""The longest expiry, in days, a request or the config may give (100 years)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class PoolPolicy:
     """A create that would give one container more snapshots than this is refused (0: no limit)."""
     max_snapshots_per_project: int = 0
     """The same for all containers of one project in this pool (0: no limit)."""
+    manual_expiry: float | None = None
+    """Days: the expiry of a snapshot made by request (POST) without an `expiry` key
+    (None: such a snapshot never expires, the reference's behaviour)."""
     pre_restore: tuple[str, ...] = ()
     """argv run (no shell) before a restore; failure refuses the restore (409)."""
     post_restore: tuple[str, ...] = ()

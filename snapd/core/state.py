@@ -12,6 +12,8 @@ from typing import Any
 from backends.base import Backend
 
 from snapd.core.clock import Clock
+from snapd.core.policies.spec import PolicySpec
+from snapd.core.policy_book import PolicyBook
 from snapd.core.service import SnapshotService
 from snapd.core.store import Store, StoreError, private_dir
 from snapd.core.tokens import Tokens
@@ -38,6 +40,10 @@ class State:
 
     def service(self, backends: list[Backend], clock: Clock, metrics: Any = None) -> SnapshotService:
         return SnapshotService(self._store, backends, clock, metrics)
+
+    def policies(self, clock: Clock, file_specs: dict[str, PolicySpec], file_source: str) -> PolicyBook:
+        """The policies: the config file's and those kept in the store (PolicyError on a clash)."""
+        return PolicyBook(self._store, clock, file_specs, file_source)
 
     def tokens(self) -> Tokens:
         return Tokens(self._store)

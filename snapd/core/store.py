@@ -23,7 +23,11 @@ from snapd.core.records import JournalEntry, SnapshotRow
 
 log = logging.getLogger("snapd.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+_EXPIRING = "expires_at IS NOT NULL AND hold_reason IS NULL"
+"""Snapshots the reaper may delete when their time comes: never a held one (the
+condition of the partial expiry index, so every expiry query is served by it)."""
 
 
 def _ms(ts: float | None) -> int | None:
@@ -45,6 +49,9 @@ def _row(d: dict) -> SnapshotRow:
         expires_at=_s(d["expires_at"]),
         size=d["size"],
         ref=d["ref"] or "",
+        policy=d["policy"],
+        hold_reason=d["hold_reason"],
+        hold_since=_s(d["hold_since"]),
     )
 
 
@@ -59,6 +66,9 @@ def _to_dict(r: SnapshotRow) -> dict:
         "expires_at": _ms(r.expires_at),
         "size": r.size,
         "ref": r.ref,
+        "policy": r.policy,
+        "hold_reason": r.hold_reason,
+        "hold_since": _ms(r.hold_since),
     }
 
 
@@ -137,8 +147,31 @@ def _migrate_v4(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_v5(db: sqlite_utils.Database) -> None:
+    """Policies (issue 13): which policy made a snapshot, holds, stored policies and
+    each policy's schedule position per container.  The expiry index leaves held
+    snapshots out: the reaper's queries never see them."""
+    for column, kind in (("policy", "TEXT"), ("hold_reason", "TEXT"), ("hold_since", "INTEGER")):
+        db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} {kind}")
+    db.execute("DROP INDEX idx_snapshots_expires")
+    db.execute("CREATE INDEX idx_snapshots_expires ON snapshots(expires_at) "
+               "WHERE expires_at IS NOT NULL AND hold_reason IS NULL")
+    db.execute("CREATE INDEX idx_snapshots_held ON snapshots(container_id) WHERE hold_reason IS NOT NULL")
+    db.execute("CREATE TABLE policies (name TEXT PRIMARY KEY, body TEXT NOT NULL, updated_at INTEGER)")
+    db.execute(
+        "CREATE TABLE policy_slots ("
+        " policy TEXT NOT NULL,"
+        " container TEXT NOT NULL,"
+        " last_slot INTEGER,"            # ms: the nominal slot last taken
+        " last_run INTEGER,"             # ms
+        " last_ok INTEGER,"              # ms
+        " last_error TEXT,"
+        " PRIMARY KEY (policy, container))"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3,
-                                                             _migrate_v4]
+                                                             _migrate_v4, _migrate_v5]
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
 
 
@@ -269,6 +302,16 @@ class Store:
             params.append(limit)
         return [_row(d) for d in self.db.query(sql, params)]
 
+    def list_after(self, cid: str, after: tuple[int, str] | None, limit: int) -> list[SnapshotRow]:
+        """A page of a container's snapshots in list order (newest first), after the position
+        `after` ((created_at in ms, name), as position() gives; None: from the newest)."""
+        sql, params = "SELECT * FROM snapshots WHERE container_id = ?", [cid]
+        if after is not None:
+            sql += " AND (created_at, name) < (?, ?)"
+            params += [after[0], after[1]]
+        return [_row(d) for d in self.db.query(sql + " ORDER BY created_at DESC, name DESC LIMIT ?",
+                                                [*params, limit])]
+
     def get(self, cid: str, name: str) -> SnapshotRow | None:
         rows = list(
             self.db.query("SELECT * FROM snapshots WHERE container_id = ? AND name = ?", [cid, name])
@@ -304,7 +347,7 @@ class Store:
 
     def next_expiry(self) -> float | None:
         row = self.db.execute(
-            "SELECT MIN(expires_at) FROM snapshots WHERE expires_at IS NOT NULL"
+            f"SELECT MIN(expires_at) FROM snapshots WHERE {_EXPIRING}"
         ).fetchone()
         return _s(row[0])
 
@@ -343,7 +386,7 @@ class Store:
 
     _INSERT = (
         "INSERT INTO snapshots (container_id, name, pool, alias, created_at, last_used_at, "
-        "expires_at, size, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "expires_at, size, ref, policy, hold_reason, hold_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
     def insert(self, row: SnapshotRow) -> None:
@@ -355,11 +398,11 @@ class Store:
         with self.transaction():
             self.db.conn.executemany(self._INSERT, (tuple(_to_dict(r).values()) for r in rows))
 
-    _UPDATABLE = {"alias", "last_used_at", "size", "ref", "expires_at"}
+    _UPDATABLE = {"alias", "last_used_at", "size", "ref", "expires_at", "policy"}
     _TIME_FIELDS = {"last_used_at", "expires_at"}
 
     def update(self, cid: str, name: str, **fields: object) -> None:
-        """Set some of alias, last_used_at, expires_at, size and ref of one snapshot."""
+        """Set some of alias, last_used_at, expires_at, size, ref and policy of one snapshot."""
         unknown = set(fields) - self._UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
@@ -405,10 +448,68 @@ class Store:
     def delete(self, cid: str, name: str) -> None:
         self.db.execute("DELETE FROM snapshots WHERE container_id = ? AND name = ?", [cid, name])
 
+    def set_hold(self, cid: str, name: str, reason: str | None, since_ms: int | None) -> None:
+        """Hold one snapshot (`reason`, since `since_ms`), or release it (None, None)."""
+        self.db.execute("UPDATE snapshots SET hold_reason = ?, hold_since = ? WHERE container_id = ? AND name = ?",
+                        [reason, since_ms, cid, name])
+
+    def held_count(self) -> int:
+        """Held snapshots in the store (the partial index on held rows)."""
+        return self.db.execute("SELECT COUNT(*) FROM snapshots WHERE hold_reason IS NOT NULL").fetchone()[0]
+
+    # -- policies (issue 13) -----------------------------------------------------
+
+    def policy_rows(self) -> list[dict]:
+        """Policies set through the API: name, body (JSON), updated_at (ms); by name."""
+        return list(self.db.query("SELECT name, body, updated_at FROM policies ORDER BY name"))
+
+    def policy_put(self, name: str, body: str, at_ms: int | None) -> None:
+        self.db.execute(
+            "INSERT INTO policies (name, body, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            [name, body, at_ms])
+
+    def policy_delete(self, name: str) -> None:
+        self.db.execute("DELETE FROM policies WHERE name = ?", [name])
+
+    _SLOT_FIELDS = ("last_slot", "last_run", "last_ok", "last_error")
+
+    def slot_rows(self, policy: str | None = None) -> list[dict]:
+        """Schedule positions (policy, container, last_slot, last_run, last_ok in ms,
+        last_error), of one policy or all; by policy, container."""
+        sql = "SELECT policy, container, last_slot, last_run, last_ok, last_error FROM policy_slots"
+        params: list = []
+        if policy is not None:
+            sql += " WHERE policy = ?"
+            params.append(policy)
+        return list(self.db.query(sql + " ORDER BY policy, container", params))
+
+    def slot_put(self, policy: str, container: str, **fields: object) -> None:
+        """Set some of last_slot, last_run, last_ok (ms) and last_error of one
+        (policy, container), making the row if there is none (plain SQL: shares a
+        transaction())."""
+        unknown = set(fields) - set(self._SLOT_FIELDS)
+        if unknown:
+            raise ValueError(f"not a slot field: {sorted(unknown)}")
+        columns = ", ".join(["policy", "container", *fields])
+        marks = ", ".join("?" * (2 + len(fields)))
+        sets = ", ".join(f"{k} = excluded.{k}" for k in fields)
+        self.db.execute(
+            f"INSERT INTO policy_slots ({columns}) VALUES ({marks}) ON CONFLICT(policy, container) "
+            + (f"DO UPDATE SET {sets}" if fields else "DO NOTHING"),
+            [policy, container, *fields.values()])
+
+    def policy_newest(self) -> list[tuple[str, str, float]]:
+        """(policy, container, created_at of its newest snapshot of that policy): where the
+        scheduler stands even if it stopped between a snapshot and recording its slot."""
+        return [(r[0], r[1], r[2] / 1000.0) for r in self.db.execute(
+            "SELECT policy, container_id, MAX(created_at) FROM snapshots WHERE policy IS NOT NULL "
+            "GROUP BY policy, container_id")]
+
     def next_expiry_after(self, now: float) -> float | None:
         """The earliest expires_at strictly after `now`."""
         row = self.db.execute(
-            "SELECT MIN(expires_at) FROM snapshots WHERE expires_at > ?", [_ms(now)]
+            f"SELECT MIN(expires_at) FROM snapshots WHERE {_EXPIRING} AND expires_at > ?", [_ms(now)]
         ).fetchone()
         return _s(row[0])
 
@@ -506,7 +607,7 @@ class Store:
             (r[0], r[1], r[2])
             for r in self.db.execute(
                 "SELECT container_id, pool, COUNT(*), MIN(expires_at) AS first FROM snapshots "
-                "WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                f"WHERE {_EXPIRING} AND expires_at <= ? "
                 "GROUP BY container_id, pool ORDER BY first",
                 [_ms(now)],
             )
@@ -517,7 +618,7 @@ class Store:
         return [
             _row(d)
             for d in self.db.query(
-                "SELECT * FROM snapshots WHERE container_id = ? AND expires_at IS NOT NULL "
+                f"SELECT * FROM snapshots WHERE container_id = ? AND {_EXPIRING} "
                 "AND expires_at <= ? ORDER BY expires_at, name LIMIT ?",
                 [cid, _ms(now), limit],
             )
@@ -529,13 +630,13 @@ class Store:
         rows = [
             _row(d)
             for d in self.db.query(
-                "SELECT * FROM snapshots WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                f"SELECT * FROM snapshots WHERE {_EXPIRING} AND expires_at <= ? "
                 "ORDER BY expires_at, container_id, name LIMIT ?",
                 [_ms(until), limit],
             )
         ]
         total = self.db.execute(
-            "SELECT COUNT(*) FROM snapshots WHERE expires_at IS NOT NULL AND expires_at <= ?", [_ms(until)]
+            f"SELECT COUNT(*) FROM snapshots WHERE {_EXPIRING} AND expires_at <= ?", [_ms(until)]
         ).fetchone()[0]
         return rows, total
 

@@ -6,13 +6,16 @@ start-up can stop with one clear line.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, PoolPolicy, Reserve
+from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
+from snapd.core.policy_book import RESERVED
+from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, MAX_EXPIRY_DAYS, PoolPolicy, Reserve
 
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
@@ -84,6 +87,13 @@ def parse_reserve(value: object, where: str, unit: str = "bytes") -> Reserve:
     return Reserve(amount, fraction, unit)
 
 
+def parse_manual_expiry(value: object, where: str) -> float | None:
+    """Days (fractions allowed) up to MAX_EXPIRY_DAYS; 0 turns it off (None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_EXPIRY_DAYS:
+        raise ConfigError(f"{where}: must be a number of days from 0 (off) to {MAX_EXPIRY_DAYS}")
+    return float(value) or None
+
+
 def parse_limit(value: object, where: str) -> int:
     """A snapshot count limit: a whole number, 0 for none."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -109,6 +119,10 @@ class Config:
     otherwise in `pool_options` get."""
     pool_options: dict[str, PoolPolicy] = field(default_factory=dict)
     """Pool spec as written in `pools` -> its policy."""
+    policies: dict[str, PolicySpec] = field(default_factory=dict)
+    """The `[policies.NAME]` tables: snapshot policies (schedules and retention)."""
+    source: str = "flags"
+    """Where the values come from (the config file's path): error messages name it."""
 
     @property
     def reserve(self) -> Reserve:
@@ -135,9 +149,12 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "reserve_inodes": (int, str),
     "max_snapshots_per_container": int,
     "max_snapshots_per_project": int,
+    "manual_expiry": (int, float),
     "pool_options": dict,
+    "policies": dict,
 }
-LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project")
+LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project",
+              "manual_expiry")
 """Keys set globally and overridable per pool."""
 POOL_OPTION_KEYS = (*LIMIT_KEYS, "pre_restore", "post_restore", "hook_timeout", "layout")
 POOL_LAYOUTS = ("auto", "overlay", "whole")
@@ -235,7 +252,37 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
             opts, cfg.defaults, f"{source}: pool_options.{spec!r}")
         for spec, opts in (merged.get("pool_options") or {}).items()
     }
+    cfg.policies = parse_policies(merged.get("policies") or {}, source)
+    cfg.source = source
     return cfg
+
+
+def policy_key(name: str, key: str | None = None) -> str:
+    """`policies.NAME.KEY` as the file spells it (a name that is not a bare key, quoted)."""
+    bare = name.replace("_", "").replace("-", "").isalnum() and name.isascii()
+    head = f"policies.{name if bare else json.dumps(name)}"
+    return head if key in (None, "name", "policy") else f"{head}.{key}"
+
+
+def parse_policies(tables: dict[str, Any], source: str) -> dict[str, PolicySpec]:
+    """The `[policies.NAME]` tables, each checked (spec.parse_policy) and together (no two
+    claiming one target); ConfigError names the key, `policies.NAME.KEY`."""
+    out: dict[str, PolicySpec] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {policy_key(name)}: must be a table ([{policy_key(name)}])")
+        if name in RESERVED:
+            raise ConfigError(f"{source}: {policy_key(name)}: the name {name!r} is reserved "
+                              "(GET /api/v1/admin/policies/plan is the plan)")
+        try:
+            out[name] = parse_policy(name, table, "file")
+        except PolicyError as exc:
+            raise ConfigError(f"{source}: {policy_key(name, exc.key)}: {exc.message}") from None
+    try:
+        check_policies(out.values())
+    except PolicyError as exc:
+        raise ConfigError(f"{source}: policies: {exc.key}: {exc.message}") from None
+    return out
 
 
 def _argv(value: object, where: str) -> tuple[str, ...]:
@@ -256,6 +303,8 @@ def _limits(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolicy:
     for key in ("max_snapshots_per_container", "max_snapshots_per_project"):
         if key in values:
             changes[key] = parse_limit(values[key], f"{where}{key}")
+    if "manual_expiry" in values:
+        changes["manual_expiry"] = parse_manual_expiry(values["manual_expiry"], f"{where}manual_expiry")
     return replace(base, **changes)
 
 

@@ -15,6 +15,9 @@ What is measured where:
 * Start-up problems: `ProblemCollector` counts what was set aside, by source.
 * Reaper: `ReaperCollector` turns `Reaper.lags` (seconds from expires_at
   to the delete) into a histogram and exposes `Reaper.failures`.
+* Policies: `PolicyCollector` reads the scheduler: snapshots taken and
+  failed and last success per policy, the schedule lag histogram,
+  retention deletes by reason, held snapshots.
 
 `render(metrics)` gives the body and content type of a /metrics response.
 """
@@ -22,7 +25,7 @@ What is measured where:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -48,6 +51,7 @@ NAMESPACE = "container_snapd"
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OPERATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
 REAPER_LAG_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+SCHEDULE_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class Metrics:
@@ -120,6 +124,9 @@ class Metrics:
 
     def watch_problems(self, counts: Callable[[], dict[str, int]]) -> Collector:
         return self.add_collector(ProblemCollector(counts))
+
+    def watch_policies(self, scheduler: SchedulerLike) -> Collector:
+        return self.add_collector(PolicyCollector(scheduler))
 
 
 def render(metrics: Metrics) -> tuple[bytes, str]:
@@ -214,46 +221,52 @@ class ReaperLike(Protocol):
     deleted: int
 
 
-class ReaperCollector(Collector):
-    """The reaper's lag histogram (from `Reaper.lags`), deletions and failures.
+class FoldedHistogram:
+    """A cumulative histogram fed from a bounded list of recent values and a count of every
+    value ever recorded: at each scrape it folds in the values recorded since the previous
+    one (`recorded - seen` says how many of the list's last entries are new)."""
 
-    `Reaper.lags` is bounded (the oldest half is dropped past 10,000), so
-    the collector keeps its own cumulative histogram: at each scrape it
-    folds in the lags recorded since the previous one.  `Reaper.deleted`
-    counts every recorded lag, so `deleted - seen` says how many of the
-    list's last entries are new.
-    """
-
-    def __init__(self, reaper: ReaperLike, buckets: tuple[float, ...] = REAPER_LAG_BUCKETS) -> None:
-        self.reaper = reaper
+    def __init__(self, buckets: tuple[float, ...]) -> None:
         self.bounds = list(buckets) + [float("inf")]
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
         self._seen = 0
 
-    def _fold(self) -> None:
-        lags = self.reaper.lags
-        recorded = max(int(getattr(self.reaper, "deleted", 0)), self._seen)
-        new = min(recorded - self._seen, len(lags))
-        for lag in lags[len(lags) - new:] if new > 0 else []:
+    def fold(self, values: list[float], recorded: int) -> None:
+        recorded = max(recorded, self._seen)
+        new = min(recorded - self._seen, len(values))
+        for value in values[len(values) - new:] if new > 0 else []:
             for i, bound in enumerate(self.bounds):
-                if lag <= bound:
+                if value <= bound:
                     self.counts[i] += 1
                     break
-            self.total += lag
+            self.total += value
         self._seen = recorded
 
-    def collect(self) -> Iterator:
-        self._fold()
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         cumulative, buckets = 0, []
         for bound, c in zip(self.bounds, self.counts):
             cumulative += c
             buckets.append(("+Inf" if bound == float("inf") else _fmt(bound), cumulative))
-        hist = HistogramMetricFamily(
-            f"{NAMESPACE}_reaper_lag_seconds",
-            "Seconds between a snapshot's expires_at and its deletion.",
-            buckets=buckets, sum_value=self.total)
-        yield hist
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
+
+
+class ReaperCollector(Collector):
+    """The reaper's lag histogram (from `Reaper.lags`), deletions and failures.
+
+    `Reaper.lags` is bounded (the oldest half is dropped past 10,000), so
+    the collector keeps its own cumulative histogram (FoldedHistogram);
+    `Reaper.deleted` counts every recorded lag.
+    """
+
+    def __init__(self, reaper: ReaperLike, buckets: tuple[float, ...] = REAPER_LAG_BUCKETS) -> None:
+        self.reaper = reaper
+        self.lag = FoldedHistogram(buckets)
+
+    def collect(self) -> Iterator:
+        self.lag.fold(self.reaper.lags, int(getattr(self.reaper, "deleted", 0)))
+        yield self.lag.family(f"{NAMESPACE}_reaper_lag_seconds",
+                              "Seconds between a snapshot's expires_at and its deletion.")
         failing = GaugeMetricFamily(
             f"{NAMESPACE}_reaper_failing_snapshots",
             "Expired snapshots whose deletion failed and waits for a retry.")
@@ -268,6 +281,58 @@ class ReaperCollector(Collector):
             f"{NAMESPACE}_reaper_deleted", "Expired snapshots the reaper deleted.")
         deleted.add_metric([], getattr(self.reaper, "deleted", 0))
         yield deleted
+
+    def describe(self) -> Iterator:
+        return iter(())
+
+
+class SchedulerLike(Protocol):
+    taken: Mapping[str, int]
+    failed: Mapping[str, int]
+    lags: list[float]
+    lag_count: int
+
+    def last_success(self) -> dict[str, float]: ...
+    def retention_deletes(self) -> Mapping[str, int]: ...
+    def held(self) -> int: ...
+
+
+class PolicyCollector(Collector):
+    """Policies: snapshots taken and failed and the last success, per policy; the schedule
+    lag (actual start - planned instant); retention deletes by reason; held snapshots."""
+
+    def __init__(self, scheduler: SchedulerLike, buckets: tuple[float, ...] = SCHEDULE_LAG_BUCKETS) -> None:
+        self.scheduler = scheduler
+        self.lag = FoldedHistogram(buckets)
+
+    def collect(self) -> Iterator:
+        s = self.scheduler
+        taken = CounterMetricFamily(f"{NAMESPACE}_policy_snapshots_taken",
+                                    "Snapshots a policy took on schedule.", labels=["policy"])
+        failed = CounterMetricFamily(f"{NAMESPACE}_policy_snapshots_failed",
+                                     "Scheduled snapshots that failed (each attempt).", labels=["policy"])
+        for policy in sorted(set(s.taken) | set(s.failed)):
+            taken.add_metric([policy], s.taken.get(policy, 0))
+            failed.add_metric([policy], s.failed.get(policy, 0))
+        yield taken
+        yield failed
+        last = GaugeMetricFamily(f"{NAMESPACE}_policy_last_success_timestamp_seconds",
+                                 "When a policy's newest scheduled snapshot was taken (Unix time).",
+                                 labels=["policy"])
+        for policy, at in sorted(s.last_success().items()):
+            last.add_metric([policy], at)
+        yield last
+        self.lag.fold(s.lags, s.lag_count)
+        yield self.lag.family(f"{NAMESPACE}_policy_schedule_lag_seconds",
+                              "Seconds between a scheduled snapshot's planned instant and its start.")
+        deletes = CounterMetricFamily(f"{NAMESPACE}_retention_deletes",
+                                      "Snapshots retention deleted, by reason.", labels=["reason"])
+        for reason, n in sorted(s.retention_deletes().items()):
+            deletes.add_metric([reason], n)
+        yield deletes
+        held = GaugeMetricFamily(f"{NAMESPACE}_held_snapshots", "Snapshots held (no rule deletes them).")
+        held.add_metric([], s.held())
+        yield held
 
     def describe(self) -> Iterator:
         return iter(())

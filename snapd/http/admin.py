@@ -14,6 +14,7 @@ from aiohttp import web
 from backends.base import LAYOUTS
 from snapd.core.errors import NotFound, ServiceError
 from snapd.http.admin_expiry import add_expiry_routes
+from snapd.http.admin_policies import add_policy_routes
 from snapd.http.admin_reconcile import add_reconcile_routes
 from snapd.http.auth import AUTH_KEY, require_admin
 from snapd.http.envelope import ApiError, Messages, map_service_error, ok, read_body
@@ -188,3 +189,4 @@ def add_admin_routes(app: web.Application) -> None:
         app.router.add_put(f"{ADMIN}/containers/{{id}}/{label}", set_label)
     add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py)
     add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/http/admin_expiry.py)
+    add_policy_routes(app)  # /api/v1/admin/policies... (snapd/http/admin_policies.py)

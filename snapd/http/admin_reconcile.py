@@ -29,7 +29,7 @@ def _pool_json(s: PoolSettlement) -> dict[str, Any]:
     p = s.plan
     if p is None:
         return {"pool": s.pool, "adopt": [], "forget": [], "update_ref": [], "rehome": [], "conflict": [],
-                "name_mark": [], "refused": None, "error": s.error}
+                "update_hold": [], "name_mark": [], "refused": None, "error": s.error}
     return {
         "pool": p.pool,
         "adopt": [{"container_id": r.container_id, "snapshot": r.name, "why": "on disk, not in store"}
@@ -43,6 +43,9 @@ def _pool_json(s: PoolSettlement) -> dict[str, Any]:
                    for r, ref in p.rehomed],
         "conflict": [{"container_id": r.container_id, "snapshot": r.name,
                       "why": f"pool {r.pool} holds it too; left alone"} for r in p.conflicts],
+        "update_hold": [{"container_id": r.container_id, "snapshot": r.name,
+                         "why": f"held on disk: {reason}" if reason is not None else "not held on disk"}
+                        for r, reason, _since in p.holds],
         "name_mark": [{"container_id": cid, "snapshot": mark,
                        "why": "names up to it were given; none is given again"} for cid, mark in p.marks.items()],
         "refused": p.refused,
@@ -95,8 +98,8 @@ RECONCILE_SCHEMAS: dict[str, Any] = {
     },
     "ReconcilePool": {
         "type": "object", "additionalProperties": False,
-        "required": ["pool", "adopt", "forget", "update_ref", "rehome", "conflict", "name_mark", "refused",
-                     "error"],
+        "required": ["pool", "adopt", "forget", "update_ref", "rehome", "conflict", "update_hold", "name_mark",
+                     "refused", "error"],
         "properties": {
             "pool": {"type": "string"},
             "adopt": {"type": "array", "items": _schema_ref("ReconcileAction")},
@@ -104,6 +107,8 @@ RECONCILE_SCHEMAS: dict[str, Any] = {
             "update_ref": {"type": "array", "items": _schema_ref("ReconcileAction")},
             "rehome": {"type": "array", "items": _schema_ref("ReconcileAction")},
             "conflict": {"type": "array", "items": _schema_ref("ReconcileAction")},
+            "update_hold": {"type": "array", "items": _schema_ref("ReconcileAction"),
+                            "description": "Holds the store takes from the disk (recorded there first)"},
             "name_mark": {"type": "array", "items": _schema_ref("ReconcileAction"),
                           "description": "Raised name marks (snapshot: the mark)"},
             "refused": {"type": ["string", "null"]},

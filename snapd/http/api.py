@@ -41,6 +41,7 @@ from snapd.http.validation import (
     parse_container_id,
     parse_create_body,
     parse_empty_body,
+    parse_hold_body,
 )
 
 log = logging.getLogger("snapd.api")
@@ -76,6 +77,11 @@ DELETE_MSGS = Messages(
     "Invalid snapshot name or container ID",
     "Container or snapshot not found",
 )
+HOLD_MSGS = Messages(
+    "You do not have permission to hold or release snapshots for this container",
+    "Invalid snapshot name or container ID",
+    "Container or snapshot not found",
+)
 
 
 def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
@@ -88,6 +94,13 @@ def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
         "stateful": False,
         "size": row.size,
     }
+
+
+def snapshot_detail_json(row: SnapshotRow, keep: list[str] | None = None) -> dict[str, Any]:
+    """The reference's seven fields, then what only the detail routes show: the policy that
+    took it (null: taken by request), its hold, and the rules that keep it (`keep`)."""
+    hold = None if row.hold_reason is None else {"reason": row.hold_reason, "since": iso(row.hold_since)}
+    return {**snapshot_json(row), "policy": row.policy, "hold": hold, "keep": keep}
 
 
 # -- request plumbing ------------------------------------------------------------
@@ -207,8 +220,9 @@ async def list_snapshots(request: web.Request) -> web.Response:
 @endpoint(CREATE_MSGS, write=True)
 async def create_snapshot(request: web.Request) -> web.Response:
     cid = _cid(request)
-    alias, expiry = parse_create_body(await read_body(request))
-    container, row = await _service(request).create(cid, alias, expiry, request[GUARD])
+    alias, expiry, given = parse_create_body(await read_body(request))
+    container, row = await _service(request).create(cid, alias, expiry, request[GUARD],
+                                                    manual_default=not given)
     return _snapshot_ok("Snapshot created successfully", container, row)
 
 
@@ -247,6 +261,48 @@ async def delete_snapshot(request: web.Request) -> web.Response:
     )
 
 
+def _detail_ok(request: web.Request, message: str, container: Container, row: SnapshotRow) -> web.Response:
+    keep = _service(request).keep_reasons(container, [row]).get(row.name)
+    return ok(message, {**_container_data(container), "snapshot": snapshot_detail_json(row, keep)})
+
+
+@endpoint(HOLD_MSGS, write=True)
+async def hold_snapshot(request: web.Request) -> web.Response:
+    """Hold: never deleted by expiry, retention, space-aware cleanup or a DELETE (409) until
+    released.  Holding a held snapshot again replaces the reason."""
+    cid, name = _cid_name(request)
+    reason = parse_hold_body(await read_body(request))
+    container, row = await _service(request).hold(cid, name, reason, request[GUARD])
+    return _detail_ok(request, "Snapshot held successfully", container, row)
+
+
+@endpoint(HOLD_MSGS, write=True)
+async def release_snapshot(request: web.Request) -> web.Response:
+    """Release a hold; releasing a snapshot that is not held is a 200 that changes nothing."""
+    cid, name = _cid_name(request)
+    parse_empty_body(await read_body(request))
+    container, row = await _service(request).release(cid, name, request[GUARD])
+    return _detail_ok(request, "Snapshot released successfully", container, row)
+
+
+@endpoint(GET_MSGS)
+async def get_snapshot_detail(request: web.Request) -> web.Response:
+    cid, name = _cid_name(request)
+    container, row = await _service(request).get(cid, name, request[GUARD])
+    return _detail_ok(request, "Snapshot detail retrieved successfully", container, row)
+
+
+@endpoint(LIST_MSGS)
+async def list_snapshot_details(request: web.Request) -> web.Response:
+    cid = _cid(request)
+    service = _service(request)
+    container, rows = await service.rows(cid, request[GUARD])
+    keep = service.keep_reasons(container, rows)
+    return ok("Snapshot details retrieved successfully", {
+        **_container_data(container),
+        "snapshots": [snapshot_detail_json(row, keep.get(row.name)) for row in rows]})
+
+
 async def openapi(request: web.Request) -> web.Response:
     """Any authenticated caller may read the API document."""
     return web.json_response(openapi_document(), dumps=dumps)
@@ -281,6 +337,10 @@ def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | No
     app.router.add_patch(BASE + "/{name}", restore_snapshot)
     app.router.add_delete(BASE + "/{name}", delete_snapshot)
     app.router.add_patch(BASE + "/{name}/alias", update_alias)
+    app.router.add_put(BASE + "/{name}/hold", hold_snapshot)
+    app.router.add_delete(BASE + "/{name}/hold", release_snapshot)
+    app.router.add_get(BASE + "/{name}/detail", get_snapshot_detail, allow_head=False)
+    app.router.add_get("/api/v1/containers/{id}/snapshot-details", list_snapshot_details, allow_head=False)
     app.router.add_get("/api/v1/openapi.json", openapi, allow_head=False)
     add_admin_routes(app)
     return app

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from snapd import __version__
-from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS
+from snapd.http.validation import MAX_ALIAS, MAX_EXPIRY_DAYS, MAX_HOLD_REASON
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 CONTAINER_ID_PATTERN = "^[0-9a-fA-F]{24}$"
@@ -59,6 +59,8 @@ def _refused_class() -> str:
 TEXT_PATTERN = "<text pattern>"
 """Where a schema's pattern is the text rule; filled in when the document is first built (scanning
 every code point takes a third of a second: no daemon start should pay it)."""
+LONG_TEXT_PATTERN = "<long text pattern>"
+"""The text rule's pattern for up to MAX_HOLD_REASON characters (hold reasons)."""
 TEXT_RULE = (f"1 to {MAX_ALIAS} characters, none of them a Unicode control (Cc), format (Cf), "
              "line or paragraph separator (Zl, Zp) character or a lone surrogate; "
              "anything else is a 400 naming the character")
@@ -152,7 +154,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["number", "null"],
                 "exclusiveMinimum": 0,
                 "maximum": MAX_EXPIRY_DAYS,
-                "description": "Days until the snapshot expires (fractions allowed); absent or null: never.",
+                "description": "Days until the snapshot expires (fractions allowed); null: never; absent: "
+                               "the pool's `manual_expiry` (off unless configured: never).",
             },
         },
     },
@@ -188,12 +191,44 @@ SCHEMAS: dict[str, Any] = {
         "snapshot_name": _ref("SnapshotName"),
     }),
 }
+SCHEMAS["HoldBody"] = _object({"reason": {
+    "type": "string", "minLength": 1, "maxLength": MAX_HOLD_REASON, "pattern": LONG_TEXT_PATTERN,
+    "description": f"Why the snapshot is held: {TEXT_RULE.replace(str(MAX_ALIAS), str(MAX_HOLD_REASON), 1)}."}})
+SCHEMAS["SnapshotHold"] = _object({
+    "reason": {"type": "string"},
+    "since": {**TIMESTAMP, "description": "When it was first held (a new reason keeps this time)."},
+})
+SCHEMAS["SnapshotDetail"] = _object({
+    **SCHEMAS["Snapshot"]["properties"],
+    "policy": {"type": ["string", "null"],
+               "description": "The policy that took it, and whose rules may delete it; null: taken by request "
+                              "(governed by `expires_at` alone)."},
+    "hold": {**_nullable("SnapshotHold"),
+             "description": "null: not held. A held snapshot is never deleted by expiry, retention or "
+                            "space-aware cleanup, and a DELETE of it is a 409, until it is released."},
+    "keep": {"type": ["array", "null"], "items": {"type": "string"},
+             "description": "Every rule of its policy's plan that keeps it now (`keep_last`, `hourly "
+                            "2024-05-01T13`, `hold: ...`, `manual`); null when no plan covers it."},
+}, description="A snapshot with what only the detail routes show: the reference's seven fields, then "
+               "policy, hold and keep.")
+SCHEMAS["SnapshotDetailResult"] = _object({
+    "container_id": _ref("ContainerId"), "project_id": _ref("ProjectId"), "snapshot": _ref("SnapshotDetail"),
+})
+SCHEMAS["SnapshotDetailList"] = _object({
+    "container_id": _ref("ContainerId"), "project_id": _ref("ProjectId"),
+    "snapshots": {"type": "array", "items": _ref("SnapshotDetail"), "description": "Newest first."},
+})
 SCHEMAS["SnapshotListResponse"] = _envelope("Snapshots retrieved successfully", "SnapshotList")
 SCHEMAS["SnapshotResponse"] = _envelope("Snapshot retrieved successfully", "SnapshotResult")
 SCHEMAS["SnapshotCreatedResponse"] = _envelope("Snapshot created successfully", "SnapshotResult")
 SCHEMAS["SnapshotAliasResponse"] = _envelope("Snapshot alias updated successfully", "SnapshotResult")
 SCHEMAS["RestoreResponse"] = _envelope("Container restored from snapshot successfully", "RestoreResult")
 SCHEMAS["DeleteResponse"] = _envelope("Snapshot deleted successfully", "DeleteResult")
+SCHEMAS["SnapshotHeldResponse"] = _envelope("Snapshot held successfully", "SnapshotDetailResult")
+SCHEMAS["SnapshotReleasedResponse"] = _envelope("Snapshot released successfully", "SnapshotDetailResult")
+SCHEMAS["SnapshotDetailResponse"] = _envelope("Snapshot detail retrieved successfully", "SnapshotDetailResult")
+SCHEMAS["SnapshotDetailListResponse"] = _envelope("Snapshot details retrieved successfully",
+                                                  "SnapshotDetailList")
 
 SCHEMAS["TokenScope"] = _object({
     "admin": {"type": "boolean"},
@@ -279,7 +314,10 @@ SCHEMAS["PoolLimits"] = _object({
     "reserve": {"type": "string"}, "reserve_inodes": {"type": "string"},
     "max_snapshots_per_container": {"type": "integer", "minimum": 0},
     "max_snapshots_per_project": {"type": "integer", "minimum": 0},
-}, description="What a create must leave free, and snapshot counts (0: no limit).")
+    "manual_expiry": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS,
+                      "description": "Days: the expiry of a snapshot created without `expiry`; null: never."},
+}, description="What a create must leave free, snapshot counts (0: no limit), and the default expiry "
+               "of snapshots made by request.")
 SCHEMAS["PoolStatus"] = _object({
     "pool": {"type": "string"}, "spec": {"type": "string"}, "kind": {"enum": ["overlay", "btrfs", "zfs"]},
     "root": {"type": "string"}, "free_bytes": {"type": ["integer", "null"]},
@@ -300,6 +338,13 @@ SCHEMAS["ReaperStatus"] = _object({
     "failing": {"type": "integer", "minimum": 0},
     "next_expiry": NULLABLE_TIMESTAMP,
 })
+SCHEMAS["SchedulerStatus"] = _object({
+    "snapshots": {"type": "integer", "minimum": 0, "description": "Scheduled snapshots started since the start."},
+    "lag_p50_s": {"type": ["number", "null"], "minimum": 0,
+                  "description": "Median seconds from planned instant to start (recent snapshots)."},
+    "lag_p99_s": {"type": ["number", "null"], "minimum": 0},
+    "lag_max_s": {"type": ["number", "null"], "minimum": 0},
+})
 SCHEMAS["LogSettings"] = _object({
     "level": {"enum": ["debug", "info", "warning", "error"]},
     "format": {"enum": ["kv", "json"]},
@@ -319,6 +364,9 @@ SCHEMAS["Status"] = _object({
     "inflight": {"type": "integer", "minimum": 0},
     "listeners": {"type": "array", "items": {"type": "string"}},
     "reaper": _ref("ReaperStatus"),
+    "policies": {"type": "array", "items": _ref("PolicyStatus"),
+                 "description": "Every policy with its last run and next snapshot."},
+    "scheduler": _ref("SchedulerStatus"),
     "log": _ref("LogSettings"),
     "watchdog_interval_s": {"type": ["number", "null"]},
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
@@ -360,6 +408,8 @@ SECURITY_SCHEME = {
 }
 TAGS = [
     {"name": "snapshots", "description": "The reference's snapshot routes: list, create, get, restore, alias, delete."},
+    {"name": "holds", "description": "Beyond the reference: hold and release a snapshot, and its details "
+                                     "(the policy that took it, its hold, the rules that keep it)."},
     {"name": "admin", "description": "Admin-only routes: tokens, container labels, reconcile, expiry plan, status. "
                                      "Every project token gets 403."},
     {"name": "meta", "description": "About the daemon itself: this document and Prometheus metrics."},
@@ -392,7 +442,7 @@ def _op(operation_id: str, tag: str, summary: str, ok: str, errors: list[int], b
     }
     if body:
         op["requestBody"] = {
-            "required": body in ("AliasBody", "ProjectBody", "LayoutBody", "TokenBody"),
+            "required": body in ("AliasBody", "ProjectBody", "LayoutBody", "TokenBody", "HoldBody"),
             "content": {"application/json": {"schema": _ref(body)}},
         }
     return op
@@ -514,11 +564,16 @@ def _meta_op(operation_id: str, summary: str, description: str, content: dict[st
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route."""
-    pattern = json.dumps(f"^[^{_refused_class()}]{{1,{MAX_ALIAS}}}$")[1:-1]
-    return json.loads(json.dumps(_document()).replace(TEXT_PATTERN, pattern))
+    refused = _refused_class()
+    text = json.dumps(_document())
+    for placeholder, longest in ((TEXT_PATTERN, MAX_ALIAS), (LONG_TEXT_PATTERN, MAX_HOLD_REASON)):
+        text = text.replace(placeholder, json.dumps(f"^[^{refused}]{{1,{longest}}}$")[1:-1])
+    return json.loads(text)
 
 
 def _document() -> dict[str, Any]:
+    from snapd.http import openapi_policies  # its schemas build on this module's helpers
+
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
     return {
@@ -529,7 +584,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": TAGS,
+        "tags": [*TAGS, openapi_policies.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -550,6 +605,21 @@ def _document() -> dict[str, Any]:
             base + "/{name}/alias": {
                 "patch": _op("updateSnapshotAlias", "snapshots", "Set or clear the snapshot's alias",
                              "SnapshotAliasResponse", COMMON + [408, 409, 413], "AliasBody", params=both),
+            },
+            base + "/{name}/hold": {
+                "put": _op("holdSnapshot", "holds", "Hold the snapshot: nothing deletes it until it is released",
+                           "SnapshotHeldResponse", COMMON + [408, 409, 413], "HoldBody", params=both),
+                "delete": _op("releaseSnapshot", "holds", "Release the snapshot's hold (not held: no change)",
+                              "SnapshotReleasedResponse", COMMON + [408, 409, 413], "EmptyBody", params=both),
+            },
+            base + "/{name}/detail": {
+                "get": _op("getSnapshotDetail", "holds", "One snapshot with its policy, hold and keep reasons",
+                           "SnapshotDetailResponse", COMMON, params=both),
+            },
+            "/api/v1/containers/{id}/snapshot-details": {
+                "get": _op("listSnapshotDetails", "holds",
+                           "A container's snapshots with policy, hold and keep reasons, newest first",
+                           "SnapshotDetailListResponse", COMMON),
             },
             f"{ADMIN}/tokens": {
                 "get": _op("listTokens", "admin", "List tokens (admin)", "TokenListResponse", ADMIN_ERRORS,
@@ -580,6 +650,7 @@ def _document() -> dict[str, Any]:
             },
             f"{ADMIN}/reconcile": _reconcile_path(),
             f"{ADMIN}/expiry": _expiry_path(),
+            **openapi_policies.policy_paths(),
             f"{ADMIN}/status": {
                 "get": _op("getStatus", "admin",
                            "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",

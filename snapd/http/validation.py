@@ -8,14 +8,15 @@ import re
 from typing import Any
 
 from snapd.core.errors import InvalidInput
+from snapd.core.settings import MAX_EXPIRY_DAYS
 from snapd.core.text import describe_char, first_refused
 
 CONTAINER_ID = re.compile(r"[0-9A-Fa-f]{24}")
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 32
-MAX_EXPIRY_DAYS = 36500
 MAX_ALIAS = 100
+MAX_HOLD_REASON = 200
 
 _MISSING = object()
 
@@ -130,12 +131,13 @@ TEXT_RULE = (f"1 to {MAX_ALIAS} characters, none of them a Unicode control, form
 """The rule for free text the daemon stores and prints (aliases, token labels)."""
 
 
-def text_problem(value: Any) -> str | None:
-    """Why `value` breaks TEXT_RULE (a reason naming the character), or None."""
+def text_problem(value: Any, longest: int = MAX_ALIAS) -> str | None:
+    """Why `value` breaks TEXT_RULE (a reason naming the character), or None; `longest`:
+    the most characters allowed (MAX_ALIAS unless the field says otherwise)."""
     if not isinstance(value, str):
         return "must be a string or null"
-    if not 1 <= len(value) <= MAX_ALIAS:
-        return f"must be 1 to {MAX_ALIAS} characters"
+    if not 1 <= len(value) <= longest:
+        return f"must be 1 to {longest} characters"
     if not is_utf8(value):
         return "must be valid Unicode (no lone surrogates)"
     bad = first_refused(value)
@@ -185,9 +187,11 @@ def parse_expiry(value: Any, field: str = "expiry") -> float | None:
     return float(value)
 
 
-def parse_create_body(raw: bytes) -> tuple[str | None, float | None]:
+def parse_create_body(raw: bytes) -> tuple[str | None, float | None, bool]:
+    """(alias, expiry in days, whether `expiry` was given at all: absent, the pool's
+    manual_expiry applies; null, the snapshot never expires)."""
     body = parse_body(raw, {"alias", "expiry"})
-    return parse_alias(body.get("alias"), "payload"), parse_expiry(body.get("expiry"))
+    return parse_alias(body.get("alias"), "payload"), parse_expiry(body.get("expiry")), "expiry" in body
 
 
 def parse_alias_body(raw: bytes) -> str | None:
@@ -195,6 +199,18 @@ def parse_alias_body(raw: bytes) -> str | None:
     if "alias" not in body:
         raise InvalidInput("alias", [_detail("alias", "required (use null to remove)")])
     return parse_alias(body["alias"], "alias")
+
+
+def parse_hold_body(raw: bytes) -> str:
+    """`{"reason": "..."}`: why a snapshot is held, TEXT_RULE's characters, 1 to
+    MAX_HOLD_REASON of them; InvalidInput("payload") naming `reason` otherwise."""
+    body = parse_body(raw, {"reason"})
+    if "reason" not in body:
+        raise InvalidInput("payload", [_detail("reason", "required: why the snapshot is held")])
+    problem = "must be a string" if body["reason"] is None else text_problem(body["reason"], MAX_HOLD_REASON)
+    if problem is not None:
+        raise InvalidInput("payload", [_detail("reason", problem)])
+    return body["reason"]
 
 
 def parse_empty_body(raw: bytes) -> None:
