@@ -309,6 +309,7 @@ class Daemon:
         self.metrics.watch_pools(self.service.pool_usage)
         self.metrics.watch_reaper(self.reaper)
         self.metrics.watch_problems(self.service.problem_counts)
+        self.metrics.watch_freezes(lambda: dict(self.service.freezer.counts))  # type: ignore[union-attr]
         self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
@@ -467,4 +468,5 @@ class Daemon:
             "watchdog_interval_s": self.watchdog.interval,
             "last_errors": list(self.errors.records),
             "problems": self.service.problems(),
+            "freezes": dict(self.service.freezer.counts),  # type: ignore[union-attr]
         }

@@ -13,6 +13,8 @@ What is measured where:
 * Snapshots per pool and bytes they hold: `PoolCollector` calls a function
   at scrape time (e.g. one GROUP BY over the store).
 * Start-up problems: `ProblemCollector` counts what was set aside, by source.
+* Freezes: `FreezeCollector` exposes the service's freeze outcomes (frozen,
+  abandoned, not running; snapd/core/freeze.py).
 * Reaper: `ReaperCollector` turns `Reaper.lags` (seconds from expires_at
   to the delete) into a histogram and exposes `Reaper.failures`.
 
@@ -121,6 +123,9 @@ class Metrics:
     def watch_problems(self, counts: Callable[[], dict[str, int]]) -> Collector:
         return self.add_collector(ProblemCollector(counts))
 
+    def watch_freezes(self, counts: Callable[[], dict[str, int]]) -> Collector:
+        return self.add_collector(FreezeCollector(counts))
+
 
 def render(metrics: Metrics) -> tuple[bytes, str]:
     """The text exposition of every metric, and its content type."""
@@ -203,6 +208,27 @@ class ProblemCollector(Collector):
         for source, n in sorted(self.counts().items()):
             gauge.add_metric([source], n)
         yield gauge
+
+    def describe(self) -> Iterator:
+        return iter(())
+
+
+class FreezeCollector(Collector):
+    """Containers frozen for a snapshot, by outcome: `counts()` at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator:
+        counter = CounterMetricFamily(
+            f"{NAMESPACE}_freezes",
+            "Freezes asked for around a snapshot, by outcome: frozen; abandoned (not frozen within "
+            "freeze_timeout, or cgroup.freeze not writable: thawed, snapshot taken unfrozen); "
+            "not_running (no cgroup).",
+            labels=["outcome"])
+        for outcome, n in sorted(self.counts().items()):
+            counter.add_metric([outcome], n)
+        yield counter
 
     def describe(self) -> Iterator:
         return iter(())
