@@ -30,7 +30,7 @@ import pytest
 from backends import faults, make_backend
 from backends.base import BackendError
 from snapd.core.errors import OperationFailed
-from snapd.core.freeze import wait_frozen
+from snapd.core.freeze import Freezer, wait_frozen
 from snapd.core.journal import recover
 from snapd.core.service import SnapshotService
 from snapd.core.settings import PoolPolicy
@@ -231,6 +231,24 @@ async def test_a_container_without_a_cgroup_is_snapshotted_unfrozen(
     finally:
         await w.service.drain()
         w.store.close()
+
+
+async def test_a_directory_without_the_v2_freezer_is_abandoned_not_skipped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A template naming a cgroup v1 directory (or a kernel before 5.2): a warning that
+    says so, not a silent 'not running'."""
+    cid = new_cid()
+    (tmp_path / f"v1-{cid}").mkdir()
+    store = Store(tmp_path / "snapd.db")
+    freezer = Freezer(store, FakeClock())
+    try:
+        with caplog.at_level(logging.WARNING, "snapd.freeze"):
+            async with freezer.frozen(cid, "overlay:/p", "snap-1", str(tmp_path / "v1-{id}"), 1.0) as outcome:
+                assert outcome == "abandoned"
+        assert dict(freezer.counts) == {"frozen": 0, "abandoned": 1, "not_running": 0}
+        assert "not a cgroup v2 directory" in caplog.text and store.journal_pending() == []
+    finally:
+        store.close()
 
 
 async def test_waiting_for_frozen_polls_up_to_the_bound(tmp_path: Path) -> None:

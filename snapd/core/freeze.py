@@ -140,10 +140,12 @@ class Freezer:
                 return "frozen"
             why = f"not frozen within freeze_timeout={timeout:g}s"
         except OSError as exc:
-            if exc.errno in _GONE:  # stopped just now: the snapshot needs no freeze
+            if exc.errno in _GONE and not os.path.isdir(cgroup):  # stopped just now: no freeze needed
                 log.debug("freeze skipped %s: the cgroup went away", what)
                 return "not_running"
             why = f"cannot freeze: {exc.strerror or exc}"
+            if exc.errno == errno.ENOENT:
+                why += " (no cgroup.freeze or cgroup.events: not a cgroup v2 directory, or Linux before 5.2)"
         log.warning("freeze abandoned %s: %s; thawed, snapshot taken unfrozen", what, why)
         return "abandoned"
 
