@@ -15,7 +15,6 @@ pre_snapshot / post_snapshot hooks.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import subprocess
