@@ -38,7 +38,7 @@ from snapd.host.config import ConfigError, build, load_file
 
 from .client import snaps
 from .conftest import unavailable
-from .crash import CONNECTION_ERRORS, Scenario, pending_journal
+from .crash import killed_at, pending_journal, prepared
 from .daemon import DaemonProcess
 from .digest import write_tree
 from .fakes import FakeClock
@@ -308,22 +308,12 @@ def start(work: Path, spec: str, config: list[str], env: dict[str, str] | None =
 def test_a_crash_while_frozen_ends_thawed(pool: PoolHarness, tmp_path: Path,
                                           running_cgroup: Callable[[str], RunningCgroup]) -> None:
     work = tmp_path / "d"
-    d = DaemonProcess(work, [pool.spec], tcp=False).start()
-    try:
-        sc = Scenario.make(pool, d)
-    finally:
-        assert d.stop() == 0
+    sc = prepared(pool, work)
     cg = running_cgroup(sc.cid)
     config = freeze_config(pool.spec, cg.template)
 
     d = start(work, pool.spec, config, env={faults.ENV: "freeze.create.frozen"})
-    try:
-        with pytest.raises(CONNECTION_ERRORS):
-            d.unix.post(snaps(sc.cid), {"alias": "crashed"})
-        assert d.proc.wait(30) == -9
-    finally:
-        d.kill()
-    assert "fault point freeze.create.frozen reached" in d.log_text()
+    killed_at(d, "freeze.create.frozen", lambda: d.unix.post(snaps(sc.cid), {"alias": "crashed"}))
     assert cg.frozen()  # the daemon died with the container frozen
 
     seen = len(d.log_text())
