@@ -500,49 +500,47 @@ class SnapshotService:
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
             async with self._hooks("snapshot", container) as run:
-                return await self._create(container, alias, expiry_days, freeze, run)
+                return await take(container, run)
+
+        async def take(container: Container, run: _HookRun) -> tuple[Container, SnapshotRow]:
+            await self._check_room(container)  # no await from here to the journal intent
+            now = self.clock.now()
+            name = self._new_name(cid, now)
+            expires_at = now + expiry_days * DAY if expiry_days is not None else None
+            with self.store.transaction():  # the name is spent once the intent is recorded
+                jid = self._journal("create", container, cid, name,
+                                    {"alias": alias, "expires_at": expires_at, "created_at": now})
+                self.store.raise_name_mark(cid, name)
+            run.snapshot = name
+            faults.point("service.create.journaled")
+            try:
+                async with self._frozen(container, name, freeze):
+                    facts = await self._run("create", container.backend, cid, name,
+                                            container.backend.create(cid, name, alias, expires_at, created_at=now))
+            except BaseException:
+                self._journal_failed(jid)
+                raise
+            faults.point("service.create.on-disk")
+            row = SnapshotRow(
+                container_id=cid,
+                name=name,
+                pool=container.pool,
+                created_at=now,
+                alias=alias,
+                expires_at=expires_at,
+                size=facts.size,
+                ref=facts.ref,
+            )
+            with self.store.transaction():
+                self.store.insert(row)
+                self.store.journal_end(jid, "done", now)
+            older = self.store.neighbours(cid, now, name)[:1]
+            self._recount_later(container.backend, cid, [*older, *([name] if facts.size is None else [])])
+            if expires_at is not None:
+                self.on_expiry_set(expires_at)
+            return container, row
 
         return await self._mutate(cid, op)
-
-    async def _create(self, container: Container, alias: str | None, expiry_days: float | None,
-                      freeze: bool | None, run: _HookRun) -> tuple[Container, SnapshotRow]:
-        cid = container.id
-        await self._check_room(container)  # no await from here to the journal intent
-        now = self.clock.now()
-        name = self._new_name(cid, now)
-        expires_at = now + expiry_days * DAY if expiry_days is not None else None
-        with self.store.transaction():  # the name is spent once the intent is recorded
-            jid = self._journal("create", container, cid, name,
-                                {"alias": alias, "expires_at": expires_at, "created_at": now})
-            self.store.raise_name_mark(cid, name)
-        run.snapshot = name
-        faults.point("service.create.journaled")
-        try:
-            async with self._frozen(container, name, freeze):
-                facts = await self._run("create", container.backend, cid, name,
-                                        container.backend.create(cid, name, alias, expires_at, created_at=now))
-        except BaseException:
-            self._journal_failed(jid)
-            raise
-        faults.point("service.create.on-disk")
-        row = SnapshotRow(
-            container_id=cid,
-            name=name,
-            pool=container.pool,
-            created_at=now,
-            alias=alias,
-            expires_at=expires_at,
-            size=facts.size,
-            ref=facts.ref,
-        )
-        with self.store.transaction():
-            self.store.insert(row)
-            self.store.journal_end(jid, "done", now)
-        older = self.store.neighbours(cid, now, name)[:1]
-        self._recount_later(container.backend, cid, [*older, *([name] if facts.size is None else [])])
-        if expires_at is not None:
-            self.on_expiry_set(expires_at)
-        return container, row
 
     @contextlib.asynccontextmanager
     async def _frozen(self, container: Container, name: str, freeze: bool | None) -> AsyncIterator[None]:
