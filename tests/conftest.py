@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from .aftercheck import host_unharmed  # noqa: F401  (a fixture, shared by the finding tests)
-from .daemon import DaemonProcess
+from .daemon import DaemonProcess, kill_leftover_daemons
 from .harness import HARNESSES, PoolHarness, harness_class
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -81,3 +81,11 @@ def overlay_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daem
     finally:
         code = d.stop()
         assert code == 0, f"daemon exited {code}:\n{d.log_text()[-3000:]}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Before the session's fixtures remove pools: kill daemons an interrupted test left running."""
+    left = kill_leftover_daemons()
+    if left:
+        print(f"\nkilled {left} daemon(s) left running by interrupted tests")

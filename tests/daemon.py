@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 from .client import Client
@@ -21,6 +22,10 @@ def free_port() -> int:
 
 class DaemonProcess:
     """`python -m snapd serve ...` with its own socket and state dir."""
+
+    # every daemon a test started: killed at the end of the session, so an interrupted run
+    # (Ctrl-C, the stress script's TERM) leaves no `snapd serve` behind
+    started: "weakref.WeakSet[DaemonProcess]" = weakref.WeakSet()
 
     def __init__(self, workdir: Path, pools: list[str], *, tcp: bool = True,
                  extra: list[str] | None = None, env: dict[str, str] | None = None,
@@ -49,6 +54,7 @@ class DaemonProcess:
         env = {**os.environ, **self.env}
         self._log_file = open(self.log, "ab")
         self.proc = subprocess.Popen(self.args(), stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+        DaemonProcess.started.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,3 +99,11 @@ class DaemonProcess:
             self.proc.wait()
         if hasattr(self, "_log_file"):
             self._log_file.close()
+
+
+def kill_leftover_daemons() -> int:
+    """Kills (SIGKILL, by pid) every daemon a test started that still runs; returns how many."""
+    left = [d for d in list(DaemonProcess.started) if d.proc and d.proc.poll() is None]
+    for d in left:
+        d.kill()
+    return len(left)

@@ -99,3 +99,23 @@ def test_lanes_split_the_tests_and_the_first_failing_lane_stops_the_others(tmp_p
     assert "[slow] run" not in out.stdout  # stopped mid-run by the failing lane, not left to run on
     assert counter.read_text() == "2"
     assert not [p for p in burners if alive(p)]
+
+
+def test_an_interrupted_run_leaves_no_daemon_running(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a test that started a daemon: the session's end kills it."""
+    pidfile = tmp_path / "daemon.pid"
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "test_interrupted.py").write_text(
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from tests.daemon import DaemonProcess\n"
+        "def test_interrupted():\n"
+        f"    d = DaemonProcess(Path({str(tmp_path / 'd')!r}), ['overlay:{tmp_path / 'pool'}'], tcp=False).start()\n"
+        f"    Path({str(pidfile)!r}).write_text(str(d.proc.pid))\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n")
+    out = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", "tests.conftest", "--rootdir", str(tmp_path), str(tmp_path / "test_interrupted.py")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr  # interrupted
+    assert "killed 1 daemon(s) left running by interrupted tests" in out.stdout, out.stdout + out.stderr
+    assert not alive(int(pidfile.read_text()))
