@@ -36,6 +36,8 @@ POINTS: dict[str, str] = {
     "service.restore.on-disk": "container swapped on disk, store not yet updated",
     "service.delete.journaled": "intent written, snapshot still on disk",
     "service.delete.on-disk": "snapshot gone from disk, store row still there",
+    # freezing (a pool with freeze = true and a running container)
+    "freeze.create.frozen": "create intent written, the container's cgroup frozen (journalled), no snapshot yet",
     # overlay
     "overlay.create.after-copy": "copy complete in .tmp, not yet renamed into place",
     "overlay.restore.after-copy": "new tree built beside the container, not yet swapped",

@@ -324,6 +324,7 @@ class Daemon:
         self.policies = PolicyService(book, self.scheduler)
         self.service.keep_source = self.policies.keep_reasons
         self.metrics.watch_policies(self.scheduler)
+        self.metrics.watch_freezes(lambda: dict(self.service.freezer.counts))  # type: ignore[union-attr]
         self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
@@ -509,4 +510,5 @@ class Daemon:
             "watchdog_interval_s": self.watchdog.interval,
             "last_errors": list(self.errors.records),
             "problems": self.service.problems(),
+            "freezes": dict(self.service.freezer.counts),  # type: ignore[union-attr]
         }

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .client import snaps
 from .daemon import DaemonProcess
 from .digest import tree_digest, walk_digest, write_tree
@@ -222,6 +224,27 @@ class Scenario:
         assert pending_journal(d) == []
         assert check_scratch(self.pool, d) == 0  # nothing set aside, no start-up problem
         return sorted(listed)
+
+
+def prepared(pool: PoolHarness, work: Path) -> Scenario:
+    """A Scenario made through a clean daemon in `work`, stopped again."""
+    d = DaemonProcess(work, [pool.spec], tcp=False).start()
+    try:
+        return Scenario.make(pool, d)
+    finally:
+        assert d.stop() == 0
+
+
+def killed_at(d: DaemonProcess, point: str, request: Callable[[], object]) -> None:
+    """`request` makes `d` (started with SNAPD_FAULT=point) die at the point: the client
+    sees the connection drop, the process ends by SIGKILL, its log names the point."""
+    try:
+        with pytest.raises(CONNECTION_ERRORS):
+            request()
+        assert d.proc is not None and d.proc.wait(30) == -9
+    finally:
+        d.kill()
+    assert f"fault point {point} reached" in d.log_text()
 
 
 # -- random kills (tests/test_faults.py::test_random_kills, scripts/soak.py) -----------

@@ -40,11 +40,12 @@ def test_hold_answers_the_detail_and_release_undoes_it(daemon: DaemonProcess, co
     assert r.body["message"] == "Snapshot held successfully"
     held = r.data["snapshot"]
     assert {k: held[k] for k in SEVEN} == snap
-    assert (held["policy"], held["hold"]["reason"], held["keep"]) == (None, "pre-upgrade ☃", None)
+    assert (held["policy"], held["hold"]["reason"], held["keep"]) == (None, "pre-upgrade ☃", ["hold: pre-upgrade ☃"])
     assert held["hold"]["since"] >= snap["created_at"]
     assert daemon.unix.get(snaps(container, snap["name"], "/detail")).data["snapshot"] == held
     r = daemon.unix.delete(snaps(container, snap["name"], "/hold"))
     assert (r.status, r.body["message"], r.data["snapshot"]["hold"]) == (200, "Snapshot released successfully", None)
+    assert r.data["snapshot"]["keep"] == ["manual"]  # released: taken by request, kept until its expiry
     r = daemon.unix.delete(snaps(container, snap["name"], "/hold"))  # not held: 200, nothing changes
     assert (r.status, r.data["snapshot"]["hold"]) == (200, None)
 

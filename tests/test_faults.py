@@ -19,7 +19,7 @@ from backends import faults
 
 from .client import snaps
 from .conftest import pool_kinds
-from .crash import CONNECTION_ERRORS, Scenario, container_digest, soak
+from .crash import container_digest, killed_at, prepared, soak
 from .daemon import DaemonProcess
 from .harness import PoolHarness
 from .rootfs import require_root
@@ -45,25 +45,14 @@ CASES = [
 def test_crash_at_fault_point(pool: PoolHarness, tmp_path: Path, point: str) -> None:
     _where, op, _ = point.split(".", 2)
     work = tmp_path / "d"
-    d = DaemonProcess(work, [pool.spec], tcp=False).start()
-    try:
-        sc = Scenario.make(pool, d)
-    finally:
-        assert d.stop() == 0
-
+    sc = prepared(pool, work)
+    requests = {
+        "create": lambda: d.unix.post(snaps(sc.cid), {"alias": "crashed", "expiry": 30}),
+        "restore": lambda: d.unix.patch(snaps(sc.cid, sc.names["s1"])),
+        "delete": lambda: d.unix.delete(snaps(sc.cid, sc.names["s1"])),
+    }
     d = DaemonProcess(work, [pool.spec], tcp=False, env={faults.ENV: point}).start()
-    try:
-        with pytest.raises(CONNECTION_ERRORS):
-            if op == "create":
-                d.unix.post(snaps(sc.cid), {"alias": "crashed", "expiry": 30})
-            elif op == "restore":
-                d.unix.patch(snaps(sc.cid, sc.names["s1"]))
-            else:
-                d.unix.delete(snaps(sc.cid, sc.names["s1"]))
-        assert d.proc.wait(30) == -9
-    finally:
-        d.kill()
-    assert f"fault point {point} reached" in d.log_text()
+    killed_at(d, point, requests[op])
 
     d = DaemonProcess(work, [pool.spec], tcp=False).start()
     try:

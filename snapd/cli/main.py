@@ -340,6 +340,11 @@ def _limits_text(limits: dict) -> str:
             + (f"after {limits['manual_expiry']:g} days" if limits["manual_expiry"] else "never"))
 
 
+def _freezes_text(counts: dict) -> str:
+    return (f"freezes: {counts.get('frozen', 0)} frozen, {counts.get('abandoned', 0)} abandoned, "
+            f"{counts.get('not_running', 0)} not running")
+
+
 def _status_text(d: dict) -> str:
     lines = [f"container-snapd {d['version']}, up {_relative(-d['uptime_s']).replace(' ago', '')}"
              f" (pid {d['pid']})",
@@ -347,6 +352,7 @@ def _status_text(d: dict) -> str:
              f"next expiry: {_when(d['reaper']['next_expiry'])}   reaper: {d['reaper']['deleted']} deleted, "
              f"{d['reaper']['failing']} failing",
              "listeners: " + (", ".join(d["listeners"]) or "-"),
+             _freezes_text(d.get("freezes") or {}),
              "",
              _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]),
                       "n/a" if p["free_inodes"] is None else str(p["free_inodes"]), str(p["snapshots"]),

@@ -1,4 +1,4 @@
-"""Settle operations a crash interrupted: every create, restore and delete is journalled.
+"""Settle operations a crash interrupted: every create, restore, delete and freeze is journalled.
 
 The service writes an operation's intent to the store's `journal` table
 (op, container, snapshot, pool and what recovery needs: alias, expiry and
@@ -27,6 +27,11 @@ restore  The container swap is one atomic step (RENAME_EXCHANGE, or the
          cannot say whether the swap happened).
 delete   Always rolled FORWARD (a delete is idempotent): the snapshot is
          deleted on disk if still there, then its row.
+freeze   A container frozen for its snapshot (snapd/core/freeze.py): THAWED
+         (0 written to the cgroup.freeze the entry names; a cgroup gone
+         needs nothing).  Settled before every other entry, so a frozen
+         container waits for no other recovery, and also when its pool is
+         no longer configured (the cgroup does not depend on the pool).
 
 An entry whose pool is not configured, or whose settling fails in any way
 (an exception of any type), stays pending (logged, and reported in
@@ -41,6 +46,7 @@ import logging
 from backends.base import Backend, BackendError, ContainerNotFound, SnapshotRef
 
 from snapd.core.clock import Clock
+from snapd.core.freeze import thaw_journalled
 from snapd.core.store import JournalEntry, SnapshotRow, Store
 
 log = logging.getLogger("snapd.journal")
@@ -59,18 +65,21 @@ async def recover(store: Store, backends: list[Backend], clock: Clock | None = N
     clock = clock or Clock()
     by_pool = {b.pool_id: b for b in backends}
     settled = 0
-    for entry in store.journal_pending():
+    for entry in sorted(store.journal_pending(), key=lambda e: (e.op != "freeze", e.id)):  # thaw first
         backend = by_pool.get(entry.pool)
         what = f"journal id={entry.id} op={entry.op} container={entry.container_id} snapshot={entry.snapshot}"
-        if backend is None:
-            if not every_pool:
-                continue
+        if backend is None and not every_pool:
+            continue  # another pool's entry: maybe an operation in flight
+        if backend is None and entry.op != "freeze":
             log.warning("%s left pending: pool %s is not configured", what, entry.pool)
             problems[entry.id] = f"{what} left pending: pool {entry.pool} is not configured"
             continue
         try:
-            await backend.recover(entry.op, entry.container_id, entry.snapshot, entry.data)
-            outcome = await _SETTLE[entry.op](store, backend, entry)
+            if entry.op == "freeze":
+                outcome = thaw_journalled(entry.data)
+            else:
+                await backend.recover(entry.op, entry.container_id, entry.snapshot, entry.data)  # type: ignore[union-attr]
+                outcome = await _SETTLE[entry.op](store, backend, entry)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - tried again at the next start
             why = str(exc) or type(exc).__name__
             log.error("%s not settled (tried again at the next start): %s", what, why,

@@ -15,7 +15,7 @@ import os
 import signal
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from backends.base import (
     Backend,
@@ -31,6 +31,7 @@ from backends import faults
 from snapd.core.clock import Clock, snapshot_stamp
 from snapd.core.names import highest, next_name
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
+from snapd.core.freeze import Freezer
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
@@ -56,6 +57,13 @@ class Container:
     @property
     def pool(self) -> str:
         return self.backend.pool_id
+
+
+@dataclass
+class _HookRun:
+    """What a post hook is told: the snapshot (a create names it once pre_snapshot agreed)."""
+
+    snapshot: str
 
 
 class _Locks:
@@ -115,6 +123,8 @@ class SnapshotService:
         """Pool -> why, for pools the last settle could not reconcile."""
         self.keep_source: Callable[[Container, list[SnapshotRow]], dict[str, list[str]]] | None = None
         """What keeps each snapshot now (policy_service.PolicyService.keep_reasons)."""
+        self.freezer = Freezer(store, self.clock)
+        """Freezes running containers around their snapshots; `.counts` by outcome."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.pool_id, self.default_policy)
@@ -418,12 +428,43 @@ class SnapshotService:
             self._totals[key] = hit
         return hit[1]
 
+    @contextlib.asynccontextmanager
+    async def _hooks(self, kind: str, container: Container, name: str = "") -> AsyncIterator[_HookRun]:
+        """The pool's `pre_<kind>` hook, then the body, then its `post_<kind>` hook (kind:
+        "restore" or "snapshot").  A failing pre hook refuses the operation (409, nothing
+        done, no post hook); the post hook runs also after a failed body, told so by
+        SNAPD_OUTCOME, and its failure is only logged.  The body may name the snapshot
+        for the post hook (`run.snapshot`: a create learns it after pre_snapshot)."""
+        policy = self.policy(container.backend)
+        pre, post = getattr(policy, f"pre_{kind}"), getattr(policy, f"post_{kind}")
+        run = _HookRun(name)
+        if pre:
+            failed = await self._hook(f"pre_{kind}", pre, container, name, policy.hook_timeout)
+            if failed:
+                log.warning("%s refused container=%s snapshot=%s: pre_%s hook failed: %s",
+                            kind, container.id, name, kind, failed)
+                raise Conflict(f"The pre_{kind} hook refused the {kind}; nothing was changed",
+                               [{"field": f"pre_{kind}", "reason": failed}])
+        ok = False
+        try:
+            yield run
+            ok = True
+        finally:
+            if post:
+                failed = await self._hook(f"post_{kind}", post, container, run.snapshot, policy.hook_timeout,
+                                          outcome="ok" if ok else "failed")
+                if failed:  # the operation's answer stands; the operator sees this in logs and status
+                    log.error("post_%s hook failed container=%s snapshot=%s: %s", kind, container.id,
+                              run.snapshot, failed)
+
     async def _hook(self, which: str, argv: tuple[str, ...], container: Container, name: str,
-                    timeout: float) -> str | None:
-        """Run a restore hook (no shell); None when it succeeded, else why it did not."""
+                    timeout: float, outcome: str | None = None) -> str | None:
+        """Run a hook (no shell); None when it succeeded, else why it did not."""
         env = {k: v for k, v in os.environ.items() if k != faults.ENV}
         env.update(SNAPD_CONTAINER_ID=container.id, SNAPD_SNAPSHOT=name, SNAPD_POOL=container.pool,
                    SNAPD_HOOK=which)
+        if outcome is not None:
+            env["SNAPD_OUTCOME"] = outcome
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -503,6 +544,10 @@ class SnapshotService:
         request); `freeze` overrides the pool's freeze setting."""
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
+            async with self._hooks("snapshot", container) as run:
+                return await take(container, run)
+
+        async def take(container: Container, run: _HookRun) -> tuple[Container, SnapshotRow]:
             await self._check_room(container)  # no await from here to the journal intent
             now = self.clock.now()
             name = self._new_name(cid, now)
@@ -513,11 +558,13 @@ class SnapshotService:
                                     {"alias": alias, "expires_at": expires_at, "created_at": now,
                                      "policy": policy})
                 self.store.raise_name_mark(cid, name)
+            run.snapshot = name
             faults.point("service.create.journaled")
             try:
-                facts = await self._run("create", container.backend, cid, name,
-                                        container.backend.create(cid, name, alias, expires_at, created_at=now,
-                                                                 policy=policy))
+                async with self._frozen(container, name, freeze):
+                    facts = await self._run("create", container.backend, cid, name,
+                                            container.backend.create(cid, name, alias, expires_at, created_at=now,
+                                                                     policy=policy))
             except BaseException:
                 self._journal_failed(jid)
                 raise
@@ -544,26 +591,24 @@ class SnapshotService:
 
         return await self._mutate(cid, op)
 
+    @contextlib.asynccontextmanager
+    async def _frozen(self, container: Container, name: str, freeze: bool | None) -> AsyncIterator[None]:
+        """The container frozen for the body when `freeze` (None: the pool's setting) says so
+        (snapd/core/freeze.py: journalled, bounded, always thawed)."""
+        policy = self.policy(container.backend)
+        if not (policy.freeze if freeze is None else freeze):
+            yield
+            return
+        async with self.freezer.frozen(container.id, container.pool, name, policy.cgroup_template,
+                                       policy.freeze_timeout):
+            faults.point("freeze.create.frozen")
+            yield
+
     async def restore(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container, row = await self.get(cid, name, guard)
-            policy = self.policy(container.backend)
-            if policy.pre_restore:
-                failed = await self._hook("pre_restore", policy.pre_restore, container, name,
-                                          policy.hook_timeout)
-                if failed:
-                    log.warning("restore refused container=%s snapshot=%s: pre_restore hook failed: %s",
-                                cid, name, failed)
-                    raise Conflict("The pre_restore hook refused the restore; nothing was changed",
-                                   [{"field": "pre_restore", "reason": failed}])
-            try:
+            async with self._hooks("restore", container, name):
                 return await self._restore(container, row)
-            finally:
-                if policy.post_restore:
-                    failed = await self._hook("post_restore", policy.post_restore, container, name,
-                                              policy.hook_timeout)
-                    if failed:  # the restore stands; the operator sees this in logs and status
-                        log.error("post_restore hook failed container=%s snapshot=%s: %s", cid, name, failed)
 
         return await self._mutate(cid, op)
 

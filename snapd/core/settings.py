@@ -1,4 +1,4 @@
-"""Per-pool settings the service applies: reserves, snapshot limits, restore hooks.
+"""Per-pool settings the service applies: reserves, snapshot limits, hooks, freezing.
 
 Plain values; snapd/host/config.py reads them from the file and flags.
 """
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 DEFAULT_HOOK_TIMEOUT = 60.0
 MAX_EXPIRY_DAYS = 36500
 """The longest expiry, in days, a request or the config may give (100 years)."""
+DEFAULT_CGROUP_TEMPLATE = "/sys/fs/cgroup/machine.slice/{id}.scope"
+DEFAULT_FREEZE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class Reserve:
 
 @dataclass(frozen=True)
 class PoolPolicy:
-    """Per-pool safety settings: free-space and inode reserves, snapshot limits, restore hooks."""
+    """Per-pool safety settings: free-space and inode reserves, snapshot limits, hooks
+    around restores and snapshots, freezing running containers (snapd/core/freeze.py)."""
 
     reserve: Reserve = Reserve(1 << 30, 0.05)
     """The smaller of 1 GiB and 5% (config: "1GiB,5%")."""
@@ -60,7 +63,18 @@ class PoolPolicy:
     """argv run (no shell) before a restore; failure refuses the restore (409)."""
     post_restore: tuple[str, ...] = ()
     """argv run after a restore (also a failed one, once pre_restore ran); failure is logged."""
+    pre_snapshot: tuple[str, ...] = ()
+    """argv run before a snapshot (before any freeze); failure refuses the snapshot (409)."""
+    post_snapshot: tuple[str, ...] = ()
+    """argv run after a snapshot (after the thaw; also after a failed one, once pre_snapshot
+    ran); failure is logged."""
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    freeze: bool = False
+    """Freeze a running container's cgroup while its snapshot is taken."""
+    cgroup_template: str = DEFAULT_CGROUP_TEMPLATE
+    """A container's cgroup v2 directory; `{id}` is replaced by the container id."""
+    freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT
+    """Seconds to wait for `frozen 1`; then the freeze is abandoned, the snapshot taken."""
     layout: str = "auto"
     """Overlay pools: what a snapshot of a container without a layout label captures:
     "overlay" (upper/), "whole", or "auto" (decided at its first snapshot, then recorded)."""

@@ -122,7 +122,7 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE TABLE journal ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " op TEXT NOT NULL,"             # create | restore | delete
+        " op TEXT NOT NULL,"             # create | restore | delete | freeze
         " container_id TEXT NOT NULL,"
         " snapshot TEXT,"                # name (delete: comma-separated names)
         " pool TEXT NOT NULL,"

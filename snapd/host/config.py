@@ -150,13 +150,19 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "max_snapshots_per_container": int,
     "max_snapshots_per_project": int,
     "manual_expiry": (int, float),
+    "freeze": bool,
+    "cgroup_template": str,
+    "freeze_timeout": (int, float),
     "pool_options": dict,
     "policies": dict,
 }
 LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project",
               "manual_expiry")
-"""Keys set globally and overridable per pool."""
-POOL_OPTION_KEYS = (*LIMIT_KEYS, "pre_restore", "post_restore", "hook_timeout", "layout")
+FREEZE_KEYS = ("freeze", "cgroup_template", "freeze_timeout")
+"""LIMIT_KEYS and FREEZE_KEYS are set globally and overridable per pool."""
+HOOK_KEYS = ("pre_restore", "post_restore", "pre_snapshot", "post_snapshot")
+POOL_OPTION_KEYS = (*LIMIT_KEYS, *FREEZE_KEYS, *HOOK_KEYS, "hook_timeout", "layout")
+MAX_FREEZE_TIMEOUT = 300
 POOL_LAYOUTS = ("auto", "overlay", "whole")
 
 
@@ -200,8 +206,9 @@ def load_file(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         if key not in KEYS:
             raise ConfigError(f"config file {path}: unknown key {key!r} (known: {', '.join(KEYS)})")
-        if not isinstance(value, KEYS[key]) or isinstance(value, bool):
-            kind = {list: "a list of strings", str: "a string", dict: "a table"}.get(KEYS[key], "a number")  # type: ignore[call-overload]
+        if not isinstance(value, KEYS[key]) or isinstance(value, bool) != (KEYS[key] is bool):
+            kind = {list: "a list of strings", str: "a string", dict: "a table", bool: "true or false"}.get(
+                KEYS[key], "a number")  # type: ignore[call-overload]
             raise ConfigError(f"config file {path}: {key!r} must be {kind}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"config file {path}: {key!r} must be a list of strings")
@@ -246,7 +253,7 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
     if merged.get("tls_cert"):
         cfg.tls_cert, cfg.tls_key = Path(merged["tls_cert"]), Path(merged["tls_key"])
     cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]
-    cfg.defaults = _limits(merged, PoolPolicy(), f"{source}: ")
+    cfg.defaults = _freezing(merged, _limits(merged, PoolPolicy(), f"{source}: "), f"{source}: ")
     cfg.pool_options = {
         str(parse_pool(spec, f"{source}: pool_options")): _pool_policy(
             opts, cfg.defaults, f"{source}: pool_options.{spec!r}")
@@ -308,6 +315,47 @@ def _limits(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolicy:
     return replace(base, **changes)
 
 
+def _seconds(value: object, where: str, most: float) -> float:
+    """A number of seconds in (0, most]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= most:
+        raise ConfigError(f"{where}: must be a number of seconds from 0 to {most:g}")
+    return float(value)
+
+
+def cgroup_template_problem(template: object) -> str | None:
+    """Why `template` cannot be a cgroup_template (snapd/core/freeze.py), or None."""
+    if not isinstance(template, str):
+        return "must be a string: a cgroup directory with {id} in it"
+    if not template.startswith("/"):
+        return f"{template!r} must be an absolute path"
+    if "{id}" not in template:
+        return f"{template!r} must contain {{id}} (replaced by the container id)"
+    rest = template.replace("{id}", "")
+    if "{" in rest or "}" in rest:
+        return f"{template!r} may hold no placeholder but {{id}}"
+    if "\0" in template or any(part in (".", "..") for part in template.split("/")):
+        return f"{template!r} must be a plain path (no NUL, no '.' or '..' components)"
+    return None
+
+
+def _freezing(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolicy:
+    """`base` with the freeze settings `values` sets (FREEZE_KEYS)."""
+    changes: dict[str, Any] = {}
+    if "freeze" in values:
+        if not isinstance(values["freeze"], bool):
+            raise ConfigError(f"{where}freeze: must be true or false")
+        changes["freeze"] = values["freeze"]
+    if "cgroup_template" in values:
+        problem = cgroup_template_problem(values["cgroup_template"])
+        if problem:
+            raise ConfigError(f"{where}cgroup_template: {problem}")
+        changes["cgroup_template"] = values["cgroup_template"]
+    if "freeze_timeout" in values:
+        changes["freeze_timeout"] = _seconds(values["freeze_timeout"], f"{where}freeze_timeout",
+                                             MAX_FREEZE_TIMEOUT)
+    return replace(base, **changes)
+
+
 def _pool_policy(opts: object, defaults: PoolPolicy, where: str) -> PoolPolicy:
     if not isinstance(opts, dict):
         raise ConfigError(f"{where}: must be a table with keys {', '.join(POOL_OPTION_KEYS)}")
@@ -315,17 +363,15 @@ def _pool_policy(opts: object, defaults: PoolPolicy, where: str) -> PoolPolicy:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(POOL_OPTION_KEYS)})")
-    timeout = opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-        raise ConfigError(f"{where}: hook_timeout must be a number of seconds from 0 to 3600")
+    timeout = _seconds(opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT), f"{where}.hook_timeout", 3600)
     layout = opts.get("layout", "auto")
     if layout not in POOL_LAYOUTS:
         raise ConfigError(f"{where}: layout must be one of {', '.join(POOL_LAYOUTS)}")
+    hooks = {key: _argv(opts[key], f"{where}.{key}") if key in opts else () for key in HOOK_KEYS}
     return replace(
-        _limits(opts, defaults, f"{where}."),
-        pre_restore=_argv(opts["pre_restore"], f"{where}.pre_restore") if "pre_restore" in opts else (),
-        post_restore=_argv(opts["post_restore"], f"{where}.post_restore") if "post_restore" in opts else (),
-        hook_timeout=float(timeout),
+        _freezing(opts, _limits(opts, defaults, f"{where}."), f"{where}."),
+        **hooks,
+        hook_timeout=timeout,
         layout=layout,
     )
 

@@ -12,7 +12,9 @@ What is measured where:
   scrape time (count, errors, seconds per command).
 * Snapshots per pool and bytes they hold: `PoolCollector` calls a function
   at scrape time (e.g. one GROUP BY over the store).
-* Start-up problems: `ProblemCollector` counts what was set aside, by source.
+* Start-up problems (what was set aside, by source) and freezes (by outcome:
+  frozen, abandoned, not running; snapd/core/freeze.py): a `CountsCollector`
+  each, reading a function at scrape time.
 * Reaper: `ReaperCollector` turns `Reaper.lags` (seconds from expires_at
   to the delete) into a histogram and exposes `Reaper.failures`.
 * Policies: `PolicyCollector` reads the scheduler: snapshots taken and
@@ -123,7 +125,19 @@ class Metrics:
         return self.add_collector(ReaperCollector(reaper))
 
     def watch_problems(self, counts: Callable[[], dict[str, int]]) -> Collector:
-        return self.add_collector(ProblemCollector(counts))
+        return self.add_collector(CountsCollector(
+            GaugeMetricFamily, "startup_problems",
+            "Items set aside instead of stopping the daemon (leftovers a pool could not remove, "
+            "journal entries left pending, pools not reconciled), by source; see `snapd status`.",
+            "source", counts))
+
+    def watch_freezes(self, counts: Callable[[], dict[str, int]]) -> Collector:
+        return self.add_collector(CountsCollector(
+            CounterMetricFamily, "freezes",
+            "Freezes asked for around a snapshot, by outcome: frozen; abandoned (not frozen within "
+            "freeze_timeout, or cgroup.freeze not writable: thawed, snapshot taken unfrozen); "
+            "not_running (no cgroup).",
+            "outcome", counts))
 
     def watch_policies(self, scheduler: SchedulerLike) -> Collector:
         return self.add_collector(PolicyCollector(scheduler))
@@ -195,21 +209,19 @@ class PoolCollector(Collector):
         return iter(())
 
 
-class ProblemCollector(Collector):
-    """Items start-up set aside and not resolved since, by source: `counts()` at scrape time."""
+class CountsCollector(Collector):
+    """One metric family of counts by one label: `counts()` (label value -> n) at scrape time."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, family: type, name: str, documentation: str, label: str,
+                 counts: Callable[[], dict[str, int]]) -> None:
+        self.family, self.name, self.documentation, self.label = family, name, documentation, label
         self.counts = counts
 
     def collect(self) -> Iterator:
-        gauge = GaugeMetricFamily(
-            f"{NAMESPACE}_startup_problems",
-            "Items set aside instead of stopping the daemon (leftovers a pool could not remove, "
-            "journal entries left pending, pools not reconciled), by source; see `snapd status`.",
-            labels=["source"])
-        for source, n in sorted(self.counts().items()):
-            gauge.add_metric([source], n)
-        yield gauge
+        metric = self.family(f"{NAMESPACE}_{self.name}", self.documentation, labels=[self.label])
+        for value, n in sorted(self.counts().items()):
+            metric.add_metric([value], n)
+        yield metric
 
     def describe(self) -> Iterator:
         return iter(())

@@ -355,6 +355,12 @@ SCHEMAS["LogRecord"] = _object({
     "level": {"type": "string"},
     "message": {"type": "string", "maxLength": 500},
 })
+SCHEMAS["FreezeCounts"] = _object({
+    "frozen": {"type": "integer", "minimum": 0},
+    "abandoned": {"type": "integer", "minimum": 0,
+                  "description": "Not frozen within freeze_timeout (or not writable): thawed, snapshot taken."},
+    "not_running": {"type": "integer", "minimum": 0, "description": "No cgroup: nothing to freeze."},
+}, description="Freezes since start, by outcome (pools or calls with freeze on).")
 SCHEMAS["Status"] = _object({
     "version": {"type": "string"},
     "pid": {"type": "integer"},
@@ -371,6 +377,7 @@ SCHEMAS["Status"] = _object({
     "watchdog_interval_s": {"type": ["number", "null"]},
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
     "problems": {"type": "array", "items": _ref("Problem")},
+    "freezes": _ref("FreezeCounts"),
 })
 SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", "Status")
 
