@@ -37,6 +37,7 @@ from snapd.core.store import Store
 from snapd.host.config import ConfigError, build, load_file
 
 from .client import snaps
+from .clockfile import ClockFile
 from .conftest import unavailable
 from .crash import killed_at, pending_journal, prepared
 from .daemon import DaemonProcess
@@ -328,6 +329,34 @@ def test_a_crash_while_frozen_ends_thawed(pool: PoolHarness, tmp_path: Path,
         sc.check(d, container_in=["live"], must_list=["s1", "s2"], may_list={})
         r = d.unix.post(snaps(sc.cid))  # and it freezes again, normally
         assert r.status == 200, r.body
+        assert d.unix.get(STATUS).data["freezes"] == {"frozen": 1, "abandoned": 0, "not_running": 0}
+        assert not cg.frozen() and pending_journal(d) == []
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_policy_with_freeze_freezes_its_scheduled_snapshots(pool: PoolHarness, tmp_path: Path,
+                                                              running_cgroup: Callable[[str], RunningCgroup]) -> None:
+    cid = new_cid()
+    write_tree(pool.make_container(cid), {"f": "1"})
+    cg = running_cgroup(cid)
+    slot = 1_750_000_000.0 // 3600 * 3600 + 3600  # an hour's start
+    clock = ClockFile(tmp_path / "clock", slot - 60)
+    # the pool does not freeze; the policy does, and a request without `freeze` does not
+    config = [f'[pool_options."{pool.spec}"]\nfreeze = false\ncgroup_template = "{cg.template}"\n']
+    d = start(tmp_path / "d", pool.spec, config, env=clock.env)
+    try:
+        assert d.unix.post(snaps(cid)).status == 200
+        r = d.unix.request("PUT", "/api/v1/admin/policies/frozen",
+                           {"schedule": "0 * * * *", "applies_to": [f"container:{cid}"], "keep_last": 5,
+                            "freeze": True})
+        assert r.status == 200, r.body
+        until(lambda: d.unix.get("/api/v1/admin/policies/frozen").data["status"]["next"],
+              "the scheduler to plan the container's next snapshot")
+        assert d.unix.get(STATUS).data["freezes"]["frozen"] == 0
+        clock.set(slot + 1)
+        until(lambda: [s for s in d.unix.get(f"/api/v1/containers/{cid}/snapshot-details").data["snapshots"]
+                       if s["policy"] == "frozen"], "the scheduled snapshot")
         assert d.unix.get(STATUS).data["freezes"] == {"frozen": 1, "abandoned": 0, "not_running": 0}
         assert not cg.frozen() and pending_journal(d) == []
     finally:
