@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
 import os
+import random
 import secrets
+import socket
 import ssl
 import subprocess
 import time
@@ -21,14 +25,27 @@ from .digest import write_tree
 from .harness import new_cid
 from .waiting import until
 
-# RFC 2544 benchmarking range: only ever inside the namespace this test makes.
-HOST_ADDR, NS_ADDR, EXTRA_ADDR = "198.18.77.1", "198.18.77.2", "198.18.77.3"
+BENCHMARKING = ipaddress.ip_network("198.18.0.0/15")
+"""RFC 2544's range: each link takes a /24 of it that no interface of the host uses, so
+runs side by side (the stress script's lanes, a second checkout) never share a route."""
 
 
 @dataclass
 class Link:
     netns: str
     host_if: str
+    host_addr: str
+    """The host's end of the veth pair (the daemon listens on it)."""
+    ns_addr: str
+    extra_addr: str
+    """A third address of the subnet, for a test to add to the host's end."""
+
+
+def free_subnet(used: set[str]) -> ipaddress.IPv4Network:
+    """A random /24 of BENCHMARKING none of whose addresses is in `used`."""
+    subnets = list(BENCHMARKING.subnets(new_prefix=24))
+    random.shuffle(subnets)
+    return next(n for n in subnets if not any(ipaddress.ip_address(a) in n for a in used))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +57,9 @@ def link() -> Iterator[Link]:
 
     tag = secrets.token_hex(3)
     name, host_if, ns_if = f"snapdtest-{tag}", f"sdh{tag}", f"sdn{tag}"
+    with IPRoute() as ipr:
+        used = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
+    host_addr, ns_addr, extra_addr = (str(a) for a in itertools.islice(free_subnet(used).hosts(), 3))
     netns.create(name)
     try:
         with IPRoute() as ipr:
@@ -47,15 +67,15 @@ def link() -> Iterator[Link]:
             (host_idx,) = ipr.link_lookup(ifname=host_if)
             (ns_idx,) = ipr.link_lookup(ifname=ns_if)
             ipr.link("set", index=ns_idx, net_ns_fd=name)
-            ipr.addr("add", index=host_idx, address=HOST_ADDR, prefixlen=24)
+            ipr.addr("add", index=host_idx, address=host_addr, prefixlen=24)
             ipr.link("set", index=host_idx, state="up")
         with NetNS(name) as ns:
             (idx,) = ns.link_lookup(ifname=ns_if)
-            ns.addr("add", index=idx, address=NS_ADDR, prefixlen=24)
+            ns.addr("add", index=idx, address=ns_addr, prefixlen=24)
             ns.link("set", index=idx, state="up")
             (lo,) = ns.link_lookup(ifname="lo")
             ns.link("set", index=lo, state="up")
-        yield Link(name, host_if)
+        yield Link(name, host_if, host_addr, ns_addr, extra_addr)
     finally:
         with IPRoute() as ipr:
             if ipr.link_lookup(ifname=host_if):
@@ -98,13 +118,11 @@ def test_another_namespace_reaches_the_daemon_only_with_a_token(link: Link, tmp_
         token = d.unix.post("/api/v1/admin/tokens", {"project": "web"}).data["secret"]
         other = d.unix.post("/api/v1/admin/tokens", {"project": "db"}).data["secret"]
         path = snaps(cid)
-        got = from_namespace(link.netns, [(HOST_ADDR, port, path, None), (HOST_ADDR, port, path, "csd_x"),
-                                          (HOST_ADDR, port, path, other), (HOST_ADDR, port, path, token)])
+        got = from_namespace(link.netns, [(link.host_addr, port, path, None), (link.host_addr, port, path, "csd_x"),
+                                          (link.host_addr, port, path, other), (link.host_addr, port, path, token)])
         assert got == [401, 401, 403, 200]
         # only the interface's addresses are served: not loopback
         with pytest.raises(ConnectionRefusedError):
-            import socket
-
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
         # an address added to the interface is served; a removed one is closed
@@ -112,19 +130,19 @@ def test_another_namespace_reaches_the_daemon_only_with_a_token(link: Link, tmp_
 
         with IPRoute() as ipr:
             (idx,) = ipr.link_lookup(ifname=link.host_if)
-            ipr.addr("add", index=idx, address=EXTRA_ADDR, prefixlen=24)
+            ipr.addr("add", index=idx, address=link.extra_addr, prefixlen=24)
             added = time.monotonic()
             try:
-                until(lambda: from_namespace(link.netns, [(EXTRA_ADDR, port, path, token)]) == [200],
+                until(lambda: from_namespace(link.netns, [(link.extra_addr, port, path, token)]) == [200],
                       "the new address is served", interval=0.05)
                 print(f"new address served after {time.monotonic() - added:.2f}s")
-                assert f"address={EXTRA_ADDR}" in d.log_text()
+                assert f"address={link.extra_addr}" in d.log_text()
             finally:
-                ipr.addr("del", index=idx, address=EXTRA_ADDR, prefixlen=24)
-        until(lambda: from_namespace(link.netns, [(EXTRA_ADDR, port, path, token)]) != [200],
+                ipr.addr("del", index=idx, address=link.extra_addr, prefixlen=24)
+        until(lambda: from_namespace(link.netns, [(link.extra_addr, port, path, token)]) != [200],
               "the removed address is no longer served", interval=0.05)
-        assert f"address={EXTRA_ADDR} (address removed)" in d.log_text()
-        assert from_namespace(link.netns, [(HOST_ADDR, port, path, token)]) == [200]
+        assert f"address={link.extra_addr} (address removed)" in d.log_text()
+        assert from_namespace(link.netns, [(link.host_addr, port, path, token)]) == [200]
     finally:
         assert d.stop() == 0
 
@@ -194,8 +212,6 @@ def test_a_reload_swaps_the_tls_certificate_without_dropping_the_listener(tmp_pa
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        import socket
-
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with ctx.wrap_socket(raw) as tls:
                 der = tls.getpeercert(binary_form=True)
