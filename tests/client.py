@@ -19,6 +19,19 @@ import jsonschema
 from snapd.http.openapi import openapi_document
 
 
+def unix_listening(path: Path) -> bool:
+    """Whether a Unix stream socket listens at `path` (per /proc/net/unix).  Wait for this,
+    not for the file: it appears at bind(), before listen(), and a connect in between is
+    refused."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split(maxsplit=7)
+            if len(fields) == 8 and fields[7].rstrip("\n") == str(path) and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 60) -> None:
         super().__init__("localhost", timeout=timeout)
