@@ -23,13 +23,19 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from backends import beneath, fsops, remove, treecopy
-from backends.base import ContainerBusy, SnapshotNotFound, TreeRoot
+from backends.base import BackendError, TreeRoot
 
 PREFIX = b".snapd-restore-"
 
 
-class PathProblem(ContainerBusy):
+class PathProblem(BackendError):
     """A path that cannot be restored as asked (`details` name it); nothing was changed."""
+
+    def __init__(self, message: str, details: list[dict], missing: bool = False) -> None:
+        super().__init__(message)
+        self.details = details
+        self.missing = missing
+        """The path is not in the snapshot (else: refused as given)."""
 
 
 @dataclass
@@ -50,9 +56,9 @@ class _Step:
         return beneath.show_path(self.parts)
 
 
-def _problem(step_path: str, reason: str) -> PathProblem:
+def _problem(step_path: str, reason: str, missing: bool = False) -> PathProblem:
     return PathProblem(f"cannot restore {step_path}: {reason}; nothing was restored",
-                       [{"field": "paths", "reason": f"{step_path}: {reason}"}])
+                       [{"field": "paths", "reason": f"{step_path}: {reason}"}], missing)
 
 
 def _plan(src: TreeRoot, dst: TreeRoot, paths: list[tuple[bytes, ...]], token: str) -> list[_Step]:
@@ -66,19 +72,23 @@ def _plan(src: TreeRoot, dst: TreeRoot, paths: list[tuple[bytes, ...]], token: s
                 raise _problem(shown, "overlaps another path in the request")
             try:
                 sp, name = beneath.open_parent(src.fd, parts)
+            except beneath.Unsafe as e:
+                raise _problem(shown, f"in the snapshot, {e.reason}") from None
             except (FileNotFoundError, NotADirectoryError):
-                raise SnapshotNotFound(f"{shown} is not in the snapshot") from None
+                raise _problem(shown, "not in the snapshot", missing=True) from None
             step = _Step(parts, sp, -1, name, os.stat_result((0,) * 10), b"")
             step.fds.append(sp)
             steps.append(step)
             try:
                 step.st = os.lstat(name, dir_fd=sp)
             except FileNotFoundError:
-                raise SnapshotNotFound(f"{shown} is not in the snapshot") from None
+                raise _problem(shown, "not in the snapshot", missing=True) from None
             if src.whiteouts and _whiteout(step.st):
-                raise _problem(shown, "the snapshot holds a deletion (an overlay whiteout) there")
+                raise _problem(shown, "the snapshot holds a deletion (an overlay whiteout) there", missing=True)
             try:
                 step.dst_parent = beneath.open_dir(dst.fd, parts[:-1])
+            except beneath.Unsafe as e:
+                raise _problem(shown, f"in the container, {e.reason}") from None
             except (FileNotFoundError, NotADirectoryError):
                 raise _problem(shown, "its parent directory is not in the container; restore the parent") from None
             step.fds.append(step.dst_parent)
