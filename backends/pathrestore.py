@@ -118,7 +118,8 @@ def _build(step: _Step) -> None:
     if stat.S_ISDIR(step.st.st_mode):
         fd = os.open(step.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=step.src_parent)
         try:
-            treecopy.copy_tree(Path(_proc(fd, b".")), Path(_proc(step.dst_parent, step.tmp)), allow_reflink=True)
+            # "/." keeps the magic link followed (O_NOFOLLOW applies to the last component); a Path would drop it
+            treecopy.copy_tree(_proc(fd, b"."), Path(_proc(step.dst_parent, step.tmp)))  # type: ignore[arg-type]
         finally:
             os.close(fd)
         return
