@@ -171,10 +171,14 @@ def _snapshot_rows(snaps: list[dict], wide: bool = False) -> str:
     )
 
 
+def _socket(args: argparse.Namespace) -> Path:
+    return Path(args.socket or os.environ.get("SNAPD_SOCKET") or DEFAULT_SOCKET)
+
+
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
     from snapd.cli.client import ClientError, call
 
-    socket_path = Path(args.socket or os.environ.get("SNAPD_SOCKET") or DEFAULT_SOCKET)
+    socket_path = _socket(args)
     try:
         status, envelope = call(socket_path, method, path, body)
     except ClientError as exc:
@@ -532,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                   cmd_hold, f"snapd hold {cid} snap-20250115-103000 --reason pre-upgrade")
     hold.add_argument("--reason", required=True, help="why it is held (1-200 characters)")
     client("release", "release a snapshot's hold", cmd_release, f"snapd release {cid} snap-20250115-103000")
+    from snapd.cli import files as file_cli
+
+    file_cli.add_commands(client, _request, _snap_path, _socket, cid)
 
     def group(name: str, help_: str) -> Any:
         p = sub.add_parser(name, help=help_, description=help_)
