@@ -101,6 +101,8 @@ class Files:
         after_name = None
         if after is not None:
             try:
+                if len(after) > beneath.MAX_PATH_TEXT or "\x00" in after:
+                    raise beneath.PathRefused(f"at most {beneath.MAX_PATH_TEXT} characters, no NUL")
                 after_name = beneath.unescape(after)
             except beneath.PathRefused as exc:
                 raise InvalidInput("query", [{"field": "after", "reason": exc.reason}]) from None

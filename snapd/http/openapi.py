@@ -272,11 +272,12 @@ SCHEMAS["TokenBody"] = {
     },
     # which combinations make a token (if/then/else, which client generators leave alone)
     "if": {"required": ["admin"], "properties": {"admin": {"const": True}}},
-    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}},
+    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}, "files": {"const": False}},
              "not": {"required": ["containers"]}},
     "else": {"anyOf": [
         {"required": ["project"], "properties": {"project": {"type": "string"}}},
-        {"required": ["metrics"], "properties": {"metrics": {"const": True}}, "not": {"required": ["containers"]}},
+        {"required": ["metrics"], "properties": {"metrics": {"const": True}, "files": {"const": False}},
+         "not": {"required": ["containers"]}},
     ]},
 }
 SCHEMAS["ProjectBody"] = {

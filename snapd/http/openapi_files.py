@@ -14,6 +14,11 @@ TAG = {"name": "files", "description": "Files in snapshots: browse a directory, 
 ESCAPE = ("Paths are absolute; names that are not UTF-8 are written with `\\xHH` per byte and a backslash as "
           "`\\\\`. `..`, NUL and other backslash sequences are refused; symlinks on the way are never followed "
           "and mount points never crossed.")
+ESCAPED = r"([^\\\x00]|\\\\|\\x(?!00)[0-9a-f]{2})*"
+"""Text in the name escape: no NUL, a backslash only as two backslashes or one and xHH."""
+PATH_PATTERN = r"^(?!.*/\.\.(/|$))/" + ESCAPED + "$"
+ENTRY_PATTERN = r"^(?![/.]*$)" + PATH_PATTERN[1:]
+"""A path naming an entry, not the root."""
 KINDS = ["file", "dir", "symlink", "device", "fifo", "socket", "unknown"]
 CHANGES = ["added", "deleted", "modified", "type_changed"]
 FIELDS = ["content", "mode", "owner", "target", "xattrs"]
@@ -56,7 +61,8 @@ def _schemas() -> None:
     SCHEMAS["RestorePathsBody"] = {
         "type": "object", "additionalProperties": False, "required": ["paths"],
         "properties": {"paths": {"type": "array", "minItems": 1, "maxItems": MAX_RESTORE_PATHS,
-                                 "items": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/"},
+                                 "items": {"type": "string", "minLength": 2, "maxLength": 4096,
+                                           "pattern": ENTRY_PATTERN},
                                  "description": "Absolute paths, none inside another. " + ESCAPE}},
     }
     SCHEMAS["RestoredPath"] = _object({
@@ -77,10 +83,13 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
 
 
 PATH_PARAM = _query("path", "An absolute path in the snapshot. " + ESCAPE,
-                    {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/"}, required=True)
+                    {"type": "string", "minLength": 2, "maxLength": 4096, "pattern": ENTRY_PATTERN}, required=True)
 LIMIT = _query("limit", f"At most this many (1-10000; default {DEFAULT_PAGE}).",
                {"type": "integer", "minimum": 1, "maximum": 10000})
-AFTER = _query("after", "Continue after this `next` of the previous page.", {"type": "string", "maxLength": 4096})
+AFTER = _query("after", "Continue after this `next` of the previous page (a name).",
+               {"type": "string", "maxLength": 4096, "pattern": "^" + ESCAPED + "$"})
+DIFF_AFTER = _query("after", "Continue after this `next` of the previous page (a path).",
+                    {"type": "string", "maxLength": 4096, "pattern": PATH_PATTERN})
 
 
 def file_paths(base: str) -> dict[str, Any]:
@@ -89,8 +98,9 @@ def file_paths(base: str) -> dict[str, Any]:
     both = [PARAMS["id"], PARAMS["name"]]
     tree = _op("getSnapshotTree", "files", "One directory of the snapshot, a page at a time",
                "FileTreeResponse", COMMON, params=())
-    tree["parameters"] = [*both, {**PATH_PARAM, "required": False,
-                                  "description": "A directory (default /). " + ESCAPE}, LIMIT, AFTER]
+    tree["parameters"] = [*both, {**PATH_PARAM, "required": False, "description": "A directory (default /). " + ESCAPE,
+                                  "schema": {"type": "string", "minLength": 1, "maxLength": 4096,
+                                             "pattern": PATH_PATTERN}}, LIMIT, AFTER]
     download = _op("getSnapshotFile", "files", "The bytes of one regular file (Range, ETag)",
                    "FileTreeResponse", COMMON + [416], params=())
     download["parameters"] = [*both, PATH_PARAM]
@@ -106,7 +116,7 @@ def file_paths(base: str) -> dict[str, Any]:
                "snapshot (NDJSON when asked for)", "FileDiffResponse", COMMON + [409], params=())
     diff["parameters"] = [*both, _query("against", "`live` (default) or another snapshot's name",
                                         {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}),
-                          LIMIT, AFTER]
+                          LIMIT, DIFF_AFTER]
     diff["responses"]["200"]["content"][NDJSON] = {"schema": {"type": "string",
                                                               "description": "One FileChange object a line."}}
     restore = _op("restoreSnapshotPaths", "files", "Bring single paths back from the snapshot, each atomically",
