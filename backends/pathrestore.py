@@ -61,15 +61,24 @@ def _problem(step_path: str, reason: str, missing: bool = False) -> PathProblem:
                        [{"field": "paths", "reason": f"{step_path}: {reason}"}], missing)
 
 
+def outermost(paths: list[tuple[bytes, ...]]) -> list[tuple[bytes, ...]]:
+    """The paths in order, without repeats and without those inside another (restored with it)."""
+    wanted = set(paths)
+    out: list[tuple[bytes, ...]] = []
+    for p in paths:
+        if p not in out and not any(p[:i] in wanted for i in range(len(p))):
+            out.append(p)
+    return out
+
+
 def _plan(src: TreeRoot, dst: TreeRoot, paths: list[tuple[bytes, ...]], token: str) -> list[_Step]:
+    paths = outermost(paths)
     steps: list[_Step] = []
     try:
         for i, parts in enumerate(paths):
             shown = beneath.show_path(parts)
             if not parts:
                 raise _problem(shown, "the root itself is restored with a whole restore")
-            if any(parts[:len(s.parts)] == s.parts or s.parts[:len(parts)] == parts for s in steps):
-                raise _problem(shown, "overlaps another path in the request")
             try:
                 sp, name = beneath.open_parent(src.fd, parts)
             except beneath.Unsafe as e:
@@ -90,7 +99,8 @@ def _plan(src: TreeRoot, dst: TreeRoot, paths: list[tuple[bytes, ...]], token: s
             except beneath.Unsafe as e:
                 raise _problem(shown, f"in the container, {e.reason}") from None
             except (FileNotFoundError, NotADirectoryError):
-                raise _problem(shown, "its parent directory is not in the container; restore the parent") from None
+                raise _problem(shown, "its parent directory is not in the container; restore the parent",
+                               missing=True) from None
             step.fds.append(step.dst_parent)
             try:
                 os.lstat(name, dir_fd=step.dst_parent)

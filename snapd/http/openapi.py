@@ -503,6 +503,11 @@ _SNAPSHOT_LINKS = {
         "description": f"{verb.capitalize()} the snapshot just made.",
     }
     for verb in ("get", "restore", "delete")
+} | {
+    op: {"operationId": op, "parameters": {"id": "$request.path.id", "name": "$response.body#/data/snapshot/name"},
+         "description": f"{what} the snapshot just made."}
+    for op, what in (("getSnapshotTree", "Browse"), ("getSnapshotFile", "Download a file of"),
+                     ("getSnapshotDiff", "Diff"), ("restoreSnapshotPaths", "Restore paths from"))
 } | {"updateSnapshotAlias": {
     "operationId": "updateSnapshotAlias",
     "parameters": {"id": "$request.path.id", "name": "$response.body#/data/snapshot/name"},

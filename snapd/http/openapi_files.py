@@ -63,7 +63,9 @@ def _schemas() -> None:
         "properties": {"paths": {"type": "array", "minItems": 1, "maxItems": MAX_RESTORE_PATHS,
                                  "items": {"type": "string", "minLength": 2, "maxLength": 4096,
                                            "pattern": ENTRY_PATTERN},
-                                 "description": "Absolute paths, none inside another. " + ESCAPE}},
+                                 "description": "Absolute paths; a repeat, or a path inside another one given, is restored "
+                                                "with it (the answer lists the outer one). " + ESCAPE}},
+        "example": {"paths": ["/etc/hostname"]},
     }
     SCHEMAS["RestoredPath"] = _object({
         "path": {"type": "string"}, "type": {"enum": KINDS},
@@ -84,6 +86,7 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
 
 PATH_PARAM = _query("path", "An absolute path in the snapshot. " + ESCAPE,
                     {"type": "string", "minLength": 2, "maxLength": 4096, "pattern": ENTRY_PATTERN}, required=True)
+PATH_PARAM["example"] = "/etc/hostname"
 LIMIT = _query("limit", f"At most this many (1-10000; default {DEFAULT_PAGE}).",
                {"type": "integer", "minimum": 1, "maximum": 10000})
 AFTER = _query("after", "Continue after this `next` of the previous page (a name).",
