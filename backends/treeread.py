@@ -230,7 +230,11 @@ def _walk(sides: tuple[_Side, _Side], ofd: int | None, nfd: int | None, parts: P
 
 
 def _both(sides: tuple[_Side, _Side], ofd: int, nfd: int, name: bytes, here: Parts) -> Iterator[tuple[Parts, dict]]:
-    co, cn = sides[0].open(ofd, name), sides[1].open(nfd, name)
+    yield from _descend(sides, sides[0].open(ofd, name), sides[1].open(nfd, name), here)
+
+
+def _descend(sides: tuple[_Side, _Side], co: int | None, cn: int | None, here: Parts) -> Iterator[tuple[Parts, dict]]:
+    """Walk two child directories (either may be None), closing them after."""
     try:
         yield from _walk(sides, co, cn, here)
     finally:
@@ -246,11 +250,5 @@ def _subtree(sides: tuple[_Side, _Side], ofd: int | None, nfd: int | None, name:
     old_dir = o is not None and stat.S_ISDIR(o.st_mode)
     new_dir = n is not None and stat.S_ISDIR(n.st_mode)
     if old_dir or new_dir:
-        co = sides[0].open(ofd, name) if old_dir else None
-        cn = sides[1].open(nfd, name) if new_dir else None
-        try:
-            yield from _walk(sides, co, cn, here)
-        finally:
-            for fd in (co, cn):
-                if fd is not None:
-                    os.close(fd)
+        yield from _descend(sides, sides[0].open(ofd, name) if old_dir else None,
+                            sides[1].open(nfd, name) if new_dir else None, here)
