@@ -97,7 +97,9 @@ class Client:
         return http.client.HTTPConnection(*self.tcp, timeout=60)
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                headers: dict[str, str] | None = None, check_schema: bool = True) -> Response:
+                headers: dict[str, str] | None = None, check_schema: bool = True,
+                binary: bool = False) -> Response:
+        """`binary`: a success may be other than JSON (a file, NDJSON): `raw` holds it, `body` is None."""
         payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         hdrs = {**self.headers, **(headers or {})}
         if payload is not None:
@@ -110,6 +112,8 @@ class Client:
             result = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, None, data)
         finally:
             conn.close()
+        if binary and result.status < 400:
+            return result
         assert result.headers.get("content-type", "").startswith("application/json"), result
         result.body = json.loads(data)
         if check_schema:
