@@ -7,8 +7,11 @@ owners, modes, xattrs and the hard links inside it (backends.treecopy), any
 other entry as itself.  Then each is renamed into place in one step:
 RENAME_EXCHANGE when the path exists (the old entry is left under the
 temporary name and removed after), RENAME_NOREPLACE when it does not.  A
-crash leaves every path as it was or as in the snapshot, plus temporaries
-that sweep() removes by token.  Every live directory is reached through
+filesystem without renameat2's flags (zfs-fuse: EINVAL) gets two renames
+instead, the old entry first to `<temporary>-old`; a crash between them
+leaves the path missing, and sweep() puts the old entry back.  A crash
+leaves every path as it was or as in the snapshot, plus temporaries that
+sweep() removes by token.  Every live directory is reached through
 backends.beneath: no symlink followed, no mount crossed.
 """
 
@@ -179,17 +182,50 @@ def _copy_file(sp: int, name: bytes, dp: int, tmp: bytes, st: os.stat_result) ->
         os.close(fin)
 
 
+OLD = b"-old"
+"""Suffix of the temporary name of an old entry moved aside by _swap_in_two()."""
+NO_RENAME_FLAGS = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
 def _swap(step: _Step) -> None:
     flags = fsops.RENAME_EXCHANGE if step.existed else fsops.RENAME_NOREPLACE
-    fsops.rename_in(step.dst_parent, step.tmp, step.name, flags)
+    try:
+        fsops.rename_in(step.dst_parent, step.tmp, step.name, flags)
+    except OSError as e:
+        if e.errno not in NO_RENAME_FLAGS:
+            raise
+        _swap_in_two(step)
     step.done = True
     os.fsync(step.dst_parent)
 
 
+def _swap_in_two(step: _Step) -> None:
+    """The swap without renameat2's flags: the old entry aside, then the copy into place
+    (the container's lock and the in-use check keep anyone else from the name between)."""
+    fd = step.dst_parent
+    if step.existed:
+        os.rename(step.name, step.tmp + OLD, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
+    elif _exists(fd, step.name):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(step.name))
+    os.rename(step.tmp, step.name, src_dir_fd=fd, dst_dir_fd=fd)
+
+
+def _exists(dir_fd: int, name: bytes) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _discard(step: _Step) -> None:
-    """Remove what is left under step.tmp (the copy, or after a swap the old entry)."""
-    if step.built and (step.existed or not step.done):
+    """Remove what is left under step.tmp (the copy, or after a swap the old entry) and
+    under step.tmp-old (the old entry a two-rename swap moved aside)."""
+    if step.built and (step.existed or not step.done) and _exists(step.dst_parent, step.tmp):
         remove.remove_tree(_proc(step.dst_parent, step.tmp))
+    if _exists(step.dst_parent, step.tmp + OLD):
+        remove.remove_tree(_proc(step.dst_parent, step.tmp + OLD))
 
 
 def _close(steps: list[_Step]) -> None:
@@ -228,13 +264,22 @@ def _sweep(dst: TreeRoot, paths: list[str], token: str) -> None:
     if not token:
         return
     mark = PREFIX + f"{token}-".encode()
+    parsed = []
     for text in paths:
         try:
-            parts = beneath.parse(text)
+            parsed.append(beneath.parse(text))
+        except ValueError:
+            continue
+    for i, parts in enumerate(outermost(parsed)):  # as _plan() numbered them
+        try:
             fd = beneath.open_dir(dst.fd, parts[:-1])
         except (ValueError, OSError):
             continue
         try:
+            aside = PREFIX + f"{token}-{i}".encode() + OLD
+            if parts and _exists(fd, aside) and not _exists(fd, parts[-1]):
+                os.rename(aside, parts[-1], src_dir_fd=fd, dst_dir_fd=fd)  # back as it was
+                os.fsync(fd)
             for entry in map(os.fsencode, os.listdir(fd)):
                 if entry.startswith(mark):
                     remove.remove_tree(_proc(fd, entry))

@@ -9,8 +9,10 @@ A diff is a pre-order walk of both trees in name order (bytes), one record
 per path that differs: `added`, `deleted`, `modified` (with `fields`: content,
 mode, owner, target, xattrs) or `type_changed`; everything beneath an added or
 deleted directory is listed too.  A regular file's content counts as unchanged
-when size and mtime are equal (rsync's quick check); when only the mtime
-differs the bytes are compared.  Directory mtimes are not compared (every
+when size and mtime are equal (rsync's quick check) and the mtime has a
+sub-second part; otherwise the bytes are compared: with whole-second
+timestamps (zfs-fuse) a rewrite of the same size within the second would
+look unchanged.  Directory mtimes are not compared (every
 change inside moves them).  In an overlay upper-layer capture a whiteout is a
 deletion, never an entry.
 """
@@ -155,7 +157,8 @@ def compare(ofd: int, nfd: int, name: bytes, o: os.stat_result, n: os.stat_resul
     """What differs between two entries of one type: content, mode, owner, target, xattrs."""
     fields = []
     if stat.S_ISREG(n.st_mode):
-        if o.st_size != n.st_size or (o.st_mtime_ns != n.st_mtime_ns and not _same_bytes(ofd, nfd, name)):
+        quick = o.st_mtime_ns == n.st_mtime_ns and o.st_mtime_ns % 1_000_000_000 != 0
+        if o.st_size != n.st_size or (not quick and not _same_bytes(ofd, nfd, name)):
             fields.append("content")
     elif (stat.S_ISCHR(n.st_mode) or stat.S_ISBLK(n.st_mode)) and o.st_rdev != n.st_rdev:
         fields.append("content")
