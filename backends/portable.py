@@ -5,8 +5,9 @@ A stream is a magic string followed by frames, each a type byte, a 4-byte big-en
 length and that many bytes:
 
     b"CSNAPD\\x00\\x01"  magic
-    H  header          JSON: format version, container id, snapshot name, created_at,
-                       alias, expires_at, base snapshot name (null: a full stream),
+    H  header          JSON: format version, container id, its project label, snapshot
+                       name, created_at, alias, expires_at, base snapshot name (null:
+                       a full stream),
                        layout (what the snapshot captured: "whole" or "upper"),
                        compression ("none" or "zstd")
     T  tar data ...    a POSIX.1-2001 (PAX) tar of the tree, in frames of at most 1 MiB
@@ -104,9 +105,11 @@ class Header:
     base: str | None = None
     layout: str = "whole"
     compression: str = "none"
+    project: str | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({"format": FORMAT, "container": self.container, "snapshot": self.snapshot,
+        return json.dumps({"format": FORMAT, "container": self.container, "project": self.project,
+                           "snapshot": self.snapshot,
                            "created_at": self.created_at, "alias": self.alias, "expires_at": self.expires_at,
                            "base": self.base, "layout": self.layout, "compression": self.compression},
                           ensure_ascii=True, sort_keys=True).encode()
@@ -154,7 +157,7 @@ class Header:
         return cls(container=text("container", _CID), snapshot=text("snapshot", _NAME),  # type: ignore[arg-type]
                    created_at=number("created_at"), alias=alias,  # type: ignore[arg-type]
                    expires_at=number("expires_at", True), base=text("base", _NAME, True),
-                   layout=layout, compression=compression)
+                   layout=layout, compression=compression, project=text("project", _NAME, True))
 
 
 @dataclass
