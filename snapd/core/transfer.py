@@ -25,6 +25,9 @@ from snapd.core.errors import Conflict, InvalidInput, NotFound
 from snapd.core.pipe import LoopReader, Stalled, loop_writer
 from snapd.core.store import SnapshotRow
 
+RESERVED_NAME = "import"
+"""`.../snapshots/import` is the import route: no snapshot is given that name."""
+
 if TYPE_CHECKING:
     from snapd.core.service import Container, Guard, SnapshotService
 
@@ -55,7 +58,7 @@ class Transfers:
     async def export(self: SnapshotService, cid: str, name: str, base: str | None, guard: Guard | None,
                      compression: str = "none") -> AsyncIterator[Export]:
         """The snapshot (changes since `base` when given) ready to stream, for the context's
-        duration; NotFound, or InvalidInput for a base that is not there."""
+        duration; NotFound when the snapshot or the base is not there."""
         if compression not in compressions():
             raise InvalidInput("query", [{"field": "compression",
                                           "reason": f"one of {', '.join(compressions())} on this daemon"}])
@@ -63,9 +66,8 @@ class Transfers:
         base_row = None
         if base is not None:
             base_row = self.store.get(cid, base)
-            if base_row is None or base == name:
-                raise InvalidInput("query", [{"field": "base", "reason": f"no other snapshot {base} of container "
-                                                                         f"{cid} to send the changes from"}])
+            if base_row is None:
+                raise NotFound("snapshot")
         layout, _ = await self.layout(container)
         header = Header(container=cid, snapshot=name, created_at=row.created_at, alias=row.alias,
                         expires_at=row.expires_at, base=base, layout="upper" if layout == "overlay" else "whole",
@@ -105,6 +107,8 @@ class Transfers:
         except Stalled as exc:
             raise _bad_stream(f"stream ended early: {exc}") from None
         h = reader.header
+        if h.snapshot == RESERVED_NAME:
+            raise InvalidInput("stream", [{"field": "snapshot", "reason": f"{RESERVED_NAME!r} names the import route"}])
         if h.container != cid:
             raise InvalidInput("stream", [{"field": "container",
                                            "reason": f"the stream holds container {h.container}, not {cid}"}])

@@ -579,7 +579,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
-    from snapd.http import openapi_policies  # its schemas build on this module's helpers
+    from snapd.http import openapi_policies, openapi_transfer  # their schemas build on this module's helpers
 
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
@@ -591,7 +591,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": [*TAGS, openapi_policies.TAG],
+        "tags": [*TAGS, openapi_policies.TAG, openapi_transfer.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -658,6 +658,7 @@ def _document() -> dict[str, Any]:
             f"{ADMIN}/reconcile": _reconcile_path(),
             f"{ADMIN}/expiry": _expiry_path(),
             **openapi_policies.policy_paths(),
+            **openapi_transfer.transfer_paths(),
             f"{ADMIN}/status": {
                 "get": _op("getStatus", "admin",
                            "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
