@@ -36,3 +36,55 @@ async def _call(socket_path: Path, method: str, path: str, body: Any = None) -> 
 def call(socket_path: Path, method: str, path: str, body: Any = None) -> tuple[int, dict]:
     """One request; returns (status, decoded JSON envelope)."""
     return asyncio.run(_call(socket_path, method, path, body))
+
+
+CHUNK = 1 << 20
+
+
+async def _download(socket_path: Path, path: str, write: Any) -> tuple[int, dict | None]:
+    """GET `path`; a 200 body goes to `write` chunk by chunk (returns (200, None)), an error's
+    envelope is returned.  ClientError when the daemon is unreachable or the body is cut off."""
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f"http://localhost{path}", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                if resp.status != 200:
+                    return resp.status, json.loads(await resp.text())
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    await asyncio.to_thread(write, chunk)
+                return 200, None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise ClientError(f"the stream from the daemon at {socket_path} was cut off: {exc}") from None
+    except json.JSONDecodeError:
+        raise ClientError("daemon answered without JSON") from None
+
+
+async def _upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
+    """POST the bytes `read(n)` yields (until b"") as a chunked body; the answer's envelope."""
+    async def body() -> Any:
+        while chunk := await asyncio.to_thread(read, CHUNK):
+            yield chunk
+
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.post(f"http://localhost{path}", data=body(),
+                                    headers={"Content-Type": "application/vnd.container-snapd.stream"},
+                                    timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                text = await resp.text()
+                try:
+                    return resp.status, json.loads(text)
+                except json.JSONDecodeError:
+                    raise ClientError(f"daemon answered {resp.status} without JSON: {text[:200]}") from None
+    except aiohttp.ClientConnectionError as exc:
+        raise ClientError(f"cannot send the stream to the daemon at {socket_path}: {exc}") from None
+
+
+def download(socket_path: Path, path: str, write: Any) -> tuple[int, dict | None]:
+    """Stream a GET's body into `write` (see _download)."""
+    return asyncio.run(_download(socket_path, path, write))
+
+
+def upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
+    """Stream `read`'s bytes as a POST body (see _upload)."""
+    return asyncio.run(_upload(socket_path, path, read))
