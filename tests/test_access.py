@@ -33,8 +33,10 @@ FORBIDDEN = {
     "release": "You do not have permission to hold or release snapshots for this container",
     "detail": "You do not have permission to access this container",
     "details": "You do not have permission to access this container",
+    "export": "You do not have permission to export snapshots of this container",
+    "import": "You do not have permission to import snapshots into this container",
 }
-WRITES = {"create", "alias", "restore", "delete", "hold", "release"}
+WRITES = {"create", "alias", "restore", "delete", "hold", "release", "export", "import"}
 
 
 @dataclass
@@ -95,10 +97,12 @@ def auth(world: World, who: str) -> dict[str, str]:
     return {} if who == "none" else {"Authorization": f"Bearer {world.tokens[who]}"}
 
 
-def route_requests(cid: str, name: str, headers: dict[str, str]) -> list[tuple[str, Request]]:
-    """Every route once, in an order that works for a caller allowed everything."""
+def route_requests(cid: str, name: str, headers: dict[str, str], stream: bytes = b"") -> list[tuple[str, Request]]:
+    """Every route once, in an order that works for a caller allowed everything (`stream`:
+    the snapshot's export, imported again once it is deleted)."""
     return [
         ("list", ("GET", snaps(cid), None, headers)),
+        ("export", ("GET", snaps(cid, name, "/export"), None, headers)),
         ("get", ("GET", snaps(cid, name), None, headers)),
         ("alias", ("PATCH", snaps(cid, name, "/alias"), {"alias": "x"}, headers)),
         ("restore", ("PATCH", snaps(cid, name), None, headers)),
@@ -107,6 +111,7 @@ def route_requests(cid: str, name: str, headers: dict[str, str]) -> list[tuple[s
         ("details", ("GET", f"/api/v1/containers/{cid}/snapshot-details", None, headers)),
         ("release", ("DELETE", snaps(cid, name, "/hold"), None, headers)),
         ("delete", ("DELETE", snaps(cid, name), None, headers)),
+        ("import", ("POST", snaps(cid, None, "/import"), stream, headers)),
         ("create", ("POST", snaps(cid), None, headers)),
         ("openapi", ("GET", "/api/v1/openapi.json", None, headers)),
         ("admin-list", ("GET", f"{ADMIN}/tokens", None, headers)),
@@ -158,7 +163,8 @@ def test_the_full_matrix(world: World, transport: str) -> None:
     for who in WHO:
         # a snapshot made by root for this caller to act on
         name = world.d.unix.post(snaps(world.a)).data["snapshot"]["name"]
-        for route, request in route_requests(world.a, name, auth(world, who)):
+        stream = world.d.unix.get(snaps(world.a, name, "/export")).raw
+        for route, request in route_requests(world.a, name, auth(world, who), stream):
             batch.append(request)
             labels.append((who, route))
     results = run(world, transport, batch)
