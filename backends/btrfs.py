@@ -470,7 +470,8 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
     def _receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
                  new_container: bool) -> SnapshotFacts:
         """Received into a scratch subvolume (a writable snapshot of the base for an
-        incremental), made read-only, then renamed into place."""
+        incremental), then snapshotted read-only into place, as a create is: one step
+        (a read-only subvolume cannot be renamed into place)."""
         spath = self._spath(cid, name)
         if not new_container:
             self._need_container(cid)
@@ -488,24 +489,36 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                 else:
                     self._run_sync("subvolume", "create", tmppath)
                 reader.apply(tmppath, incremental=base is not None)
-                self._run_sync("property", "set", "-ts", tmppath, "ro", "true")
                 faults.point("btrfs.import.received")
                 if new_container:
                     self._new_container(cid, tfd)
                 os.makedirs(self._sdir(cid), mode=0o700, exist_ok=True)
-                if os.path.lexists(spath):
-                    raise BackendError(f"snapshot {name} of {cid} already exists")
-                os.rename(tmppath, spath)
-                fsops.fsync_dir(Path(self._sdir(cid)))
+                self._publish(tmppath, cid, name)
             except BaseException as e:
-                _quiet_destroy(tfd, tmpname)
                 if isinstance(e, OSError):
                     raise _error(e, f"cannot receive snapshot {name} of {cid}") from e
                 raise
+            finally:
+                if os.path.lexists(tmppath):
+                    _quiet_destroy(tfd, tmpname)
         facts = self._facts(cid, name, sizes=False)
         if facts is None:
             raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
         return facts
+
+    def _publish(self, tmppath: str, cid: str, name: str) -> None:
+        """A read-only snapshot of `tmppath` as snapshot `name` of `cid`."""
+        if self.use_ioctl:
+            try:
+                with _Fd(tmppath) as src, _Fd(self._sdir(cid)) as sfd:
+                    ioc.snapshot(src, sfd, name, readonly=True)
+                return
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    raise BackendError(f"snapshot {name} of {cid} already exists") from e
+                if e.errno not in _FALLBACK_ERRNOS:
+                    raise
+        self._run_sync("subvolume", "snapshot", "-r", tmppath, self._spath(cid, name))
 
     def _new_container(self, cid: str, tfd: int) -> None:
         tmpname = f"container-{cid}-{secrets.token_hex(4)}"
