@@ -11,19 +11,23 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from backends import faults
 from backends.portable import compressions
 
 from .client import snaps
 from .conftest import open_harness
+from .crash import killed_at
 from .daemon import DaemonProcess
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, is_root, new_cid
+from .harness.overlay import OverlayHarness
 
 OTHER_KIND = {"overlay": "btrfs", "btrfs": "overlay", "zfs": "overlay"}
 SEVEN = {"name", "alias", "created_at", "last_used_at", "expires_at", "stateful", "size"}
@@ -297,3 +301,60 @@ def test_a_snapshot_being_exported_is_not_deleted(daemon: DaemonProcess, contain
     finally:
         conn.close()
     assert daemon.unix.delete(snaps(container, name)).status == 200
+
+
+@pytest.mark.parametrize("stage", ["received", "on-disk"])
+def test_a_crash_leaves_the_import_absent_or_whole(daemon: DaemonProcess, pool: PoolHarness, container: str,
+                                                   tmp_path: Path, stage: str) -> None:
+    """The receiver dies (SIGKILL) with the tree checked in scratch (then nothing is visible and
+    the next start sweeps the scratch), or with the snapshot on disk and no row (then the next
+    start rolls it forward with the stream's metadata, from the journal)."""
+    snap = snapshot(daemon, container, {"alias": "crash", "expiry": 3})
+    stream = export(daemon, container, snap["name"])
+    point = f"{pool.kind}.import.received" if stage == "received" else "service.import.on-disk"
+    if point not in faults.POINTS:
+        pytest.skip(f"{pool.kind} pools do not receive streams")
+    harness = open_harness(pool.kind, tmp_path / "pool")
+    try:
+        work = tmp_path / "d"
+        d = DaemonProcess(work, [harness.spec], tcp=False, env={faults.ENV: point}).start()
+        killed_at(d, point, lambda: d.unix.post(snaps(container, None, "/import"), stream))
+        d = DaemonProcess(work, [harness.spec], tcp=False).start()
+        try:
+            listed = d.unix.get(snaps(container))
+            if stage == "received":
+                assert listed.status == 404 and harness.artifacts() == set(), harness.artifacts()
+                assert d.unix.post(snaps(container, None, "/import"), stream).status == 200  # and it goes in
+            else:
+                got = listed.data["snapshots"]
+                assert [(s["name"], s["alias"], s["created_at"], s["expires_at"]) for s in got] == \
+                    [(snap["name"], "crash", snap["created_at"], snap["expires_at"])]
+            same_trees(pool.container_path(container), restored(Peer(d, harness), container, snap["name"]))
+        finally:
+            assert d.stop() == 0
+    finally:
+        harness.close()
+
+
+def test_a_full_pool_is_507_and_leaves_nothing(daemon: DaemonProcess, pool: PoolHarness, container: str,
+                                               tmp_path: Path) -> None:
+    """An overlay pool on a 4 MiB tmpfs receives a stream of a tree larger than that."""
+    if not is_root():
+        pytest.skip("mounting a tmpfs needs root")
+    (pool.container_path(container) / "data/random.bin").write_bytes(os.urandom(6 << 20))
+    stream = export(daemon, container, snapshot(daemon, container)["name"])
+    root = tmp_path / "tiny"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], check=True)
+    try:
+        tiny = OverlayHarness.at(root)
+        d = DaemonProcess(tmp_path / "d", [tiny.spec], tcp=False).start()
+        try:
+            r = d.unix.post(snaps(container, None, "/import"), stream)
+            assert r.status == 507, r.body
+            assert d.unix.get(snaps(container)).status == 404
+            assert tiny.artifacts() == set()
+        finally:
+            assert d.stop() == 0
+    finally:
+        subprocess.run(["umount", str(root)], check=True)

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
+from backends import faults
 from backends.base import Backend, ImportUnsupported, SnapshotRef
 from backends.portable import Header, Stats, StreamError, StreamReader, compressions, write_stream
 
@@ -149,6 +150,7 @@ class Transfers:
             except BaseException:
                 self._journal_failed(jid)
                 raise
+            faults.point("service.import.on-disk")
             row = SnapshotRow(container_id=cid, name=h.snapshot, pool=container.pool, created_at=h.created_at,
                               alias=h.alias, expires_at=h.expires_at, size=facts.size, ref=facts.ref)
             with self.store.transaction():
