@@ -192,9 +192,7 @@ class _FrameWriter:
             self.hash.update(head)
             self.hash.update(payload)
         self.stats.bytes += len(head) + len(payload)
-        self.out(head)
-        if payload:
-            self.out(payload)
+        self.out(head + payload)  # one write per frame: each may be a hop to the event loop
 
     def raw(self, data: bytes) -> None:
         self.hash.update(data)

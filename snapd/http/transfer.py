@@ -90,8 +90,15 @@ async def import_snapshot(request: web.Request) -> web.Response:
     cid = _cid(request)
     pool = _query(request, ("pool",)).get("pool")
     principal = principal_of(request)
+    async def pull() -> bytes:  # up to CHUNK bytes at a time: fewer hops to the receiving thread
+        parts, size = [], 0
+        while size < CHUNK and (data := await request.content.read(CHUNK - size)):
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
     container, row = await _service(request).import_stream(
-        cid, lambda: request.content.read(CHUNK), pool,
+        cid, pull, pool,
         lambda project: principal.may_access(cid, project, write=True))
     return _snapshot_ok("Snapshot imported successfully", container, row)
 
