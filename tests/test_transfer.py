@@ -3,7 +3,7 @@
 The sender is the shared `daemon` on `pool` (every backend kind); the receivers are daemons on
 pools of their own: one of the same kind, one of another kind (overlay <-> btrfs; ZFS sends to
 overlay).  A snapshot is compared by restoring it on the receiver and digesting both live trees
-(tests/digest.walk_digest: types, modes, owners, mtimes to the ns, content, xattrs, hard links).
+(walk_digest in tests/digest.py: types, modes, owners, mtimes to the ns, content, xattrs, hard links).
 """
 
 from __future__ import annotations
