@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -74,6 +75,9 @@ _BLOCK = 64 << 10
 _CID = re.compile(r"[0-9a-f]{24}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _XATTR = "SCHILY.xattr."
+_ENTRY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
+                           errno.ELOOP, errno.EMLINK, errno.ERANGE, errno.E2BIG})
+"""Errors of writing an entry that come from the stream's content, not from the pool."""
 OWN_XATTR_PREFIXES = ("trusted.container-snapd.", "user.container-snapd.")
 """The daemon's own labels and tags on a tree's root: never sent, never received."""
 LAYOUTS = ("whole", "upper")
@@ -82,11 +86,7 @@ MAX_ALIAS = 100
 
 def compressions() -> tuple[str, ...]:
     """The compressions this host can write and read."""
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        return ("none",)
-    return ("none", "zstd")
+    return ("none", "zstd") if importlib.util.find_spec("zstandard") is not None else ("none",)
 
 
 class StreamError(BackendError):
@@ -520,8 +520,11 @@ class StreamReader:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace("no space left in the pool for the received snapshot") from None
+            if exc.errno in _ENTRY_ERRNOS:  # what the stream asked for cannot exist here
+                where = os.fsdecode(exc.filename)[len(dest):] if isinstance(exc.filename, (str, bytes)) else ""
+                raise StreamError(f"an entry cannot be written: {exc.strerror} ({where[-200:]!r})") from None
             raise
-        except (tarfile.TarError, EOFError) as exc:
+        except (tarfile.TarError, EOFError, ValueError, UnicodeError, OverflowError) as exc:
             raise StreamError(f"tar data is corrupted: {exc}") from None
 
     def _apply(self, dest: bytes, incremental: bool) -> Stats:
@@ -563,8 +566,8 @@ class StreamReader:
 
     @staticmethod
     def _prepare(dest: bytes, rel: bytes, touched: dict[bytes, tuple[int, int]] | None) -> None:
-        """Check every parent of `rel` is a real directory inside `dest` (never a symlink),
-        remember a touched parent's times, and remove what `rel` replaces."""
+        """Check every parent of `rel` is a real directory inside `dest` (never a symlink), and
+        remember the times of the directory `rel` is in (when `touched` is given)."""
         parent = dest
         for part in rel.split(b"/")[:-1]:
             parent = os.path.join(parent, part)
@@ -616,7 +619,11 @@ class StreamReader:
             os.symlink(info.linkname.encode("utf-8", "surrogateescape"), target)
             _set_attrs(attrs, None, symlink=True)
         elif info.islnk():
-            source = os.path.join(dest, _clean_name(info.linkname, "hard link target"))
+            linked = _clean_name(info.linkname, "hard link target")
+            if linked == b".":
+                raise StreamError(f"hard link {rel!r} to the tree's root")
+            StreamReader._prepare(dest, linked, None)  # no symlink on the way: the link stays inside
+            source = os.path.join(dest, linked)
             if not os.path.lexists(source) or os.path.isdir(source):
                 raise StreamError(f"hard link {rel!r} to an entry that is not there")
             os.link(source, target, follow_symlinks=False)
