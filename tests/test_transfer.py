@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,3 +365,27 @@ def test_a_full_pool_is_507_and_leaves_nothing(daemon: DaemonProcess, pool: Pool
             assert d.stop() == 0
     finally:
         subprocess.run(["umount", str(root)], check=True)
+
+
+def test_the_cli_exports_to_a_file_and_imports_from_it(daemon: DaemonProcess, pool: PoolHarness, container: str,
+                                                       same: Peer, tmp_path: Path) -> None:
+    first = snapshot(daemon, container)["name"]
+    (pool.container_path(container) / "etc/hostname").write_text("changed\n")
+    second = snapshot(daemon, container, {"alias": "by cli"})["name"]
+    cli = [sys.executable, "-m", "snapd"]
+    for name, base in ((first, None), (second, first)):
+        stream = tmp_path / f"{name}.csnap"
+        with open(stream, "wb") as out:
+            subprocess.run([*cli, "export", "--socket", str(daemon.socket), container, name,
+                            *(["--base", base] if base else [])], stdout=out, check=True)
+        with open(stream, "rb") as src:
+            done = subprocess.run([*cli, "import", "--socket", str(same.d.socket), container], stdin=src,
+                                  capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert name in done.stdout
+    with open(tmp_path / f"{first}.csnap", "rb") as src:  # again: the daemon's 409, told on stderr
+        again = subprocess.run([*cli, "import", "--socket", str(same.d.socket), container], stdin=src,
+                               capture_output=True, text=True)
+    assert again.returncode == 1 and "409" in again.stderr and "exists already" in again.stderr
+    assert listed(same, container)[0][:2] == (second, "by cli")
+    same_trees(pool.container_path(container), restored(same, container, second))

@@ -14,7 +14,8 @@ class ClientError(Exception):
     """The daemon could not be reached or did not answer with JSON."""
 
 
-async def _call(socket_path: Path, method: str, path: str, body: Any = None) -> tuple[int, dict]:
+async def _call(socket_path: Path, method: str, path: str, body: Any = None, *, data: Any = None,
+                headers: dict[str, str] | None = None, timeout: float | None = 600) -> tuple[int, dict]:
     connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -22,15 +23,21 @@ async def _call(socket_path: Path, method: str, path: str, body: Any = None) -> 
                 method,
                 f"http://localhost{path}",
                 json=body,
-                timeout=aiohttp.ClientTimeout(total=600),
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                text = await resp.text()
-                try:
-                    return resp.status, json.loads(text)
-                except json.JSONDecodeError:
-                    raise ClientError(f"daemon answered {resp.status} without JSON: {text[:200]}") from None
+                return resp.status, await _envelope(resp)
     except aiohttp.ClientConnectionError as exc:
         raise ClientError(f"cannot reach the daemon at {socket_path}: {exc}") from None
+
+
+async def _envelope(resp: aiohttp.ClientResponse) -> dict:
+    text = await resp.text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ClientError(f"daemon answered {resp.status} without JSON: {text[:200]}") from None
 
 
 def call(socket_path: Path, method: str, path: str, body: Any = None) -> tuple[int, dict]:
@@ -49,7 +56,7 @@ async def _download(socket_path: Path, path: str, write: Any) -> tuple[int, dict
         async with aiohttp.ClientSession(connector=connector) as session:
             async with session.get(f"http://localhost{path}", timeout=aiohttp.ClientTimeout(total=None)) as resp:
                 if resp.status != 200:
-                    return resp.status, json.loads(await resp.text())
+                    return resp.status, await _envelope(resp)
                 while True:  # a chunk at a time: fewer hops to the writing thread
                     parts, size = [], 0
                     while size < CHUNK and (data := await resp.content.read(CHUNK - size)):
@@ -60,8 +67,6 @@ async def _download(socket_path: Path, path: str, write: Any) -> tuple[int, dict
                     await asyncio.to_thread(write, b"".join(parts))
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise ClientError(f"the stream from the daemon at {socket_path} was cut off: {exc}") from None
-    except json.JSONDecodeError:
-        raise ClientError("daemon answered without JSON") from None
 
 
 async def _upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
@@ -70,19 +75,8 @@ async def _upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
         while chunk := await asyncio.to_thread(read, CHUNK):
             yield chunk
 
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    try:
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.post(f"http://localhost{path}", data=body(),
-                                    headers={"Content-Type": "application/vnd.container-snapd.stream"},
-                                    timeout=aiohttp.ClientTimeout(total=None)) as resp:
-                text = await resp.text()
-                try:
-                    return resp.status, json.loads(text)
-                except json.JSONDecodeError:
-                    raise ClientError(f"daemon answered {resp.status} without JSON: {text[:200]}") from None
-    except aiohttp.ClientConnectionError as exc:
-        raise ClientError(f"cannot send the stream to the daemon at {socket_path}: {exc}") from None
+    return await _call(socket_path, "POST", path, data=body(), timeout=None,
+                       headers={"Content-Type": "application/vnd.container-snapd.stream"})
 
 
 def download(socket_path: Path, path: str, write: Any) -> tuple[int, dict | None]:
