@@ -23,7 +23,7 @@ from backends.base import Backend, ImportUnsupported, SnapshotRef
 from backends.portable import Header, Stats, StreamError, StreamReader, compressions, write_stream
 
 from snapd.core.errors import Conflict, InvalidInput, NotFound
-from snapd.core.pipe import LoopReader, Stalled, loop_writer
+from snapd.core.pipe import LoopReader, LoopWriter, Stalled
 from snapd.core.store import SnapshotRow
 
 RESERVED_NAME = "import"
@@ -78,12 +78,18 @@ class Transfers:
         backend = container.backend
 
         async def run(push: Callable[[bytes], Awaitable[None]]) -> Stats:
-            loop = asyncio.get_running_loop()
             async with contextlib.AsyncExitStack() as stack:
                 tree = await stack.enter_async_context(backend.export_path(cid, SnapshotRef(row.name, row.ref)))
                 base_tree = None if base_row is None else await stack.enter_async_context(
                     backend.export_path(cid, SnapshotRef(base_row.name, base_row.ref)))
-                return await asyncio.to_thread(write_stream, loop_writer(push, loop), header, tree, base_tree)
+                out = LoopWriter(push)
+                try:
+                    stats = await asyncio.to_thread(write_stream, out.write, header, tree, base_tree)
+                except BaseException:
+                    out.abort()
+                    raise
+                await out.finish()
+                return stats
 
         try:
             yield Export(container, header, run)
@@ -100,7 +106,14 @@ class Transfers:
         first pool that accepts imports).  `may_write(project)` says whether the caller
         may write to a container of that project; False is a 403 (raised as NotFound,
         which the route turns into its forbidden answer for non-admins)."""
-        source = LoopReader(pull, asyncio.get_running_loop())
+        source = LoopReader(pull)
+        try:
+            return await self._import(cid, source, pool, may_write)
+        finally:
+            source.close()
+
+    async def _import(self: SnapshotService, cid: str, source: LoopReader, pool: str | None,
+                      may_write: Callable[[str | None], bool]) -> tuple[Container, SnapshotRow]:
         try:
             reader = await asyncio.to_thread(StreamReader, source)
         except StreamError as exc:
