@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 from backends import faults
 from backends.portable import compressions
+from snapd.core import pipe
 
 from .client import snaps
 from .conftest import open_harness
@@ -389,3 +392,22 @@ def test_the_cli_exports_to_a_file_and_imports_from_it(daemon: DaemonProcess, po
     assert again.returncode == 1 and "409" in again.stderr and "exists already" in again.stderr
     assert listed(same, container)[0][:2] == (second, "by cli")
     same_trees(pool.container_path(container), restored(same, container, second))
+
+
+def test_a_client_that_goes_away_mid_import_leaves_nothing_and_holds_nothing(
+        imported: tuple[str, str, bytes], same: Peer) -> None:
+    """Half the body, then the connection closes: the import fails at once (no wait for the
+    idle timeout under the container's lock), nothing is left, and the next import goes in."""
+    cid, first, stream = imported
+    before = (same.pool.artifacts(), listed(same, cid))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(same.d.socket))
+        s.sendall(f"POST {snaps(cid, None, '/import')} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(stream)}\r\n"
+                  "Content-Type: application/vnd.container-snapd.stream\r\n\r\n".encode() + stream[:len(stream) // 2])
+    started = time.monotonic()
+    r = send(same, cid, stream)
+    assert r.status == 200, r.body
+    assert time.monotonic() - started < pipe.IDLE_TIMEOUT / 2
+    r = same.d.unix.delete(snaps(cid, r.data["snapshot"]["name"]))
+    assert r.status == 200, r.body
+    assert (same.pool.artifacts(), listed(same, cid)) == before

@@ -28,7 +28,7 @@ class Stalled(Exception):
 class LoopReader(io.RawIOBase):
     """A blocking, readable file (for a worker thread) over `pull`, a coroutine function
     on the loop returning the next chunk (b"" at the end), read ahead by a task.
-    Make it on the loop; `close()` it there when done."""
+    Make it on the loop; `stop()` it there when done."""
 
     def __init__(self, pull: Callable[[], Awaitable[bytes]], timeout: float = IDLE_TIMEOUT) -> None:
         super().__init__()
@@ -69,10 +69,16 @@ class LoopReader(io.RawIOBase):
         self.pending = self.pending[n:]
         return n
 
-    def close(self) -> None:
-        """Stop reading ahead (call on the loop)."""
+    def stop(self) -> None:
+        """Stop reading ahead, and wake a thread still waiting for data (call on the loop):
+        a request that ends under a running import does not hold it for IDLE_TIMEOUT."""
         self.task.cancel()
-        super().close()
+        while True:
+            try:
+                self.queue.put_nowait(Stalled("the request ended"))
+                break
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
 
 
 class LoopWriter:

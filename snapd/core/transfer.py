@@ -110,7 +110,7 @@ class Transfers:
         try:
             return await self._import(cid, source, pool, may_write)
         finally:
-            source.close()
+            source.stop()
 
     async def _import(self: SnapshotService, cid: str, source: LoopReader, pool: str | None,
                       may_write: Callable[[str | None], bool]) -> tuple[Container, SnapshotRow]:
