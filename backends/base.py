@@ -308,9 +308,14 @@ class Backend(abc.ABC):
     @contextlib.asynccontextmanager
     async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
         """The directory holding the snapshot's tree, read-only, for as long as the context
-        lasts (ContainerNotFound / SnapshotNotFound when it is not on disk)."""
-        raise BackendError(f"a {self.kind} pool cannot export snapshots")
-        yield ""  # pragma: no cover
+        lasts (ContainerNotFound / SnapshotNotFound when it is not on disk).  By default the
+        path of `snapshot_root` (the snapshot reader of the files work: on ZFS a
+        `.zfs/snapshot` directory or a read-only clone); directory pools give their own."""
+        roots = getattr(self, "snapshot_root", None)
+        if roots is None:
+            raise BackendError(f"a {self.kind} pool cannot export snapshots yet")
+        async with roots(cid, snap) as root:
+            yield root.path
 
     async def receive(self, cid: str, name: str, reader: StreamReader, base: SnapshotRef | None,
                       layout: str, new_container: bool) -> SnapshotFacts:

@@ -19,14 +19,12 @@ can be rebuilt from the pool; a held snapshot also carries a `zfs hold`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from backends import faults
 
@@ -356,23 +354,6 @@ class ZfsBackend(Backend):
             inuse.refuse_held(cid, [mountpoint], ContainerBusy, log=log)
 
         await asyncio.to_thread(check, props["mountpoint"])
-
-    # -- export -------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
-        """`.zfs/snapshot/<name>` under the mounted container.  (Receiving portable streams
-        into a ZFS pool is not built yet: `receive` refuses, so imports choose another pool.)"""
-        ds = self._ds(cid)
-        got = await self.zfs.get(["mounted", "mountpoint"], [ds], check=False)
-        props = got.get(ds)
-        if props is None:
-            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
-        path = os.path.join(props.get("mountpoint", ""), ".zfs", "snapshot", snap.name)
-        if props.get("mounted") != "yes" or not await asyncio.to_thread(os.path.isdir, path):
-            raise BackendError(f"snapshot {snap.name} of {cid} cannot be read: the container is not "
-                               "mounted or its .zfs directory is not available")
-        yield path
 
     # -- containers ---------------------------------------------------------
 

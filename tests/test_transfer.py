@@ -2,7 +2,7 @@
 
 The sender is the shared `daemon` on `pool` (every backend kind); the receivers are daemons on
 pools of their own: one of the same kind, one of another kind (overlay <-> btrfs; ZFS sends to
-overlay).  A snapshot is compared by restoring it on the receiver and digesting both live trees
+overlay, and receives nothing yet).  A snapshot is compared by restoring it on the receiver and digesting both live trees
 (walk_digest in tests/digest.py: types, modes, owners, mtimes to the ns, content, xattrs, hard links).
 """
 
@@ -59,6 +59,8 @@ def _peer(kind: str, where: Path) -> Iterator[Peer]:
 @pytest.fixture(scope="module")
 def same(pool: PoolHarness, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
     """A receiver on a pool of the sender's kind."""
+    if pool.kind == "zfs":
+        pytest.skip("ZFS pools do not receive portable streams yet (README: Known limits)")
     yield from _peer(pool.kind, tmp_path_factory.mktemp(f"same-{pool.kind}"))
 
 
