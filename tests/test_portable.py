@@ -12,7 +12,12 @@ from typing import Callable
 import pytest
 
 from backends import portable
+from backends.base import Backend, SnapshotFacts
+from backends.overlay import OverlayBackend
 from backends.portable import Header, StreamError, StreamReader, write_stream
+from snapd.core.errors import Conflict
+from snapd.core.service import SnapshotService
+from snapd.core.store import Store
 
 from .digest import walk_digest, write_tree
 
@@ -162,3 +167,59 @@ def test_incremental_round_trip_with_type_changes(tmp_path: Path) -> None:
     stats = apply(stream, dest, incremental=True)
     assert stats.deletions == 1  # gone/
     assert walk_digest(dest) == walk_digest(snap)
+
+
+class _NoImports(OverlayBackend):
+    """A pool that receives no portable streams (as ZFS pools, for now)."""
+
+    accepts_imports = False
+
+    async def receive(self, *args: object, **kwargs: object) -> SnapshotFacts:
+        return await Backend.receive(self, *args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_pools_that_receive_nothing_are_passed_over_or_named(tmp_path: Path) -> None:
+    """A new container goes to the first pool that accepts imports; with none, or with `pool`
+    naming one that does not, or into a container living in one, the answer is a 409 naming
+    the pool, and nothing is made."""
+    cid = "b" * 24
+    tree = tmp_path / "tree"
+    write_tree(tree, {"f": "x"})
+    stream = stream_of(tree, container=cid)
+    roots = {k: tmp_path / k for k in ("none", "yes")}
+    for root in roots.values():
+        root.mkdir()
+    refusing, accepting = _NoImports(str(roots["none"])), OverlayBackend(str(roots["yes"]))
+    store = Store(tmp_path / "snapd.db")
+    try:
+        for backends, pool, answer in (([refusing], None, Conflict), ([refusing, accepting], refusing.pool_id, Conflict),
+                                       ([refusing, accepting], None, None)):
+            service = SnapshotService(store, backends)
+            for b in backends:
+                await b.open()
+            chunks = iter([stream, b""])
+
+            async def pull() -> bytes:
+                return next(chunks)
+
+            if answer is None:
+                container, row = await service.import_stream(cid, pull, pool, lambda project: True)
+                assert container.backend is accepting and row.name == "s1"
+            else:
+                with pytest.raises(answer) as exc:
+                    await service.import_stream(cid, pull, pool, lambda project: True)
+                assert exc.value.details[0]["field"] == "pool"
+                assert not (roots["none"] / cid).exists()
+            await service.drain()
+        (roots["none"] / ("c" * 24)).mkdir()  # a container of the refusing pool
+        chunks = iter([stream_of(tree, container="c" * 24), b""])
+
+        async def pull_c() -> bytes:
+            return next(chunks)
+
+        with pytest.raises(Conflict) as exc:
+            await SnapshotService(store, [refusing, accepting]).import_stream("c" * 24, pull_c, None, lambda p: True)
+        assert "cannot receive" in exc.value.message
+        assert os.listdir(roots["none"] / ".snapshots" / ".tmp") == []
+    finally:
+        store.close()
