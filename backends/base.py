@@ -86,6 +86,32 @@ class SnapshotRef:
     ref: str = ""
 
 
+@dataclass(frozen=True)
+class TreeRoot:
+    """A directory tree to read beneath: a snapshot's content, or a live container's.
+
+    `fd` is an O_RDONLY|O_DIRECTORY descriptor, valid inside the context that gave it;
+    every path is resolved beneath it (backends.beneath), never through `path`, which
+    is for messages and for filesystem tools (btrfs send)."""
+
+    fd: int
+    path: str
+    whiteouts: bool = False
+    """An overlay upper-layer capture: a 0/0 character device is a deletion, not an entry."""
+    subvolume: bool = False
+    """The root is a btrfs subvolume (change tracking between two of one container)."""
+
+
+@contextlib.asynccontextmanager
+async def open_root(path: str, **kind: bool) -> AsyncIterator[TreeRoot]:
+    """A TreeRoot of directory `path` (not followed if a symlink), closed on exit."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        yield TreeRoot(fd, path, **kind)
+    finally:
+        os.close(fd)
+
+
 RefUpdates = dict[str, str]
 """Snapshot name -> new ref, for snapshots an operation moved."""
 
@@ -257,6 +283,32 @@ class Backend(abc.ABC):
     async def list(self, cid: str | None = None) -> dict[str, list[SnapshotFacts]]:
         """Snapshots on disk, by container id (all containers when cid is None)."""
 
+    @abc.abstractmethod
+    def snapshot_root(self, cid: str, snap: SnapshotRef) -> contextlib.AbstractAsyncContextManager[TreeRoot]:
+        """The snapshot's content, read-only, for as long as the context lasts
+        (ContainerNotFound / SnapshotNotFound when it is not on disk)."""
+
+    @abc.abstractmethod
+    def live_root(self, cid: str) -> contextlib.AbstractAsyncContextManager[TreeRoot]:
+        """The container's live tree, as a snapshot of it captures it (on an overlay
+        container, its upper layer)."""
+
+    @abc.abstractmethod
+    async def refuse_busy(self, cid: str) -> None:
+        """ContainerBusy when a restore would now be refused as in use (mounts inside,
+        processes holding it): the rule restore-paths follows too."""
+
+    async def restore_paths(self, cid: str, snap: SnapshotRef, paths: list[tuple[bytes, ...]],
+                            token: str) -> list[dict]:
+        """Put each of `paths` (components, see backends.beneath) back as it is in the
+        snapshot: built beside under a name carrying `token`, then renamed into place in
+        one step, so each path is either as before or as in the snapshot.  Returns what
+        was restored, one dict per path."""
+        from backends import pathrestore
+
+        async with self.snapshot_root(cid, snap) as src, self.live_root(cid) as dst:
+            return await pathrestore.restore(src, dst, paths, token, lambda: self.refuse_busy(cid))
+
     async def set_alias(self, cid: str, snap: SnapshotRef, alias: str | None) -> None:
         """Mirror a new alias on disk, for backends that mirror metadata."""
 
@@ -308,13 +360,9 @@ class Backend(abc.ABC):
     @contextlib.asynccontextmanager
     async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
         """The directory holding the snapshot's tree, read-only, for as long as the context
-        lasts (ContainerNotFound / SnapshotNotFound when it is not on disk).  By default the
-        path of `snapshot_root` (the snapshot reader of the files work: on ZFS a
-        `.zfs/snapshot` directory or a read-only clone); directory pools give their own."""
-        roots = getattr(self, "snapshot_root", None)
-        if roots is None:
-            raise BackendError(f"a {self.kind} pool cannot export snapshots yet")
-        async with roots(cid, snap) as root:
+        lasts: snapshot_root's path (a directory pool's snapshot directory or subvolume, on
+        ZFS `.zfs/snapshot/<name>` or a read-only clone)."""
+        async with self.snapshot_root(cid, snap) as root:
             yield root.path
 
     async def receive(self, cid: str, name: str, reader: StreamReader, base: SnapshotRef | None,
@@ -333,6 +381,15 @@ class Backend(abc.ABC):
         open() has already swept the pool's scratch area; this is for anything
         outside it.  Must be idempotent.  The service then settles the store.
         """
+        if op == "restore-paths":
+            await self.recover_paths(cid, data)
+
+    async def recover_paths(self, cid: str, data: dict) -> None:
+        """Remove what an interrupted restore_paths() built or swapped out (idempotent)."""
+        from backends import pathrestore
+
+        async with self.live_root(cid) as dst:
+            await pathrestore.sweep(dst, data.get("paths", []), data.get("token", ""))
 
     @property
     def pool_id(self) -> str:

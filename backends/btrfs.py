@@ -74,6 +74,8 @@ from .base import (
     SnapshotFacts,
     SnapshotNotFound,
     SnapshotRef,
+    TreeRoot,
+    open_root,
 )
 
 DU_TIMEOUT = 600.0
@@ -313,6 +315,32 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         mounts.refuse_mounts(cid, cpath)
         inuse.refuse_held(cid, [cpath], ContainerBusy, log=log)
 
+    # -- files -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def snapshot_root(self, cid: str, snap: SnapshotRef) -> AsyncIterator[TreeRoot]:
+        await asyncio.to_thread(self._need_container, cid)
+        spath = self._spath(cid, snap.name)
+        if not await asyncio.to_thread(_is_subvolume, spath):
+            raise SnapshotNotFound(f"snapshot {snap.name} of container {cid} is not on disk")
+        async with open_root(spath, subvolume=True) as root:
+            yield root
+
+    @contextlib.asynccontextmanager
+    async def live_root(self, cid: str) -> AsyncIterator[TreeRoot]:
+        cpath = await asyncio.to_thread(self._need_container, cid)
+        async with open_root(cpath, subvolume=True) as root:
+            yield root
+
+    async def refuse_busy(self, cid: str) -> None:
+        def check() -> None:
+            cpath = self._need_container(cid)
+            with _Fd(cpath) as cfd:
+                self._refuse_mounted(cid, cfd)
+            self._refuse_held(cid, cpath)
+
+        await asyncio.to_thread(check)
+
     # -- create ------------------------------------------------------------
 
     async def create(
@@ -455,13 +483,6 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
     # -- export and import -------------------------------------------------
 
     accepts_imports = True
-
-    @contextlib.asynccontextmanager
-    async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
-        path = self._spath(cid, snap.name)
-        if not await asyncio.to_thread(_is_subvolume, path):
-            raise SnapshotNotFound(snap.name)
-        yield path
 
     async def receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
                       layout: str, new_container: bool) -> SnapshotFacts:

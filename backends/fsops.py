@@ -27,6 +27,17 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
 
 
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = _RENAME_EXCHANGE
+
+
+def rename_in(dir_fd: int, old: bytes, new: bytes, flags: int) -> None:
+    """renameat2 within one directory descriptor (RENAME_EXCHANGE or RENAME_NOREPLACE)."""
+    if _libc.renameat2(dir_fd, old, dir_fd, new, ctypes.c_uint(flags)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(new))
+
+
 def syncfs(path: Path) -> None:
     """Flush the filesystem holding `path` to stable storage."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

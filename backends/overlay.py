@@ -57,6 +57,8 @@ from .base import (
     SnapshotNotFound,
     SnapshotRef,
     TreeHasMounts,
+    TreeRoot,
+    open_root,
 )
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,8 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
         return None if got is None else got[1]
 
     async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
+        if op == "restore-paths":
+            return await self.recover_paths(cid, data)
         """A restore builds beside upper/ when upper/ is on another filesystem than .tmp:
         remove such a build (open() has swept .tmp itself)."""
         if op == "restore" and _CID.fullmatch(cid):
@@ -319,13 +323,6 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
     # -- export and import ---------------------------------------------------
 
     accepts_imports = True
-
-    @contextlib.asynccontextmanager
-    async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
-        path = self._snapshot(cid, snap.name)
-        if not _CID.fullmatch(cid) or not await asyncio.to_thread(fsops.is_real_dir, path):
-            raise SnapshotNotFound(snap.name)
-        yield str(path)
 
     async def receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
                       layout: str, new_container: bool) -> SnapshotFacts:
@@ -542,6 +539,43 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
     def _sizes(self, cid: str, names: list[str]) -> dict[str, int]:
         return {name: treecopy.tree_exclusive_bytes(path) for name in names
                 if fsops.is_real_dir(path := self._snapshot(cid, name))}
+
+    # -- files -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def snapshot_root(self, cid: str, snap: SnapshotRef) -> AsyncIterator[TreeRoot]:
+        if not await self.container_exists(cid):
+            raise ContainerNotFound(cid)
+        path = self._snapshot(cid, snap.name)
+        if not fsops.is_real_dir(path):
+            raise SnapshotNotFound(snap.name)
+        upper = await asyncio.to_thread(fsops.get_xattr, path, CAPTURED_XATTR) == "upper"
+        async with open_root(str(path), whiteouts=upper) as root:
+            yield root
+
+    @contextlib.asynccontextmanager
+    async def live_root(self, cid: str) -> AsyncIterator[TreeRoot]:
+        if not await self.container_exists(cid):
+            raise ContainerNotFound(cid)
+        layout, _ = await asyncio.to_thread(self._layout, cid)
+        source = await asyncio.to_thread(self._source, cid, layout)
+        async with open_root(str(source), whiteouts=layout == "overlay") as root:
+            yield root
+
+    async def refuse_busy(self, cid: str) -> None:
+        await asyncio.to_thread(self._refuse_in_use, cid)
+
+    def _refuse_in_use(self, cid: str) -> None:
+        """Restore's rule without the swap of the whole tree: a mounted overlay (writing
+        its upper layer under it is undefined), mounts inside, processes holding it."""
+        container = self._container(cid)
+        layout, _ = self._layout(cid)
+        merged = container / "merged"
+        if layout == "overlay" and os.path.ismount(merged):
+            raise ContainerBusy("the container's overlay is mounted; unmount it before restoring",
+                                [{"field": "container", "reason": f"{merged} is a mount point"}])
+        mounts.refuse_mounts(cid, self._captured(cid, layout))
+        inuse.refuse_held(cid, [str(container)], ContainerBusy)
 
     def container_path(self, cid: str) -> Path:
         return self._container(cid)

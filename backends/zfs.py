@@ -19,12 +19,16 @@ can be rebuilt from the pool; a held snapshot also carries a `zfs hold`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from backends import faults
 
@@ -41,6 +45,8 @@ from .base import (
     SnapshotFacts,
     SnapshotNotFound,
     SnapshotRef,
+    TreeRoot,
+    open_root,
 )
 from .zfs_cmd import ZfsRunner, ZfsStats, error_for, valid_dataset_name
 
@@ -66,6 +72,8 @@ MAX_DESTROY_ARG = 100_000
 _CID_RE = re.compile(r"^[0-9a-f]{24}$")
 _HOLDER_RE = re.compile(r"^([0-9a-f]{24})-(\d+)$")
 _TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
+_FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
+"""A read-only clone mounted to read a snapshot's files (when `.zfs/snapshot` is missing)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
                ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY, POLICY_PROPERTY,
                HOLD_PROPERTY]
@@ -245,6 +253,8 @@ class ZfsBackend(Backend):
             m = _TEMP_RE.match(tail) or _HOLDER_RE.match(tail)
             if m:
                 cids.add(m.group(1))
+            if _FILES_RE.match(tail):
+                await self._drop_files_clone(name, None)
         for name, d in scan.items.items():  # a container swapped in, not finished
             tail = name[len(self.root) + 1:] if name.startswith(self.root + "/") else ""
             if d.get(PENDING_PROPERTY) and not d.is_snap and _CID_RE.match(tail):
@@ -335,7 +345,9 @@ class ZfsBackend(Backend):
     async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
         """open() repaired restores it could see; repeat for this container (idempotent),
         and drop holders an interrupted restore or delete left with nothing to keep."""
-        if _CID_RE.match(cid):
+        if op == "restore-paths":
+            await self.recover_paths(cid, data)
+        elif _CID_RE.match(cid):
             await self._repair(cid)
             await self._gc(cid)
 
@@ -354,6 +366,62 @@ class ZfsBackend(Backend):
             inuse.refuse_held(cid, [mountpoint], ContainerBusy, log=log)
 
         await asyncio.to_thread(check, props["mountpoint"])
+
+    # -- files --------------------------------------------------------------
+
+    async def _mountpoint(self, cid: str) -> str:
+        ds = self._ds(cid)
+        props = (await self.zfs.get(["mounted", "mountpoint"], [ds], check=False)).get(ds)
+        if props is None:
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
+        if props.get("mounted") != "yes" or not props.get("mountpoint", "").startswith("/"):
+            raise ContainerBusy(f"container {cid}'s dataset is not mounted; its files cannot be read",
+                                [{"field": "container", "reason": "dataset not mounted"}])
+        return props["mountpoint"]
+
+    @contextlib.asynccontextmanager
+    async def snapshot_root(self, cid: str, snap: SnapshotRef) -> AsyncIterator[TreeRoot]:
+        """`.zfs/snapshot/<name>` under the mounted dataset; where there is none (zfs-fuse,
+        an unmounted container), a read-only clone mounted on a scratch directory,
+        destroyed after (and by the next start's sweep, if the daemon died meanwhile)."""
+        await self._require(cid)
+        full = f"{self._ds(cid)}@{snap.name}"
+        res = await self.zfs.zfs("get", "-H", "-o", "value", "type", full, check=False)
+        if res.rc != 0 or res.stdout.strip() != "snapshot":
+            raise SnapshotNotFound(f"snapshot {full} is not on disk")
+        try:
+            ctl = os.path.join(await self._mountpoint(cid), ".zfs", "snapshot", snap.name)
+        except ContainerBusy:
+            ctl = None
+        if ctl and await asyncio.to_thread(os.path.isdir, ctl):
+            async with open_root(ctl) as root:
+                yield root
+            return
+        clone = f"{self.hidden}/{cid}.files-{secrets.token_hex(4)}"
+        scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="snapd-zfs-files-")
+        try:
+            await self.zfs.zfs("clone", "-o", "readonly=on", "-o", f"mountpoint={scratch}", full, clone)
+            async with open_root(scratch) as root:
+                yield root
+        finally:
+            await self._drop_files_clone(clone, scratch)
+
+    async def _drop_files_clone(self, clone: str, scratch: str | None) -> None:
+        res = await self.zfs.zfs("destroy", "-f", clone, check=False)
+        if res.rc != 0 and "does not exist" not in res.stderr:
+            self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
+        if scratch:
+            with contextlib.suppress(OSError):
+                os.rmdir(scratch)
+
+    @contextlib.asynccontextmanager
+    async def live_root(self, cid: str) -> AsyncIterator[TreeRoot]:
+        await self._require(cid)
+        async with open_root(await self._mountpoint(cid)) as root:
+            yield root
+
+    async def refuse_busy(self, cid: str) -> None:
+        await self._refuse_busy(cid)
 
     # -- containers ---------------------------------------------------------
 

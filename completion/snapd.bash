@@ -2,7 +2,7 @@
 # do not edit: python -m snapd.cli.completion > completion/snapd.bash
 # Installed as /usr/share/bash-completion/completions/snapd (bash >= 4.2).
 declare -gA _snapd_subs _snapd_opts _snapd_valopts _snapd_choices
-_snapd_subs[snapd]='serve list create show restore alias delete hold release status reconcile token container export import policy expiry'
+_snapd_subs[snapd]='serve list create show restore alias delete hold release ls cat diff restore-paths status reconcile token container export import policy expiry'
 _snapd_opts[snapd]='-h --help --version'
 _snapd_valopts[snapd]=''
 _snapd_subs['snapd serve']=''
@@ -34,6 +34,18 @@ _snapd_valopts['snapd hold']='--socket --reason'
 _snapd_subs['snapd release']=''
 _snapd_opts['snapd release']='-h --help --socket --json'
 _snapd_valopts['snapd release']=--socket
+_snapd_subs['snapd ls']=''
+_snapd_opts['snapd ls']='-h --help --socket --json --after'
+_snapd_valopts['snapd ls']='--socket --after'
+_snapd_subs['snapd cat']=''
+_snapd_opts['snapd cat']='-h --help --socket --json'
+_snapd_valopts['snapd cat']=--socket
+_snapd_subs['snapd diff']=''
+_snapd_opts['snapd diff']='-h --help --socket --json --against'
+_snapd_valopts['snapd diff']='--socket --against'
+_snapd_subs['snapd restore-paths']=''
+_snapd_opts['snapd restore-paths']='-h --help --socket --json'
+_snapd_valopts['snapd restore-paths']=--socket
 _snapd_subs['snapd status']=''
 _snapd_opts['snapd status']='-h --help --socket --json'
 _snapd_valopts['snapd status']=--socket
@@ -44,7 +56,7 @@ _snapd_subs['snapd token']='create list revoke'
 _snapd_opts['snapd token']='-h --help'
 _snapd_valopts['snapd token']=''
 _snapd_subs['snapd token create']=''
-_snapd_opts['snapd token create']='-h --help --socket --json --project --container --read-only --admin --metrics --label --expires'
+_snapd_opts['snapd token create']='-h --help --socket --json --project --container --read-only --admin --metrics --files --label --expires'
 _snapd_valopts['snapd token create']='--socket --project --container --label --expires'
 _snapd_subs['snapd token list']=''
 _snapd_opts['snapd token list']='-h --help --socket --json'

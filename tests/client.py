@@ -19,6 +19,19 @@ import jsonschema
 from snapd.http.openapi import openapi_document
 
 
+def unix_listening(path: Path) -> bool:
+    """Whether a Unix stream socket listens at `path` (per /proc/net/unix).  Wait for this,
+    not for the file: it appears at bind(), before listen(), and a connect in between is
+    refused."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split(maxsplit=7)
+            if len(fields) == 8 and fields[7].rstrip("\n") == str(path) and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 60) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -88,7 +101,10 @@ class Client:
         return http.client.HTTPConnection(*self.tcp, timeout=60)
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                headers: dict[str, str] | None = None, check_schema: bool = True) -> Response:
+                headers: dict[str, str] | None = None, check_schema: bool = True,
+                binary: bool = False) -> Response:
+        """`binary`: a success may be other than JSON (a file, NDJSON): `raw` holds it, `body` is None.
+        A `body` of bytes is sent as a portable stream; an export's stream is in `raw`, `body` {}."""
         hdrs = {**self.headers, **(headers or {})}
         if isinstance(body, bytes):  # a portable stream (import)
             raw, body = body, None
@@ -104,6 +120,8 @@ class Client:
             result = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, None, data)
         finally:
             conn.close()
+        if binary and result.status < 400:
+            return result
         if result.status == 200 and result.headers.get("content-type", "").startswith(STREAM):
             result.body = {}  # an export: the stream is in `raw`
             return result

@@ -34,8 +34,8 @@ def requests_as_uid(socket_path: Path, uid: int, requests: list[Request], gid: i
             client = Client(unix=f"/proc/self/fd/{dir_fd}/{socket_path.name}")
             out = []
             for method, path, body, headers in requests:
-                r = client.request(method, path, body, headers=headers, check_schema=False)
-                out.append((r.status, r.body.get("message"), r.headers.get("www-authenticate")))
+                r = client.request(method, path, body, headers=headers, check_schema=False, binary=True)
+                out.append((r.status, r.body.get("message") if r.body else None, r.headers.get("www-authenticate")))
             os.write(write_end, json.dumps(out).encode())
             os._exit(0)
         except BaseException as exc:  # report, never return into pytest

@@ -33,10 +33,16 @@ FORBIDDEN = {
     "release": "You do not have permission to hold or release snapshots for this container",
     "detail": "You do not have permission to access this container",
     "details": "You do not have permission to access this container",
+    "tree": "You do not have permission to read files of this container",
+    "file": "You do not have permission to read files of this container",
+    "diff": "You do not have permission to read files of this container",
+    "restore-paths": "You do not have permission to restore this container",
     "export": "You do not have permission to export snapshots of this container",
     "import": "You do not have permission to import snapshots into this container",
 }
-WRITES = {"create", "alias", "restore", "delete", "hold", "release", "export", "import"}
+WRITES = {"create", "alias", "restore", "delete", "hold", "release", "restore-paths", "export", "import"}
+FILES = {"tree", "file", "diff"}
+"""Reading files in snapshots: whoever may restore, or a token with the files scope."""
 
 
 @dataclass
@@ -78,6 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "own": {"project": "proj-a", "label": "ci"},
             "other": {"project": "proj-b"},
             "read_only": {"project": "proj-a", "read_only": True},
+            "files": {"project": "proj-a", "read_only": True, "files": True},
             "scoped": {"project": "proj-a", "containers": [cids["a"]]},
             "admin": {"admin": True},
             "revoked": {"project": "proj-a"},
@@ -104,6 +111,10 @@ def route_requests(cid: str, name: str, headers: dict[str, str], stream: bytes =
         ("list", ("GET", snaps(cid), None, headers)),
         ("export", ("GET", snaps(cid, name, "/export"), None, headers)),
         ("get", ("GET", snaps(cid, name), None, headers)),
+        ("tree", ("GET", snaps(cid, name, "/tree") + "?path=/", None, headers)),
+        ("file", ("GET", snaps(cid, name, "/file") + "?path=/f", None, headers)),
+        ("diff", ("GET", snaps(cid, name, "/diff"), None, headers)),
+        ("restore-paths", ("POST", snaps(cid, name, "/restore-paths"), {"paths": ["/f"]}, headers)),
         ("alias", ("PATCH", snaps(cid, name, "/alias"), {"alias": "x"}, headers)),
         ("restore", ("PATCH", snaps(cid, name), None, headers)),
         ("hold", ("PUT", snaps(cid, name, "/hold"), {"reason": "r"}, headers)),
@@ -131,7 +142,9 @@ def expected(who: str, route: str) -> tuple[int, str | None]:
         return 403, "Admin access required"
     if route == "openapi" or who in ("own", "admin", "scoped"):
         return 200, None
-    if who == "read_only" and route not in WRITES:
+    if who in ("read_only", "files") and route not in WRITES | FILES:
+        return 200, None
+    if who == "files" and route in FILES:
         return 200, None
     return 403, FORBIDDEN[route]
 
@@ -141,8 +154,8 @@ def run(world: World, transport: str, requests: list[Request]) -> list[tuple[int
         client = world.d.tcp
         out = []
         for method, path, body, headers in requests:
-            r = client.request(method, path, body, headers=headers)
-            out.append((r.status, r.body.get("message"), r.headers.get("www-authenticate")))
+            r = client.request(method, path, body, headers=headers, binary=True)
+            out.append((r.status, r.body.get("message") if r.body else None, r.headers.get("www-authenticate")))
         return out
     if os.geteuid() != 0:
         unavailable("the Unix-socket matrix needs root to act as another uid")
@@ -153,7 +166,7 @@ def run(world: World, transport: str, requests: list[Request]) -> list[tuple[int
         world.d.socket.chmod(0o660)
 
 
-WHO = ["none", "bad", "garbage", "expired", "revoked", "other", "read_only", "own", "scoped", "admin"]
+WHO = ["none", "bad", "garbage", "expired", "revoked", "other", "read_only", "files", "own", "scoped", "admin"]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
@@ -252,7 +265,9 @@ BAD_TOKEN_BODIES: list[tuple[dict, str]] = [
     ({"admin": True, "containers": []}, "containers"),
     # flags are booleans; nothing is coerced from truthiness
     *(({"project": "p", flag: bad}, flag)
-      for flag in ("admin", "read_only", "metrics") for bad in (None, 0, 1, "yes", "", [], {})),
+      for flag in ("admin", "read_only", "metrics", "files") for bad in (None, 0, 1, "yes", "", [], {})),
+    # file access is a project token's scope
+    ({"admin": True, "files": True}, "files"), ({"metrics": True, "files": True}, "files"),
     # expires: a positive number of days, at most 36500
     *(({"project": "p", "expires": bad}, "expires")
       for bad in (0, -1, False, True, "1", [], {}, 36501, 10**400)),

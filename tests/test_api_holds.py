@@ -148,7 +148,9 @@ def test_the_new_routes_leave_the_reference_routes_answers_alone(daemon: DaemonP
 
 
 def test_on_zfs_a_hold_is_a_zfs_hold(daemon: DaemonProcess, container: str, pool: PoolHarness) -> None:
-    """The hold is ZFS's own too: `zfs holds` lists the daemon's tag and `zfs destroy` refuses."""
+    """The hold is ZFS's own too: `zfs destroy` refuses the snapshot until the release, and
+    `zfs holds` lists the daemon's tag where it can list (zfs-fuse has `zfs hold`, not the
+    listing, which wants a pyzfs it does not ship)."""
     if pool.kind != "zfs":
         pytest.skip("zfs holds exist on ZFS only")
     from backends.zfs import HOLD_PROPERTY, HOLD_TAG
@@ -158,16 +160,21 @@ def test_on_zfs_a_hold_is_a_zfs_hold(daemon: DaemonProcess, container: str, pool
     snap = create(daemon, container)
     ref = f"{pool.dataset(container)}@{snap['name']}"  # type: ignore[attr-defined]
     assert daemon.unix.request("PUT", snaps(container, snap["name"], "/hold"), {"reason": "r"}).status == 200
-    assert HOLD_TAG in _run("zfs", "holds", "-H", ref).stdout
+    def holds() -> str | None:
+        listed = _run("zfs", "holds", "-H", ref, check=False)
+        return listed.stdout if listed.returncode == 0 else None
+
+    assert holds() is None or HOLD_TAG in holds()  # type: ignore[operator]
     assert _run("zfs", "destroy", ref, check=False).returncode != 0
     recorded = pool.props([ref], HOLD_PROPERTY)[ref][HOLD_PROPERTY]  # type: ignore[attr-defined]
     assert json.loads(recorded)["reason"] == "r" and recorded.isascii()
     again = daemon.unix.request("PUT", snaps(container, snap["name"], "/hold"), {"reason": "another"})
     assert again.status == 200  # the tag is there already: no error
     assert daemon.unix.delete(snaps(container, snap["name"], "/hold")).status == 200
-    assert HOLD_TAG not in _run("zfs", "holds", "-H", ref).stdout
+    assert holds() is None or HOLD_TAG not in holds()  # type: ignore[operator]
     assert pool.props([ref], HOLD_PROPERTY)[ref][HOLD_PROPERTY] == "-"  # type: ignore[attr-defined]
-    assert daemon.unix.delete(snaps(container, snap["name"])).status == 200
+    assert daemon.unix.delete(snaps(container, snap["name"])).status == 200  # zfs destroy: released
+    assert _run("zfs", "list", ref, check=False).returncode != 0
 
 
 def test_a_newer_held_snapshot_outlives_a_restore_to_an_older_one(daemon: DaemonProcess, container: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .client import Client, snaps
+from .client import Client, snaps, unix_listening
 from .conftest import unavailable
 from .daemon import DaemonProcess, free_port
 from .digest import write_tree
@@ -77,7 +77,7 @@ def test_socket_activation_unix_and_tcp(tmp_path: Path) -> None:
              "--pool", f"overlay:{pool}", "--listen", f"127.0.0.1:{port}"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        until(lambda: passed.exists() or proc.poll() is not None, "systemd-socket-activate listens")
+        until(lambda: unix_listening(passed) or proc.poll() is not None, "systemd-socket-activate listens")
         assert proc.poll() is None, log.read_text()
         # the first connection starts the daemon, which answers it on the passed socket
         r = Client(unix=passed).get(snaps(cid))

@@ -37,6 +37,10 @@ OPERATION_IDS = {
     (BASE + "/{name}/hold", "put"): "holdSnapshot",
     (BASE + "/{name}/hold", "delete"): "releaseSnapshot",
     (BASE + "/{name}/detail", "get"): "getSnapshotDetail",
+    (BASE + "/{name}/tree", "get"): "getSnapshotTree",
+    (BASE + "/{name}/file", "get"): "getSnapshotFile",
+    (BASE + "/{name}/diff", "get"): "getSnapshotDiff",
+    (BASE + "/{name}/restore-paths", "post"): "restoreSnapshotPaths",
     ("/api/v1/containers/{id}/snapshot-details", "get"): "listSnapshotDetails",
     (f"{ADMIN}/tokens", "get"): "listTokens",
     (f"{ADMIN}/tokens", "post"): "createToken",
@@ -70,7 +74,7 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
     validate(doc)  # openapi-spec-validator: raises on any violation of OpenAPI 3.1
     assert {(p, m): op.get("operationId") for p, m, op in _operations(doc)} == OPERATION_IDS
     tags = {t["name"] for t in doc["tags"]}
-    assert tags == {"snapshots", "holds", "admin", "policies", "meta", "transfer"}
+    assert tags == {"snapshots", "holds", "admin", "policies", "meta", "files", "transfer"}
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert "SO_PEERCRED" in scheme["description"]  # what OpenAPI cannot express is said in words

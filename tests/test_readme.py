@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .client import unix_listening
 from .waiting import until
 
 README = Path(__file__).parent.parent / "README.md"
@@ -26,7 +27,7 @@ def test_curl_examples_work_against_the_dev_daemon(tmp_path: Path) -> None:
                             stderr=subprocess.DEVNULL)
     try:
         sock = tmp_path / ".snapd-dev" / "api.sock"
-        until(lambda: sock.exists(), "the dev daemon's socket appears", interval=0.05)
+        until(lambda: unix_listening(sock), "the dev daemon's socket listens", interval=0.05)
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
     finally:

@@ -60,13 +60,31 @@ def test_the_v5_migration_keeps_a_v4_stores_rows_and_marks(tmp_path: Path) -> No
     old.close()
     store = Store(tmp_path / "s.db")
     try:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         assert store.get(CID, "snap-1") == SnapshotRow(CID, "snap-1", "btrfs:/p", 1.0, alias="before",
                                                        last_used_at=2.0, expires_at=3.0, size=4096, ref="r1")
         assert store.get(CID, "snap-2").policy is None
         assert store.name_mark(CID) == "snap-2"
         assert store.next_expiry() == 3.0
         assert (store.policy_rows(), store.slot_rows()) == ([], [])
+    finally:
+        store.close()
+
+
+def test_the_v6_migration_gives_old_tokens_no_file_access(tmp_path: Path) -> None:
+    """Issue 15: a token made before file access existed keeps exactly its scope."""
+    from snapd.core.tokens import Tokens
+
+    old = store_at(tmp_path / "s.db", 5)
+    old["tokens"].insert({"id": "0123456789ab", "hash": "0" * 64, "admin": 0, "project": "web", "containers": "[]",
+                          "read_only": 1, "metrics": 0, "label": None, "created_at": 1_000, "last_used_at": None,
+                          "expires_at": None, "revoked_at": None})
+    old.close()
+    store = Store(tmp_path / "s.db")
+    try:
+        token = Tokens(store).get("0123456789ab")
+        assert token is not None and token.files is False and token.read_only is True
+        assert token.as_json()["scope"]["files"] is False
     finally:
         store.close()
 

@@ -19,6 +19,7 @@ import pytest
 
 from snapd.host import systemd
 
+from .client import unix_listening
 from .waiting import eventually, until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,18 +224,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def connected(path: Path) -> socket.socket | None:
-    """A Unix socket connected to `path`, or None while nothing listens there yet."""
-    c = socket.socket(socket.AF_UNIX)
-    c.settimeout(15)
-    try:
-        c.connect(str(path))  # under socket activation this starts the child
-    except (FileNotFoundError, ConnectionRefusedError):
-        c.close()
-        return None
-    return c
-
-
 def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
     tool = need("systemd-socket-activate")
     path = tmp_path / "api.sock"
@@ -245,12 +234,11 @@ def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
          sys.executable, "-c", CHILD],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # the file appears at bind(), before listen(): a connect in between is refused
-        # (and starts nothing), so retry exactly that until the socket accepts
-        c = until(lambda: connected(path) if proc.poll() is None else True,
-                  "systemd-socket-activate listens")
+        until(lambda: unix_listening(path) or proc.poll() is not None, "systemd-socket-activate listens")
         assert proc.poll() is None, proc.stderr.read()  # it exited: its stderr is complete
-        with c:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(15)
+            c.connect(str(path))  # this starts the child, which answers on it
             data = b""
             while chunk := c.recv(65536):
                 data += chunk

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 
@@ -48,25 +48,27 @@ def call(socket_path: Path, method: str, path: str, body: Any = None) -> tuple[i
 CHUNK = 1 << 20
 
 
-async def _download(socket_path: Path, path: str, write: Any) -> tuple[int, dict | None]:
-    """GET `path`; a 200 body goes to `write` chunk by chunk (returns (200, None)), an error's
-    envelope is returned.  ClientError when the daemon is unreachable or the body is cut off."""
+async def _stream(socket_path: Path, path: str, out: BinaryIO) -> tuple[int, dict]:
     connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             async with session.get(f"http://localhost{path}", timeout=aiohttp.ClientTimeout(total=None)) as resp:
                 if resp.status != 200:
                     return resp.status, await _envelope(resp)
-                while True:  # a chunk at a time: fewer hops to the writing thread
+                while True:  # a MiB at a time: few hops to the writing thread
                     parts, size = [], 0
                     while size < CHUNK and (data := await resp.content.read(CHUNK - size)):
                         parts.append(data)
                         size += len(data)
                     if not parts:
-                        return 200, None
-                    await asyncio.to_thread(write, b"".join(parts))
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise ClientError(f"the stream from the daemon at {socket_path} was cut off: {exc}") from None
+                        break
+                    await asyncio.to_thread(out.write, b"".join(parts))
+                await asyncio.to_thread(out.flush)
+                return 200, {}
+    except aiohttp.ClientConnectionError as exc:
+        raise ClientError(f"cannot reach the daemon at {socket_path}, or it broke off: {exc}") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise ClientError(f"the daemon at {socket_path} broke off the answer: {exc}") from None
 
 
 async def _upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
@@ -79,9 +81,10 @@ async def _upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
                        headers={"Content-Type": "application/vnd.container-snapd.stream"})
 
 
-def download(socket_path: Path, path: str, write: Any) -> tuple[int, dict | None]:
-    """Stream a GET's body into `write` (see _download)."""
-    return asyncio.run(_download(socket_path, path, write))
+def stream(socket_path: Path, path: str, out: BinaryIO) -> tuple[int, dict]:
+    """A GET whose success body is bytes, written to `out` as it arrives; returns (status,
+    error envelope or {}).  ClientError when the body is cut off."""
+    return asyncio.run(_stream(socket_path, path, out))
 
 
 def upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:

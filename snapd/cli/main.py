@@ -297,6 +297,7 @@ def _token_rows(tokens: list[dict]) -> str:
         parts += [f"containers={','.join(s['containers'])}"] if s["containers"] else []
         parts += ["read-only"] if s["read_only"] else []
         parts += ["metrics"] if s["metrics"] else []
+        parts += ["files"] if s.get("files") else []
         return " ".join(parts)
 
     def state(t: dict) -> str:
@@ -318,6 +319,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         print("snapd token create: give --project P or --admin", file=sys.stderr)
         return 2
     body: dict[str, Any] = {"admin": args.admin, "read_only": args.read_only, "metrics": args.metrics}
+    if args.files:
+        body["files"] = True
     for key, value in (("project", args.project), ("label", args.label), ("expires", args.expires)):
         if value is not None:
             body[key] = value
@@ -539,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
                   cmd_hold, f"snapd hold {cid} snap-20250115-103000 --reason pre-upgrade")
     hold.add_argument("--reason", required=True, help="why it is held (1-200 characters)")
     client("release", "release a snapshot's hold", cmd_release, f"snapd release {cid} snap-20250115-103000")
+    from snapd.cli import files as file_cli
+
+    file_cli.add_commands(client, _request, _snap_path, _socket, cid)
 
     def group(name: str, help_: str) -> Any:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -582,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--read-only", action="store_true", help="list and show only")
     tc.add_argument("--admin", action="store_true", help="may do everything, admin routes included")
     tc.add_argument("--metrics", action="store_true", help="may read /metrics")
+    tc.add_argument("--files", action="store_true",
+                    help="may read files in snapshots (ls, cat, diff), also when --read-only")
     tc.add_argument("--label", help="what the token is for")
     tc.add_argument("--expires", type=float, metavar="DAYS", help="stop working after DAYS days")
     admin_cmd(token, "list", "list tokens (never their secrets)", cmd_token_list, "snapd token list")

@@ -12,23 +12,19 @@ from snapd.core.text import visible
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from snapd.cli.client import ClientError, download
+    from snapd.cli.client import ClientError, stream
 
     if sys.stdout.isatty():
         print("snapd export: the stream is binary; redirect it to a file or a pipe", file=sys.stderr)
         return 2
     query = {k: v for k, v in (("base", args.base), ("compression", args.compression)) if v}
     path = _snap_path(args, "/export") + ("?" + urlencode(query) if query else "")
-    out = sys.stdout.buffer
     try:
-        status, envelope = download(_socket(args), path, out.write)
+        status, envelope = stream(_socket(args), path, sys.stdout.buffer)
     except ClientError as exc:
         print(f"snapd: {visible(str(exc))}", file=sys.stderr)
         return 1
-    if status == 200:
-        out.flush()
-        return 0
-    return _answer(args, status, envelope or {})
+    return 0 if status == 200 else _answer(args, status, envelope)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

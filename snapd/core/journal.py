@@ -136,4 +136,8 @@ async def _delete(store: Store, backend: Backend, e: JournalEntry) -> str:
     return f"rolled forward (deleted {', '.join(refs)})"
 
 
-_SETTLE = {"create": _create, "restore": _restore, "delete": _delete}
+async def _restore_paths(store: Store, backend: Backend, e: JournalEntry) -> str:
+    return "settled on disk (each path as before or after its swap; temporaries swept)"
+
+
+_SETTLE = {"create": _create, "restore": _restore, "delete": _delete, "restore-paths": _restore_paths}

@@ -23,7 +23,7 @@ from snapd.core.records import JournalEntry, SnapshotRow
 
 log = logging.getLogger("snapd.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _EXPIRING = "expires_at IS NOT NULL AND hold_reason IS NULL"
 """Snapshots the reaper may delete when their time comes: never a held one (the
@@ -170,8 +170,13 @@ def _migrate_v5(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_v6(db: sqlite_utils.Database) -> None:
+    """Tokens may read files in snapshots (issue 15): `snapd token create --files`."""
+    db.execute("ALTER TABLE tokens ADD COLUMN files INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3,
-                                                             _migrate_v4, _migrate_v5]
+                                                             _migrate_v4, _migrate_v5, _migrate_v6]
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
 
 

@@ -35,6 +35,8 @@ class Token:
     read_only: bool
     metrics: bool
     """May read /metrics (and nothing else, unless also scoped to a project)."""
+    files: bool
+    """May read files in its containers' snapshots (tree, file, diff) even when read-only."""
     label: str | None
     created_at: float
     last_used_at: float | None
@@ -56,6 +58,7 @@ class Token:
                 "containers": list(self.containers),
                 "read_only": self.read_only,
                 "metrics": self.metrics,
+                "files": self.files,
             },
             "created_at": iso(self.created_at),
             "last_used_at": iso(self.last_used_at),
@@ -79,6 +82,7 @@ def _token(row: dict) -> Token:
         containers=tuple(json.loads(row["containers"] or "[]")),
         read_only=bool(row["read_only"]),
         metrics=bool(row["metrics"]),
+        files=bool(row.get("files", 0)),
         label=row["label"],
         created_at=row["created_at"] / 1000.0,
         last_used_at=_s(row["last_used_at"]),
@@ -103,6 +107,7 @@ class Tokens:
         containers: list[str] | None = None,
         read_only: bool = False,
         metrics: bool = False,
+        files: bool = False,
         label: str | None = None,
         expires_at: float | None = None,
     ) -> tuple[Token, str]:
@@ -118,6 +123,7 @@ class Tokens:
                 "containers": json.dumps(sorted(set(containers or []))),
                 "read_only": int(read_only),
                 "metrics": int(metrics),
+                "files": int(files),
                 "label": label,
                 "created_at": _ms(now),
                 "last_used_at": None,

@@ -113,8 +113,9 @@ def _service(request: web.Request) -> SnapshotService:
 GUARD = "guard"
 
 
-def endpoint(msgs: Messages, write: bool = False) -> Callable[[Handler], Handler]:
+def endpoint(msgs: Messages, write: bool = False, files: bool = False) -> Callable[[Handler], Handler]:
     """A container route: access check through the service's guard, errors as documented.
+    `files`: reading files in snapshots (Principal.may_read_files).
 
     A caller that may not see the container gets 403 whether it exists or
     not, so a 404 never tells another project's containers apart.
@@ -125,7 +126,9 @@ def endpoint(msgs: Messages, write: bool = False) -> Callable[[Handler], Handler
             principal = principal_of(request)
 
             def guard(container: Container) -> None:
-                if not principal.may_access(container.id, container.project, write):
+                allowed = (principal.may_read_files(container.id, container.project) if files
+                           else principal.may_access(container.id, container.project, write))
+                if not allowed:
                     raise ApiError(403, msgs.forbidden)
 
             request[GUARD] = guard
@@ -343,6 +346,9 @@ def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | No
     app.router.add_get(BASE + "/{name}/detail", get_snapshot_detail, allow_head=False)
     app.router.add_get("/api/v1/containers/{id}/snapshot-details", list_snapshot_details, allow_head=False)
     app.router.add_get("/api/v1/openapi.json", openapi, allow_head=False)
+    from snapd.http.files import add_file_routes  # it builds on this module's endpoint()
+
+    add_file_routes(app, BASE)
     add_admin_routes(app)
     from snapd.http.transfer import add_transfer_routes  # it builds on this module's plumbing
 

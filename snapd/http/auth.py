@@ -56,6 +56,12 @@ class Principal:
             return False
         return not (write and t.read_only)
 
+    def may_read_files(self, cid: str, project: str | None) -> bool:
+        """tree, file and diff: whoever may restore the container, or a `files` token of it."""
+        if self.may_access(cid, project, write=True):
+            return True
+        return bool(self.token and self.token.files and self.may_access(cid, project, write=False))
+
     @property
     def may_read_metrics(self) -> bool:
         return self.admin or bool(self.token and self.token.metrics)

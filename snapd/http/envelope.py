@@ -33,6 +33,7 @@ REASONS = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Payload Too Large",
+    416: "Range Not Satisfiable",
     408: "Request Timeout",
     500: "Internal Server Error",
     507: "Insufficient Storage",

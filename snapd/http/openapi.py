@@ -237,6 +237,7 @@ SCHEMAS["TokenScope"] = _object({
                    "description": "Empty: every container of the project."},
     "read_only": {"type": "boolean"},
     "metrics": {"type": "boolean"},
+    "files": {"type": "boolean", "description": "May read files in snapshots (tree, file, diff)."},
 })
 SCHEMAS["Token"] = _object({
     "id": {"type": "string", "pattern": TOKEN_ID_PATTERN},
@@ -263,17 +264,20 @@ SCHEMAS["TokenBody"] = {
                                       "container ids, and a `project` is required. Anything else is a 400."},
         "read_only": {"type": "boolean"},
         "metrics": {"type": "boolean", "description": "May read /metrics."},
+        "files": {"type": "boolean", "description": "May read files in its containers' snapshots (tree, file, "
+                                                    "diff), also when read_only; needs a project."},
         "label": TEXT_IN,
         "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS,
                     "description": "Days until the token expires (fractions allowed); absent or null: never."},
     },
     # which combinations make a token (if/then/else, which client generators leave alone)
     "if": {"required": ["admin"], "properties": {"admin": {"const": True}}},
-    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}},
+    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}, "files": {"const": False}},
              "not": {"required": ["containers"]}},
     "else": {"anyOf": [
         {"required": ["project"], "properties": {"project": {"type": "string"}}},
-        {"required": ["metrics"], "properties": {"metrics": {"const": True}}, "not": {"required": ["containers"]}},
+        {"required": ["metrics"], "properties": {"metrics": {"const": True}, "files": {"const": False}},
+         "not": {"required": ["containers"]}},
     ]},
 }
 SCHEMAS["ProjectBody"] = {
@@ -390,6 +394,7 @@ ERROR_TEXT = {
     408: "The request body did not arrive in time",
     409: "The container is in use or cannot be changed now",
     413: "Request body over 64 KiB",
+    416: "The Range asked for is not in the file",
     500: "An unexpected error occurred",
     507: "The pool has no room (free space or inode reserve), or a snapshot count limit is reached",
 }
@@ -498,6 +503,11 @@ _SNAPSHOT_LINKS = {
         "description": f"{verb.capitalize()} the snapshot just made.",
     }
     for verb in ("get", "restore", "delete")
+} | {
+    op: {"operationId": op, "parameters": {"id": "$request.path.id", "name": "$response.body#/data/snapshot/name"},
+         "description": f"{what} the snapshot just made."}
+    for op, what in (("getSnapshotTree", "Browse"), ("getSnapshotFile", "Download a file of"),
+                     ("getSnapshotDiff", "Diff"), ("restoreSnapshotPaths", "Restore paths from"))
 } | {"updateSnapshotAlias": {
     "operationId": "updateSnapshotAlias",
     "parameters": {"id": "$request.path.id", "name": "$response.body#/data/snapshot/name"},
@@ -579,7 +589,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
-    from snapd.http import openapi_policies, openapi_transfer  # their schemas build on this module's helpers
+    from snapd.http import openapi_files, openapi_policies, openapi_transfer  # they build on this module's helpers
 
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
@@ -591,7 +601,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": [*TAGS, openapi_policies.TAG, openapi_transfer.TAG],
+        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG, openapi_transfer.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -623,6 +633,7 @@ def _document() -> dict[str, Any]:
                 "get": _op("getSnapshotDetail", "holds", "One snapshot with its policy, hold and keep reasons",
                            "SnapshotDetailResponse", COMMON, params=both),
             },
+            **openapi_files.file_paths(base),
             "/api/v1/containers/{id}/snapshot-details": {
                 "get": _op("listSnapshotDetails", "holds",
                            "A container's snapshots with policy, hold and keep reasons, newest first",

@@ -1,0 +1,254 @@
+"""Reading trees beneath a root: one directory's entries, and the differences between two trees.
+
+Everything is opened relative to descriptors with O_NOFOLLOW (backends.beneath):
+symlinks are read as text, never followed; directories on another mount than
+the root are neither listed into nor walked.  Names are bytes here; records
+carry them in the name escape (backends.beneath.show).
+
+A diff is a pre-order walk of both trees in name order (bytes), one record
+per path that differs: `added`, `deleted`, `modified` (with `fields`: content,
+mode, owner, target, xattrs) or `type_changed`; everything beneath an added or
+deleted directory is listed too.  A regular file's content counts as unchanged
+when size and mtime are equal (rsync's quick check); when only the mtime
+differs the bytes are compared.  Directory mtimes are not compared (every
+change inside moves them).  In an overlay upper-layer capture a whiteout is a
+deletion, never an entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import stat
+from typing import Iterator
+
+from backends import beneath, mountid
+from backends.base import TreeRoot
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+Parts = tuple[bytes, ...]
+
+
+def _whiteout(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def entry(name: str, st: os.stat_result, target: bytes | None) -> dict:
+    """One entry as the API shows it (mtime in seconds; the caller formats it)."""
+    out = {"name": name, "type": beneath.kind_of(st.st_mode), "size": st.st_size,
+           "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid,
+           "mtime": st.st_mtime_ns / 1e9}
+    if target is not None:
+        out["target"] = beneath.show(target)
+    return out
+
+
+def _names(fd: int) -> list[bytes]:
+    return sorted(map(os.fsencode, os.listdir(fd)))
+
+
+def list_dir(root: TreeRoot, parts: Parts, limit: int, after: bytes | None) -> tuple[list[dict], bytes | None]:
+    """Up to `limit` entries of the directory at `parts`, in name order after `after`,
+    and the name to continue after (None on the last page)."""
+    fd = beneath.open_dir(root.fd, parts)
+    try:
+        names = _names(fd)
+        if after is not None:
+            names = names[bisect.bisect_right(names, after):]
+        out: list[dict] = []
+        last = None
+        for name in names:
+            if len(out) == limit:
+                return out, last
+            try:
+                st = os.lstat(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            if root.whiteouts and _whiteout(st):
+                continue
+            target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+            out.append(entry(beneath.show(name), st, target))
+            last = name
+        return out, None
+    finally:
+        os.close(fd)
+
+
+def stat_path(root: TreeRoot, parts: Parts) -> dict:
+    """The entry at `parts` itself (FileNotFoundError when it is not there)."""
+    fd = beneath.open_path(root.fd, parts)
+    try:
+        st = os.fstat(fd)
+        if root.whiteouts and _whiteout(st):
+            raise FileNotFoundError(errno.ENOENT, "deleted (an overlay whiteout)", beneath.show_path(parts))
+        target = os.readlink("", dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+    finally:
+        os.close(fd)
+    return entry(beneath.show(parts[-1]) if parts else "/", st, target)
+
+
+# -- diff ----------------------------------------------------------------------------
+
+
+class _Side:
+    """One tree of a diff: its root, whether whiteouts are deletions, and its mount."""
+
+    def __init__(self, root: TreeRoot) -> None:
+        self.root = root
+        self.mnt = mountid.mount_id(root.fd)
+
+    def children(self, fd: int | None) -> dict[bytes, os.stat_result]:
+        if fd is None:
+            return {}
+        out = {}
+        for name in _names(fd):
+            try:
+                out[name] = os.lstat(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+        return out
+
+    def open(self, fd: int | None, name: bytes) -> int | None:
+        """A child directory, or None when it is gone, or on another mount."""
+        if fd is None:
+            return None
+        try:
+            child = os.open(name, _DIR, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            return None
+        if mountid.mount_id(child) != self.mnt:
+            os.close(child)
+            return None
+        return child
+
+
+def _xattrs(fd: int, name: bytes) -> dict[str, bytes]:
+    path = b"/proc/self/fd/%d/%s" % (fd, name)
+    try:
+        return {k: os.getxattr(path, k, follow_symlinks=False) for k in os.listxattr(path, follow_symlinks=False)}
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.ENODATA, errno.ENOENT, errno.EPERM):
+            return {}
+        raise
+
+
+def _same_bytes(ofd: int, nfd: int, name: bytes) -> bool:
+    a = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=ofd)
+    try:
+        b = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=nfd)
+        try:
+            while True:
+                x, y = os.read(a, _CHUNK), os.read(b, _CHUNK)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+        finally:
+            os.close(b)
+    finally:
+        os.close(a)
+
+
+def compare(ofd: int, nfd: int, name: bytes, o: os.stat_result, n: os.stat_result) -> list[str]:
+    """What differs between two entries of one type: content, mode, owner, target, xattrs."""
+    fields = []
+    if stat.S_ISREG(n.st_mode):
+        if o.st_size != n.st_size or (o.st_mtime_ns != n.st_mtime_ns and not _same_bytes(ofd, nfd, name)):
+            fields.append("content")
+    elif (stat.S_ISCHR(n.st_mode) or stat.S_ISBLK(n.st_mode)) and o.st_rdev != n.st_rdev:
+        fields.append("content")
+    if stat.S_IMODE(o.st_mode) != stat.S_IMODE(n.st_mode) and not stat.S_ISLNK(n.st_mode):
+        fields.append("mode")
+    if (o.st_uid, o.st_gid) != (n.st_uid, n.st_gid):
+        fields.append("owner")
+    if stat.S_ISLNK(n.st_mode) and os.readlink(name, dir_fd=ofd) != os.readlink(name, dir_fd=nfd):
+        fields.append("target")
+    if _xattrs(ofd, name) != _xattrs(nfd, name):
+        fields.append("xattrs")
+    return fields
+
+
+def _record(parts: Parts, change: str, o: os.stat_result | None, n: os.stat_result | None,
+            fields: list[str] | None = None) -> dict:
+    shown = n if n is not None and not _whiteout(n) else o
+    out = {"path": beneath.show_path(parts), "change": change,
+           "type": beneath.kind_of(shown.st_mode) if shown is not None else "unknown",
+           "size": n.st_size if n is not None and change != "deleted" else None,
+           "old_size": o.st_size if o is not None and change != "added" else None}
+    if change == "type_changed" and o is not None:
+        out["old_type"] = beneath.kind_of(o.st_mode)
+    if fields:
+        out["fields"] = fields
+    return out
+
+
+def diff(old: TreeRoot, new: TreeRoot) -> Iterator[tuple[Parts, dict]]:
+    """Every difference from `old` to `new`, in walk order, each with its path's components
+    (the order is that of the component tuples: a cursor compares with them)."""
+    sides = (_Side(old), _Side(new))
+    ofd, nfd = os.dup(old.fd), os.dup(new.fd)
+    try:
+        yield from _walk(sides, ofd, nfd, ())
+    finally:
+        os.close(ofd)
+        os.close(nfd)
+
+
+def _walk(sides: tuple[_Side, _Side], ofd: int | None, nfd: int | None, parts: Parts) -> Iterator[tuple[Parts, dict]]:
+    so, sn = sides
+    olds, news = so.children(ofd), sn.children(nfd)
+    for name in sorted(olds.keys() | news.keys()):
+        here = parts + (name,)
+        o, n = olds.get(name), news.get(name)
+        if so.root.whiteouts and _whiteout(o):
+            o = None if not _whiteout(n) else o
+        if sn.root.whiteouts and _whiteout(n):
+            if o is None or _whiteout(o):
+                continue
+            yield here, _record(here, "deleted", o, None)
+            yield from _subtree(sides, ofd, nfd, name, here, o, None)
+            continue
+        if o is None and n is None:
+            continue
+        if o is None or n is None:
+            change = "added" if o is None else "deleted"
+            yield here, _record(here, change, o, n)
+            yield from _subtree(sides, ofd, nfd, name, here, o, n)
+            continue
+        if stat.S_IFMT(o.st_mode) != stat.S_IFMT(n.st_mode):
+            yield here, _record(here, "type_changed", o, n)
+            yield from _subtree(sides, ofd, nfd, name, here, o, n)
+            continue
+        assert ofd is not None and nfd is not None
+        fields = compare(ofd, nfd, name, o, n)
+        if fields:
+            yield here, _record(here, "modified", o, n, fields)
+        if stat.S_ISDIR(n.st_mode):
+            yield from _both(sides, ofd, nfd, name, here)
+
+
+def _both(sides: tuple[_Side, _Side], ofd: int, nfd: int, name: bytes, here: Parts) -> Iterator[tuple[Parts, dict]]:
+    yield from _descend(sides, sides[0].open(ofd, name), sides[1].open(nfd, name), here)
+
+
+def _descend(sides: tuple[_Side, _Side], co: int | None, cn: int | None, here: Parts) -> Iterator[tuple[Parts, dict]]:
+    """Walk two child directories (either may be None), closing them after."""
+    try:
+        yield from _walk(sides, co, cn, here)
+    finally:
+        for fd in (co, cn):
+            if fd is not None:
+                os.close(fd)
+
+
+def _subtree(sides: tuple[_Side, _Side], ofd: int | None, nfd: int | None, name: bytes, here: Parts,
+             o: os.stat_result | None, n: os.stat_result | None) -> Iterator[tuple[Parts, dict]]:
+    """Everything beneath an entry that appeared or went (or changed type): the old
+    directory's entries as deleted, the new one's as added."""
+    old_dir = o is not None and stat.S_ISDIR(o.st_mode)
+    new_dir = n is not None and stat.S_ISDIR(n.st_mode)
+    if old_dir or new_dir:
+        yield from _descend(sides, sides[0].open(ofd, name) if old_dir else None,
+                            sides[1].open(nfd, name) if new_dir else None, here)

@@ -1,0 +1,218 @@
+"""Files in snapshots on every backend: browse, download with ranges, diff (known-answer
+trees), restore single paths; hostile trees and paths never reach outside the container."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from .client import snaps
+from .daemon import DaemonProcess
+from .digest import walk_digest, write_tree
+from .harness import PoolHarness, new_cid
+
+LATIN1 = b"caf\xe9".decode("utf-8", "surrogateescape")
+
+
+def q(path: str) -> str:
+    return urllib.parse.quote(path, safe="")
+
+
+@pytest.fixture
+def container(pool: PoolHarness) -> str:
+    cid = new_cid()
+    root = pool.make_container(cid)
+    write_tree(root, {"etc/hosts": "127.0.0.1 localhost\n", "etc/nginx/nginx.conf": "worker 1;\n",
+                      "etc/nginx/sites/a.conf": "a\n", "srv/app/config.yml": "debug: false\n",
+                      "srv/keep.txt": "keep\n", "srv/mode.sh": "#!/bin/sh\n", "srv/owner": "o\n",
+                      "srv/typed": "file then dir\n", "srv/renamed-from": "r\n", "srv/content": "one\n"})
+    os.symlink("hosts", root / "etc" / "hosts-link")
+    os.symlink("/", root / "to-slash")
+    os.symlink("../../../../..", root / "etc" / "up")
+    os.link(root / "srv" / "keep.txt", root / "srv" / "keep-link")
+    with open(root / "srv" / "sparse", "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(b"middle")
+    (root / LATIN1).write_text("latin-1\n")
+    return cid
+
+
+def snap(daemon: DaemonProcess, cid: str) -> str:
+    r = daemon.unix.post(snaps(cid))
+    assert r.status == 200, r.body
+    return r.data["snapshot"]["name"]
+
+
+def test_tree_lists_a_directory_in_pages(daemon: DaemonProcess, container: str) -> None:
+    name = snap(daemon, container)
+    r = daemon.unix.get(snaps(container, name, "/tree") + "?path=/etc")
+    assert r.status == 200, r.body
+    entries = {e["name"]: e for e in r.data["entries"]}
+    assert set(entries) == {"hosts", "hosts-link", "nginx", "up"}
+    assert entries["hosts-link"]["type"] == "symlink" and entries["hosts-link"]["target"] == "hosts"
+    assert entries["up"]["target"] == "../../../../.."
+    assert entries["nginx"]["type"] == "dir" and entries["hosts"]["size"] == 20
+    first = daemon.unix.get(snaps(container, name, "/tree") + "?path=/etc&limit=2")
+    assert [e["name"] for e in first.data["entries"]] == ["hosts", "hosts-link"]
+    rest = daemon.unix.get(snaps(container, name, "/tree") + f"?path=/etc&limit=2&after={q(first.data['next'])}")
+    assert [e["name"] for e in rest.data["entries"]] == ["nginx", "up"] and rest.data["next"] is None
+    top = daemon.unix.get(snaps(container, name, "/tree"))
+    assert "caf\\xe9" in {e["name"] for e in top.data["entries"]}
+
+
+@pytest.mark.parametrize("path, status, reason", [
+    ("/etc/../..", 400, "'..'"), ("etc", 400, "absolute"), ("/to-slash/etc", 400, "symlink"),
+    ("/etc/up/etc", 400, "symlink"), ("/a%00b", 400, "NUL"), ("/nope", 404, "does not exist"),
+])
+def test_tree_refuses_hostile_paths(daemon: DaemonProcess, container: str, path: str, status: int,
+                                    reason: str) -> None:
+    name = snap(daemon, container)
+    raw = path if "%" in path else q(path)
+    r = daemon.unix.get(snaps(container, name, "/tree") + f"?path={raw}")
+    assert r.status == status, r.body
+    assert reason in json.dumps(r.body["details"]), r.body
+
+
+def test_file_streams_with_range_and_etag(daemon: DaemonProcess, container: str) -> None:
+    name = snap(daemon, container)
+    url = snaps(container, name, "/file") + "?path=/etc/hosts"
+    r = daemon.unix.get(url, binary=True)
+    assert r.status == 200 and r.raw == b"127.0.0.1 localhost\n"
+    etag = r.headers["etag"]
+    part = daemon.unix.get(url, binary=True, headers={"Range": "bytes=4-8"})
+    assert part.status == 206 and part.raw == b"0.0.1" and part.headers["content-range"] == "bytes 4-8/20"
+    tail = daemon.unix.get(url, binary=True, headers={"Range": "bytes=-10"})
+    assert tail.raw == b"localhost\n"
+    assert daemon.unix.get(url, binary=True, headers={"If-None-Match": etag}).status == 304
+    assert daemon.unix.get(url, headers={"Range": "bytes=50-"}).status == 416
+    sparse = daemon.unix.get(snaps(container, name, "/file") + "?path=/srv/sparse", binary=True)
+    assert len(sparse.raw) == 8 << 20 and sparse.raw[4 << 20:(4 << 20) + 6] == b"middle"
+    latin = daemon.unix.get(snaps(container, name, "/file") + "?path=" + q("/caf\\xe9"), binary=True)
+    assert latin.raw == b"latin-1\n"
+    for path, kind in (("/etc", "dir"), ("/etc/hosts-link", "symlink")):
+        bad = daemon.unix.get(snaps(container, name, "/file") + "?path=" + q(path))
+        assert bad.status == 400 and kind in json.dumps(bad.body["details"]), bad.body
+
+
+def _changes(daemon: DaemonProcess, cid: str, name: str, against: str = "live") -> dict[str, dict]:
+    r = daemon.unix.get(snaps(cid, name, "/diff") + f"?against={against}")
+    assert r.status == 200, r.body
+    assert r.data["next"] is None
+    return {c["path"]: c for c in r.data["changes"]}
+
+
+def _mutate(root: Path) -> None:
+    (root / "srv" / "content").write_text("two\n")
+    os.chmod(root / "srv" / "mode.sh", 0o755)
+    os.chown(root / "srv" / "owner", 1234, 1234)
+    os.unlink(root / "srv" / "typed")
+    (root / "srv" / "typed").mkdir()
+    (root / "srv" / "typed" / "inner").write_text("x\n")
+    os.rename(root / "srv" / "renamed-from", root / "srv" / "renamed-to")
+    os.unlink(root / "etc" / "hosts-link")
+    os.symlink("nginx", root / "etc" / "hosts-link")
+    os.link(root / "srv" / "keep.txt", root / "srv" / "another-link")
+    (root / "new").mkdir()
+    (root / "new" / "file").write_text("new\n")
+    os.setxattr(root / "srv" / "keep.txt", "user.note", b"x")
+
+
+EXPECTED = {
+    "/etc/hosts-link": ("modified", ["target"]),
+    "/new": ("added", None), "/new/file": ("added", None),
+    "/srv/another-link": ("added", None),
+    "/srv/content": ("modified", ["content"]),
+    "/srv/keep-link": ("modified", ["xattrs"]), "/srv/keep.txt": ("modified", ["xattrs"]),
+    "/srv/mode.sh": ("modified", ["mode"]),
+    "/srv/owner": ("modified", ["owner"]),
+    "/srv/renamed-from": ("deleted", None), "/srv/renamed-to": ("added", None),
+    "/srv/typed": ("type_changed", None), "/srv/typed/inner": ("added", None),
+}
+
+
+def test_diff_against_live_and_another_snapshot(daemon: DaemonProcess, pool: PoolHarness, container: str) -> None:
+    first = snap(daemon, container)
+    assert _changes(daemon, container, first) == {}
+    _mutate(pool.container_path(container))
+    got = _changes(daemon, container, first)
+    assert {p: (c["change"], c.get("fields")) for p, c in got.items()} == EXPECTED
+    assert got["/srv/typed"]["old_type"] == "file" and got["/srv/typed"]["type"] == "dir"
+    second = snap(daemon, container)
+    assert {p: (c["change"], c.get("fields")) for p, c in _changes(daemon, container, first, second).items()} \
+        == EXPECTED
+    back = _changes(daemon, container, second, first)
+    assert back["/new"]["change"] == "deleted" and back["/srv/renamed-from"]["change"] == "added"
+    paged = daemon.unix.get(snaps(container, first, "/diff") + f"?against={second}&limit=5")
+    assert [c["path"] for c in paged.data["changes"]] == sorted(EXPECTED)[:5]
+    more = daemon.unix.get(snaps(container, first, "/diff") + f"?against={second}&after={q(paged.data['next'])}")
+    assert [c["path"] for c in more.data["changes"]] == sorted(EXPECTED)[5:]
+    nd = daemon.unix.get(snaps(container, first, "/diff") + f"?against={second}", binary=True,
+                         headers={"Accept": "application/x-ndjson"})
+    assert nd.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line)["path"] for line in nd.raw.decode().splitlines()] == sorted(EXPECTED)
+
+
+def test_restore_paths_brings_back_exactly_those_paths(daemon: DaemonProcess, pool: PoolHarness,
+                                                       container: str, tmp_path: Path) -> None:
+    root = pool.container_path(container)
+    name = snap(daemon, container)
+    wanted = {p: walk_digest(root / p) for p in ("etc/nginx",)}
+    _mutate(root)
+    (root / "etc" / "nginx" / "nginx.conf").write_text("broken\n")
+    (root / "etc" / "nginx" / "extra").write_text("extra\n")
+    os.unlink(root / "srv" / "app" / "config.yml")
+    untouched = {p: walk_digest(root / p) for p in ("new", "srv/typed")}
+    r = daemon.unix.post(snaps(container, name, "/restore-paths"),  # a path inside another, and a repeat
+                         {"paths": ["/etc/nginx", "/srv/app/config.yml", "/etc/nginx/nginx.conf", "/srv/content",
+                                    "/etc/nginx"]})
+    assert r.status == 200, r.body
+    assert r.data["restored"] == [
+        {"path": "/etc/nginx", "type": "dir", "replaced": True},
+        {"path": "/srv/app/config.yml", "type": "file", "replaced": False},
+        {"path": "/srv/content", "type": "file", "replaced": True},
+    ]
+    assert walk_digest(root / "etc" / "nginx") == wanted["etc/nginx"]
+    assert (root / "srv" / "app" / "config.yml").read_text() == "debug: false\n"
+    assert (root / "srv" / "content").read_text() == "one\n"
+    assert {p: walk_digest(root / p) for p in untouched} == untouched
+    assert not [n for n in os.listdir(root / "etc") if n.startswith(".snapd-restore-")]
+    left = _changes(daemon, container, name)
+    assert "/etc/nginx/extra" not in left and "/srv/content" not in left and "/new" in left
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"paths": []}, 400, "paths"), ({"paths": ["etc"]}, 400, "paths[0]"), ({"paths": ["/a/../b"]}, 400, "paths[0]"),
+    ({"paths": [1]}, 400, "paths[0]"), ({"paths": ["/"]}, 400, "paths"),
+    ({"paths": ["/to-slash/etc/passwd"]}, 400, "paths"), ({"paths": ["/nope"]}, 404, "paths"), ({}, 400, "paths"),
+])
+def test_restore_paths_refuses_bad_paths_and_changes_nothing(daemon: DaemonProcess, pool: PoolHarness,
+                                                             container: str, body: dict, status: int,
+                                                             field: str) -> None:
+    root = pool.container_path(container)
+    name = snap(daemon, container)
+    before = walk_digest(root)
+    r = daemon.unix.post(snaps(container, name, "/restore-paths"), body)
+    assert r.status == status, r.body
+    assert field in [d["field"] for d in r.body.get("details", [])], r.body
+    assert walk_digest(root) == before
+
+
+def test_a_swapped_directory_is_not_followed_out_of_the_container(daemon: DaemonProcess, pool: PoolHarness,
+                                                                  container: str, tmp_path: Path) -> None:
+    """The live container swaps /etc for a symlink to a canary tree outside: restore-paths
+    refuses, and the canary is unchanged."""
+    root = pool.container_path(container)
+    name = snap(daemon, container)
+    canary = tmp_path / "canary"
+    write_tree(canary, {"nginx/nginx.conf": "canary\n"})
+    before = walk_digest(canary)
+    os.rename(root / "etc", root / "etc.real")
+    os.symlink(str(canary), root / "etc")
+    r = daemon.unix.post(snaps(container, name, "/restore-paths"), {"paths": ["/etc/nginx"]})
+    assert r.status == 400 and "symlink" in json.dumps(r.body["details"]), r.body
+    assert walk_digest(canary) == before
