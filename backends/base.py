@@ -13,7 +13,10 @@ import abc
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
+
+if TYPE_CHECKING:
+    from .portable import StreamReader
 
 PROJECT_XATTR = (
     "trusted.container-snapd.project" if os.geteuid() == 0 else "user.container-snapd.project"
@@ -167,6 +170,10 @@ class TreeHasMounts(ContainerBusy):
 
 class NoSpace(BackendError):
     """The pool has no room for the operation."""
+
+
+class ImportUnsupported(BackendError):
+    """This pool cannot receive a portable stream."""
 
 
 class PoolError(BackendError):
@@ -346,6 +353,26 @@ class Backend(abc.ABC):
             except (ContainerNotFound, FileNotFoundError):
                 continue
         return out
+
+    accepts_imports = False
+    """Whether `receive` can make snapshots from portable streams here."""
+
+    @contextlib.asynccontextmanager
+    async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
+        """The directory holding the snapshot's tree, read-only, for as long as the context
+        lasts: snapshot_root's path (a directory pool's snapshot directory or subvolume, on
+        ZFS `.zfs/snapshot/<name>` or a read-only clone)."""
+        async with self.snapshot_root(cid, snap) as root:
+            yield root.path
+
+    async def receive(self, cid: str, name: str, reader: StreamReader, base: SnapshotRef | None,
+                      layout: str, new_container: bool) -> SnapshotFacts:
+        """Make snapshot `name` of `cid` from the rest of `reader`'s stream: received into
+        scratch (a copy of snapshot `base` for an incremental), checked, then made visible
+        in one step; on any failure nothing is visible and the scratch is removed.  With
+        `new_container`, the container is first made (empty; `layout`: what the stream
+        captured, "whole" or "upper") -- the live tree of an existing one is never touched."""
+        raise ImportUnsupported(f"a {self.kind} pool cannot receive portable streams yet")
 
     async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
         """Tidy what an interrupted `op` on `cid` may have left (start-up, after open()).

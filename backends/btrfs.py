@@ -59,7 +59,7 @@ from typing import AsyncIterator
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import fsops, inuse, mounts, remove, sidecar
+from . import fsops, inuse, mounts, portable, remove, sidecar
 from .base import (
     NAME_MARK_XATTR,
     PROJECT_XATTR,
@@ -479,6 +479,77 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                 if e.errno not in _FALLBACK_ERRNOS:
                     raise _error(e, f"cannot copy snapshot {spath}") from e
         self._run_sync("subvolume", "snapshot", spath, os.path.join(self._tmpdir, tmpname))
+
+    # -- export and import -------------------------------------------------
+
+    accepts_imports = True
+
+    async def receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
+                      layout: str, new_container: bool) -> SnapshotFacts:
+        return await asyncio.to_thread(self._receive, cid, name, reader, base, new_container)
+
+    def _receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
+                 new_container: bool) -> SnapshotFacts:
+        """Received into a scratch subvolume (a writable snapshot of the base for an
+        incremental), then snapshotted read-only into place, as a create is: one step
+        (a read-only subvolume cannot be renamed into place)."""
+        spath = self._spath(cid, name)
+        if not new_container:
+            self._need_container(cid)
+        if os.path.lexists(spath):
+            raise BackendError(f"snapshot {name} of {cid} already exists")
+        tmpname = f"import-{cid}-{secrets.token_hex(4)}"
+        tmppath = os.path.join(self._tmpdir, tmpname)
+        with _Fd(self._tmpdir) as tfd:
+            try:
+                if base is not None:
+                    bpath = self._spath(cid, base.name)
+                    if not _is_subvolume(bpath):
+                        raise SnapshotNotFound(base.name)
+                    self._writable_copy(bpath, tfd, tmpname)
+                else:
+                    self._run_sync("subvolume", "create", tmppath)
+                reader.apply(tmppath, incremental=base is not None)
+                faults.point("btrfs.import.received")
+                if new_container:
+                    self._new_container(cid, tfd)
+                os.makedirs(self._sdir(cid), mode=0o700, exist_ok=True)
+                self._publish(tmppath, cid, name)
+            except BaseException as e:
+                if isinstance(e, OSError):
+                    raise _error(e, f"cannot receive snapshot {name} of {cid}") from e
+                raise
+            finally:
+                if os.path.lexists(tmppath):
+                    _quiet_destroy(tfd, tmpname)
+        facts = self._facts(cid, name, sizes=False)
+        if facts is None:
+            raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
+        return facts
+
+    def _publish(self, tmppath: str, cid: str, name: str) -> None:
+        """A read-only snapshot of `tmppath` as snapshot `name` of `cid`."""
+        if self.use_ioctl:
+            try:
+                with _Fd(tmppath) as src, _Fd(self._sdir(cid)) as sfd:
+                    ioc.snapshot(src, sfd, name, readonly=True)
+                return
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    raise BackendError(f"snapshot {name} of {cid} already exists") from e
+                if e.errno not in _FALLBACK_ERRNOS:
+                    raise
+        self._run_sync("subvolume", "snapshot", "-r", tmppath, self._spath(cid, name))
+
+    def _new_container(self, cid: str, tfd: int) -> None:
+        tmpname = f"container-{cid}-{secrets.token_hex(4)}"
+        self._run_sync("subvolume", "create", os.path.join(self._tmpdir, tmpname))
+        try:
+            os.rename(os.path.join(self._tmpdir, tmpname), self._cpath(cid))
+        except BaseException:
+            _quiet_destroy(tfd, tmpname)
+            raise
+        fsops.fsync_dir(Path(self.root))
 
     # -- delete ------------------------------------------------------------
 

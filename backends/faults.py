@@ -37,15 +37,18 @@ POINTS: dict[str, str] = {
     "service.delete.journaled": "intent written, snapshot still on disk",
     "service.delete.on-disk": "snapshot gone from disk, store row still there",
     # freezing (a pool with freeze = true and a running container)
+    "service.import.on-disk": "an imported snapshot made visible on disk, store row not yet written",
     "freeze.create.frozen": "create intent written, the container's cgroup frozen (journalled), no snapshot yet",
     # overlay
     "overlay.create.after-copy": "copy complete in .tmp, not yet renamed into place",
     "overlay.restore.after-copy": "new tree built beside the container, not yet swapped",
     "overlay.restore.after-exchange": "swapped; the old tree not yet removed",
     "overlay.delete.after-rename": "snapshot moved into .tmp, not yet removed",
+    "overlay.import.received": "an imported tree complete and checked in .tmp, not yet renamed into place",
     # btrfs
     "btrfs.restore.after-copy": "writable snapshot made in .tmp, not yet swapped",
     "btrfs.restore.after-exchange": "swapped; the old subvolume not yet deleted",
+    "btrfs.import.received": "an imported tree complete and checked in a scratch subvolume, not yet published",
     # zfs
     "zfs.restore.after-clone": "clone made and promoted, container still in place",
     "zfs.restore.after-rename-old": "container renamed to a holder; NO dataset at the container's name",

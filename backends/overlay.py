@@ -39,7 +39,7 @@ from typing import AsyncIterator
 
 from backends import faults
 
-from . import fsops, inuse, mounts, remove, sidecar, treecopy
+from . import fsops, inuse, mounts, portable, remove, sidecar, treecopy
 from .base import (
     LAYOUT_XATTR,
     LAYOUTS,
@@ -319,6 +319,67 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
             ref=f"{cid}/{name}",
             policy=meta.policy,
         )
+
+    # -- export and import ---------------------------------------------------
+
+    accepts_imports = True
+
+    async def receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
+                      layout: str, new_container: bool) -> SnapshotFacts:
+        return await asyncio.to_thread(self._receive, cid, name, reader, base, layout, new_container)
+
+    def _receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
+                 layout: str, new_container: bool) -> SnapshotFacts:
+        """An incremental starts from a copy of the base linked to it (never written through:
+        the reader replaces a file, it does not rewrite it).  The result carries no copy-started
+        tag, so the container's next snapshot links nothing to it."""
+        if not _CID.fullmatch(cid) or (not new_container and not fsops.is_real_dir(self._container(cid))):
+            raise ContainerNotFound(cid)
+        final = self._snapshot(cid, name)
+        if os.path.lexists(final):
+            raise BackendError(f"snapshot {name} already exists on disk")
+        scratch = self._scratch(f"import-{cid}")
+        try:
+            if base is not None:
+                source = self._snapshot(cid, base.name)
+                if not fsops.is_real_dir(source):
+                    raise SnapshotNotFound(base.name)
+                treecopy.copy_tree(source, scratch, link_dest=source, unchanged_since_ns=1 << 62)
+                for tag in SNAPSHOT_TAGS:
+                    fsops.set_xattr(scratch, tag, None)
+            else:
+                scratch.mkdir(mode=0o700)
+            reader.apply(str(scratch), incremental=base is not None)
+            _tag(scratch, CAPTURED_XATTR, layout)
+            fsops.syncfs(self.tmpdir)
+            faults.point("overlay.import.received")
+            if new_container:
+                self._new_container(cid, layout)
+            (self.snapdir / cid).mkdir(mode=0o700, exist_ok=True)
+            if os.path.lexists(final):
+                raise BackendError(f"snapshot {name} already exists on disk")
+            os.rename(scratch, final)
+            fsops.fsync_dir(final.parent)
+        except BaseException:
+            self._discard(scratch, "a failed import's tree")
+            raise
+        return SnapshotFacts(name=name, created_at=os.lstat(final).st_ctime, ref=f"{cid}/{name}")
+
+    def _new_container(self, cid: str, layout: str) -> None:
+        """An empty container whose layout is what the stream captured: an overlay container
+        (upper/ and work/) for an upper-layer capture, else a plain directory."""
+        build = self._scratch(f"container-{cid}")
+        build.mkdir(mode=0o755)
+        if layout == "upper":
+            (build / "upper").mkdir(mode=0o755)
+            (build / "work").mkdir(mode=0o700)
+        try:
+            fsops.set_xattr(build, LAYOUT_XATTR, "overlay" if layout == "upper" else "whole")
+        except OSError as exc:
+            if exc.errno != errno.ENOTSUP:
+                raise
+        os.rename(build, self._container(cid))
+        fsops.fsync_dir(self.path)
 
     # -- restore -------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 # do not edit: python -m snapd.cli.completion > completion/snapd.bash
 # Installed as /usr/share/bash-completion/completions/snapd (bash >= 4.2).
 declare -gA _snapd_subs _snapd_opts _snapd_valopts _snapd_choices
-_snapd_subs[snapd]='serve list create show restore alias delete hold release ls cat diff restore-paths status reconcile token container policy expiry'
+_snapd_subs[snapd]='serve list create show restore alias delete hold release ls cat diff restore-paths status reconcile token container export import policy expiry'
 _snapd_opts[snapd]='-h --help --version'
 _snapd_valopts[snapd]=''
 _snapd_subs['snapd serve']=''
@@ -76,6 +76,13 @@ _snapd_valopts['snapd container set-project']=--socket
 _snapd_subs['snapd container set-layout']=''
 _snapd_opts['snapd container set-layout']='-h --help --socket --json --clear'
 _snapd_valopts['snapd container set-layout']=--socket
+_snapd_subs['snapd export']=''
+_snapd_opts['snapd export']='-h --help --socket --json --base --compression'
+_snapd_valopts['snapd export']='--socket --base --compression'
+_snapd_choices['snapd export --compression']='none zstd'
+_snapd_subs['snapd import']=''
+_snapd_opts['snapd import']='-h --help --socket --json --pool'
+_snapd_valopts['snapd import']='--socket --pool'
 _snapd_subs['snapd policy']='list show set delete plan'
 _snapd_opts['snapd policy']='-h --help'
 _snapd_valopts['snapd policy']=''

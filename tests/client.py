@@ -76,9 +76,13 @@ def _template(path: str) -> str:
         parts[4] = "{id}"
     if len(parts) >= 6 and parts[1:4] == ["api", "v1", "containers"] and parts[5] == "snapshots":
         parts[4] = "{id}"
-        if len(parts) >= 7:
+        if len(parts) >= 7 and parts[6:] != ["import"]:
             parts[6] = "{name}"
     return "/".join(parts)
+
+
+STREAM = "application/vnd.container-snapd.stream"
+"""The media type of portable snapshot streams (export answers, import bodies)."""
 
 
 class Client:
@@ -99,9 +103,13 @@ class Client:
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 headers: dict[str, str] | None = None, check_schema: bool = True,
                 binary: bool = False) -> Response:
-        """`binary`: a success may be other than JSON (a file, NDJSON): `raw` holds it, `body` is None."""
-        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        """`binary`: a success may be other than JSON (a file, NDJSON): `raw` holds it, `body` is None.
+        A `body` of bytes is sent as a portable stream; an export's stream is in `raw`, `body` {}."""
         hdrs = {**self.headers, **(headers or {})}
+        if isinstance(body, bytes):  # a portable stream (import)
+            raw, body = body, None
+            hdrs.setdefault("Content-Type", STREAM)
+        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         if payload is not None:
             hdrs.setdefault("Content-Type", "application/json")
         conn = self._conn()
@@ -113,6 +121,9 @@ class Client:
         finally:
             conn.close()
         if binary and result.status < 400:
+            return result
+        if result.status == 200 and result.headers.get("content-type", "").startswith(STREAM):
+            result.body = {}  # an export: the stream is in `raw`
             return result
         assert result.headers.get("content-type", "").startswith("application/json"), result
         result.body = json.loads(data)

@@ -37,8 +37,10 @@ FORBIDDEN = {
     "file": "You do not have permission to read files of this container",
     "diff": "You do not have permission to read files of this container",
     "restore-paths": "You do not have permission to restore this container",
+    "export": "You do not have permission to export snapshots of this container",
+    "import": "You do not have permission to import snapshots into this container",
 }
-WRITES = {"create", "alias", "restore", "delete", "hold", "release", "restore-paths"}
+WRITES = {"create", "alias", "restore", "delete", "hold", "release", "restore-paths", "export", "import"}
 FILES = {"tree", "file", "diff"}
 """Reading files in snapshots: whoever may restore, or a token with the files scope."""
 
@@ -102,10 +104,12 @@ def auth(world: World, who: str) -> dict[str, str]:
     return {} if who == "none" else {"Authorization": f"Bearer {world.tokens[who]}"}
 
 
-def route_requests(cid: str, name: str, headers: dict[str, str]) -> list[tuple[str, Request]]:
-    """Every route once, in an order that works for a caller allowed everything."""
+def route_requests(cid: str, name: str, headers: dict[str, str], stream: bytes = b"") -> list[tuple[str, Request]]:
+    """Every route once, in an order that works for a caller allowed everything (`stream`:
+    the snapshot's export, imported again once it is deleted)."""
     return [
         ("list", ("GET", snaps(cid), None, headers)),
+        ("export", ("GET", snaps(cid, name, "/export"), None, headers)),
         ("get", ("GET", snaps(cid, name), None, headers)),
         ("tree", ("GET", snaps(cid, name, "/tree") + "?path=/", None, headers)),
         ("file", ("GET", snaps(cid, name, "/file") + "?path=/f", None, headers)),
@@ -118,6 +122,7 @@ def route_requests(cid: str, name: str, headers: dict[str, str]) -> list[tuple[s
         ("details", ("GET", f"/api/v1/containers/{cid}/snapshot-details", None, headers)),
         ("release", ("DELETE", snaps(cid, name, "/hold"), None, headers)),
         ("delete", ("DELETE", snaps(cid, name), None, headers)),
+        ("import", ("POST", snaps(cid, None, "/import"), stream, headers)),
         ("create", ("POST", snaps(cid), None, headers)),
         ("openapi", ("GET", "/api/v1/openapi.json", None, headers)),
         ("admin-list", ("GET", f"{ADMIN}/tokens", None, headers)),
@@ -171,7 +176,8 @@ def test_the_full_matrix(world: World, transport: str) -> None:
     for who in WHO:
         # a snapshot made by root for this caller to act on
         name = world.d.unix.post(snaps(world.a)).data["snapshot"]["name"]
-        for route, request in route_requests(world.a, name, auth(world, who)):
+        stream = world.d.unix.get(snaps(world.a, name, "/export")).raw
+        for route, request in route_requests(world.a, name, auth(world, who), stream):
             batch.append(request)
             labels.append((who, route))
     results = run(world, transport, batch)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 from snapd import __version__
@@ -175,15 +175,21 @@ def _socket(args: argparse.Namespace) -> Path:
     return Path(args.socket or os.environ.get("SNAPD_SOCKET") or DEFAULT_SOCKET)
 
 
-def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
+             send: Callable[[Path], tuple[int, dict]] | None = None) -> int:
+    """One request (or `send(socket)`, which makes it), its answer printed."""
     from snapd.cli.client import ClientError, call
 
     socket_path = _socket(args)
     try:
-        status, envelope = call(socket_path, method, path, body)
+        status, envelope = send(socket_path) if send else call(socket_path, method, path, body)
     except ClientError as exc:
         print(f"snapd: {visible(str(exc))}", file=sys.stderr)
         return 1
+    return _answer(args, status, envelope)
+
+
+def _answer(args: argparse.Namespace, status: int, envelope: dict) -> int:
     if args.json:
         print(json.dumps(envelope, indent=2))  # ensure_ascii: every control character escaped
         return 0 if status == 200 else 1
@@ -610,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="remove the label (the pool's layout setting decides again)")
     cl.set_defaults(label="layout")
 
-    from snapd.cli import policy  # it builds on this module's helpers
+    from snapd.cli import policy, transfer  # they build on this module's helpers
+
+    transfer.add_commands(client, cid)
 
     policy.add_commands(group("policy", "snapshot policies: schedules, retention, the plan (admin only)"), admin_cmd)
 

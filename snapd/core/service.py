@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
@@ -36,6 +36,7 @@ from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
 from snapd.core.text import human_size
+from snapd.core.transfer import Transfers
 from snapd.core.settings import PoolPolicy, Reserve
 
 log = logging.getLogger("snapd.service")
@@ -91,8 +92,8 @@ class _Locks:
                 del self._locks[cid]
 
 
-class SnapshotService:
-    """Snapshot operations over a set of pools and one store."""
+class SnapshotService(Transfers):
+    """Snapshot operations over a set of pools and one store (export and import: Transfers)."""
 
     def __init__(self, store: Store, backends: list[Backend], clock: Clock | None = None,
                  metrics: Any = None) -> None:
@@ -125,6 +126,8 @@ class SnapshotService:
         """What keeps each snapshot now (policy_service.PolicyService.keep_reasons)."""
         self.freezer = Freezer(store, self.clock)
         """Freezes running containers around their snapshots; `.counts` by outcome."""
+        self._exporting: Counter[tuple[str, str]] = Counter()
+        """(container, snapshot) -> streams reading it now (snapd/core/transfer.py)."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.pool_id, self.default_policy)
@@ -684,6 +687,9 @@ class SnapshotService:
             if row.hold_reason is not None:
                 raise Conflict(f"snapshot {name} is held: {row.hold_reason}",
                                [{"field": "hold", "reason": f"held: {row.hold_reason}; release it first"}])
+            if self.exporting(cid, name):
+                raise Conflict(f"snapshot {name} is being exported; delete it when the stream has ended",
+                               [{"field": "snapshot", "reason": "being exported"}])
             error = (await self._delete_rows(container.backend, cid, [row]))[name]
             if isinstance(error, ContainerBusy):  # e.g. a mount inside: kept whole, 409
                 raise Conflict(f"snapshot {name} was not deleted: {error}", error.details)
@@ -728,7 +734,9 @@ class SnapshotService:
         snapshot is never deleted, whoever asks: its result is an error naming the hold."""
         held: dict[str, BackendError | None] = {
             r.name: BackendError(f"snapshot {r.name} is held: {r.hold_reason}") for r in rows if r.hold_reason}
-        rows = [r for r in rows if not r.hold_reason]
+        held.update({r.name: BackendError(f"snapshot {r.name} is being exported") for r in rows
+                     if not r.hold_reason and self.exporting(cid, r.name)})
+        rows = [r for r in rows if r.name not in held]
         if not rows:
             return held
         names = ",".join(r.name for r in rows)

@@ -336,9 +336,10 @@ def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | No
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get(BASE, list_snapshots, allow_head=False)
     app.router.add_post(BASE, create_snapshot)
-    app.router.add_get(BASE + "/{name}", get_snapshot, allow_head=False)
-    app.router.add_patch(BASE + "/{name}", restore_snapshot)
-    app.router.add_delete(BASE + "/{name}", delete_snapshot)
+    one = BASE + "/{name:(?!import$)[^{}/]+}"  # `.../snapshots/import` is the import route (transfer.py)
+    app.router.add_get(one, get_snapshot, allow_head=False)
+    app.router.add_patch(one, restore_snapshot)
+    app.router.add_delete(one, delete_snapshot)
     app.router.add_patch(BASE + "/{name}/alias", update_alias)
     app.router.add_put(BASE + "/{name}/hold", hold_snapshot)
     app.router.add_delete(BASE + "/{name}/hold", release_snapshot)
@@ -349,4 +350,7 @@ def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | No
 
     add_file_routes(app, BASE)
     add_admin_routes(app)
+    from snapd.http.transfer import add_transfer_routes  # it builds on this module's plumbing
+
+    add_transfer_routes(app)
     return app

@@ -157,6 +157,7 @@ def map_service_error(exc: ServiceError, msgs: Messages) -> ApiError:
             "payload": PAYLOAD_MESSAGE,
             "alias": ALIAS_MESSAGE,
             "query": "Invalid query parameter",
+            "stream": "Invalid snapshot stream",
         }[exc.kind]
         return ApiError(400, message, exc.details)
     if isinstance(exc, NotFound):

@@ -589,7 +589,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
-    from snapd.http import openapi_files, openapi_policies  # their schemas build on this module's helpers
+    from snapd.http import openapi_files, openapi_policies, openapi_transfer  # they build on this module's helpers
 
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
@@ -601,7 +601,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG],
+        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG, openapi_transfer.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -669,6 +669,7 @@ def _document() -> dict[str, Any]:
             f"{ADMIN}/reconcile": _reconcile_path(),
             f"{ADMIN}/expiry": _expiry_path(),
             **openapi_policies.policy_paths(),
+            **openapi_transfer.transfer_paths(),
             f"{ADMIN}/status": {
                 "get": _op("getStatus", "admin",
                            "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",
