@@ -31,7 +31,7 @@ def transfer_paths() -> dict[str, Any]:
          "schema": {"enum": ["none", "zstd"]}},
     ]
     imp = _op("importSnapshot", "transfer", "Make a snapshot from a portable stream (the container too, if this "
-              "daemon does not have it); a write token for the container's project, or admin",
+              "daemon does not have it); admin only: a stream sets owners, set-id bits and device nodes",
               "SnapshotImportedResponse", COMMON + [408, 409, 507])
     imp["requestBody"] = {"required": True, "content": {MEDIA_TYPE: {"schema": STREAM},
                                                         "application/octet-stream": {"schema": STREAM}}}

@@ -87,9 +87,14 @@ async def export_snapshot(request: web.Request) -> web.StreamResponse:
 @endpoint(IMPORT_MSGS, write=True)
 async def import_snapshot(request: web.Request) -> web.Response:
     """Make a snapshot (and, if needed, the container) from the stream in the body."""
+    principal = principal_of(request)
+    if not principal.admin:  # a stream sets owners, set-id bits and device nodes: root's power
+        raise ApiError(403, "Admin access required", [{
+            "field": "token", "reason": "an import writes owners, set-id bits and device nodes as the stream "
+                                        "says; only an admin may import"}])
     cid = _cid(request)
     pool = _query(request, ("pool",)).get("pool")
-    principal = principal_of(request)
+
     async def pull() -> bytes:  # up to CHUNK bytes at a time: fewer hops to the receiving thread
         parts, size = [], 0
         while size < CHUNK and (data := await request.content.read(CHUNK - size)):
