@@ -43,6 +43,8 @@ def candidates(btrfs_cmd: str, old: TreeRoot, new: TreeRoot) -> dict[Parts, bool
         for path, deep in btrfs_send.named_paths(proc.stdout):
             parts = tuple(path.split(b"/"))
             out[parts] = deep or out.get(parts, False)
+        while proc.stdout.read(1 << 16):
+            pass  # to EOF: closing the pipe early would kill btrfs with SIGPIPE
     except btrfs_send.StreamError as exc:
         proc.kill()
         log.warning("btrfs send %s -> %s: %s; walking instead", old.path, new.path, exc)
@@ -53,7 +55,7 @@ def candidates(btrfs_cmd: str, old: TreeRoot, new: TreeRoot) -> dict[Parts, bool
         proc.stderr.close()
         proc.wait()
     if proc.returncode:
-        log.warning("btrfs send %s -> %s failed (%s); walking instead", old.path, new.path,
+        log.warning("btrfs send %s -> %s failed (rc %s: %s); walking instead", old.path, new.path, proc.returncode,
                     err.decode(errors="replace").strip())
         return None
     for parts in list(out):

@@ -21,9 +21,8 @@ def unsupported(stderr: str) -> bool:
 def _parts(path: str, mountpoint: str) -> Parts | None:
     raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), path.encode("ascii", "surrogateescape"))
     prefix = mountpoint.rstrip("/").encode() + b"/"
-    if not raw.startswith(prefix):
-        return None  # the mountpoint itself (its root directory): never reported
-    return tuple(raw[len(prefix):].split(b"/"))
+    rest = raw[len(prefix):].rstrip(b"/") if raw.startswith(prefix) else b""
+    return tuple(rest.split(b"/")) if rest else None  # the root itself is never reported
 
 
 def candidates(text: str, mountpoint: str) -> dict[Parts, bool]:
