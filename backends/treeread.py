@@ -47,7 +47,11 @@ def entry(name: str, st: os.stat_result, target: bytes | None) -> dict:
 
 
 def _names(fd: int) -> list[bytes]:
-    return sorted(map(os.fsencode, os.listdir(fd)))
+    """The directory's names in byte order (listed through /proc as bytes: a listing by
+    descriptor decodes every name, and encoding them back costs as much as the listing)."""
+    names = os.listdir(b"/proc/self/fd/%d" % fd)
+    names.sort()
+    return names
 
 
 def list_dir(root: TreeRoot, parts: Parts, limit: int, after: bytes | None) -> tuple[list[dict], bytes | None]:
