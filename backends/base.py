@@ -13,7 +13,7 @@ import abc
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 if TYPE_CHECKING:
     from .portable import StreamReader
@@ -100,10 +100,12 @@ class TreeRoot:
     """An overlay upper-layer capture: a 0/0 character device is a deletion, not an entry."""
     subvolume: bool = False
     """The root is a btrfs subvolume (change tracking between two of one container)."""
+    snapshot: str = ""
+    """The ZFS snapshot (dataset@name) it shows, for `zfs diff`."""
 
 
 @contextlib.asynccontextmanager
-async def open_root(path: str, **kind: bool) -> AsyncIterator[TreeRoot]:
+async def open_root(path: str, **kind: Any) -> AsyncIterator[TreeRoot]:
     """A TreeRoot of directory `path` (not followed if a symlink), closed on exit."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -297,6 +299,12 @@ class Backend(abc.ABC):
     async def refuse_busy(self, cid: str) -> None:
         """ContainerBusy when a restore would now be refused as in use (mounts inside,
         processes holding it): the rule restore-paths follows too."""
+
+    async def changes(self, old: TreeRoot, new: TreeRoot) -> dict[tuple[bytes, ...], bool] | None:
+        """The paths the filesystem's change tracking says may differ from `old` to `new`
+        (components -> deep: compare everything beneath too), or None when it has none for
+        this pair: the diff then walks both trees (backends.treeread)."""
+        return None
 
     async def restore_paths(self, cid: str, snap: SnapshotRef, paths: list[tuple[bytes, ...]],
                             token: str) -> list[dict]:

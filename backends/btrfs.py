@@ -59,7 +59,7 @@ from typing import AsyncIterator
 from backends import faults
 
 from . import btrfs_ioctl as ioc
-from . import fsops, inuse, mounts, portable, remove, sidecar
+from . import btrfs_changes, fsops, inuse, mounts, portable, remove, sidecar
 from .base import (
     NAME_MARK_XATTR,
     PROJECT_XATTR,
@@ -331,6 +331,13 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         cpath = await asyncio.to_thread(self._need_container, cid)
         async with open_root(cpath, subvolume=True) as root:
             yield root
+
+    async def changes(self, old: TreeRoot, new: TreeRoot) -> dict[tuple[bytes, ...], bool] | None:
+        """Between two snapshots (read-only subvolumes), what `btrfs send --no-data -p` names
+        (backends.btrfs_changes); against a live container, None (walk)."""
+        if not await asyncio.to_thread(btrfs_changes.tracked, old, new):
+            return None
+        return await asyncio.to_thread(btrfs_changes.candidates, self.btrfs_cmd, old, new)
 
     async def refuse_busy(self, cid: str) -> None:
         def check() -> None:

@@ -33,6 +33,7 @@ def _ioc(direction: int, nr: int, size: int) -> int:
 _W, _R, _WR = 1, 2, 3
 IOC_SNAP_DESTROY = _ioc(_W, 15, 4096)
 IOC_TREE_SEARCH = _ioc(_WR, 17, 4096)
+IOC_INO_PATHS = _ioc(_WR, 35, 56)
 IOC_SNAP_CREATE_V2 = _ioc(_W, 23, 4096)
 IOC_GET_SUBVOL_INFO = _ioc(_R, 60, 504)
 IOC_GET_SUBVOL_ROOTREF = _ioc(_WR, 61, 4096)
@@ -143,6 +144,22 @@ def child_path(fd: int, treeid: int, dirid: int) -> str:
     name = bytes(buf[16:272]).split(b"\0", 1)[0]
     path = bytes(buf[272:]).split(b"\0", 1)[0]
     return os.fsdecode(path + name)
+
+
+def ino_paths(fd: int, ino: int, size: int = 64 << 10) -> list[bytes]:
+    """Every path (relative to the subvolume of `fd`) of inode `ino`: its hard links.
+
+    BTRFS_IOC_INO_PATHS needs CAP_SYS_ADMIN.  A buffer too small for them all is doubled."""
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        args = bytearray(struct.pack("<QQ32xQ", ino, size, ctypes.addressof(buf)))
+        fcntl.ioctl(fd, IOC_INO_PATHS, args, True)
+        _left, missing, count, _missed = struct.unpack_from("<4I", buf, 0)
+        if missing and size < 16 << 20:
+            size *= 2
+            continue
+        offsets = struct.unpack_from(f"<{count}Q", buf, 16)
+        return [ctypes.string_at(ctypes.addressof(buf) + 16 + off) for off in offsets]
 
 
 def _tree_search(

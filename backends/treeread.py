@@ -23,6 +23,7 @@ import bisect
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from typing import Iterator
 
 from backends import beneath, mountid
@@ -48,7 +49,11 @@ def entry(name: str, st: os.stat_result, target: bytes | None) -> dict:
 
 
 def _names(fd: int) -> list[bytes]:
-    return sorted(map(os.fsencode, os.listdir(fd)))
+    """The directory's names in byte order (listed through /proc as bytes: a listing by
+    descriptor decodes every name, and encoding them back costs as much as the listing)."""
+    names = os.listdir(b"/proc/self/fd/%d" % fd)
+    names.sort()
+    return names
 
 
 def list_dir(root: TreeRoot, parts: Parts, limit: int, after: bytes | None) -> tuple[list[dict], bytes | None]:
@@ -187,71 +192,144 @@ def _record(parts: Parts, change: str, o: os.stat_result | None, n: os.stat_resu
     return out
 
 
-def diff(old: TreeRoot, new: TreeRoot) -> Iterator[tuple[Parts, dict]]:
+@dataclass
+class DiffStats:
+    """How much a diff looked at: entries compared (a benchmark's and a test's witness)."""
+
+    compared: int = 0
+
+
+class _Pair:
+    """The two trees of a diff, and what it has compared so far."""
+
+    def __init__(self, old: TreeRoot, new: TreeRoot, stats: DiffStats | None) -> None:
+        self.old, self.new = _Side(old), _Side(new)
+        self.stats = stats if stats is not None else DiffStats()
+
+
+def diff(old: TreeRoot, new: TreeRoot, stats: DiffStats | None = None) -> Iterator[tuple[Parts, dict]]:
     """Every difference from `old` to `new`, in walk order, each with its path's components
     (the order is that of the component tuples: a cursor compares with them)."""
-    sides = (_Side(old), _Side(new))
+    pair = _Pair(old, new, stats)
     ofd, nfd = os.dup(old.fd), os.dup(new.fd)
     try:
-        yield from _walk(sides, ofd, nfd, ())
+        yield from _walk(pair, ofd, nfd, ())
     finally:
         os.close(ofd)
         os.close(nfd)
 
 
-def _walk(sides: tuple[_Side, _Side], ofd: int | None, nfd: int | None, parts: Parts) -> Iterator[tuple[Parts, dict]]:
-    so, sn = sides
-    olds, news = so.children(ofd), sn.children(nfd)
-    for name in sorted(olds.keys() | news.keys()):
-        here = parts + (name,)
-        o, n = olds.get(name), news.get(name)
-        if so.root.whiteouts and _whiteout(o):
-            o = None if not _whiteout(n) else o
-        if sn.root.whiteouts and _whiteout(n):
-            if o is None or _whiteout(o):
+def diff_paths(old: TreeRoot, new: TreeRoot, candidates: dict[Parts, bool],
+               stats: DiffStats | None = None) -> Iterator[tuple[Parts, dict]]:
+    """What `diff` gives, comparing only `candidates` (path -> deep: everything beneath
+    compared too), the paths a filesystem's change tracking says may differ.
+
+    Candidates are compared in walk order, each as the walk compares it, with its
+    ancestors first; one beneath a path reported whole (added, deleted, type
+    changed, deep) is already covered.  Paths in neither tree give nothing."""
+    pair = _Pair(old, new, stats)
+    wanted: dict[Parts, bool] = {}
+    for parts, deep in candidates.items():
+        for i in range(1, len(parts)):
+            wanted.setdefault(parts[:i], False)
+        wanted[parts] = deep or wanted.get(parts, False)
+    covered: set[Parts] = set()
+    for parts in sorted(wanted):
+        if any(parts[:i] in covered for i in range(1, len(parts))):
+            continue
+        ofd, nfd = _parent(pair.old, parts), _parent(pair.new, parts)
+        try:
+            if ofd is None and nfd is None:
                 continue
-            yield here, _record(here, "deleted", o, None)
-            yield from _subtree(sides, ofd, nfd, name, here, o, None)
-            continue
-        if o is None and n is None:
-            continue
-        if o is None or n is None:
-            change = "added" if o is None else "deleted"
-            yield here, _record(here, change, o, n)
-            yield from _subtree(sides, ofd, nfd, name, here, o, n)
-            continue
-        if stat.S_IFMT(o.st_mode) != stat.S_IFMT(n.st_mode):
-            yield here, _record(here, "type_changed", o, n)
-            yield from _subtree(sides, ofd, nfd, name, here, o, n)
-            continue
-        assert ofd is not None and nfd is not None
-        fields = compare(ofd, nfd, name, o, n)
-        if fields:
-            yield here, _record(here, "modified", o, n, fields)
-        if stat.S_ISDIR(n.st_mode):
-            yield from _both(sides, ofd, nfd, name, here)
+            name = parts[-1]
+            o, n = _lstat(ofd, name), _lstat(nfd, name)
+            whole = o is None or n is None or stat.S_IFMT(o.st_mode) != stat.S_IFMT(n.st_mode)
+            if whole or wanted[parts]:
+                covered.add(parts)
+            yield from _name(pair, ofd, nfd, parts[:-1], name, o, n, deep=wanted[parts])
+        finally:
+            for fd in (ofd, nfd):
+                if fd is not None:
+                    os.close(fd)
 
 
-def _both(sides: tuple[_Side, _Side], ofd: int, nfd: int, name: bytes, here: Parts) -> Iterator[tuple[Parts, dict]]:
-    yield from _descend(sides, sides[0].open(ofd, name), sides[1].open(nfd, name), here)
+def _parent(side: _Side, parts: Parts) -> int | None:
+    """The directory holding `parts` as the walk reaches it (no symlink, no other
+    mount), or None when it is not there."""
+    fd: int | None = os.dup(side.root.fd)
+    for name in parts[:-1]:
+        child = side.open(fd, name)
+        os.close(fd)  # type: ignore[arg-type]
+        if child is None:
+            return None
+        fd = child
+    return fd
 
 
-def _descend(sides: tuple[_Side, _Side], co: int | None, cn: int | None, here: Parts) -> Iterator[tuple[Parts, dict]]:
+def _lstat(fd: int | None, name: bytes) -> os.stat_result | None:
+    if fd is None:
+        return None
+    try:
+        return os.lstat(name, dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _walk(pair: _Pair, ofd: int | None, nfd: int | None, parts: Parts) -> Iterator[tuple[Parts, dict]]:
+    olds, news = pair.old.children(ofd), pair.new.children(nfd)
+    for name in sorted(olds.keys() | news.keys()):
+        yield from _name(pair, ofd, nfd, parts, name, olds.get(name), news.get(name), deep=True)
+
+
+def _name(pair: _Pair, ofd: int | None, nfd: int | None, parts: Parts, name: bytes,
+          o: os.stat_result | None, n: os.stat_result | None, deep: bool) -> Iterator[tuple[Parts, dict]]:
+    """The records of one name of two directories: its own, then everything beneath an
+    entry added, deleted or of another type, and beneath a directory in both if `deep`."""
+    pair.stats.compared += 1
+    here = parts + (name,)
+    if pair.old.root.whiteouts and _whiteout(o):
+        o = None if not _whiteout(n) else o
+    if pair.new.root.whiteouts and _whiteout(n):
+        if o is None or _whiteout(o):
+            return
+        yield here, _record(here, "deleted", o, None)
+        yield from _subtree(pair, ofd, nfd, name, here, o, None)
+        return
+    if o is None and n is None:
+        return
+    if o is None or n is None:
+        change = "added" if o is None else "deleted"
+        yield here, _record(here, change, o, n)
+        yield from _subtree(pair, ofd, nfd, name, here, o, n)
+        return
+    if stat.S_IFMT(o.st_mode) != stat.S_IFMT(n.st_mode):
+        yield here, _record(here, "type_changed", o, n)
+        yield from _subtree(pair, ofd, nfd, name, here, o, n)
+        return
+    assert ofd is not None and nfd is not None
+    fields = compare(ofd, nfd, name, o, n)
+    if fields:
+        yield here, _record(here, "modified", o, n, fields)
+    if deep and stat.S_ISDIR(n.st_mode):
+        yield from _descend(pair, pair.old.open(ofd, name), pair.new.open(nfd, name), here)
+
+
+def _descend(pair: _Pair, co: int | None, cn: int | None, here: Parts) -> Iterator[tuple[Parts, dict]]:
     """Walk two child directories (either may be None), closing them after."""
     try:
-        yield from _walk(sides, co, cn, here)
+        yield from _walk(pair, co, cn, here)
     finally:
         for fd in (co, cn):
             if fd is not None:
                 os.close(fd)
 
 
-def _subtree(sides: tuple[_Side, _Side], ofd: int | None, nfd: int | None, name: bytes, here: Parts,
+def _subtree(pair: _Pair, ofd: int | None, nfd: int | None, name: bytes, here: Parts,
              o: os.stat_result | None, n: os.stat_result | None) -> Iterator[tuple[Parts, dict]]:
     """Everything beneath an entry that appeared or went (or changed type): the old
     directory's entries as deleted, the new one's as added."""
     old_dir = o is not None and stat.S_ISDIR(o.st_mode)
     new_dir = n is not None and stat.S_ISDIR(n.st_mode)
     if old_dir or new_dir:
-        yield from _descend(sides, sides[0].open(ofd, name) if old_dir else None,
-                            sides[1].open(nfd, name) if new_dir else None, here)
+        yield from _descend(pair, pair.old.open(ofd, name) if old_dir else None,
+                            pair.new.open(nfd, name) if new_dir else None, here)

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import AsyncIterator
 
 from backends import faults
 
-from . import inuse, mounts
+from . import beneath, inuse, mounts, zfs_diff
 from .base import (
     NAME_MARK_PROPERTY,
     PROJECT_PROPERTY,
@@ -209,6 +210,8 @@ class ZfsBackend(Backend):
         self._cache: dict[str | None, _Scan] = {}
         self._probes: dict[str, _Probe] = {}
         self._free: tuple[float, int, str | None] | None = None  # (monotonic time, available, mountpoint)
+        self._has_diff: bool | None = None
+        """`zfs diff` exists (OpenZFS, not zfs-fuse); asked once, on the first diff."""
 
     @property
     def stats(self) -> ZfsStats:
@@ -394,17 +397,41 @@ class ZfsBackend(Backend):
         except ContainerBusy:
             ctl = None
         if ctl and await asyncio.to_thread(os.path.isdir, ctl):
-            async with open_root(ctl) as root:
+            async with open_root(ctl, snapshot=full) as root:
                 yield root
             return
         clone = f"{self.hidden}/{cid}.files-{secrets.token_hex(4)}"
         scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="snapd-zfs-files-")
         try:
             await self.zfs.zfs("clone", "-o", "readonly=on", "-o", f"mountpoint={scratch}", full, clone)
-            async with open_root(scratch) as root:
+            async with open_root(scratch, snapshot=full) as root:
                 yield root
         finally:
             await self._drop_files_clone(clone, scratch)
+
+    async def changes(self, old: TreeRoot, new: TreeRoot) -> dict[tuple[bytes, ...], bool] | None:
+        """Between two snapshots of one container, what `zfs diff` names, where the zfs has
+        it; None otherwise, and when a named inode has several links (zfs diff names one
+        of them): the diff walks."""
+        ds = old.snapshot.partition("@")[0]
+        if not ds or ds != new.snapshot.partition("@")[0]:
+            return None
+        if self._has_diff is None:
+            probe = await self.zfs.zfs("diff", check=False)
+            self._has_diff = not zfs_diff.unsupported(probe.stderr)
+        if not self._has_diff:
+            return None
+        try:
+            mountpoint = await self._mountpoint(ds.rpartition("/")[2])
+        except ContainerBusy:
+            return None
+        res = await self.zfs.zfs("diff", "-H", old.snapshot, new.snapshot, check=False)
+        if res.rc != 0:
+            log.warning("zfs diff %s %s failed (%s); walking instead", old.snapshot, new.snapshot, res.stderr.strip())
+            return None
+        got = zfs_diff.candidates(res.stdout, mountpoint)
+        linked = await asyncio.to_thread(lambda: any(_linked(r, p) for p in got for r in (old, new)))
+        return None if linked else got
 
     async def _drop_files_clone(self, clone: str, scratch: str | None) -> None:
         res = await self.zfs.zfs("destroy", "-f", clone, check=False)
@@ -850,3 +877,16 @@ def _chunks(names: list[str], limit: int) -> list[list[str]]:
         out[-1].append(n)
         size += len(n) + 1
     return out
+
+
+def _linked(root: TreeRoot, parts: tuple[bytes, ...]) -> bool:
+    """The entry at `parts` is not a directory and has other links."""
+    try:
+        fd = beneath.open_path(root.fd, parts)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1

@@ -144,10 +144,14 @@ class Files:
                 new = await stack.enter_async_context(self._live(container))
             else:
                 _c, new = await stack.enter_async_context(self._snapshot(cid, against, guard))
-            yield container, self._batches(old, new, after_parts)
+            candidates = await _map_errors(container.backend.changes(old, new), f"diff {cid}@{name}")
+            yield container, self._batches(old, new, after_parts, candidates)
 
-    async def _batches(self, old: TreeRoot, new: TreeRoot, after: tuple[bytes, ...] | None) -> AsyncIterator[list[dict]]:
-        walk = treeread.diff(old, new)
+    async def _batches(self, old: TreeRoot, new: TreeRoot, after: tuple[bytes, ...] | None,
+                       candidates: dict[tuple[bytes, ...], bool] | None) -> AsyncIterator[list[dict]]:
+        """The diff in batches: only the candidate paths when the filesystem tracked
+        changes, else the walk of both trees (the same records either way)."""
+        walk = treeread.diff(old, new) if candidates is None else treeread.diff_paths(old, new, candidates)
 
         def batch() -> list[dict]:
             out: list[dict] = []
