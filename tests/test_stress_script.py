@@ -112,6 +112,7 @@ def test_an_interrupted_run_leaves_no_daemon_running(tmp_path: Path) -> None:
         "def test_interrupted():\n"
         f"    d = DaemonProcess(Path({str(tmp_path / 'd')!r}), ['overlay:{tmp_path / 'pool'}'], tcp=False).start()\n"
         f"    Path({str(pidfile)!r}).write_text(str(d.proc.pid))\n"
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it ignored\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n")
     out = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "tests.conftest", "--rootdir", str(tmp_path), str(tmp_path / "test_interrupted.py")],
