@@ -43,6 +43,7 @@ misread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -59,6 +60,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
+from . import beneath
 from .base import BackendError, NoSpace
 
 MAGIC = b"CSNAPD\x00\x01"
@@ -556,11 +558,20 @@ class StreamReader:
             raise StreamError("stream checksum mismatch: the stream was corrupted in transit")
         if self.src.read(1):
             raise StreamError("data after the stream's trailer")
-        for path, (atime, mtime) in touched.items():  # directories changed beneath, not themselves
-            if os.path.isdir(path):
-                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
-        for attrs in reversed(dirs):  # deepest first: setting a child's times leaves the parent's
-            _set_attrs(attrs, None)
+        # Through descriptors reached with no symlink on the way: a later entry may have put a
+        # symlink (to the host) or a hard link (to a base file) where a directory was.
+        dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for path, (atime, mtime) in touched.items():  # directories changed beneath, not themselves
+                with _still_dir(dest_fd, dest, path) as fd:
+                    if fd is not None:
+                        os.utime(fd, ns=(atime, mtime))
+            for attrs in reversed(dirs):  # deepest first: setting a child's times leaves the parent's
+                with _still_dir(dest_fd, dest, attrs.path) as fd:
+                    if fd is not None:
+                        _set_attrs(attrs, fd)
+        finally:
+            os.close(dest_fd)
         stats.bytes = self.bytes
         return stats
 
@@ -649,6 +660,22 @@ class StreamReader:
             shutil.rmtree(target)
         else:
             os.unlink(target)
+
+
+@contextlib.contextmanager
+def _still_dir(dest_fd: int, dest: bytes, path: bytes) -> Iterator[int | None]:
+    """The directory at `path` in `dest`, opened beneath it with no symlink followed; None
+    when a later entry of the stream put something else there."""
+    rel = path[len(dest):].strip(b"/")
+    try:
+        fd = beneath.open_dir(dest_fd, tuple(rel.split(b"/")) if rel else ())
+    except (beneath.Unsafe, FileNotFoundError, NotADirectoryError):
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _write_sparse(fd: int, src: BinaryIO, size: int) -> None:

@@ -223,3 +223,43 @@ async def test_pools_that_receive_nothing_are_passed_over_or_named(tmp_path: Pat
         assert os.listdir(roots["none"] / ".snapshots" / ".tmp") == []
     finally:
         store.close()
+
+
+def _dir(name: str, mode: int) -> Callable:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = tarfile.DIRTYPE, mode
+        tar.addfile(info)
+    return add
+
+
+@pytest.mark.parametrize("case", ["dir-then-symlink", "parent-then-symlink", "dir-then-hard-link"])
+def test_a_directory_replaced_later_in_the_stream_never_passes_its_attributes_on(tmp_path: Path, case: str) -> None:
+    """A directory's owner, mode and times are set at the end of the tar.  A stream that
+    names a directory, then puts a symlink (to the host) or a hard link (to a base file,
+    shared with the base snapshot) at that path, or at its parent, must not have them set
+    through it."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    os.chmod(outside, 0o700)
+    os.chmod(outside / "sub", 0o700)
+    base_file = tmp_path / "base-file"
+    base_file.write_text("base")
+    os.chmod(base_file, 0o600)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.link(base_file, dest / "f")  # as an overlay incremental's linked copy of the base
+    before = {p: os.lstat(p) for p in (outside, outside / "sub", base_file)}
+    adds = {
+        "dir-then-symlink": [_dir("v", 0o4777), member("v", tarfile.SYMTYPE, linkname=str(outside))],
+        "parent-then-symlink": [_dir("v", 0o755), _dir("v/sub", 0o4777),
+                                member("v", tarfile.SYMTYPE, linkname=str(outside))],
+        "dir-then-hard-link": [_dir("v", 0o4777), member("v", tarfile.LNKTYPE, linkname="f")],
+    }[case]
+    try:
+        apply(crafted(members(ROOT, *adds)), dest, incremental=True)
+    except StreamError:
+        pass
+    for path, st in before.items():
+        now = os.lstat(path)
+        assert (now.st_mode, now.st_uid, now.st_mtime_ns) == (st.st_mode, st.st_uid, st.st_mtime_ns), path
