@@ -389,16 +389,20 @@ class _TarSource(io.RawIOBase):
         self.left = 0
         self.pending = b""
         self.done = False
-        self.decompressor = None
+        self.inflated = None
         if reader.header.compression == "zstd":
             import zstandard
 
-            self.decompressor = zstandard.ZstdDecompressor().decompressobj()
+            # a reader, not a decompressobj: a few KiB of zstd can inflate to GiB, and a read
+            # gives at most what was asked for
+            self.inflated = zstandard.ZstdDecompressor().stream_reader(
+                _Raw(self), read_size=_BLOCK, read_across_frames=True)
 
     def readable(self) -> bool:
         return True
 
     def _next_raw(self) -> bytes:
+        """The next piece (at most _BLOCK) of the T frames' bytes; b"" after the last."""
         while not self.done:
             if self.left == 0:
                 kind, length = self.reader.frame_head()
@@ -410,32 +414,45 @@ class _TarSource(io.RawIOBase):
                 continue
             data = self.reader.exact(min(self.left, _BLOCK))
             self.left -= len(data)
-            if self.decompressor is None:
-                return data
-            try:
-                out = self.decompressor.decompress(data)
-            except Exception as exc:  # zstandard.ZstdError: a corrupted stream
-                raise StreamError(f"compressed tar data is corrupted: {exc}") from None
-            if out:
-                return out
+            return data
         return b""
 
+    def _read(self, n: int) -> bytes:
+        """Up to `n` bytes of tar data (decompressed when the stream is)."""
+        if self.inflated is None:
+            if not self.pending:
+                self.pending = self._next_raw()
+            out, self.pending = self.pending[:n], self.pending[n:]
+            return out
+        try:
+            return self.inflated.read(n)
+        except StreamError:
+            raise
+        except Exception as exc:  # zstandard.ZstdError: a corrupted stream
+            raise StreamError(f"compressed tar data is corrupted: {exc}") from None
+
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        if not self.pending:
-            self.pending = self._next_raw()
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+        data = self._read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
     def drain(self) -> None:
         """Read the tar's padding after its end; StreamError when there is more than that."""
-        extra = len(self.pending)
-        self.pending = b""
-        while data := self._next_raw():
+        extra = 0
+        while data := self._read(_BLOCK):
             extra += len(data)
             if extra > MAX_TAIL:
                 raise StreamError("data after the end of the tar archive")
+
+
+class _Raw:
+    """The T frames' raw bytes as a file (what the zstd reader reads)."""
+
+    def __init__(self, source: _TarSource) -> None:
+        self.source = source
+
+    def read(self, _size: int = -1) -> bytes:
+        return self.source._next_raw()
 
 
 def _clean_name(name: str, what: str) -> bytes:

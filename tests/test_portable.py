@@ -263,3 +263,27 @@ def test_a_directory_replaced_later_in_the_stream_never_passes_its_attributes_on
     for path, st in before.items():
         now = os.lstat(path)
         assert (now.st_mode, now.st_uid, now.st_mtime_ns) == (st.st_mode, st.st_uid, st.st_mtime_ns), path
+
+
+@pytest.mark.skipif("zstd" not in portable.compressions(), reason="the zstandard module is not installed")
+def test_a_compressed_stream_is_decompressed_in_bounded_pieces(tmp_path: Path) -> None:
+    """zstd packs 256 MiB of zeros (a sparse file, sent in full) into a few KiB: the reader
+    must not inflate a whole read of compressed data into memory at once."""
+    import tracemalloc
+
+    tree = tmp_path / "t"
+    tree.mkdir()
+    with open(tree / "sparse", "wb") as f:
+        f.truncate(256 << 20)
+    stream = stream_of(tree, compression="zstd")
+    assert len(stream) < 1 << 20
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    tracemalloc.start()
+    try:
+        apply(stream, dest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert os.path.getsize(dest / "sparse") == 256 << 20
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB"
