@@ -455,6 +455,40 @@ class _Raw:
         return self.source._next_raw()
 
 
+MAX_META = 1 << 20
+"""Largest PAX extended header or GNU long name/link accepted (xattrs and a name fit well)."""
+MAX_META_CHAIN = 8
+"""Most such headers in a row before one member (tarfile follows them by recursion)."""
+
+
+class _TarInfo(tarfile.TarInfo):
+    """Members as the reader accepts them.  tarfile reads a PAX or GNU long-name header whole
+    into memory, follows consecutive ones by recursion, keeps global headers for the rest of
+    the archive and reads GNU sparse maps of any length: a stream's headers are bounded,
+    chained a few deep, never global, never sparse (the writer makes none of those)."""
+
+    def _proc_member(self, tar):  # type: ignore[no-untyped-def]
+        if self.type in (tarfile.XGLTYPE, tarfile.GNUTYPE_SPARSE):
+            raise tarfile.ReadError("global and GNU sparse headers are not accepted")
+        meta = self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                             tarfile.GNUTYPE_LONGLINK)
+        if not meta:
+            return super()._proc_member(tar)
+        if self.size > MAX_META:
+            raise tarfile.ReadError(f"a tar header of {self.size} bytes (at most {MAX_META})")
+        depth = getattr(tar, "_snapd_meta_depth", 0)
+        if depth >= MAX_META_CHAIN:
+            raise tarfile.ReadError(f"more than {MAX_META_CHAIN} extended headers before one member")
+        tar._snapd_meta_depth = depth + 1
+        try:
+            return super()._proc_member(tar)
+        finally:
+            tar._snapd_meta_depth = depth
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):  # type: ignore[no-untyped-def]
+        raise tarfile.ReadError("GNU sparse members are not accepted")
+
+
 def _clean_name(name: str, what: str) -> bytes:
     """A member's relative path as bytes; StreamError for anything that could leave the tree."""
     raw = name.encode("utf-8", "surrogateescape")
@@ -552,7 +586,7 @@ class StreamReader:
         dirs: list[_Attrs] = []
         touched: dict[bytes, tuple[int, int]] = {}
         with tarfile.open(fileobj=io.BufferedReader(source, CHUNK), mode="r|", encoding="utf-8",
-                          errors="surrogateescape") as tar:
+                          errors="surrogateescape", tarinfo=_TarInfo) as tar:
             for info in tar:
                 rel = _clean_name(info.name, "entry")
                 target = dest if rel == b"." else os.path.join(dest, rel)
@@ -631,6 +665,8 @@ class StreamReader:
             return
         if rel == b".":
             raise StreamError("the tree's root is not a directory")
+        if info.sparse is not None:  # a PAX GNU.sparse map: a size of holes the stream never carries
+            raise StreamError(f"entry {rel!r} is a GNU sparse member; they are not accepted")
         if st is not None:
             if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(target)

@@ -287,3 +287,60 @@ def test_a_compressed_stream_is_decompressed_in_bounded_pieces(tmp_path: Path) -
         tracemalloc.stop()
     assert os.path.getsize(dest / "sparse") == 256 << 20
     assert peak < 32 << 20, f"peak {peak >> 20} MiB"
+
+
+def _raw_tar(data: bytes) -> bytes:
+    """A well-framed stream (valid checksum) around raw tar bytes a hostile sender wrote."""
+    out = io.BytesIO()
+    frames = portable._FrameWriter(out.write, "none")
+    frames.raw(portable.MAGIC)
+    frames.frame(portable.HEADER, HEADER.encode())
+    frames.write(data + bytes(1024))
+    frames.flush_tar()
+    frames.frame(portable.END, frames.hash.digest())
+    return out.getvalue()
+
+
+def _tar_bytes(info: tarfile.TarInfo, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    return info.tobuf(fmt, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("case", ["huge-pax-header", "huge-long-name", "long-name-chain", "global-header",
+                                  "gnu-sparse", "gnu-sparse-map"])
+def test_tar_headers_that_would_take_unbounded_memory_or_stack_are_refused(tmp_path: Path, case: str) -> None:
+    """Python's tarfile reads a PAX or GNU long-name header whole into memory, follows a chain
+    of them by recursion, and keeps global headers for the rest of the archive: a stream's
+    tar headers are bounded, chained a few deep at most, never global, never GNU sparse maps."""
+    import tracemalloc
+
+    plain = tarfile.TarInfo("f")
+    if case == "huge-pax-header":
+        plain.pax_headers = {"comment": "x" * (48 << 20)}
+        raw = _tar_bytes(plain)
+    elif case == "huge-long-name":
+        raw = tarfile.TarInfo._create_gnu_long_header("n" * (48 << 20), tarfile.GNUTYPE_LONGNAME, "utf-8", "strict")
+        raw += _tar_bytes(plain, tarfile.GNU_FORMAT)
+    elif case == "long-name-chain":
+        one = tarfile.TarInfo._create_gnu_long_header("n" * 10, tarfile.GNUTYPE_LONGNAME, "utf-8", "strict")
+        raw = one * 5000 + _tar_bytes(plain, tarfile.GNU_FORMAT)
+    elif case == "global-header":
+        raw = tarfile.TarInfo.create_pax_global_header({"SCHILY.xattr.user.x": "y"}) + _tar_bytes(plain)
+    elif case == "gnu-sparse-map":  # a map read from the header; 10**15 bytes of holes looped forever
+        plain.pax_headers = {"GNU.sparse.map": "0,0", "GNU.sparse.realsize": str(1 << 30),
+                             "GNU.sparse.major": "0", "GNU.sparse.minor": "1"}
+        raw = _tar_bytes(plain)
+    else:
+        plain.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "10"}
+        plain.size = 512
+        raw = _tar_bytes(plain) + b"99999999999\n" + b"1\n" * 2000
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stream = _raw_tar(raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(StreamError):
+            apply(stream, dest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(stream) + (16 << 20), f"peak {peak >> 20} MiB"
