@@ -310,3 +310,61 @@ def test_zfs_diff_lines_become_candidate_paths() -> None:
         (b"back\\slash",): False}
     assert zfs_diff.unsupported("unrecognized command 'diff'\nusage: zfs command args ...")
     assert not zfs_diff.unsupported("missing snapshot argument\nusage:\n\tdiff [-FHth] <snapshot> ...")
+
+
+def _chain(top: Path, depth: int, leaf: str, text: str) -> None:
+    """`top`/d/d/.../d (`depth` levels)/`leaf`, made one level at a time (pathlib recurses)."""
+    top.mkdir(exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        try:
+            os.mkdir("d", dir_fd=fd)
+        except FileExistsError:
+            pass
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with open(os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=fd), "w") as f:
+        f.write(text)
+    os.close(fd)
+
+
+def _unchain(top: Path) -> None:
+    """Remove what _chain() made under `top` (shutil.rmtree recurses too)."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    while "d" in os.listdir(fds[-1]):
+        fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    for fd in reversed(fds):
+        for name in os.listdir(fd):
+            if name == "d":
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        os.close(fd)
+
+
+def test_a_deep_tree_is_diffed_whole(daemon: DaemonProcess, pool: PoolHarness) -> None:
+    """A container's tree 1,200 directories deep (a hostile or generated one): the diff walks
+    it without running out of stack, against live (the walk) and between snapshots (change
+    tracking on btrfs), and lists every change."""
+    cid = new_cid()
+    root = pool.make_container(cid)
+    deep = "/".join(["d"] * 1200)
+    _chain(root, 1200, "f", "one\n")
+    first = snap(daemon, cid)
+    _chain(root, 1200, "f", "two\n")
+    _chain(root / "added", 1200, "g", "g\n")
+    expected = {"/" + deep + "/f": "modified", "/added": "added", "/added/" + deep + "/g": "added",
+                **{"/added/" + "/".join(["d"] * i): "added" for i in range(1, 1201)}}
+    second = snap(daemon, cid)
+    try:
+        for against in ("live", second):
+            r = daemon.unix.get(snaps(cid, first, "/diff") + f"?against={against}&limit=10000")
+            assert r.status == 200, str(r.body)[:2000]
+            assert {c["path"]: c["change"] for c in r.data["changes"]} == expected
+    finally:
+        for name in (first, second):
+            assert daemon.unix.delete(snaps(cid, name)).status == 200
+        _unchain(root / "added")
+        os.rmdir(root / "added")
+        _unchain(root)
