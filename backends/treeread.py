@@ -143,10 +143,22 @@ def _xattrs(fd: int, name: bytes) -> dict[str, bytes]:
         raise
 
 
+_CHANGED = (FileNotFoundError, beneath.NotRegular, beneath.Unsafe)
+"""What a live tree changing between the listing and the comparison raises: a change."""
+
+
 def _same_bytes(ofd: int, nfd: int, name: bytes) -> bool:
-    a = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=ofd)
+    """Whether two regular files hold the same bytes; False when either is gone or no
+    longer a regular file (never opened then: a FIFO, a device node)."""
     try:
-        b = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=nfd)
+        a = beneath.open_regular(ofd, (name,))
+    except _CHANGED:
+        return False
+    try:
+        try:
+            b = beneath.open_regular(nfd, (name,))
+        except _CHANGED:
+            return False
         try:
             while True:
                 x, y = os.read(a, _CHUNK), os.read(b, _CHUNK)
@@ -158,6 +170,16 @@ def _same_bytes(ofd: int, nfd: int, name: bytes) -> bool:
             os.close(b)
     finally:
         os.close(a)
+
+
+def _target(fd: int, name: bytes) -> bytes | None:
+    """A symlink's target; None when it is gone or no longer a symlink (a live tree changes)."""
+    try:
+        return os.readlink(name, dir_fd=fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EINVAL):
+            return None
+        raise
 
 
 def compare(ofd: int, nfd: int, name: bytes, o: os.stat_result, n: os.stat_result) -> list[str]:
@@ -173,7 +195,7 @@ def compare(ofd: int, nfd: int, name: bytes, o: os.stat_result, n: os.stat_resul
         fields.append("mode")
     if (o.st_uid, o.st_gid) != (n.st_uid, n.st_gid):
         fields.append("owner")
-    if stat.S_ISLNK(n.st_mode) and os.readlink(name, dir_fd=ofd) != os.readlink(name, dir_fd=nfd):
+    if stat.S_ISLNK(n.st_mode) and _target(ofd, name) != _target(nfd, name):
         fields.append("target")
     if _xattrs(ofd, name) != _xattrs(nfd, name):
         fields.append("xattrs")

@@ -368,3 +368,36 @@ def test_a_deep_tree_is_diffed_whole(daemon: DaemonProcess, pool: PoolHarness) -
         _unchain(root / "added")
         os.rmdir(root / "added")
         _unchain(root)
+
+
+@pytest.mark.parametrize("swap", ["gone", "fifo-with-a-writer", "symlink", "directory", "symlink-gone"])
+def test_a_live_entry_changing_between_listing_and_compare_is_a_change(tmp_path: Path, swap: str) -> None:
+    """A diff against live lists a directory, then compares each entry: a running container
+    may remove or swap it meanwhile.  That is a change (or nothing to compare), never an
+    error, and what is there now is never opened unless it is a regular file (a FIFO, a
+    device node)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    for side in (old, new):
+        if swap == "symlink-gone":
+            os.symlink("target-" + side.name, side / "e")
+        else:
+            (side / "e").write_bytes(b"same size " + side.name.encode())
+    os.utime(old / "e", ns=(0, 0), follow_symlinks=False)
+    o, n = os.lstat(old / "e"), os.lstat(new / "e")  # as the walk listed them
+    os.unlink(new / "e")
+    writer = None
+    if swap == "fifo-with-a-writer":
+        os.mkfifo(new / "e")
+        writer = os.open(new / "e", os.O_RDWR | os.O_NONBLOCK)  # a reader would find no data: EAGAIN
+    elif swap == "symlink":
+        os.symlink("/etc/hostname", new / "e")
+    elif swap == "directory":
+        (new / "e").mkdir()
+    ofd, nfd = os.open(old, os.O_RDONLY | os.O_DIRECTORY), os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fields = treeread.compare(ofd, nfd, b"e", o, n)
+    finally:
+        for fd in (ofd, nfd) + ((writer,) if writer is not None else ()):
+            os.close(fd)
+    assert fields == (["target"] if swap == "symlink-gone" else ["content"])
