@@ -160,16 +160,32 @@ def _same_bytes(ofd: int, nfd: int, name: bytes) -> bool:
         except _CHANGED:
             return False
         try:
-            while True:
-                x, y = os.read(a, _CHUNK), os.read(b, _CHUNK)
+            pos = 0
+            while True:  # from the next data either file holds: holes in both are equal (zeros)
+                pos = min(_next_data(a, pos), _next_data(b, pos))
+                x, y = os.pread(a, _CHUNK, pos), os.pread(b, _CHUNK, pos)
                 if x != y:
                     return False
                 if not x:
                     return True
+                pos += len(x)
         finally:
             os.close(b)
     finally:
         os.close(a)
+
+
+def _next_data(fd: int, pos: int) -> int:
+    """Where data starts at or after `pos` (SEEK_DATA), the end of the file when only a
+    hole is left, `pos` itself where the filesystem cannot tell."""
+    try:
+        return os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return os.fstat(fd).st_size
+        if e.errno == errno.EINVAL:
+            return pos
+        raise
 
 
 def _target(fd: int, name: bytes) -> bytes | None:

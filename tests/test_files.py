@@ -401,3 +401,42 @@ def test_a_live_entry_changing_between_listing_and_compare_is_a_change(tmp_path:
         for fd in (ofd, nfd) + ((writer,) if writer is not None else ()):
             os.close(fd)
     assert fields == (["target"] if swap == "symlink-gone" else ["content"])
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_huge_sparse_files_are_compared_by_their_data_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           same: bool) -> None:
+    """A container can make a file of terabytes that holds a few bytes (a sparse file,
+    free to make): a diff compares the data both hold, never reads the holes (reading
+    zeros at GB/s would hold one of the daemon's few worker threads for hours)."""
+    size = 1 << 30
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    for side, data in ((old, b"x"), (new, b"x" if same else b"y")):
+        with open(side / "huge", "wb") as f:
+            f.truncate(size)
+            f.seek(768 << 20)
+            f.write(data)
+    os.utime(old / "huge", ns=(0, 0))  # the quick check does not settle it: bytes are compared
+    read = [0]
+    real_read, real_pread = os.read, os.pread
+
+    def counting_read(fd: int, n: int) -> bytes:
+        out = real_read(fd, n)
+        read[0] += len(out)
+        return out
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        out = real_pread(fd, n, offset)
+        read[0] += len(out)
+        return out
+
+    monkeypatch.setattr(os, "read", counting_read)
+    monkeypatch.setattr(os, "pread", counting_pread)
+    ofd, nfd = os.open(old, os.O_RDONLY | os.O_DIRECTORY), os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fields = treeread.compare(ofd, nfd, b"huge", os.lstat(old / "huge"), os.lstat(new / "huge"))
+    finally:
+        os.close(ofd), os.close(nfd)
+    assert fields == ([] if same else ["content"])
+    assert read[0] <= 16 << 20, f"read {read[0] >> 20} MiB"
