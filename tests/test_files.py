@@ -440,3 +440,32 @@ def test_huge_sparse_files_are_compared_by_their_data_only(tmp_path: Path, monke
         os.close(ofd), os.close(nfd)
     assert fields == ([] if same else ["content"])
     assert read[0] <= 16 << 20, f"read {read[0] >> 20} MiB"
+
+
+def test_change_tracking_asks_for_the_links_of_an_inode_once(daemon: DaemonProcess, pool: PoolHarness,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container that gives one file thousands of hard links between two snapshots: the
+    send stream names every link, and asking the filesystem for all the inode's links once
+    per link named is quadratic (50,000 links: billions of steps for one diff).  Once per
+    inode and side is enough."""
+    if pool.kind != "btrfs":
+        pytest.skip("change tracking is btrfs send here")
+    from backends import btrfs_ioctl
+    cid = new_cid()
+    root = pool.make_container(cid)
+    write_tree(root, {"f": "linked\n", "links/keep": "k\n"})
+    first = snap(daemon, cid)
+    for i in range(2000):
+        os.link(root / "f", root / "links" / f"l{i}")
+    second = snap(daemon, cid)
+    asked = [0]
+    real = btrfs_ioctl.ino_paths
+
+    def counting(fd: int, ino: int, size: int = 64 << 10) -> list[bytes]:
+        asked[0] += 1
+        return real(fd, ino, size)
+
+    monkeypatch.setattr(btrfs_ioctl, "ino_paths", counting)
+    walked, tracked, _w, _t = _both_engines(pool, cid, first, second)
+    assert tracked == walked
+    assert asked[0] <= 2, asked[0]
