@@ -74,6 +74,8 @@ def test_tree_lists_a_directory_in_pages(daemon: DaemonProcess, container: str) 
 @pytest.mark.parametrize("path, status, reason", [
     ("/etc/../..", 400, "'..'"), ("etc", 400, "absolute"), ("/to-slash/etc", 400, "symlink"),
     ("/etc/up/etc", 400, "symlink"), ("/a%00b", 400, "NUL"), ("/nope", 404, "does not exist"),
+    ("/" + "a" * 256, 400, "255 bytes"), ("/etc/" + "\\xff" * 256 + "/x", 400, "255 bytes"),
+    ("/" + "/".join(["abcdefg"] * 512), 400, "4095 bytes"),
 ])
 def test_tree_refuses_hostile_paths(daemon: DaemonProcess, container: str, path: str, status: int,
                                     reason: str) -> None:
@@ -198,6 +200,7 @@ def test_restore_paths_brings_back_exactly_those_paths(daemon: DaemonProcess, po
     ({"paths": []}, 400, "paths"), ({"paths": ["etc"]}, 400, "paths[0]"), ({"paths": ["/a/../b"]}, 400, "paths[0]"),
     ({"paths": [1]}, 400, "paths[0]"), ({"paths": ["/"]}, 400, "paths"),
     ({"paths": ["/to-slash/etc/passwd"]}, 400, "paths"), ({"paths": ["/nope"]}, 404, "paths"), ({}, 400, "paths"),
+    ({"paths": ["/etc/" + "a" * 256]}, 400, "paths[0]"), ({"paths": ["/" + "a" * 256 + "/x"]}, 400, "paths[0]"),
 ])
 def test_restore_paths_refuses_bad_paths_and_changes_nothing(daemon: DaemonProcess, pool: PoolHarness,
                                                              container: str, body: dict, status: int,
