@@ -39,6 +39,8 @@ POINTS: dict[str, str] = {
     # freezing (a pool with freeze = true and a running container)
     "service.import.on-disk": "an imported snapshot made visible on disk, store row not yet written",
     "freeze.create.frozen": "create intent written, the container's cgroup frozen (journalled), no snapshot yet",
+    # restore-paths (every backend: backends/pathrestore.py)
+    "pathrestore.swapped": "restore-paths: the first path swapped into place, the others not yet",
     # overlay
     "overlay.create.after-copy": "copy complete in .tmp, not yet renamed into place",
     "overlay.restore.after-copy": "new tree built beside the container, not yet swapped",

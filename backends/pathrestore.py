@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from backends import beneath, fsops, remove, treecopy
+from backends import beneath, faults, fsops, remove, treecopy
 from backends.base import BackendError, TreeRoot
 
 PREFIX = b".snapd-restore-"
@@ -271,6 +271,7 @@ async def restore(src: TreeRoot, dst: TreeRoot, paths: list[tuple[bytes, ...]], 
             await refuse_busy()  # again, just before the swaps
             for step in steps:
                 await asyncio.to_thread(_swap, step)
+                faults.point("pathrestore.swapped")
         finally:
             for step in steps:
                 await asyncio.to_thread(_discard, step)

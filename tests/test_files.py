@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from backends import treeread, zfs_diff
+from backends import faults, treeread, zfs_diff
 from backends.base import SnapshotRef
 from backends.btrfs import BtrfsBackend
 from backends.treeread import DiffStats
 
 from .client import snaps
+from .crash import killed_at, pending_journal
 from .daemon import DaemonProcess
 from .digest import set_xattr, walk_digest, write_tree
 from .harness import PoolHarness, new_cid
@@ -313,6 +314,31 @@ def test_zfs_diff_lines_become_candidate_paths() -> None:
         (b"back\\slash",): False}
     assert zfs_diff.unsupported("unrecognized command 'diff'\nusage: zfs command args ...")
     assert not zfs_diff.unsupported("missing snapshot argument\nusage:\n\tdiff [-FHth] <snapshot> ...")
+
+
+def test_a_crash_between_two_paths_leaves_each_before_or_after(pool: PoolHarness, container: str,
+                                                                tmp_path: Path) -> None:
+    """The daemon dies (SIGKILL) with the first of two paths swapped in: after the restart the
+    first is as in the snapshot, the second as it was, the journal settled, no temporary left."""
+    root = pool.container_path(container)
+    work = tmp_path / "d"
+    d = DaemonProcess(work, [pool.spec], tcp=False, env={faults.ENV: "pathrestore.swapped"}).start()
+    name = snap(d, container)
+    wanted = walk_digest(root / "etc" / "nginx")
+    (root / "etc" / "nginx" / "nginx.conf").write_text("broken\n")
+    (root / "srv" / "content").write_text("changed since\n")
+    killed_at(d, "pathrestore.swapped", lambda: d.unix.post(snaps(container, name, "/restore-paths"),
+                                                           {"paths": ["/etc/nginx", "/srv/content"]}))
+    d = DaemonProcess(work, [pool.spec], tcp=False).start()
+    try:
+        assert walk_digest(root / "etc" / "nginx") == wanted  # after
+        assert (root / "srv" / "content").read_text() == "changed since\n"  # before
+        leftovers = [p for p in root.rglob(".snapd-restore-*")]
+        assert leftovers == [] and pending_journal(d) == []
+        r = d.unix.post(snaps(container, name, "/restore-paths"), {"paths": ["/srv/content"]})
+        assert r.status == 200, r.body  # and it runs again, normally
+    finally:
+        assert d.stop() == 0
 
 
 def _chain(top: Path, depth: int, leaf: str, text: str) -> None:

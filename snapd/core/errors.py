@@ -25,6 +25,10 @@ class NotFound(ServiceError):
     """The container or the snapshot does not exist (404)."""
 
 
+class PathNotFound(NotFound):
+    """A path a client named is not in the snapshot (or the container)."""
+
+
 class Conflict(ServiceError):
     """The container is in use or cannot be changed now (409)."""
 

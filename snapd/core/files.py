@@ -13,22 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator
 
-from backends import beneath, pathrestore, treeread
+from backends import beneath, treeread
 from backends.base import SnapshotRef, TreeRoot
 from snapd.core.clock import iso
-from snapd.core.errors import InvalidInput, NotFound
-from snapd.core.service import Container, Guard, SnapshotService, _map_errors
+from snapd.core.errors import InvalidInput, PathNotFound
+from snapd.core.service import Container, Guard, SnapshotService, map_backend_errors
 
 MAX_RESTORE_PATHS = 100
 DIFF_BATCH = 1000
-
-
-class PathNotFound(NotFound):
-    """The path is not in the snapshot (or the container)."""
 
 
 def parse_path(text: str, field: str = "path") -> tuple[bytes, ...]:
@@ -79,7 +74,7 @@ class Files:
     async def _snapshot(self, cid: str, name: str, guard: Guard | None) -> AsyncIterator[tuple[Container, TreeRoot]]:
         container, row = await self.service.get(cid, name, guard)
         cm = container.backend.snapshot_root(cid, SnapshotRef(row.name, row.ref))
-        root = await _map_errors(cm.__aenter__(), f"open snapshot {cid}@{name}")
+        root = await map_backend_errors(cm.__aenter__(), f"open snapshot {cid}@{name}")
         try:
             yield container, root
         finally:
@@ -88,7 +83,7 @@ class Files:
     @contextlib.asynccontextmanager
     async def _live(self, container: Container) -> AsyncIterator[TreeRoot]:
         cm = container.backend.live_root(container.id)
-        root = await _map_errors(cm.__aenter__(), f"open container {container.id}")
+        root = await map_backend_errors(cm.__aenter__(), f"open container {container.id}")
         try:
             yield root
         finally:
@@ -144,7 +139,7 @@ class Files:
                 new = await stack.enter_async_context(self._live(container))
             else:
                 _c, new = await stack.enter_async_context(self._snapshot(cid, against, guard))
-            candidates = await _map_errors(container.backend.changes(old, new), f"diff {cid}@{name}")
+            candidates = await map_backend_errors(container.backend.changes(old, new), f"diff {cid}@{name}")
             yield container, self._batches(old, new, after_parts, candidates)
 
     async def _batches(self, old: TreeRoot, new: TreeRoot, after: tuple[bytes, ...] | None,
@@ -174,38 +169,5 @@ class Files:
 
     async def restore_paths(self, cid: str, name: str, paths: list[tuple[bytes, ...]],
                             guard: Guard | None) -> tuple[Container, list[dict]]:
-        """Bring `paths` back from the snapshot, each in one atomic step (see
-        backends.pathrestore); journalled, under the container's lock and restore hooks."""
-        service = self.service
-
-        async def op() -> tuple[Container, list[dict]]:
-            container, row = await service.get(cid, name, guard)
-            async with service._hooks("restore", container, name):
-                token = secrets.token_hex(6)
-                shown = [beneath.show_path(p) for p in paths]
-                jid = service._journal("restore-paths", container, cid, name, {"paths": shown, "token": token})
-                try:
-                    done = await service._run(
-                        "restore-paths", container.backend, cid, name,
-                        _client_errors(container.backend.restore_paths(cid, SnapshotRef(row.name, row.ref),
-                                                                       paths, token)))
-                except BaseException:
-                    service._journal_failed(jid)
-                    raise
-                with service.store.transaction():
-                    service.store.update(cid, name, last_used_at=service.clock.now())
-                    service.store.journal_end(jid, "done", service.clock.now())
-                return container, done
-
-        return await service._mutate(cid, op)
-
-
-async def _client_errors(call: Awaitable[list[dict]]) -> list[dict]:
-    """A path the client named wrongly is its mistake (400, or 404 when it is not in the
-    snapshot), not a failed operation."""
-    try:
-        return await call
-    except pathrestore.PathProblem as exc:
-        if exc.missing:
-            raise PathNotFound(str(exc), exc.details) from None
-        raise InvalidInput("payload", exc.details) from None
+        """Bring `paths` back from the snapshot (SnapshotService.restore_paths)."""
+        return await self.service.restore_paths(cid, name, paths, guard)

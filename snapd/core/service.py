@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -27,10 +28,11 @@ from backends.base import (
     SnapshotRef,
 )
 
-from backends import faults
+from backends import beneath, faults
+from backends.pathrestore import PathProblem
 from snapd.core.clock import Clock, snapshot_stamp
 from snapd.core.names import highest, next_name
-from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed
+from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed, PathNotFound
 from snapd.core.freeze import Freezer
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
@@ -310,7 +312,7 @@ class SnapshotService(Transfers):
         fields = {"backend": backend.kind, "container": cid, "snapshot": snapshot}
         timer = self.metrics.operation(backend.kind, kind) if self.metrics else contextlib.nullcontext()
         with OperationLog(oplog, kind, **{k: v for k, v in fields.items() if v}), timer:
-            return await _map_errors(call, what)
+            return await map_backend_errors(call, what)
 
     async def _mutate(self, cid: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` under the container's lock, shielded from the caller's cancellation."""
@@ -607,6 +609,31 @@ class SnapshotService(Transfers):
             faults.point("freeze.create.frozen")
             yield
 
+    async def restore_paths(self, cid: str, name: str, paths: list[tuple[bytes, ...]],
+                            guard: Guard | None = None) -> tuple[Container, list[dict]]:
+        """Bring `paths` (components, see backends.beneath) back from the snapshot, each in
+        one atomic step (backends.pathrestore): journalled, under the container's lock and
+        the restore hooks, refused (409) while the container is in use.  What was restored,
+        one dict per path."""
+        async def op() -> tuple[Container, list[dict]]:
+            container, row = await self.get(cid, name, guard)
+            async with self._hooks("restore", container, name):
+                token = secrets.token_hex(6)
+                shown = [beneath.show_path(p) for p in paths]
+                jid = self._journal("restore-paths", container, cid, name, {"paths": shown, "token": token})
+                try:
+                    done = await self._run("restore-paths", container.backend, cid, name, _path_errors(
+                        container.backend.restore_paths(cid, SnapshotRef(row.name, row.ref), paths, token)))
+                except BaseException:
+                    self._journal_failed(jid)
+                    raise
+                with self.store.transaction():
+                    self.store.update(cid, name, last_used_at=self.clock.now())
+                    self.store.journal_end(jid, "done", self.clock.now())
+                return container, done
+
+        return await self._mutate(cid, op)
+
     async def restore(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container, row = await self.get(cid, name, guard)
@@ -725,7 +752,7 @@ class SnapshotService(Transfers):
 
     async def layout(self, container: Container) -> tuple[str, str | None]:
         """What a snapshot of the container captures, and its layout label (or None)."""
-        return await _map_errors(container.backend.get_layout(container.id), f"layout of {container.id}")
+        return await map_backend_errors(container.backend.get_layout(container.id), f"layout of {container.id}")
 
     async def _delete_rows(
         self, backend: Backend, cid: str, rows: list[SnapshotRow]
@@ -823,7 +850,7 @@ class SnapshotService(Transfers):
         return await self._mutate(cid, op)
 
 
-async def _map_errors(call: Awaitable[T], what: str) -> T:
+async def map_backend_errors(call: Awaitable[T], what: str) -> T:
     """Await a backend call, mapping its errors to service errors."""
     try:
         return await call
@@ -842,3 +869,14 @@ async def _map_errors(call: Awaitable[T], what: str) -> T:
         if exc.errno == 28:  # ENOSPC
             raise InsufficientStorage(f"{what}: no space left in the pool") from None
         raise OperationFailed(f"{what} failed: {exc.strerror or exc}") from None
+
+
+async def _path_errors(call: Awaitable[T]) -> T:
+    """A path the client named wrongly is its mistake (400, or 404 when it is not in the
+    snapshot), not a failed operation."""
+    try:
+        return await call
+    except PathProblem as exc:
+        if exc.missing:
+            raise PathNotFound(str(exc), exc.details) from None
+        raise InvalidInput("payload", exc.details) from None
