@@ -38,6 +38,8 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_PATH_TEXT = 4096
 """Longest path text accepted (escaped form)."""
+NAME_MAX, PATH_MAX = 255, 4095
+"""Longest name and path (bytes) the kernel resolves: longer is the client's mistake, not ENAMETOOLONG."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -133,6 +135,10 @@ def parse(text: str) -> tuple[bytes, ...]:
     parts = tuple(p for p in raw.split(b"/") if p and p != b".")
     if b".." in parts:
         raise PathRefused("'..' is not allowed in a path")
+    if any(len(p) > NAME_MAX for p in parts):
+        raise PathRefused(f"a name is at most {NAME_MAX} bytes")
+    if len(raw) > PATH_MAX:
+        raise PathRefused(f"a path is at most {PATH_MAX} bytes")
     return parts
 
 

@@ -58,15 +58,18 @@ def candidates(btrfs_cmd: str, old: TreeRoot, new: TreeRoot) -> dict[Parts, bool
         log.warning("btrfs send %s -> %s failed (rc %s: %s); walking instead", old.path, new.path, proc.returncode,
                     err.decode(errors="replace").strip())
         return None
+    seen: tuple[set[int], set[int]] = (set(), set())  # inodes whose links are in, per side
     for parts in list(out):
-        for root in (old, new):
-            for link in _other_links(root, parts):
+        for root, done in zip((old, new), seen):
+            for link in _other_links(root, parts, done):
                 out.setdefault(link, False)
     return out
 
 
-def _other_links(root: TreeRoot, parts: Parts) -> list[Parts]:
-    """Every path of the inode at `parts` when it has several links; [] otherwise."""
+def _other_links(root: TreeRoot, parts: Parts, done: set[int]) -> list[Parts]:
+    """Every path of the inode at `parts` when it has several links and is not in `done`
+    (then added: the stream names each of an inode's links, asking once is enough);
+    [] otherwise."""
     try:
         fd = beneath.open_path(root.fd, parts)
     except OSError:
@@ -75,6 +78,7 @@ def _other_links(root: TreeRoot, parts: Parts) -> list[Parts]:
         st = os.fstat(fd)
     finally:
         os.close(fd)
-    if stat.S_ISDIR(st.st_mode) or st.st_nlink < 2:
+    if stat.S_ISDIR(st.st_mode) or st.st_nlink < 2 or st.st_ino in done:
         return []
+    done.add(st.st_ino)
     return [tuple(p.split(b"/")) for p in ioc.ino_paths(root.fd, st.st_ino)]

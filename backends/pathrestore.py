@@ -138,20 +138,35 @@ def _build(step: _Step) -> None:
         return
     st, sp, dp, tmp = step.st, step.src_parent, step.dst_parent, step.tmp
     if stat.S_ISREG(st.st_mode):
-        _copy_file(sp, step.name, dp, tmp, st)
-    elif stat.S_ISLNK(st.st_mode):
+        _copy_file(sp, step.name, dp, tmp, st)  # its attributes set through its descriptor
+        return
+    if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(step.name, dir_fd=sp), tmp, dir_fd=dp)
     else:
         os.mknod(tmp, st.st_mode, st.st_rdev, dir_fd=dp)
     os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dp, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=dp)
+        _chmod_made(dp, tmp, st)
     treecopy._write_xattrs(os.fsencode(_proc(dp, tmp)), treecopy._read_xattrs(os.fsencode(_proc(sp, step.name))))
     os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dp, follow_symlinks=False)
 
 
+def _chmod_made(dp: int, tmp: bytes, st: os.stat_result) -> None:
+    """chmod of the node just made at `tmp` (a FIFO, a device), never through a symlink the
+    container put in its place meanwhile (chmod follows one; the live directory is theirs)."""
+    fd = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dp)
+    try:
+        if stat.S_IFMT(os.fstat(fd).st_mode) != stat.S_IFMT(st.st_mode):
+            raise OSError(errno.EEXIST, "replaced while it was built", os.fsdecode(tmp))
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(fd)
+
+
 def _copy_file(sp: int, name: bytes, dp: int, tmp: bytes, st: os.stat_result) -> None:
-    """Copy a regular file's data extents only (holes stay holes), then its size."""
+    """Copy a regular file's data extents only (holes stay holes), then its size, owner,
+    mode, xattrs and times, all through the new file's descriptor (the name is in a live
+    directory: a symlink may replace it at any moment)."""
     fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=sp)
     try:
         if not stat.S_ISREG(os.fstat(fin).st_mode):
@@ -175,6 +190,10 @@ def _copy_file(sp: int, name: bytes, dp: int, tmp: bytes, st: os.stat_result) ->
                     off += n
                 pos = end
             os.ftruncate(fout, st.st_size)
+            os.fchown(fout, st.st_uid, st.st_gid)
+            os.fchmod(fout, stat.S_IMODE(st.st_mode))
+            treecopy._write_xattrs(fout, treecopy._read_xattrs(fin))
+            os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(fout)
         finally:
             os.close(fout)

@@ -43,6 +43,7 @@ misread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -59,6 +60,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
+from . import beneath
 from .base import BackendError, NoSpace
 
 MAGIC = b"CSNAPD\x00\x01"
@@ -387,16 +389,20 @@ class _TarSource(io.RawIOBase):
         self.left = 0
         self.pending = b""
         self.done = False
-        self.decompressor = None
+        self.inflated = None
         if reader.header.compression == "zstd":
             import zstandard
 
-            self.decompressor = zstandard.ZstdDecompressor().decompressobj()
+            # a reader, not a decompressobj: a few KiB of zstd can inflate to GiB, and a read
+            # gives at most what was asked for
+            self.inflated = zstandard.ZstdDecompressor().stream_reader(
+                _Raw(self), read_size=_BLOCK, read_across_frames=True)
 
     def readable(self) -> bool:
         return True
 
     def _next_raw(self) -> bytes:
+        """The next piece (at most _BLOCK) of the T frames' bytes; b"" after the last."""
         while not self.done:
             if self.left == 0:
                 kind, length = self.reader.frame_head()
@@ -408,32 +414,79 @@ class _TarSource(io.RawIOBase):
                 continue
             data = self.reader.exact(min(self.left, _BLOCK))
             self.left -= len(data)
-            if self.decompressor is None:
-                return data
-            try:
-                out = self.decompressor.decompress(data)
-            except Exception as exc:  # zstandard.ZstdError: a corrupted stream
-                raise StreamError(f"compressed tar data is corrupted: {exc}") from None
-            if out:
-                return out
+            return data
         return b""
 
+    def _read(self, n: int) -> bytes:
+        """Up to `n` bytes of tar data (decompressed when the stream is)."""
+        if self.inflated is None:
+            if not self.pending:
+                self.pending = self._next_raw()
+            out, self.pending = self.pending[:n], self.pending[n:]
+            return out
+        try:
+            return self.inflated.read(n)
+        except StreamError:
+            raise
+        except Exception as exc:  # zstandard.ZstdError: a corrupted stream
+            raise StreamError(f"compressed tar data is corrupted: {exc}") from None
+
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        if not self.pending:
-            self.pending = self._next_raw()
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+        data = self._read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
     def drain(self) -> None:
         """Read the tar's padding after its end; StreamError when there is more than that."""
-        extra = len(self.pending)
-        self.pending = b""
-        while data := self._next_raw():
+        extra = 0
+        while data := self._read(_BLOCK):
             extra += len(data)
             if extra > MAX_TAIL:
                 raise StreamError("data after the end of the tar archive")
+
+
+class _Raw:
+    """The T frames' raw bytes as a file (what the zstd reader reads)."""
+
+    def __init__(self, source: _TarSource) -> None:
+        self.source = source
+
+    def read(self, _size: int = -1) -> bytes:
+        return self.source._next_raw()
+
+
+MAX_META = 1 << 20
+"""Largest PAX extended header or GNU long name/link accepted (xattrs and a name fit well)."""
+MAX_META_CHAIN = 8
+"""Most such headers in a row before one member (tarfile follows them by recursion)."""
+
+
+class _TarInfo(tarfile.TarInfo):
+    """Members as the reader accepts them.  tarfile reads a PAX or GNU long-name header whole
+    into memory, follows consecutive ones by recursion, keeps global headers for the rest of
+    the archive and reads GNU sparse maps of any length: a stream's headers are bounded,
+    chained a few deep, never global, never sparse (the writer makes none of those)."""
+
+    def _proc_member(self, tar):  # type: ignore[no-untyped-def]
+        if self.type in (tarfile.XGLTYPE, tarfile.GNUTYPE_SPARSE):
+            raise tarfile.ReadError("global and GNU sparse headers are not accepted")
+        meta = self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                             tarfile.GNUTYPE_LONGLINK)
+        if not meta:
+            return super()._proc_member(tar)
+        if self.size > MAX_META:
+            raise tarfile.ReadError(f"a tar header of {self.size} bytes (at most {MAX_META})")
+        depth = getattr(tar, "_snapd_meta_depth", 0)
+        if depth >= MAX_META_CHAIN:
+            raise tarfile.ReadError(f"more than {MAX_META_CHAIN} extended headers before one member")
+        tar._snapd_meta_depth = depth + 1
+        try:
+            return super()._proc_member(tar)
+        finally:
+            tar._snapd_meta_depth = depth
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):  # type: ignore[no-untyped-def]
+        raise tarfile.ReadError("GNU sparse members are not accepted")
 
 
 def _clean_name(name: str, what: str) -> bytes:
@@ -533,7 +586,7 @@ class StreamReader:
         dirs: list[_Attrs] = []
         touched: dict[bytes, tuple[int, int]] = {}
         with tarfile.open(fileobj=io.BufferedReader(source, CHUNK), mode="r|", encoding="utf-8",
-                          errors="surrogateescape") as tar:
+                          errors="surrogateescape", tarinfo=_TarInfo) as tar:
             for info in tar:
                 rel = _clean_name(info.name, "entry")
                 target = dest if rel == b"." else os.path.join(dest, rel)
@@ -556,11 +609,20 @@ class StreamReader:
             raise StreamError("stream checksum mismatch: the stream was corrupted in transit")
         if self.src.read(1):
             raise StreamError("data after the stream's trailer")
-        for path, (atime, mtime) in touched.items():  # directories changed beneath, not themselves
-            if os.path.isdir(path):
-                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
-        for attrs in reversed(dirs):  # deepest first: setting a child's times leaves the parent's
-            _set_attrs(attrs, None)
+        # Through descriptors reached with no symlink on the way: a later entry may have put a
+        # symlink (to the host) or a hard link (to a base file) where a directory was.
+        dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for path, (atime, mtime) in touched.items():  # directories changed beneath, not themselves
+                with _still_dir(dest_fd, dest, path) as fd:
+                    if fd is not None:
+                        os.utime(fd, ns=(atime, mtime))
+            for attrs in reversed(dirs):  # deepest first: setting a child's times leaves the parent's
+                with _still_dir(dest_fd, dest, attrs.path) as fd:
+                    if fd is not None:
+                        _set_attrs(attrs, fd)
+        finally:
+            os.close(dest_fd)
         stats.bytes = self.bytes
         return stats
 
@@ -603,6 +665,8 @@ class StreamReader:
             return
         if rel == b".":
             raise StreamError("the tree's root is not a directory")
+        if info.sparse is not None:  # a PAX GNU.sparse map: a size of holes the stream never carries
+            raise StreamError(f"entry {rel!r} is a GNU sparse member; they are not accepted")
         if st is not None:
             if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(target)
@@ -649,6 +713,22 @@ class StreamReader:
             shutil.rmtree(target)
         else:
             os.unlink(target)
+
+
+@contextlib.contextmanager
+def _still_dir(dest_fd: int, dest: bytes, path: bytes) -> Iterator[int | None]:
+    """The directory at `path` in `dest`, opened beneath it with no symlink followed; None
+    when a later entry of the stream put something else there."""
+    rel = path[len(dest):].strip(b"/")
+    try:
+        fd = beneath.open_dir(dest_fd, tuple(rel.split(b"/")) if rel else ())
+    except (beneath.Unsafe, FileNotFoundError, NotADirectoryError):
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _write_sparse(fd: int, src: BinaryIO, size: int) -> None:

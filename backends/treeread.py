@@ -123,8 +123,10 @@ class _Side:
             return None
         try:
             child = os.open(name, _DIR, dir_fd=fd)
-        except (FileNotFoundError, NotADirectoryError, OSError):
-            return None
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # gone, or swapped meanwhile
+                return None
+            raise  # out of descriptors, say: never a silently shorter diff
         if mountid.mount_id(child) != self.mnt:
             os.close(child)
             return None
@@ -141,21 +143,59 @@ def _xattrs(fd: int, name: bytes) -> dict[str, bytes]:
         raise
 
 
+_CHANGED = (FileNotFoundError, beneath.NotRegular, beneath.Unsafe)
+"""What a live tree changing between the listing and the comparison raises: a change."""
+
+
 def _same_bytes(ofd: int, nfd: int, name: bytes) -> bool:
-    a = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=ofd)
+    """Whether two regular files hold the same bytes; False when either is gone or no
+    longer a regular file (never opened then: a FIFO, a device node)."""
     try:
-        b = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=nfd)
+        a = beneath.open_regular(ofd, (name,))
+    except _CHANGED:
+        return False
+    try:
         try:
-            while True:
-                x, y = os.read(a, _CHUNK), os.read(b, _CHUNK)
+            b = beneath.open_regular(nfd, (name,))
+        except _CHANGED:
+            return False
+        try:
+            pos = 0
+            while True:  # from the next data either file holds: holes in both are equal (zeros)
+                pos = min(_next_data(a, pos), _next_data(b, pos))
+                x, y = os.pread(a, _CHUNK, pos), os.pread(b, _CHUNK, pos)
                 if x != y:
                     return False
                 if not x:
                     return True
+                pos += len(x)
         finally:
             os.close(b)
     finally:
         os.close(a)
+
+
+def _next_data(fd: int, pos: int) -> int:
+    """Where data starts at or after `pos` (SEEK_DATA), the end of the file when only a
+    hole is left, `pos` itself where the filesystem cannot tell."""
+    try:
+        return os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return os.fstat(fd).st_size
+        if e.errno == errno.EINVAL:
+            return pos
+        raise
+
+
+def _target(fd: int, name: bytes) -> bytes | None:
+    """A symlink's target; None when it is gone or no longer a symlink (a live tree changes)."""
+    try:
+        return os.readlink(name, dir_fd=fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EINVAL):
+            return None
+        raise
 
 
 def compare(ofd: int, nfd: int, name: bytes, o: os.stat_result, n: os.stat_result) -> list[str]:
@@ -171,7 +211,7 @@ def compare(ofd: int, nfd: int, name: bytes, o: os.stat_result, n: os.stat_resul
         fields.append("mode")
     if (o.st_uid, o.st_gid) != (n.st_uid, n.st_gid):
         fields.append("owner")
-    if stat.S_ISLNK(n.st_mode) and os.readlink(name, dir_fd=ofd) != os.readlink(name, dir_fd=nfd):
+    if stat.S_ISLNK(n.st_mode) and _target(ofd, name) != _target(nfd, name):
         fields.append("target")
     if _xattrs(ofd, name) != _xattrs(nfd, name):
         fields.append("xattrs")
@@ -207,13 +247,51 @@ class _Pair:
         self.stats = stats if stats is not None else DiffStats()
 
 
+@dataclass
+class _Down:
+    """A step's request: walk these two child directories (either may be None) next; the
+    driver closes them after."""
+
+    co: int | None
+    cn: int | None
+    here: Parts
+
+
+Steps = Iterator["tuple[Parts, dict] | _Down"]
+
+
+def _drive(pair: _Pair, first: Steps) -> Iterator[tuple[Parts, dict]]:
+    """The records of a walk, descending with an explicit stack rather than nested
+    generators: a tree thousands of directories deep takes no Python stack."""
+    stack: list[tuple[Steps, tuple[int | None, ...]]] = [(first, ())]
+    try:
+        while stack:
+            try:
+                item = next(stack[-1][0])
+            except StopIteration:
+                for fd in stack.pop()[1]:
+                    if fd is not None:
+                        os.close(fd)
+                continue
+            if isinstance(item, _Down):
+                stack.append((_walk(pair, item.co, item.cn, item.here), (item.co, item.cn)))
+            else:
+                yield item
+    finally:
+        for steps, fds in stack:
+            steps.close()  # type: ignore[attr-defined]
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
+
+
 def diff(old: TreeRoot, new: TreeRoot, stats: DiffStats | None = None) -> Iterator[tuple[Parts, dict]]:
     """Every difference from `old` to `new`, in walk order, each with its path's components
     (the order is that of the component tuples: a cursor compares with them)."""
     pair = _Pair(old, new, stats)
     ofd, nfd = os.dup(old.fd), os.dup(new.fd)
     try:
-        yield from _walk(pair, ofd, nfd, ())
+        yield from _drive(pair, _walk(pair, ofd, nfd, ()))
     finally:
         os.close(ofd)
         os.close(nfd)
@@ -246,7 +324,7 @@ def diff_paths(old: TreeRoot, new: TreeRoot, candidates: dict[Parts, bool],
             whole = o is None or n is None or stat.S_IFMT(o.st_mode) != stat.S_IFMT(n.st_mode)
             if whole or wanted[parts]:
                 covered.add(parts)
-            yield from _name(pair, ofd, nfd, parts[:-1], name, o, n, deep=wanted[parts])
+            yield from _drive(pair, _name(pair, ofd, nfd, parts[:-1], name, o, n, deep=wanted[parts]))
         finally:
             for fd in (ofd, nfd):
                 if fd is not None:
@@ -275,14 +353,14 @@ def _lstat(fd: int | None, name: bytes) -> os.stat_result | None:
         return None
 
 
-def _walk(pair: _Pair, ofd: int | None, nfd: int | None, parts: Parts) -> Iterator[tuple[Parts, dict]]:
+def _walk(pair: _Pair, ofd: int | None, nfd: int | None, parts: Parts) -> Steps:
     olds, news = pair.old.children(ofd), pair.new.children(nfd)
     for name in sorted(olds.keys() | news.keys()):
         yield from _name(pair, ofd, nfd, parts, name, olds.get(name), news.get(name), deep=True)
 
 
 def _name(pair: _Pair, ofd: int | None, nfd: int | None, parts: Parts, name: bytes,
-          o: os.stat_result | None, n: os.stat_result | None, deep: bool) -> Iterator[tuple[Parts, dict]]:
+          o: os.stat_result | None, n: os.stat_result | None, deep: bool) -> Steps:
     """The records of one name of two directories: its own, then everything beneath an
     entry added, deleted or of another type, and beneath a directory in both if `deep`."""
     pair.stats.compared += 1
@@ -311,25 +389,15 @@ def _name(pair: _Pair, ofd: int | None, nfd: int | None, parts: Parts, name: byt
     if fields:
         yield here, _record(here, "modified", o, n, fields)
     if deep and stat.S_ISDIR(n.st_mode):
-        yield from _descend(pair, pair.old.open(ofd, name), pair.new.open(nfd, name), here)
-
-
-def _descend(pair: _Pair, co: int | None, cn: int | None, here: Parts) -> Iterator[tuple[Parts, dict]]:
-    """Walk two child directories (either may be None), closing them after."""
-    try:
-        yield from _walk(pair, co, cn, here)
-    finally:
-        for fd in (co, cn):
-            if fd is not None:
-                os.close(fd)
+        yield _Down(pair.old.open(ofd, name), pair.new.open(nfd, name), here)
 
 
 def _subtree(pair: _Pair, ofd: int | None, nfd: int | None, name: bytes, here: Parts,
-             o: os.stat_result | None, n: os.stat_result | None) -> Iterator[tuple[Parts, dict]]:
+             o: os.stat_result | None, n: os.stat_result | None) -> Steps:
     """Everything beneath an entry that appeared or went (or changed type): the old
     directory's entries as deleted, the new one's as added."""
     old_dir = o is not None and stat.S_ISDIR(o.st_mode)
     new_dir = n is not None and stat.S_ISDIR(n.st_mode)
     if old_dir or new_dir:
-        yield from _descend(pair, pair.old.open(ofd, name) if old_dir else None,
-                            pair.new.open(nfd, name) if new_dir else None, here)
+        yield _Down(pair.old.open(ofd, name) if old_dir else None,
+                    pair.new.open(nfd, name) if new_dir else None, here)

@@ -75,6 +75,8 @@ def test_tree_lists_a_directory_in_pages(daemon: DaemonProcess, container: str) 
 @pytest.mark.parametrize("path, status, reason", [
     ("/etc/../..", 400, "'..'"), ("etc", 400, "absolute"), ("/to-slash/etc", 400, "symlink"),
     ("/etc/up/etc", 400, "symlink"), ("/a%00b", 400, "NUL"), ("/nope", 404, "does not exist"),
+    ("/" + "a" * 256, 400, "255 bytes"), ("/etc/" + "\\xff" * 256 + "/x", 400, "255 bytes"),
+    ("/" + "/".join(["abcdefg"] * 512), 400, "4095 bytes"),
 ])
 def test_tree_refuses_hostile_paths(daemon: DaemonProcess, container: str, path: str, status: int,
                                     reason: str) -> None:
@@ -199,6 +201,7 @@ def test_restore_paths_brings_back_exactly_those_paths(daemon: DaemonProcess, po
     ({"paths": []}, 400, "paths"), ({"paths": ["etc"]}, 400, "paths[0]"), ({"paths": ["/a/../b"]}, 400, "paths[0]"),
     ({"paths": [1]}, 400, "paths[0]"), ({"paths": ["/"]}, 400, "paths"),
     ({"paths": ["/to-slash/etc/passwd"]}, 400, "paths"), ({"paths": ["/nope"]}, 404, "paths"), ({}, 400, "paths"),
+    ({"paths": ["/etc/" + "a" * 256]}, 400, "paths[0]"), ({"paths": ["/" + "a" * 256 + "/x"]}, 400, "paths[0]"),
 ])
 def test_restore_paths_refuses_bad_paths_and_changes_nothing(daemon: DaemonProcess, pool: PoolHarness,
                                                              container: str, body: dict, status: int,
@@ -337,3 +340,161 @@ def test_a_crash_between_two_paths_leaves_each_before_or_after(pool: PoolHarness
     finally:
         assert d.stop() == 0
 
+
+def _chain(top: Path, depth: int, leaf: str, text: str) -> None:
+    """`top`/d/d/.../d (`depth` levels)/`leaf`, made one level at a time (pathlib recurses)."""
+    top.mkdir(exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        try:
+            os.mkdir("d", dir_fd=fd)
+        except FileExistsError:
+            pass
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with open(os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=fd), "w") as f:
+        f.write(text)
+    os.close(fd)
+
+
+def _unchain(top: Path) -> None:
+    """Remove what _chain() made under `top` (shutil.rmtree recurses too)."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    while "d" in os.listdir(fds[-1]):
+        fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    for fd in reversed(fds):
+        for name in os.listdir(fd):
+            if name == "d":
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        os.close(fd)
+
+
+def test_a_deep_tree_is_diffed_whole(daemon: DaemonProcess, pool: PoolHarness) -> None:
+    """A container's tree 1,200 directories deep (a hostile or generated one): the diff walks
+    it without running out of stack, against live (the walk) and between snapshots (change
+    tracking on btrfs), and lists every change."""
+    cid = new_cid()
+    root = pool.make_container(cid)
+    deep = "/".join(["d"] * 1200)
+    _chain(root, 1200, "f", "one\n")
+    first = snap(daemon, cid)
+    _chain(root, 1200, "f", "two\n")
+    _chain(root / "added", 1200, "g", "g\n")
+    expected = {"/" + deep + "/f": "modified", "/added": "added", "/added/" + deep + "/g": "added",
+                **{"/added/" + "/".join(["d"] * i): "added" for i in range(1, 1201)}}
+    second = snap(daemon, cid)
+    try:
+        for against in ("live", second):
+            r = daemon.unix.get(snaps(cid, first, "/diff") + f"?against={against}&limit=10000")
+            assert r.status == 200, str(r.body)[:2000]
+            assert {c["path"]: c["change"] for c in r.data["changes"]} == expected
+    finally:
+        for name in (first, second):
+            assert daemon.unix.delete(snaps(cid, name)).status == 200
+        _unchain(root / "added")
+        os.rmdir(root / "added")
+        _unchain(root)
+
+
+@pytest.mark.parametrize("swap", ["gone", "fifo-with-a-writer", "symlink", "directory", "symlink-gone"])
+def test_a_live_entry_changing_between_listing_and_compare_is_a_change(tmp_path: Path, swap: str) -> None:
+    """A diff against live lists a directory, then compares each entry: a running container
+    may remove or swap it meanwhile.  That is a change (or nothing to compare), never an
+    error, and what is there now is never opened unless it is a regular file (a FIFO, a
+    device node)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    for side in (old, new):
+        if swap == "symlink-gone":
+            os.symlink("target-" + side.name, side / "e")
+        else:
+            (side / "e").write_bytes(b"same size " + side.name.encode())
+    os.utime(old / "e", ns=(0, 0), follow_symlinks=False)
+    o, n = os.lstat(old / "e"), os.lstat(new / "e")  # as the walk listed them
+    os.unlink(new / "e")
+    writer = None
+    if swap == "fifo-with-a-writer":
+        os.mkfifo(new / "e")
+        writer = os.open(new / "e", os.O_RDWR | os.O_NONBLOCK)  # a reader would find no data: EAGAIN
+    elif swap == "symlink":
+        os.symlink("/etc/hostname", new / "e")
+    elif swap == "directory":
+        (new / "e").mkdir()
+    ofd, nfd = os.open(old, os.O_RDONLY | os.O_DIRECTORY), os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fields = treeread.compare(ofd, nfd, b"e", o, n)
+    finally:
+        for fd in (ofd, nfd) + ((writer,) if writer is not None else ()):
+            os.close(fd)
+    assert fields == (["target"] if swap == "symlink-gone" else ["content"])
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_huge_sparse_files_are_compared_by_their_data_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           same: bool) -> None:
+    """A container can make a file of terabytes that holds a few bytes (a sparse file,
+    free to make): a diff compares the data both hold, never reads the holes (reading
+    zeros at GB/s would hold one of the daemon's few worker threads for hours)."""
+    size = 1 << 30
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    for side, data in ((old, b"x"), (new, b"x" if same else b"y")):
+        with open(side / "huge", "wb") as f:
+            f.truncate(size)
+            f.seek(768 << 20)
+            f.write(data)
+    os.utime(old / "huge", ns=(0, 0))  # the quick check does not settle it: bytes are compared
+    read = [0]
+    real_read, real_pread = os.read, os.pread
+
+    def counting_read(fd: int, n: int) -> bytes:
+        out = real_read(fd, n)
+        read[0] += len(out)
+        return out
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        out = real_pread(fd, n, offset)
+        read[0] += len(out)
+        return out
+
+    monkeypatch.setattr(os, "read", counting_read)
+    monkeypatch.setattr(os, "pread", counting_pread)
+    ofd, nfd = os.open(old, os.O_RDONLY | os.O_DIRECTORY), os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fields = treeread.compare(ofd, nfd, b"huge", os.lstat(old / "huge"), os.lstat(new / "huge"))
+    finally:
+        os.close(ofd), os.close(nfd)
+    assert fields == ([] if same else ["content"])
+    assert read[0] <= 16 << 20, f"read {read[0] >> 20} MiB"
+
+
+def test_change_tracking_asks_for_the_links_of_an_inode_once(daemon: DaemonProcess, pool: PoolHarness,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container that gives one file thousands of hard links between two snapshots: the
+    send stream names every link, and asking the filesystem for all the inode's links once
+    per link named is quadratic (50,000 links: billions of steps for one diff).  Once per
+    inode and side is enough."""
+    if pool.kind != "btrfs":
+        pytest.skip("change tracking is btrfs send here")
+    from backends import btrfs_ioctl
+    cid = new_cid()
+    root = pool.make_container(cid)
+    write_tree(root, {"f": "linked\n", "links/keep": "k\n"})
+    first = snap(daemon, cid)
+    for i in range(2000):
+        os.link(root / "f", root / "links" / f"l{i}")
+    second = snap(daemon, cid)
+    asked = [0]
+    real = btrfs_ioctl.ino_paths
+
+    def counting(fd: int, ino: int, size: int = 64 << 10) -> list[bytes]:
+        asked[0] += 1
+        return real(fd, ino, size)
+
+    monkeypatch.setattr(btrfs_ioctl, "ino_paths", counting)
+    walked, tracked, _w, _t = _both_engines(pool, cid, first, second)
+    assert tracked == walked
+    assert asked[0] <= 2, asked[0]

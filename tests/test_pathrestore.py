@@ -101,3 +101,49 @@ async def test_a_crash_after_both_renames_keeps_the_snapshots_version(tmp_path: 
         await pathrestore.sweep(dst, ["/etc/nginx"], TOKEN)
     assert walk_digest(live / "etc" / "nginx") == walk_digest(snap / "etc" / "nginx")
     assert sorted(os.listdir(live / "etc")) == ["nginx", "other"]
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_temporary_swapped_for_a_symlink_while_built_passes_nothing_through_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The copy is built under its temporary name in a live directory the container writes
+    to: a process there (started after the in-use check) can swap that name for a symlink to
+    a host file between the copy's creation and its mode being set.  The snapshot's mode
+    (here 0o4777) must never be set through it."""
+    snap, live, outside = tmp_path / "snap", tmp_path / "live", tmp_path / "outside"
+    snap.mkdir(), live.mkdir()
+    outside.write_text("host secret")
+    os.chmod(outside, 0o600)
+    if kind == "file":
+        (snap / "e").write_text("from the snapshot")
+    else:
+        os.mkfifo(snap / "e")
+    os.chmod(snap / "e", 0o4777 if kind == "file" else 0o777)
+    tmp = pathrestore.PREFIX + b"x-0"
+    real_chown = os.chown
+
+    def chown_then_swap(path, uid, gid, *, dir_fd=None, follow_symlinks=True):  # type: ignore[no-untyped-def]
+        real_chown(path, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+        if os.path.lexists(live / os.fsdecode(tmp)) and not os.path.islink(live / os.fsdecode(tmp)):
+            os.unlink(live / os.fsdecode(tmp))  # the container's move, between the calls
+            os.symlink(outside, live / os.fsdecode(tmp))
+
+    real_fsync = os.fsync
+
+    def fsync_then_swap(fd: int) -> None:
+        real_fsync(fd)
+        chown_then_swap(live / os.fsdecode(tmp), -1, -1, follow_symlinks=False)
+
+    monkeypatch.setattr(os, "chown", chown_then_swap)
+    monkeypatch.setattr(os, "fsync", fsync_then_swap)
+    sp, dp = os.open(snap, os.O_RDONLY | os.O_DIRECTORY), os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        step = pathrestore._Step((b"e",), sp, dp, b"e", os.lstat(snap / "e"), tmp)
+        try:
+            pathrestore._build(step)
+        except OSError:
+            pass  # refusing is fine; passing the mode on is not
+    finally:
+        os.close(sp), os.close(dp)
+    assert os.stat(outside).st_mode & 0o7777 == 0o600
+    assert outside.read_text() == "host secret"

@@ -223,3 +223,124 @@ async def test_pools_that_receive_nothing_are_passed_over_or_named(tmp_path: Pat
         assert os.listdir(roots["none"] / ".snapshots" / ".tmp") == []
     finally:
         store.close()
+
+
+def _dir(name: str, mode: int) -> Callable:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = tarfile.DIRTYPE, mode
+        tar.addfile(info)
+    return add
+
+
+@pytest.mark.parametrize("case", ["dir-then-symlink", "parent-then-symlink", "dir-then-hard-link"])
+def test_a_directory_replaced_later_in_the_stream_never_passes_its_attributes_on(tmp_path: Path, case: str) -> None:
+    """A directory's owner, mode and times are set at the end of the tar.  A stream that
+    names a directory, then puts a symlink (to the host) or a hard link (to a base file,
+    shared with the base snapshot) at that path, or at its parent, must not have them set
+    through it."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    os.chmod(outside, 0o700)
+    os.chmod(outside / "sub", 0o700)
+    base_file = tmp_path / "base-file"
+    base_file.write_text("base")
+    os.chmod(base_file, 0o600)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.link(base_file, dest / "f")  # as an overlay incremental's linked copy of the base
+    before = {p: os.lstat(p) for p in (outside, outside / "sub", base_file)}
+    adds = {
+        "dir-then-symlink": [_dir("v", 0o4777), member("v", tarfile.SYMTYPE, linkname=str(outside))],
+        "parent-then-symlink": [_dir("v", 0o755), _dir("v/sub", 0o4777),
+                                member("v", tarfile.SYMTYPE, linkname=str(outside))],
+        "dir-then-hard-link": [_dir("v", 0o4777), member("v", tarfile.LNKTYPE, linkname="f")],
+    }[case]
+    try:
+        apply(crafted(members(ROOT, *adds)), dest, incremental=True)
+    except StreamError:
+        pass
+    for path, st in before.items():
+        now = os.lstat(path)
+        assert (now.st_mode, now.st_uid, now.st_mtime_ns) == (st.st_mode, st.st_uid, st.st_mtime_ns), path
+
+
+@pytest.mark.skipif("zstd" not in portable.compressions(), reason="the zstandard module is not installed")
+def test_a_compressed_stream_is_decompressed_in_bounded_pieces(tmp_path: Path) -> None:
+    """zstd packs 256 MiB of zeros (a sparse file, sent in full) into a few KiB: the reader
+    must not inflate a whole read of compressed data into memory at once."""
+    import tracemalloc
+
+    tree = tmp_path / "t"
+    tree.mkdir()
+    with open(tree / "sparse", "wb") as f:
+        f.truncate(256 << 20)
+    stream = stream_of(tree, compression="zstd")
+    assert len(stream) < 1 << 20
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    tracemalloc.start()
+    try:
+        apply(stream, dest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert os.path.getsize(dest / "sparse") == 256 << 20
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB"
+
+
+def _raw_tar(data: bytes) -> bytes:
+    """A well-framed stream (valid checksum) around raw tar bytes a hostile sender wrote."""
+    out = io.BytesIO()
+    frames = portable._FrameWriter(out.write, "none")
+    frames.raw(portable.MAGIC)
+    frames.frame(portable.HEADER, HEADER.encode())
+    frames.write(data + bytes(1024))
+    frames.flush_tar()
+    frames.frame(portable.END, frames.hash.digest())
+    return out.getvalue()
+
+
+def _tar_bytes(info: tarfile.TarInfo, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    return info.tobuf(fmt, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("case", ["huge-pax-header", "huge-long-name", "long-name-chain", "global-header",
+                                  "gnu-sparse", "gnu-sparse-map"])
+def test_tar_headers_that_would_take_unbounded_memory_or_stack_are_refused(tmp_path: Path, case: str) -> None:
+    """Python's tarfile reads a PAX or GNU long-name header whole into memory, follows a chain
+    of them by recursion, and keeps global headers for the rest of the archive: a stream's
+    tar headers are bounded, chained a few deep at most, never global, never GNU sparse maps."""
+    import tracemalloc
+
+    plain = tarfile.TarInfo("f")
+    if case == "huge-pax-header":
+        plain.pax_headers = {"comment": "x" * (48 << 20)}
+        raw = _tar_bytes(plain)
+    elif case == "huge-long-name":
+        raw = tarfile.TarInfo._create_gnu_long_header("n" * (48 << 20), tarfile.GNUTYPE_LONGNAME, "utf-8", "strict")
+        raw += _tar_bytes(plain, tarfile.GNU_FORMAT)
+    elif case == "long-name-chain":
+        one = tarfile.TarInfo._create_gnu_long_header("n" * 10, tarfile.GNUTYPE_LONGNAME, "utf-8", "strict")
+        raw = one * 5000 + _tar_bytes(plain, tarfile.GNU_FORMAT)
+    elif case == "global-header":
+        raw = tarfile.TarInfo.create_pax_global_header({"SCHILY.xattr.user.x": "y"}) + _tar_bytes(plain)
+    elif case == "gnu-sparse-map":  # a map read from the header; 10**15 bytes of holes looped forever
+        plain.pax_headers = {"GNU.sparse.map": "0,0", "GNU.sparse.realsize": str(1 << 30),
+                             "GNU.sparse.major": "0", "GNU.sparse.minor": "1"}
+        raw = _tar_bytes(plain)
+    else:
+        plain.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "10"}
+        plain.size = 512
+        raw = _tar_bytes(plain) + b"99999999999\n" + b"1\n" * 2000
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stream = _raw_tar(raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(StreamError):
+            apply(stream, dest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(stream) + (16 << 20), f"peak {peak >> 20} MiB"
