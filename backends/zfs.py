@@ -75,6 +75,8 @@ _HOLDER_RE = re.compile(r"^([0-9a-f]{24})-(\d+)$")
 _TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
 _FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
 """A read-only clone mounted to read a snapshot's files (when `.zfs/snapshot` is missing)."""
+_DROP_TRIES = 6
+"""Attempts at destroying a files clone that is busy (0.05 s apart, doubling)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
                ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY, POLICY_PROPERTY,
                HOLD_PROPERTY]
@@ -434,9 +436,20 @@ class ZfsBackend(Backend):
         return None if linked else got
 
     async def _drop_files_clone(self, clone: str, scratch: str | None) -> None:
-        res = await self.zfs.zfs("destroy", "-f", clone, check=False)
-        if res.rc != 0 and "does not exist" not in res.stderr:
-            self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
+        """Destroy a read-only files clone, never with `-f`: forcing the unmount of a mount
+        still in use hangs zfs-fuse for good (its unmount's sync() never returns), and a
+        handle closed a moment ago is released by the kernel a moment later: busy is
+        tried again, for about 1.5 s, then left to the next start's sweep."""
+        delay = 0.05
+        for attempt in range(_DROP_TRIES):
+            res = await self.zfs.zfs("destroy", clone, check=False)
+            if res.rc == 0 or "does not exist" in res.stderr:
+                break
+            if attempt + 1 == _DROP_TRIES:
+                self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
+                return
+            await asyncio.sleep(delay)
+            delay *= 2
         if scratch:
             with contextlib.suppress(OSError):
                 os.rmdir(scratch)

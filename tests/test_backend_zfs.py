@@ -319,3 +319,24 @@ async def test_delete_without_holders_is_scan_plus_destroy(harness, backend):
     assert await backend.delete(cid, [SnapshotRef("a")]) == {"a": None}
     assert backend.stats.as_dict().keys() == {"zfs get", "zfs destroy"}
     assert backend.stats.count() == 2, backend.stats.as_dict()
+
+
+async def test_a_files_clone_still_open_is_never_unmounted_by_force(backend, harness):
+    """A snapshot read through a read-only clone (zfs-fuse has no .zfs/snapshot) whose root
+    is still open when the read ends: the clone is left to the next start's sweep (an
+    unmount by force hangs zfs-fuse for good), and that sweep destroys it."""
+    cid = new_cid()
+    harness.make_container(cid)
+    snap = await backend.create(cid, "a", None, None)
+    async with backend.snapshot_root(cid, SnapshotRef("a", snap.ref)) as root:
+        held = os.open(root.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        clones = [n for n in harness.artifacts() if ".files-" in n]
+        if not clones:
+            pytest.skip("this ZFS reads snapshots through .zfs/snapshot; no clone is made")
+        assert len(clones) == 1 and "read-only clone" in backend.problems[-1]
+        zfs("list", clones[0])  # the pool still answers
+    finally:
+        os.close(held)
+    await backend.sweep()
+    assert not [n for n in harness.artifacts() if ".files-" in n]

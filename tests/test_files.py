@@ -15,6 +15,7 @@ from backends import faults, treeread, zfs_diff
 from backends.base import SnapshotRef
 from backends.btrfs import BtrfsBackend
 from backends.treeread import DiffStats
+from snapd.core.files import DIFF_BATCH
 
 from .client import snaps
 from .crash import killed_at, pending_journal
@@ -155,6 +156,7 @@ def test_diff_against_live_and_another_snapshot(daemon: DaemonProcess, pool: Poo
     assert {p: (c["change"], c.get("fields")) for p, c in got.items()} == expected
     assert got["/srv/typed"]["old_type"] == "file" and got["/srv/typed"]["type"] == "dir"
     second = snap(daemon, container)
+    on_disk = pool.artifacts()
     assert {p: (c["change"], c.get("fields")) for p, c in _changes(daemon, container, first, second).items()} \
         == expected
     back = _changes(daemon, container, second, first)
@@ -163,10 +165,27 @@ def test_diff_against_live_and_another_snapshot(daemon: DaemonProcess, pool: Poo
     assert [c["path"] for c in paged.data["changes"]] == sorted(expected)[:5]
     more = daemon.unix.get(snaps(container, first, "/diff") + f"?against={second}&after={q(paged.data['next'])}")
     assert [c["path"] for c in more.data["changes"]] == sorted(expected)[5:]
+    assert pool.artifacts() == on_disk  # a page that stops the walk early leaves no clone behind (zfs-fuse)
     nd = daemon.unix.get(snaps(container, first, "/diff") + f"?against={second}", binary=True,
                          headers={"Accept": "application/x-ndjson"})
     assert nd.headers["content-type"].startswith("application/x-ndjson")
     assert [json.loads(line)["path"] for line in nd.raw.decode().splitlines()] == sorted(expected)
+
+
+def test_a_page_of_a_long_diff_leaves_nothing_behind(daemon: DaemonProcess, pool: PoolHarness) -> None:
+    """A page ends the walk early (more changes than one batch): the walk's descriptors are
+    closed before the snapshot's root goes away, so on zfs-fuse the read-only clone is
+    destroyed before the answer, not left busy."""
+    cid = new_cid()
+    root = pool.make_container(cid)
+    name = snap(daemon, cid)
+    (root / "many").mkdir()
+    for i in range(DIFF_BATCH + 100):
+        (root / "many" / f"{i:05}").write_bytes(b"")
+    on_disk = pool.artifacts()
+    r = daemon.unix.get(snaps(cid, name, "/diff") + "?limit=10")
+    assert r.status == 200 and r.data["next"] == "/many/00008", r.body
+    assert pool.artifacts() == on_disk
 
 
 def test_restore_paths_brings_back_exactly_those_paths(daemon: DaemonProcess, pool: PoolHarness,
@@ -208,11 +227,12 @@ def test_restore_paths_refuses_bad_paths_and_changes_nothing(daemon: DaemonProce
                                                              field: str) -> None:
     root = pool.container_path(container)
     name = snap(daemon, container)
-    before = walk_digest(root)
+    before, on_disk = walk_digest(root), pool.artifacts()
     r = daemon.unix.post(snaps(container, name, "/restore-paths"), body)
     assert r.status == status, r.body
     assert field in [d["field"] for d in r.body.get("details", [])], r.body
     assert walk_digest(root) == before
+    assert pool.artifacts() == on_disk
 
 
 def test_a_swapped_directory_is_not_followed_out_of_the_container(daemon: DaemonProcess, pool: PoolHarness,

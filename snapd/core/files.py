@@ -140,7 +140,11 @@ class Files:
             else:
                 _c, new = await stack.enter_async_context(self._snapshot(cid, against, guard))
             candidates = await map_backend_errors(container.backend.changes(old, new), f"diff {cid}@{name}")
-            yield container, self._batches(old, new, after_parts, candidates)
+            batches = self._batches(old, new, after_parts, candidates)
+            # A caller that stops early (a full page) leaves the walk's descriptors open until
+            # the generator is collected: closed here, before the snapshot's root goes away.
+            stack.push_async_callback(batches.aclose)
+            yield container, batches
 
     async def _batches(self, old: TreeRoot, new: TreeRoot, after: tuple[bytes, ...] | None,
                        candidates: dict[tuple[bytes, ...], bool] | None) -> AsyncIterator[list[dict]]:
