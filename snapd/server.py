@@ -175,15 +175,10 @@ class Listeners:
 
     async def apply(self, cfg: Config) -> None:
         """Start what `cfg` adds, stop what it drops.  Raises ConfigError and changes
-        nothing more when a new listener cannot start."""
+        nothing more when a new listener cannot start.  The Unix socket comes last: once
+        it answers, every TCP listener answers too (clients and tests wait for it)."""
         if not self._passed_started:
             await self._start_passed()
-        if not self.activated.unix and cfg.socket != self.unix_path:
-            sock = bind_unix(cfg.socket, self.admin_group)
-            site = web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT, backlog=BACKLOG)
-            await site.start()
-            await self._close_unix()
-            self.unix_path, self.unix_site = cfg.socket, site
         tls = self._tls(cfg)
         on = tls is not None
         passed = {tuple(a) for a in self.activated.tcp_addresses()}
@@ -208,6 +203,12 @@ class Listeners:
             listener = netwatch.InterfaceListener(self.runner, key[0], key[1], tls, SHUTDOWN_TIMEOUT)
             await listener.start()
             self.interfaces[key] = listener
+        if not self.activated.unix and cfg.socket != self.unix_path:
+            sock = bind_unix(cfg.socket, self.admin_group)
+            site = web.SockSite(self.runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT, backlog=BACKLOG)
+            await site.start()
+            await self._close_unix()
+            self.unix_path, self.unix_site = cfg.socket, site
 
     def _tls(self, cfg: Config) -> ssl.SSLContext | None:
         """One TLS context for every TCP listener; on reload a new certificate is loaded
