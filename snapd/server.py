@@ -43,6 +43,7 @@ from snapd.host.config import Config, ConfigError, PoolSpec, policy_key
 from snapd.host.metrics import Metrics
 from snapd.http.envelope import BODY_TIMEOUT
 from snapd.http.guard import BACKLOG, GuardedRunner
+from snapd.core import lanes
 from snapd.core.coverage import Coverage
 from snapd.core.policies.spec import PolicyError, PolicySpec
 from snapd.core.policy_service import PolicyService
@@ -285,11 +286,13 @@ class Daemon:
         self.watchdog = systemd.Watchdog(status=self.status_line)
         self.errors = RecentErrors()
         self.activated = ActivatedSockets()
+        self.lanes: lanes.Lanes | None = None
 
     # -- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
         self.activated = ActivatedSockets.take()  # before any child process inherits them
+        self.lanes = lanes.install()  # before any thread is started: asyncio.run shuts it down at the end
         logging.getLogger().addHandler(self.errors)
         self.watchdog.start()
         try:
@@ -303,6 +306,7 @@ class Daemon:
             systemd.extend_timeout(STARTUP_STEP)
             self.backends[str(spec)] = await open_backend(spec, self.cfg.policy(spec).layout)
         self.service = self.state.service(list(self.backends.values()), self.clock, self.metrics)
+        self.service.slots.limit = self.cfg.max_concurrent_per_project
         self._serve_pools(self.cfg)
         # Interrupted operations first (the journal says which way each goes), then
         # the disk-vs-store reconcile; both before any listener.
@@ -327,6 +331,7 @@ class Daemon:
         self.service.keep_source = self.policies.keep_reasons
         self.metrics.watch_policies(self.scheduler)
         self.metrics.watch_freezes(lambda: dict(self.service.freezer.counts))  # type: ignore[union-attr]
+        self.metrics.watch_lanes(self.service.slots.counts, self.lanes.queued)
         self.tokens = self.state.tokens()
         app = make_app(self.service, AuthContext(self.tokens, self.cfg.admin_group, self.clock), self.metrics)
         app[BODY_TIMEOUT] = self.cfg.request_timeout
@@ -456,6 +461,7 @@ class Daemon:
                 await self.backends.pop(key).close()
             self.backends.update(opened)
             self._serve_pools(new)
+            self.service.slots.limit = new.max_concurrent_per_project
             self.policies.book.set_file(new.policies)
             self.scheduler.touch(fresh=True)
             logsetup.configure(new.log_level, new.log_format)
@@ -489,8 +495,10 @@ class Daemon:
         for key, backend in self.backends.items():
             count, held = usage.get(backend.pool_id, (0, 0))
             policy = self.service.policy(backend)
+            with lanes.quick():
+                free_bytes, free_inodes = await backend.free_bytes(), await backend.free_inodes()
             pools.append({"pool": backend.pool_id, "spec": key, "kind": backend.kind, "root": backend.root,
-                          "free_bytes": await backend.free_bytes(), "free_inodes": await backend.free_inodes(),
+                          "free_bytes": free_bytes, "free_inodes": free_inodes,
                           "snapshots": count, "bytes": held,
                           "limits": {"reserve": str(policy.reserve), "reserve_inodes": str(policy.reserve_inodes),
                                      "max_snapshots_per_container": policy.max_snapshots_per_container,
@@ -517,4 +525,7 @@ class Daemon:
             "last_errors": list(self.errors.records),
             "problems": self.service.problems(),
             "freezes": dict(self.service.freezer.counts),  # type: ignore[union-attr]
+            "lanes": {"max_concurrent_per_project": self.service.slots.limit,
+                      "projects": self.service.slots.status(),
+                      "threads": self.lanes.status() if self.lanes else {}},
         }

@@ -358,6 +358,20 @@ def _freezes_text(counts: dict) -> str:
             f"{counts.get('not_running', 0)} not running")
 
 
+def _lanes_text(lanes: dict) -> list[str]:
+    """The thread lanes, then each project's long operations: running, then queued in order."""
+    limit = lanes["max_concurrent_per_project"]
+    threads = lanes.get("threads") or {}
+    lines = ["long operations per project: " + (f"at most {limit} at once" if limit else "no limit")
+             + "".join(f"; {lane} lane {t['threads']} threads, {t['waiting']} waiting"
+                       for lane, t in sorted(threads.items()))]
+    for p in lanes["projects"]:
+        queue = [f"{o['kind']} {o['container']}" for o in p["operations"] if o["state"] == "queued"]
+        lines.append(f"  {p['project']}: {p['running']} running, {p['queued']} queued"
+                     + (f" ({', '.join(queue)})" if queue else ""))
+    return lines
+
+
 def _status_text(d: dict) -> str:
     lines = [f"container-snapd {d['version']}, up {_relative(-d['uptime_s']).replace(' ago', '')}"
              f" (pid {d['pid']})",
@@ -366,6 +380,7 @@ def _status_text(d: dict) -> str:
              f"{d['reaper']['failing']} failing",
              "listeners: " + (", ".join(d["listeners"]) or "-"),
              _freezes_text(d.get("freezes") or {}),
+             *(_lanes_text(d["lanes"]) if d.get("lanes") else []),
              "",
              _table([[p["pool"], p["kind"], _human_size(p["free_bytes"]),
                       "n/a" if p["free_inodes"] is None else str(p["free_inodes"]), str(p["snapshots"]),

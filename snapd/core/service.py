@@ -34,6 +34,8 @@ from snapd.core.clock import Clock, snapshot_stamp
 from snapd.core.names import highest, next_name
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed, PathNotFound
 from snapd.core.freeze import Freezer
+from snapd.core import lanes
+from snapd.core.project_slots import ProjectSlots
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
@@ -47,6 +49,8 @@ T = TypeVar("T")
 Guard = Callable[["Container"], None]
 """Sees a found container before anything else happens; raises to refuse."""
 DAY = 86400.0
+QUICK_OPERATIONS = frozenset({"alias", "hold", "release", "set-project", "set-layout"})
+"""Backend operations that write a label or a sidecar: threads of the quick lane (snapd/core/lanes.py)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,8 @@ class SnapshotService(Transfers):
         """Freezes running containers around their snapshots; `.counts` by outcome."""
         self._exporting: Counter[tuple[str, str]] = Counter()
         """(container, snapshot) -> streams reading it now (snapd/core/transfer.py)."""
+        self.slots = ProjectSlots()
+        """Long operations running and queued per project (max_concurrent_per_project)."""
 
     def policy(self, backend: Backend) -> PoolPolicy:
         return self.policies.get(backend.pool_id, self.default_policy)
@@ -197,8 +203,11 @@ class SnapshotService(Transfers):
         `guard`, when given, sees the container first and raises to refuse.
         """
         for backend in self.backends:
-            if await backend.container_exists(cid):
-                container = Container(cid, backend, await backend.get_project(cid))
+            with lanes.quick():
+                exists = await backend.container_exists(cid)
+                project = await backend.get_project(cid) if exists else None
+            if exists:
+                container = Container(cid, backend, project)
                 if guard is not None:
                     guard(container)
                 return container
@@ -211,7 +220,8 @@ class SnapshotService(Transfers):
         seen: dict[str, Container] = {}
         for backend in list(self.backends):
             try:
-                found = await backend.containers()
+                with lanes.quick():
+                    found = await backend.containers()
             except Exception as exc:  # one bad pool must not hide the others' containers
                 log.warning("cannot list the containers of pool %s: %s", backend.pool_id, exc)
                 continue
@@ -311,7 +321,8 @@ class SnapshotService(Transfers):
         what = f"{kind} {cid}" + (f"@{snapshot}" if snapshot else "")
         fields = {"backend": backend.kind, "container": cid, "snapshot": snapshot}
         timer = self.metrics.operation(backend.kind, kind) if self.metrics else contextlib.nullcontext()
-        with OperationLog(oplog, kind, **{k: v for k, v in fields.items() if v}), timer:
+        lane = lanes.quick() if kind in QUICK_OPERATIONS else contextlib.nullcontext()
+        with OperationLog(oplog, kind, **{k: v for k, v in fields.items() if v}), timer, lane:
             return await map_backend_errors(call, what)
 
     async def _mutate(self, cid: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -322,6 +333,10 @@ class SnapshotService(Transfers):
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
+
+    def _slot(self, container: Container, kind: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the container's project's slots for a long operation (snapd/core/project_slots.py)."""
+        return self.slots.slot(container.project, container.id, kind)
 
     async def exclusive(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` with no mutation in flight and none starting until it ends (reconcile)."""
@@ -389,7 +404,8 @@ class SnapshotService(Transfers):
         batched backend call) and then kept current by creates and set-project."""
         pool = backend.pool_id
         if pool not in self._labels:
-            labels = await backend.projects(self.store.containers(pool))
+            with lanes.quick():
+                labels = await backend.projects(self.store.containers(pool))
             self._labels.setdefault(pool, labels)
 
     def _label_seen(self, container: Container) -> None:
@@ -405,8 +421,9 @@ class SnapshotService(Transfers):
         backend = container.backend
         inodes = reserve.unit == "inodes"
         try:
-            free = await (backend.free_inodes() if inodes else backend.free_bytes())
-            total = await self._total(backend, reserve.unit) if reserve.fraction is not None else None
+            with lanes.quick():
+                free = await (backend.free_inodes() if inodes else backend.free_bytes())
+                total = await self._total(backend, reserve.unit) if reserve.fraction is not None else None
         except Exception as exc:  # an unreadable figure must not block snapshots
             log.warning("cannot read free %s of pool %s: %s", reserve.unit, container.pool, exc)
             return
@@ -549,7 +566,7 @@ class SnapshotService(Transfers):
         request); `freeze` overrides the pool's freeze setting."""
         async def op() -> tuple[Container, SnapshotRow]:
             container = await self.find(cid, guard)
-            async with self._hooks("snapshot", container) as run:
+            async with self._slot(container, "create"), self._hooks("snapshot", container) as run:
                 return await take(container, run)
 
         async def take(container: Container, run: _HookRun) -> tuple[Container, SnapshotRow]:
@@ -617,7 +634,7 @@ class SnapshotService(Transfers):
         one dict per path."""
         async def op() -> tuple[Container, list[dict]]:
             container, row = await self.get(cid, name, guard)
-            async with self._hooks("restore", container, name):
+            async with self._slot(container, "restore-paths"), self._hooks("restore", container, name):
                 token = secrets.token_hex(6)
                 shown = [beneath.show_path(p) for p in paths]
                 jid = self._journal("restore-paths", container, cid, name, {"paths": shown, "token": token})
@@ -637,7 +654,7 @@ class SnapshotService(Transfers):
     async def restore(self, cid: str, name: str, guard: Guard | None = None) -> tuple[Container, SnapshotRow]:
         async def op() -> tuple[Container, SnapshotRow]:
             container, row = await self.get(cid, name, guard)
-            async with self._hooks("restore", container, name):
+            async with self._slot(container, "restore"), self._hooks("restore", container, name):
                 return await self._restore(container, row)
 
         return await self._mutate(cid, op)
@@ -717,7 +734,8 @@ class SnapshotService(Transfers):
             if self.exporting(cid, name):
                 raise Conflict(f"snapshot {name} is being exported; delete it when the stream has ended",
                                [{"field": "snapshot", "reason": "being exported"}])
-            error = (await self._delete_rows(container.backend, cid, [row]))[name]
+            async with self._slot(container, "delete"):
+                error = (await self._delete_rows(container.backend, cid, [row]))[name]
             if isinstance(error, ContainerBusy):  # e.g. a mount inside: kept whole, 409
                 raise Conflict(f"snapshot {name} was not deleted: {error}", error.details)
             if error is not None:
@@ -752,7 +770,9 @@ class SnapshotService(Transfers):
 
     async def layout(self, container: Container) -> tuple[str, str | None]:
         """What a snapshot of the container captures, and its layout label (or None)."""
-        return await map_backend_errors(container.backend.get_layout(container.id), f"layout of {container.id}")
+        with lanes.quick():
+            return await map_backend_errors(container.backend.get_layout(container.id),
+                                            f"layout of {container.id}")
 
     async def _delete_rows(
         self, backend: Backend, cid: str, rows: list[SnapshotRow]
@@ -803,7 +823,8 @@ class SnapshotService(Transfers):
         if top is not None and top not in names:
             return
         try:
-            await backend.set_name_mark(cid, mark)
+            with lanes.quick():
+                await backend.set_name_mark(cid, mark)
         except (BackendError, OSError) as exc:  # the store's mark still holds; only a rebuild could miss it
             log.warning("cannot record name mark on disk container=%s mark=%s error=%s", cid, mark, exc)
 

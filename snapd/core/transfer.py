@@ -79,6 +79,7 @@ class Transfers:
 
         async def run(push: Callable[[bytes], Awaitable[None]]) -> Stats:
             async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self._slot(container, "export"))
                 tree = await stack.enter_async_context(backend.export_path(cid, SnapshotRef(row.name, row.ref)))
                 base_tree = None if base_row is None else await stack.enter_async_context(
                     backend.export_path(cid, SnapshotRef(base_row.name, base_row.ref)))
@@ -137,6 +138,10 @@ class Transfers:
                 container, new = Container(cid, self._import_pool(pool), h.project), True
             if not may_write(container.project):
                 raise NotFound("container")
+            async with self._slot(container, "import"):
+                return await admitted(container, new)
+
+        async def admitted(container: Container, new: bool) -> tuple[Container, SnapshotRow]:
             if self.store.get(cid, h.snapshot) is not None:
                 raise Conflict(f"snapshot {h.snapshot} of container {cid} exists already; nothing was imported",
                                [{"field": "snapshot", "reason": f"{h.snapshot} exists"}])

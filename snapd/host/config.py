@@ -15,6 +15,7 @@ from typing import Any
 
 from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
 from snapd.core.policy_book import RESERVED
+from snapd.core.project_slots import DEFAULT_MAX_CONCURRENT_PER_PROJECT
 from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, MAX_EXPIRY_DAYS, PoolPolicy, Reserve
 
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
@@ -25,6 +26,7 @@ LOG_FORMATS = ("kv", "json")
 DEFAULT_ADMIN_GROUP = "container-snapd"
 DEFAULT_INTERFACE_PORT = 7070
 MAX_SOCKET_PATH = 107
+MAX_CONCURRENT_PER_PROJECT = 1000
 
 
 class ConfigError(Exception):
@@ -101,6 +103,14 @@ def parse_limit(value: object, where: str) -> int:
     return value
 
 
+def parse_concurrency(value: object, where: str) -> int:
+    """A count of operations at once: a whole number up to MAX_CONCURRENT_PER_PROJECT, 0 for no limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CONCURRENT_PER_PROJECT:
+        raise ConfigError(f"{where}: must be a whole number of operations from 1 to "
+                          f"{MAX_CONCURRENT_PER_PROJECT} (0: no limit)")
+    return value
+
+
 @dataclass
 class Config:
     socket: Path = DEFAULT_SOCKET
@@ -114,6 +124,9 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     request_timeout: float = 10.0
+    max_concurrent_per_project: int = DEFAULT_MAX_CONCURRENT_PER_PROJECT
+    """Long operations (create, restore, delete, import, export) of one project at once;
+    more wait in arrival order (snapd/core/project_slots.py).  0: no limit."""
     defaults: PoolPolicy = field(default_factory=PoolPolicy)
     """The global `reserve`, `reserve_inodes` and `max_snapshots_*`: what pools not set
     otherwise in `pool_options` get."""
@@ -145,6 +158,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_cert": str,
     "tls_key": str,
     "request_timeout": (int, float),
+    "max_concurrent_per_project": int,
     "reserve": (int, str),
     "reserve_inodes": (int, str),
     "max_snapshots_per_container": int,
@@ -250,6 +264,9 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
         if not 0 < timeout <= 3600:
             raise ConfigError(f"{source}: request_timeout must be a number of seconds from 0 to 3600")
         cfg.request_timeout = float(timeout)
+    if "max_concurrent_per_project" in merged:
+        cfg.max_concurrent_per_project = parse_concurrency(merged["max_concurrent_per_project"],
+                                                           f"{source}: max_concurrent_per_project")
     if merged.get("tls_cert"):
         cfg.tls_cert, cfg.tls_key = Path(merged["tls_cert"]), Path(merged["tls_key"])
     cfg.pools = [parse_pool(v, f"{source}: pools") for v in merged.get("pools", [])]

@@ -139,6 +139,20 @@ class Metrics:
             "not_running (no cgroup).",
             "outcome", counts))
 
+    def watch_lanes(self, projects: Callable[[str], dict[str, int]], waiting: Callable[[], dict[str, int]]
+                    ) -> list[Collector]:
+        """Long operations per project, running and queued (`projects(state)`), and calls
+        waiting for a thread per lane (snapd/core/project_slots.py, snapd/core/lanes.py)."""
+        return [self.add_collector(CountsCollector(
+                    GaugeMetricFamily, f"project_operations_{state}",
+                    f"Long operations (create, restore, restore-paths, delete, import, export) {state} "
+                    "per project; beyond max_concurrent_per_project they queue in arrival order.",
+                    "project", lambda state=state: projects(state)))  # type: ignore[misc]
+                for state in ("running", "queued")] + [self.add_collector(CountsCollector(
+                    GaugeMetricFamily, "lane_waiting",
+                    "Blocking calls waiting for a thread, per lane: long (filesystem work) or quick "
+                    "(lookups).", "lane", waiting))]
+
     def watch_policies(self, scheduler: SchedulerLike) -> Collector:
         return self.add_collector(PolicyCollector(scheduler))
 

@@ -365,6 +365,30 @@ SCHEMAS["FreezeCounts"] = _object({
                   "description": "Not frozen within freeze_timeout (or not writable): thawed, snapshot taken."},
     "not_running": {"type": "integer", "minimum": 0, "description": "No cgroup: nothing to freeze."},
 }, description="Freezes since start, by outcome (pools or calls with freeze on).")
+SCHEMAS["LaneThreads"] = _object({
+    "threads": {"type": "integer", "minimum": 1},
+    "waiting": {"type": "integer", "minimum": 0, "description": "Calls waiting for one of the lane's threads."},
+})
+SCHEMAS["ProjectOperation"] = _object({
+    "container": _ref("ContainerId"),
+    "kind": {"enum": ["create", "restore", "restore-paths", "delete", "import", "export"]},
+    "state": {"enum": ["running", "queued"]},
+})
+SCHEMAS["ProjectLane"] = _object({
+    "project": {"type": "string"},
+    "running": {"type": "integer", "minimum": 0},
+    "queued": {"type": "integer", "minimum": 0},
+    "operations": {"type": "array", "items": _ref("ProjectOperation"),
+                   "description": "Running ones in start order, then queued ones in the order they will run."},
+})
+SCHEMAS["Lanes"] = _object({
+    "max_concurrent_per_project": {"type": "integer", "minimum": 0, "description": "0: no limit."},
+    "projects": {"type": "array", "items": _ref("ProjectLane"),
+                 "description": "Projects with long operations running or queued now."},
+    "threads": _object({"long": _ref("LaneThreads"), "quick": _ref("LaneThreads")},
+                       description="Filesystem work (long) and lookups (quick) run in separate thread pools."),
+}, description="Long operations per project (at most max_concurrent_per_project at once, more queue in "
+               "arrival order) and the thread lanes.")
 SCHEMAS["Status"] = _object({
     "version": {"type": "string"},
     "pid": {"type": "integer"},
@@ -382,6 +406,7 @@ SCHEMAS["Status"] = _object({
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
     "problems": {"type": "array", "items": _ref("Problem")},
     "freezes": _ref("FreezeCounts"),
+    "lanes": _ref("Lanes"),
 })
 SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", "Status")
 
