@@ -369,6 +369,9 @@ SCHEMAS["LaneThreads"] = _object({
     "threads": {"type": "integer", "minimum": 1},
     "waiting": {"type": "integer", "minimum": 0, "description": "Calls waiting for one of the lane's threads."},
 })
+SCHEMAS["ThreadLanes"] = _object({"long": _ref("LaneThreads"), "quick": _ref("LaneThreads")},
+                                 description="Filesystem work (long) and lookups (quick) run in separate "
+                                             "thread pools.")
 SCHEMAS["ProjectOperation"] = _object({
     "container": _ref("ContainerId"),
     "kind": {"enum": ["create", "restore", "restore-paths", "delete", "import", "export"]},
@@ -385,8 +388,7 @@ SCHEMAS["Lanes"] = _object({
     "max_concurrent_per_project": {"type": "integer", "minimum": 0, "description": "0: no limit."},
     "projects": {"type": "array", "items": _ref("ProjectLane"),
                  "description": "Projects with long operations running or queued now."},
-    "threads": _object({"long": _ref("LaneThreads"), "quick": _ref("LaneThreads")},
-                       description="Filesystem work (long) and lookups (quick) run in separate thread pools."),
+    "threads": _ref("ThreadLanes"),
 }, description="Long operations per project (at most max_concurrent_per_project at once, more queue in "
                "arrival order) and the thread lanes.")
 SCHEMAS["Status"] = _object({
