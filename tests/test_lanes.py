@@ -62,7 +62,8 @@ async def test_a_project_over_its_limit_queues_in_order_and_others_pass() -> Non
     assert started == ["a", "b", "e", "f", "c"]
     gates["a"].set()
     await eventually(lambda: started[-1] == "d", "d starts once a is done")
-    gates["c"].set(), gates["d"].set()
+    for cid in "cd":
+        gates[cid].set()
     await within(asyncio.gather(*tasks.values()), "every operation ends")
     assert slots.status() == [] and slots.counts("queued") == {}
 
@@ -268,7 +269,8 @@ def test_a_project_over_its_limit_queues_in_order_while_another_is_served(gated:
         assert g.queue("p") == [(a, "running"), (c, "running"), (e, "queued")]
         g.release(a)
         until(lambda: g.started()[-1] == e, "e runs next")
-        g.release(c), g.release(e)
+        for cid in (c, e):
+            g.release(cid)
         assert all(results[x].result(60).status == 200 for x in (a, b, c, e))
     assert g.project("p") is None
 
