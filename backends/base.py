@@ -216,6 +216,13 @@ class Backend(abc.ABC):
     async def get_project(self, cid: str) -> str | None:
         """The container's project label, or None when unlabelled."""
 
+    async def lookup(self, cid: str) -> tuple[bool, str | None]:
+        """Whether `cid` lives in this pool, and its project label: what every request asks
+        first (a backend may answer both in one thread or one process)."""
+        if not await self.container_exists(cid):
+            return False, None
+        return True, await self.get_project(cid)
+
     @abc.abstractmethod
     async def set_project(self, cid: str, project: str | None) -> None:
         """Set (or with None, remove) the container's project label."""

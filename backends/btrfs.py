@@ -258,6 +258,13 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
             lambda n: CID_RE.match(n) is not None and self._is_container(self._cpath(n)),
             lambda n: _get_label(self._cpath(n)))
 
+    async def lookup(self, cid: str) -> tuple[bool, str | None]:
+        def look() -> tuple[bool, str | None]:
+            path = self._cpath(cid)
+            return (True, _get_label(path)) if self._is_container(path) else (False, None)
+
+        return await asyncio.to_thread(look) if CID_RE.match(cid) else (False, None)
+
     async def get_project(self, cid: str) -> str | None:
         def get() -> str | None:
             return _get_label(self._need_container(cid))

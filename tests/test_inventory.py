@@ -33,3 +33,27 @@ async def test_every_container_is_found_with_its_project_and_nothing_else(pool: 
         assert sorted(await backend.containers()) == sorted(before | {plain, labelled})
     finally:
         await backend.close()
+
+
+async def test_lookup_answers_what_exists_and_get_project_do(pool: PoolHarness, tmp_path: Path) -> None:
+    """lookup() (one thread on btrfs) agrees with container_exists() and get_project()."""
+    backend = make_backend(pool.kind, pool.spec.partition(":")[2])
+    await backend.open()
+    try:
+        plain, labelled, missing = new_cid(), new_cid(), new_cid()
+        pool.make_container(plain)
+        pool.make_container(labelled)
+        await backend.set_project(labelled, "web")
+        asked = [plain, labelled, missing, "not-an-id", plain.upper()]
+        if pool.kind != "zfs":
+            stranger = new_cid()
+            (Path(backend.root) / stranger).write_text("a file named like a container\n")
+            asked.append(stranger)
+        for cid in asked:
+            exists = await backend.container_exists(cid)
+            expected = (exists, await backend.get_project(cid) if exists else None)
+            assert await backend.lookup(cid) == expected, cid
+        assert await backend.lookup(labelled) == (True, "web")
+        assert await backend.lookup(plain) == (True, None) and await backend.lookup(missing) == (False, None)
+    finally:
+        await backend.close()

@@ -204,8 +204,7 @@ class SnapshotService(Transfers):
         """
         for backend in self.backends:
             with lanes.quick():
-                exists = await backend.container_exists(cid)
-                project = await backend.get_project(cid) if exists else None
+                exists, project = await backend.lookup(cid)
             if exists:
                 container = Container(cid, backend, project)
                 if guard is not None:
