@@ -124,8 +124,8 @@ def main() -> int:
             rows = run(fs, overlay, daemon, config, args)
         finally:
             daemon.stop()
-    print(f"| load | list p50 idle | list p99 idle | list p50 loaded | list p99 loaded | p99 ratio | "
-          f"target | load |\n| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    print("| load | list p50 idle | list p99 idle | list p50 loaded | list p99 loaded | p99 ratio | "
+          "target | load |\n| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     return 0

@@ -107,3 +107,17 @@ def kill_leftover_daemons() -> int:
     for d in left:
         d.kill()
     return len(left)
+
+
+def refused_start(workdir: Path, config: str) -> str:
+    """`snapd serve` with `config` as its file (and an empty overlay pool) must refuse to start
+    with one line, exit 2 and no traceback; its stderr."""
+    cfg = workdir / "c.toml"
+    cfg.write_text(config)
+    (workdir / "pool").mkdir()
+    out = subprocess.run([sys.executable, "-m", "snapd", "serve", "--config", str(cfg), "--pool",
+                          f"overlay:{workdir / 'pool'}", "--socket", str(workdir / "s"), "--state-dir",
+                          str(workdir / "st")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("snapd: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return out.stderr

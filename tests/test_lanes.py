@@ -24,7 +24,7 @@ from snapd.core.store import Store
 from snapd.host.config import ConfigError, build, load_file
 
 from .client import snaps
-from .daemon import DaemonProcess
+from .daemon import DaemonProcess, refused_start
 from .digest import write_tree
 from .harness import new_cid
 from .test_daemon_systemd import scrape
@@ -151,14 +151,7 @@ def test_a_bad_limit_names_the_key(tmp_path: Path, value: object) -> None:
 
 
 def test_a_bad_limit_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("max_concurrent_per_project = -3\n")
-    (tmp_path / "pool").mkdir()
-    out = subprocess.run([sys.executable, "-m", "snapd", "serve", "--config", str(cfg), "--pool",
-                          f"overlay:{tmp_path / 'pool'}", "--socket", str(tmp_path / "s"), "--state-dir",
-                          str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("snapd: ")
-    assert "max_concurrent_per_project" in out.stderr and "Traceback" not in out.stderr
+    assert "max_concurrent_per_project" in refused_start(tmp_path, "max_concurrent_per_project = -3\n")
 
 
 # -- a real daemon: one project's burst queues, another project is served ------------------------
