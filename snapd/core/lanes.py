@@ -40,11 +40,6 @@ def quick() -> Iterator[None]:
         _QUICK.reset(token)
 
 
-def in_quick() -> bool:
-    """Whether a thread started here now would use the quick lane."""
-    return _QUICK.get()
-
-
 class Lanes(ThreadPoolExecutor):
     """The loop's default executor: the long lane, with the quick lane beside it."""
 
