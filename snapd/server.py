@@ -517,4 +517,5 @@ class Daemon:
             "last_errors": list(self.errors.records),
             "problems": self.service.problems(),
             "freezes": dict(self.service.freezer.counts),  # type: ignore[union-attr]
+            "store": self.service.writer_stats(),  # type: ignore[union-attr]
         }

@@ -365,6 +365,13 @@ SCHEMAS["FreezeCounts"] = _object({
                   "description": "Not frozen within freeze_timeout (or not writable): thawed, snapshot taken."},
     "not_running": {"type": "integer", "minimum": 0, "description": "No cgroup: nothing to freeze."},
 }, description="Freezes since start, by outcome (pools or calls with freeze on).")
+SCHEMAS["StoreWriterStatus"] = _object({
+    "commits": {"type": "integer", "minimum": 0, "description": "Store transactions committed (one fsync each)."},
+    "jobs": {"type": "integer", "minimum": 0, "description": "Changes committed (intents, outcomes, ...)."},
+    "failed_commits": {"type": "integer", "minimum": 0},
+    "largest_batch": {"type": "integer", "minimum": 0, "description": "Most changes one commit held."},
+    "queued": {"type": "integer", "minimum": 0, "description": "Changes waiting for the writer now."},
+}, description="The store's writer since start: group commit shares one fsync among the changes queued.")
 SCHEMAS["Status"] = _object({
     "version": {"type": "string"},
     "pid": {"type": "integer"},
@@ -382,6 +389,7 @@ SCHEMAS["Status"] = _object({
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
     "problems": {"type": "array", "items": _ref("Problem")},
     "freezes": _ref("FreezeCounts"),
+    "store": _ref("StoreWriterStatus"),
 })
 SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", "Status")
 
