@@ -184,11 +184,11 @@ class Scheduler:
             if time.monotonic() - began > REBUILD_SLICE:
                 await asyncio.sleep(0)
                 began = time.monotonic()
-        if seeded:
-            await self.store.write(lambda s: [s.slot_put(policy, cid, last_slot=_ms(latest))
-                                              for policy, cid, latest in seeded])
         heapq.heapify(heap)
         self.covered, self._heap = covered, heap
+        if seeded:  # lost in a crash, the same marks are seeded again from the newest snapshots
+            await self.store.write(lambda s: [s.slot_put(policy, cid, last_slot=_ms(latest))
+                                              for policy, cid, latest in seeded])
 
     def offset(self, spec: PolicySpec, cid: str) -> float:
         return jitter_offset(spec.name, cid, spec.jitter)
