@@ -11,8 +11,9 @@ before/after comparison).  Then, on the same filesystem:
   one snapshot each at once through the API (one keep-alive Unix-socket
   connection per client, one container each).  Rounds alternate, so both see
   the same snapshot counts per container.  Throughput of each, and their ratio.
-  Meanwhile one more client lists a quiet container without pause: its
-  latencies under load against the same list when idle.
+  Then --rounds more API rounds while one more client lists a quiet container
+  without pause (not while the raw ioctls run): its latencies under load
+  against the same list when idle.
 * one client: --runs API creates on one container, each after a raw ioctl on
   the same container (same counts again); medians and their ratio.
 
@@ -161,15 +162,15 @@ def load(sock: Path, raw: Raw, cids: list[str], quiet: str, rounds: int) -> dict
         idle_samples.append(time.perf_counter() - began)
     lister = Lister(sock, quiet, gate)
     raw_s = api_s = 0.0
-    for r in range(rounds):
+    for r in range(2 * rounds):  # first without the lister (throughput), then with it (latency)
         with gate:
-            raw_s += sum(raw.create(cid) for cid in cids)
-            if r == 0:
+            raw_s += sum(raw.create(cid) for cid in cids) if r < rounds else 0.0
+            if r == rounds:
                 lister.start()
             began = time.perf_counter()
             start.wait()
         done.wait()
-        api_s += time.perf_counter() - began
+        api_s += time.perf_counter() - began if r < rounds else 0.0
     lister.stop.set()
     lister.join()
     stop = True
@@ -197,6 +198,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon to run")
+    ap.add_argument("--profile", type=Path, help="record the daemon with py-spy (collapsed stacks, idle "
+                    "threads too) during the one-client phase into this file")
     args = ap.parse_args()
     if reason := BtrfsHarness.unavailable():
         print(f"cannot benchmark btrfs: {reason}", file=sys.stderr)
@@ -215,7 +218,16 @@ def main() -> int:
             Connection(sock).call("POST", snaps(quiet))
             raw = Raw(fs)
             ld = load(sock, raw, busy, quiet, args.rounds)
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--idle", "--threads",
+                                        "--rate", "1000", "--format", "raw", "-o", str(args.profile)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)  # py-spy attaches
             one = one_client(sock, raw, single, args.runs)
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(60)
         finally:
             if proc is not None:
                 proc.terminate()
@@ -223,7 +235,8 @@ def main() -> int:
             fs.close()
     n = args.containers
     print(f"daemon from {args.repo.resolve()}; {n} containers of 20 x 4 KiB files; load: {args.rounds} rounds "
-          f"of {n} raw ioctls then {n} API creates at once; one client: {args.runs} pairs\n")
+          f"of {n} raw ioctls then {n} API creates at once; one client: {args.runs} pairs; "
+          f"load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| measure | raw ioctl | API | API vs raw |\n|---|---|---|---|")
     print(f"| {n} clients on {n} containers (creates/s) | {ld['raw_rate']:.0f} | {ld['api_rate']:.0f} | "
           f"{ld['api_rate'] / ld['raw_rate']:.2f}x throughput |")
