@@ -78,6 +78,7 @@ def test_lists_are_answered_while_a_creates_intent_commit_is_held(pool: PoolHarn
         listed = {s["name"]: s["alias"] for s in d.unix.get(snaps(busy)).data["snapshots"]}
         assert listed[made.data["snapshot"]["name"]] == "held" and set(listed) - before == {made.data["snapshot"]["name"]}
     finally:
+        hold.close()
         assert d.stop() == 0
 
 
@@ -121,6 +122,7 @@ def test_a_crash_in_the_writer_with_grouped_operations_in_flight(pool: PoolHarne
         for r in burst:
             assert isinstance(r.result(), CONNECTION_ERRORS), "a create of the burst was acknowledged"
     finally:
+        hold.close()
         d.kill()
     assert f"fault point {point} reached" in d.log_text()
 
