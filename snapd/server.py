@@ -504,6 +504,7 @@ class Daemon:
             "pools": pools,
             "snapshots_total": self.service.count(),  # type: ignore[union-attr]
             "inflight": self.service.inflight,
+            "store": self.service.writer_stats(),  # type: ignore[union-attr]
             "listeners": self.listeners.describe() if self.listeners else [],
             "reaper": {
                 "deleted": self.reaper.deleted,
@@ -517,5 +518,4 @@ class Daemon:
             "last_errors": list(self.errors.records),
             "problems": self.service.problems(),
             "freezes": dict(self.service.freezer.counts),  # type: ignore[union-attr]
-            "store": self.service.writer_stats(),  # type: ignore[union-attr]
         }

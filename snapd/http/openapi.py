@@ -359,12 +359,6 @@ SCHEMAS["LogRecord"] = _object({
     "level": {"type": "string"},
     "message": {"type": "string", "maxLength": 500},
 })
-SCHEMAS["FreezeCounts"] = _object({
-    "frozen": {"type": "integer", "minimum": 0},
-    "abandoned": {"type": "integer", "minimum": 0,
-                  "description": "Not frozen within freeze_timeout (or not writable): thawed, snapshot taken."},
-    "not_running": {"type": "integer", "minimum": 0, "description": "No cgroup: nothing to freeze."},
-}, description="Freezes since start, by outcome (pools or calls with freeze on).")
 SCHEMAS["StoreWriterStatus"] = _object({
     "commits": {"type": "integer", "minimum": 0, "description": "Store transactions committed (one fsync each)."},
     "jobs": {"type": "integer", "minimum": 0, "description": "Changes committed (intents, outcomes, ...)."},
@@ -372,6 +366,12 @@ SCHEMAS["StoreWriterStatus"] = _object({
     "largest_batch": {"type": "integer", "minimum": 0, "description": "Most changes one commit held."},
     "queued": {"type": "integer", "minimum": 0, "description": "Changes waiting for the writer now."},
 }, description="The store's writer since start: group commit shares one fsync among the changes queued.")
+SCHEMAS["FreezeCounts"] = _object({
+    "frozen": {"type": "integer", "minimum": 0},
+    "abandoned": {"type": "integer", "minimum": 0,
+                  "description": "Not frozen within freeze_timeout (or not writable): thawed, snapshot taken."},
+    "not_running": {"type": "integer", "minimum": 0, "description": "No cgroup: nothing to freeze."},
+}, description="Freezes since start, by outcome (pools or calls with freeze on).")
 SCHEMAS["Status"] = _object({
     "version": {"type": "string"},
     "pid": {"type": "integer"},
@@ -379,6 +379,7 @@ SCHEMAS["Status"] = _object({
     "pools": {"type": "array", "items": _ref("PoolStatus")},
     "snapshots_total": {"type": "integer", "minimum": 0},
     "inflight": {"type": "integer", "minimum": 0},
+    "store": _ref("StoreWriterStatus"),
     "listeners": {"type": "array", "items": {"type": "string"}},
     "reaper": _ref("ReaperStatus"),
     "policies": {"type": "array", "items": _ref("PolicyStatus"),
@@ -389,7 +390,6 @@ SCHEMAS["Status"] = _object({
     "last_errors": {"type": "array", "items": _ref("LogRecord"), "description": "The last warnings and errors."},
     "problems": {"type": "array", "items": _ref("Problem")},
     "freezes": _ref("FreezeCounts"),
-    "store": _ref("StoreWriterStatus"),
 })
 SCHEMAS["StatusResponse"] = _envelope("Status retrieved successfully", "Status")
 
