@@ -209,9 +209,8 @@ def test_diff_against_live_and_another_snapshot(daemon: DaemonProcess, pool: Poo
 
 
 def test_a_page_of_a_long_diff_leaves_nothing_behind(daemon: DaemonProcess, pool: PoolHarness) -> None:
-    """A page ends the walk early (more changes than one batch): the walk's descriptors are
-    closed before the snapshot's root goes away, so on zfs-fuse the read-only clone is
-    destroyed before the answer, not left busy."""
+    """A page ends the walk early (more changes than one batch): the answer is that page,
+    and nothing is left on disk (the walk is closed before the snapshot's root)."""
     cid = new_cid()
     root = pool.make_container(cid)
     name = snap(daemon, cid)
