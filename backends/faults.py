@@ -11,6 +11,16 @@ Cost when disabled: one module-global frozenset membership test (and the
 set is empty, so `if _ENABLED` short-circuits first).  Nothing is read
 from the environment after import.
 
+Holds (cross-process, for tests that must see the daemon in a given state
+without sleeping): SNAPD_FAULT_HOLD="point=DIR[,point=DIR]".  When the point
+is reached while a FIFO `DIR/hold` exists, the daemon renames it (one hold
+per arming), writes the point's name into it (so the test, reading it, knows
+the point is reached) and then waits, in the thread that reached it, until
+the test opens the FIFO `DIR/release` for writing and closes it.  Arming:
+tests/holds.py.  With SNAPD_FAULT_ARMED=DIR, a point SNAPD_FAULT names kills
+only once a file of the point's name exists in DIR (a test arms it when the
+state it wants is set up).
+
 POINTS lists every compiled-in point with what has happened by then; the
 fault-matrix test (tests/test_faults.py) iterates it, and
 the README's "Failure behaviour" explains what start-up does for each.
@@ -23,10 +33,16 @@ import signal
 import sys
 
 ENV = "SNAPD_FAULT"
+HOLD_ENV = "SNAPD_FAULT_HOLD"
+ARMED_ENV = "SNAPD_FAULT_ARMED"
 
 _ENABLED: frozenset[str] = frozenset(
     p.strip() for p in os.environ.get(ENV, "").split(",") if p.strip()
 )
+_HOLDS: dict[str, str] = dict(
+    p.strip().split("=", 1) for p in os.environ.get(HOLD_ENV, "").split(",") if "=" in p
+)
+_ARMED: str = os.environ.get(ARMED_ENV, "")
 
 POINTS: dict[str, str] = {
     # service (every backend): around the journal and the store
@@ -55,6 +71,10 @@ POINTS: dict[str, str] = {
     "zfs.restore.after-clone": "clone made and promoted, container still in place",
     "zfs.restore.after-rename-old": "container renamed to a holder; NO dataset at the container's name",
     "zfs.restore.after-rename-new": "clone renamed into place, mount settings not yet restored",
+    # the store's writer (snapd/core/writer.py): any operation's intent or outcome
+    "store.writer.gathering": "a job taken by the writer, the others waiting not yet gathered, nothing written",
+    "store.writer.before-commit": "a batch of jobs written in its transaction, not committed",
+    "store.writer.committed": "a batch committed (durable), no caller told yet",
 }
 """Every fault point and the state on disk when it fires."""
 
@@ -64,9 +84,26 @@ def enabled() -> frozenset[str]:
 
 
 def point(name: str) -> None:
-    """Die here (SIGKILL) when SNAPD_FAULT names this point; otherwise nothing."""
-    if _ENABLED and name in _ENABLED:
+    """Die here (SIGKILL) when SNAPD_FAULT names this point (and, with SNAPD_FAULT_ARMED,
+    it is armed); wait here when SNAPD_FAULT_HOLD holds it; otherwise nothing."""
+    if _HOLDS and name in _HOLDS:
+        _hold(name, _HOLDS[name])
+    if _ENABLED and name in _ENABLED and (not _ARMED or os.path.exists(os.path.join(_ARMED, name))):
         _die(name)
+
+
+def _hold(name: str, directory: str) -> None:
+    """Wait at `name` while a test holds it (see the module's doc and tests/holds.py)."""
+    armed, held = os.path.join(directory, "hold"), os.path.join(directory, "held")
+    try:
+        os.rename(armed, held)  # one hold per arming
+    except FileNotFoundError:
+        return
+    with open(held, "wb") as fifo:  # the test holds it open for reading
+        fifo.write(name.encode() + b"\n")
+    with open(os.path.join(directory, "release"), "rb") as release:
+        release.read()  # until the test's writer closes it
+    os.unlink(held)
 
 
 def _die(name: str) -> None:  # pragma: no cover - the process ends here

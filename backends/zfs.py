@@ -74,9 +74,7 @@ _CID_RE = re.compile(r"^[0-9a-f]{24}$")
 _HOLDER_RE = re.compile(r"^([0-9a-f]{24})-(\d+)$")
 _TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
 _FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
-"""A read-only clone mounted to read a snapshot's files (when `.zfs/snapshot` is missing)."""
-_DROP_TRIES = 6
-"""Attempts at destroying a files clone that is busy (0.05 s apart, doubling)."""
+"""A read-only clone mounted to export a snapshot where `.zfs/snapshot` is missing (swept at start-up)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
                ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY, POLICY_PROPERTY,
                HOLD_PROPERTY]
@@ -259,7 +257,7 @@ class ZfsBackend(Backend):
             if m:
                 cids.add(m.group(1))
             if _FILES_RE.match(tail):
-                await self._drop_files_clone(name, None)
+                await self._drop_files_clone(name)
         for name, d in scan.items.items():  # a container swapped in, not finished
             tail = name[len(self.root) + 1:] if name.startswith(self.root + "/") else ""
             if d.get(PENDING_PROPERTY) and not d.is_snap and _CID_RE.match(tail):
@@ -384,11 +382,9 @@ class ZfsBackend(Backend):
                                 [{"field": "container", "reason": "dataset not mounted"}])
         return props["mountpoint"]
 
-    @contextlib.asynccontextmanager
-    async def snapshot_root(self, cid: str, snap: SnapshotRef) -> AsyncIterator[TreeRoot]:
-        """`.zfs/snapshot/<name>` under the mounted dataset; where there is none (zfs-fuse,
-        an unmounted container), a read-only clone mounted on a scratch directory,
-        destroyed after (and by the next start's sweep, if the daemon died meanwhile)."""
+    async def _snapshot_dir(self, cid: str, snap: SnapshotRef) -> tuple[str, str | None]:
+        """The snapshot's full name and its `<mountpoint>/.zfs/snapshot/<name>` directory
+        (None where there is none: zfs-fuse, a container whose dataset is not mounted)."""
         await self._require(cid)
         full = f"{self._ds(cid)}@{snap.name}"
         res = await self.zfs.zfs("get", "-H", "-o", "value", "type", full, check=False)
@@ -397,19 +393,41 @@ class ZfsBackend(Backend):
         try:
             ctl = os.path.join(await self._mountpoint(cid), ".zfs", "snapshot", snap.name)
         except ContainerBusy:
-            ctl = None
-        if ctl and await asyncio.to_thread(os.path.isdir, ctl):
-            async with open_root(ctl, snapshot=full) as root:
-                yield root
+            return full, None
+        return full, ctl if await asyncio.to_thread(os.path.isdir, ctl) else None
+
+    @contextlib.asynccontextmanager
+    async def snapshot_root(self, cid: str, snap: SnapshotRef) -> AsyncIterator[TreeRoot]:
+        """`.zfs/snapshot/<name>`.  Where there is none the files routes cannot read the
+        snapshot (ContainerBusy): a clone mounted per request was tried, and on zfs-fuse
+        unmounting a clone that requests read now and then hangs the whole pool (its
+        unmount handler spins on vnodes the kernel still holds)."""
+        full, ctl = await self._snapshot_dir(cid, snap)
+        if ctl is None:
+            raise ContainerBusy(f"the files of {full} cannot be read: this ZFS shows no .zfs/snapshot "
+                                "directory (zfs-fuse has none)",
+                                [{"field": "snapshot", "reason": "no .zfs/snapshot directory on this ZFS"}])
+        async with open_root(ctl, snapshot=full) as root:
+            yield root
+
+    @contextlib.asynccontextmanager
+    async def export_path(self, cid: str, snap: SnapshotRef) -> AsyncIterator[str]:
+        """`.zfs/snapshot/<name>`, or where there is none a read-only clone mounted on a
+        scratch directory for the export and destroyed after (a leftover is swept at
+        start-up): one clone per export, read once front to back."""
+        full, ctl = await self._snapshot_dir(cid, snap)
+        if ctl is not None:
+            yield ctl
             return
         clone = f"{self.hidden}/{cid}.files-{secrets.token_hex(4)}"
         scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="snapd-zfs-files-")
         try:
             await self.zfs.zfs("clone", "-o", "readonly=on", "-o", f"mountpoint={scratch}", full, clone)
-            async with open_root(scratch, snapshot=full) as root:
-                yield root
+            yield scratch
         finally:
-            await self._drop_files_clone(clone, scratch)
+            await self._drop_files_clone(clone, "-f")
+            with contextlib.suppress(OSError):
+                os.rmdir(scratch)
 
     async def changes(self, old: TreeRoot, new: TreeRoot) -> dict[tuple[bytes, ...], bool] | None:
         """Between two snapshots of one container, what `zfs diff` names, where the zfs has
@@ -435,24 +453,12 @@ class ZfsBackend(Backend):
         linked = await asyncio.to_thread(lambda: any(_linked(r, p) for p in got for r in (old, new)))
         return None if linked else got
 
-    async def _drop_files_clone(self, clone: str, scratch: str | None) -> None:
-        """Destroy a read-only files clone, never with `-f`: forcing the unmount of a mount
-        still in use hangs zfs-fuse for good (its unmount's sync() never returns), and a
-        handle closed a moment ago is released by the kernel a moment later: busy is
-        tried again, for about 1.5 s, then left to the next start's sweep."""
-        delay = 0.05
-        for attempt in range(_DROP_TRIES):
-            res = await self.zfs.zfs("destroy", clone, check=False)
-            if res.rc == 0 or "does not exist" in res.stderr:
-                break
-            if attempt + 1 == _DROP_TRIES:
-                self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
-                return
-            await asyncio.sleep(delay)
-            delay *= 2
-        if scratch:
-            with contextlib.suppress(OSError):
-                os.rmdir(scratch)
+    async def _drop_files_clone(self, clone: str, *force: str) -> None:
+        """Destroy a read-only clone made to read a snapshot's files: after an export, with
+        `-f` (nothing is open in it then); one a crash left, at start-up, without."""
+        res = await self.zfs.zfs("destroy", *force, clone, check=False)
+        if res.rc != 0 and "does not exist" not in res.stderr:
+            self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
 
     @contextlib.asynccontextmanager
     async def live_root(self, cid: str) -> AsyncIterator[TreeRoot]:

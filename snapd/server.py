@@ -320,6 +320,7 @@ class Daemon:
         self.metrics.watch_pools(self.service.pool_usage)
         self.metrics.watch_reaper(self.reaper)
         self.metrics.watch_problems(self.service.problem_counts)
+        self.metrics.watch_store(self.service.writer_stats)
         self.coverage = Coverage(self.service)
         await self._check_policies(self.cfg)
         try:
@@ -512,6 +513,7 @@ class Daemon:
             "pools": pools,
             "snapshots_total": self.service.count(),  # type: ignore[union-attr]
             "inflight": self.service.inflight,
+            "store": self.service.writer_stats(),  # type: ignore[union-attr]
             "listeners": self.listeners.describe() if self.listeners else [],
             "reaper": {
                 "deleted": self.reaper.deleted,

@@ -89,16 +89,17 @@ class Client:
     """Requests to one daemon over one transport."""
 
     def __init__(self, unix: str | Path | None = None, tcp: tuple[str, int] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, timeout: float = 60) -> None:
         self.unix = str(unix) if unix else None
         self.tcp = tcp
         self.headers = headers or {}
+        self.timeout = timeout
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.unix:
-            return UnixHTTPConnection(self.unix)
+            return UnixHTTPConnection(self.unix, self.timeout)
         assert self.tcp
-        return http.client.HTTPConnection(*self.tcp, timeout=60)
+        return http.client.HTTPConnection(*self.tcp, timeout=self.timeout)
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 headers: dict[str, str] | None = None, check_schema: bool = True,

@@ -38,6 +38,8 @@ def session_tmp() -> Iterator[Path]:
 
 
 def open_harness(kind: str, workdir: Path) -> PoolHarness:
+    if kind not in pool_kinds():  # a module's own pool too (outside CI only)
+        pytest.skip(f"SNAPD_TEST_KINDS={os.environ.get('SNAPD_TEST_KINDS')} leaves out {kind}")
     try:
         cls = harness_class(kind)
     except ImportError as exc:

@@ -10,21 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import PROJECT_PROPERTY, PoolError, SnapshotNotFound, SnapshotRef
+from backends.base import PROJECT_PROPERTY, ContainerBusy, PoolError, SnapshotNotFound, SnapshotRef
 from backends.zfs import HIDDEN, ZfsBackend
 from backends.zfs_cmd import find_tool
 from tests.harness import new_cid
+from .conftest import open_harness
 from tests.harness.zfs import ZfsHarness
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    reason = ZfsHarness.unavailable()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"ZFS unavailable under CI: {reason}")
-        pytest.skip(reason)
-    h = ZfsHarness(tmp_path_factory.mktemp("zfs"))
+    h = open_harness("zfs", tmp_path_factory.mktemp("zfs"))
+    assert isinstance(h, ZfsHarness)
     yield h
     h.close()
 
@@ -321,22 +318,33 @@ async def test_delete_without_holders_is_scan_plus_destroy(harness, backend):
     assert backend.stats.count() == 2, backend.stats.as_dict()
 
 
-async def test_a_files_clone_still_open_is_never_unmounted_by_force(backend, harness):
-    """A snapshot read through a read-only clone (zfs-fuse has no .zfs/snapshot) whose root
-    is still open when the read ends: the clone is left to the next start's sweep (an
-    unmount by force hangs zfs-fuse for good), and that sweep destroys it."""
+async def test_snapshot_files_are_read_through_the_snapshot_directory_or_refused(backend, harness):
+    """`.zfs/snapshot/<name>` where ZFS shows it; where it does not (zfs-fuse) ContainerBusy,
+    with nothing mounted or made (a clone mounted for the read hangs zfs-fuse when it is
+    unmounted, now and then)."""
     cid = new_cid()
     harness.make_container(cid)
     snap = await backend.create(cid, "a", None, None)
-    async with backend.snapshot_root(cid, SnapshotRef("a", snap.ref)) as root:
-        held = os.open(root.path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        clones = [n for n in harness.artifacts() if ".files-" in n]
-        if not clones:
-            pytest.skip("this ZFS reads snapshots through .zfs/snapshot; no clone is made")
-        assert len(clones) == 1 and "read-only clone" in backend.problems[-1]
-        zfs("list", clones[0])  # the pool still answers
-    finally:
-        os.close(held)
+    on_disk, mounted = harness.artifacts(), Path("/proc/self/mountinfo").read_text()
+    if harness.snapdir:
+        async with backend.snapshot_root(cid, SnapshotRef("a", snap.ref)) as root:
+            assert root.path.endswith("/.zfs/snapshot/a")
+        return
+    with pytest.raises(ContainerBusy, match=r"\.zfs/snapshot"):
+        async with backend.snapshot_root(cid, SnapshotRef("a", snap.ref)):
+            pass
+    assert harness.artifacts() == on_disk
+    assert Path("/proc/self/mountinfo").read_text() == mounted
+
+
+async def test_a_files_clone_an_earlier_version_left_is_swept(backend, harness):
+    """Earlier versions mounted a read-only clone to read a snapshot's files; one left by a
+    crash is destroyed by the sweep at start-up."""
+    cid = new_cid()
+    harness.make_container(cid)
+    await backend.create(cid, "a", None, None)
+    left = f"{harness.root}/{HIDDEN}/{cid}.files-0123abcd"
+    zfs("clone", "-o", "readonly=on", "-o", "mountpoint=none", f"{harness.dataset(cid)}@a", left)
+    assert left in harness.artifacts()
     await backend.sweep()
-    assert not [n for n in harness.artifacts() if ".files-" in n]
+    assert left not in harness.artifacts() and not backend.problems

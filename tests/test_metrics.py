@@ -121,6 +121,7 @@ def test_scrape_time_collectors(tmp_path: Path) -> None:
     metrics.watch_pools(store.pool_usage)
     reaper = FakeReaper()
     metrics.watch_reaper(reaper)
+    metrics.watch_store(store.writer_stats)
 
     snap = samples(metrics)
     assert value(snap, "container_snapd_snapshots", pool="overlay:/p") == 0
@@ -152,6 +153,9 @@ def test_scrape_time_collectors(tmp_path: Path) -> None:
     assert value(snap, "container_snapd_reaper_failing_snapshots") == 1
     assert value(snap, "container_snapd_reaper_failed_attempts") == 3
     assert value(snap, "container_snapd_reaper_deleted_total") == 2
+    assert value(snap, "container_snapd_store_writes_total", count="jobs") == 3  # one insert each
+    assert value(snap, "container_snapd_store_writes_total", count="commits") == 3
+    assert value(snap, "container_snapd_store_writer", figure="queued") == 0
 
     # the reaper trims its list: the histogram keeps counting, nothing twice
     reaper.lags[:] = reaper.lags[-1:]

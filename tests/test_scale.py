@@ -100,8 +100,7 @@ def test_a_generated_store_of_100000_lists_correctly_and_paginates(pool, daemon)
         # without limit nothing changes: no `next`
         assert "next" not in client.get(snaps(cids[0])).data
     finally:
-        with store.transaction():
-            store.db.execute("DELETE FROM snapshots WHERE pool = ?", [f"{pool.kind}:generated"])
+        store.write_now(lambda s: s.db.execute("DELETE FROM snapshots WHERE pool = ?", [f"{pool.kind}:generated"]))
         store.close()
     for cid in cids:
         assert {s["name"] for s in client.get(snaps(cid)).data["snapshots"]} == real[cid]

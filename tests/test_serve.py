@@ -217,7 +217,8 @@ def test_store_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path, po
     store = Store(state / "snapd.db")
     assert store.schema_version == SCHEMA_VERSION
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    store.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    store.write_now(lambda s: s.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                           [str(SCHEMA_VERSION + 1)]))
     store.close()
     one_clear_line(serve("--pool", f"overlay:{pool}", "--socket", str(tmp_path / "s"),
                          "--state-dir", str(state)), "newer than")

@@ -55,12 +55,15 @@ class Clock:
             delay = max(0.0, when - self.now())
             if self._file is not None and delay > 0:
                 delay = min(delay, FILE_POLL)  # the file may move the time meanwhile
+            # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # comes as `wake` is set, and the cancelled task (pruner, reaper) then never ends
+            waiter = asyncio.ensure_future(wake.wait())
             try:
-                await asyncio.wait_for(wake.wait(), timeout=delay)
+                done, _ = await asyncio.wait({waiter}, timeout=delay)
+            finally:
+                waiter.cancel()
+            if done or self._file is None or self.now() >= when:
                 return
-            except asyncio.TimeoutError:
-                if self._file is None or self.now() >= when:
-                    return
 
 
 class Sleeper:

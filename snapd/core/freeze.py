@@ -118,7 +118,8 @@ class Freezer:
             self.counts["not_running"] += 1
             yield "not_running"
             return
-        jid = self.store.journal_begin("freeze", cid, snapshot, pool, {"cgroup": cgroup}, self.clock.now())
+        now = self.clock.now()
+        jid = await self.store.write(lambda s: s.journal_begin("freeze", cid, snapshot, pool, {"cgroup": cgroup}, now))
         started = time.monotonic()
         thawed = False
         try:

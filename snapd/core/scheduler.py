@@ -184,12 +184,11 @@ class Scheduler:
             if time.monotonic() - began > REBUILD_SLICE:
                 await asyncio.sleep(0)
                 began = time.monotonic()
-        if seeded:
-            with self.store.transaction():
-                for policy, cid, latest in seeded:
-                    self.store.slot_put(policy, cid, last_slot=_ms(latest))
         heapq.heapify(heap)
         self.covered, self._heap = covered, heap
+        if seeded:  # lost in a crash, the same marks are seeded again from the newest snapshots
+            await self.store.write(lambda s: [s.slot_put(policy, cid, last_slot=_ms(latest))
+                                              for policy, cid, latest in seeded])
 
     def offset(self, spec: PolicySpec, cid: str) -> float:
         return jitter_offset(spec.name, cid, spec.jitter)
@@ -259,8 +258,8 @@ class Scheduler:
                 self._failed(spec, cid, st, str(exc) or type(exc).__name__)
                 return
         st.last_slot, st.last_ok, st.last_error, st.attempts, st.retry_at = slot, row.created_at, None, 0, None
-        self.store.slot_put(spec.name, cid, last_slot=_ms(slot), last_run=_ms(started),
-                            last_ok=_ms(row.created_at), last_error=None)
+        await self.store.write(lambda s: s.slot_put(spec.name, cid, last_slot=_ms(slot), last_run=_ms(started),
+                                                    last_ok=_ms(row.created_at), last_error=None))
         self.taken[spec.name] += 1
         log.info("policy snapshot container=%s snapshot=%s policy=%s slot=%s lag=%.3fs",
                  cid, row.name, spec.name, iso(slot), started - planned)

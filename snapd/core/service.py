@@ -188,6 +188,10 @@ class SnapshotService(Transfers):
         out += [{"source": "reconcile", "pool": pool, "problem": p} for pool, p in self._reconcile_problems.items()]
         return out
 
+    def writer_stats(self) -> dict[str, int]:
+        """The store writer's commits, jobs, largest batch and queue (snapd/core/writer.py)."""
+        return self.store.writer_stats()
+
     def problem_counts(self) -> dict[str, int]:
         """problems() counted by source, every source present (for /metrics)."""
         counts = dict.fromkeys(("pool", "journal", "reconcile"), 0)
@@ -353,30 +357,40 @@ class SnapshotService(Transfers):
 
     def _journal(self, op: str, container: Container | Backend, cid: str, snapshot: str | None,
                  data: dict) -> int:
+        """Record an intent (inside a writer job: durable with the job's batch)."""
         pool = container.pool if isinstance(container, Container) else container.pool_id
         return self.store.journal_begin(op, cid, snapshot, pool, data, self.clock.now())
 
-    def _journal_failed(self, jid: int) -> None:
+    async def _intent(self, op: str, container: Container | Backend, cid: str, snapshot: str | None,
+                      data: dict) -> int:
+        """Record an operation's intent; its journal id once it is durable."""
+        return await self.store.write(lambda _: self._journal(op, container, cid, snapshot, data))
+
+    async def _journal_failed(self, jid: int) -> None:
+        now = self.clock.now()
         try:
-            self.store.journal_end(jid, "failed", self.clock.now())
+            await self.store.write(lambda s: s.journal_end(jid, "failed", now))
         except Exception as exc:  # the next start sees it pending and settles it
             log.warning("cannot record failure of journal entry %d: %s", jid, exc)
 
-    async def _check_room(self, container: Container) -> None:
-        """Refuse (507) a create beyond the pool's reserves (bytes, inodes) or its
-        snapshot limits; changes nothing.  The counts are taken last, without an await
-        after them: the caller writes its journal intent before anything else runs, and
-        pending create intents count against the project's limit, so creates in other
-        containers of the project cannot overshoot it together."""
+    async def _check_room(self, container: Container) -> Callable[[], None]:
+        """Refuse (507) a create beyond the pool's reserves (bytes, inodes); changes
+        nothing.  Returns the check of the snapshot limits, for the caller to run in
+        the writer job that records its intent: the counts include pending create
+        intents, and jobs run one at a time, so creates in other containers of the
+        project cannot overshoot the limit together."""
         policy = self.policy(container.backend)
         await self._check_reserve(container, policy.reserve)
         await self._check_reserve(container, policy.reserve_inodes)
         if policy.max_snapshots_per_project and container.project is not None:
             await self._load_labels(container.backend)
         self._label_seen(container)
-        self._check_limits(container, policy)
+        members = ([c for c, p in self._labels[container.pool].items() if p == container.project]
+                   if policy.max_snapshots_per_project and container.project is not None else [])
+        return lambda: self._check_limits(container, policy, members)
 
-    def _check_limits(self, container: Container, policy: PoolPolicy) -> None:
+    def _check_limits(self, container: Container, policy: PoolPolicy, members: list[str]) -> None:
+        """In a writer job: 507 when the container or its project (`members`) is at its limit."""
         limit = policy.max_snapshots_per_container
         if limit and (n := self.store.count(container.id)) >= limit:
             log.warning("create refused container=%s snapshots=%d max_snapshots_per_container=%d",
@@ -387,7 +401,6 @@ class SnapshotService(Transfers):
         limit = policy.max_snapshots_per_project
         if not limit or container.project is None:
             return
-        members = [c for c, p in self._labels[container.pool].items() if p == container.project]
         n = self.store.count_of(container.pool, members)
         if n >= limit:
             log.warning("create refused container=%s project=%s pool=%s snapshots=%d "
@@ -539,7 +552,7 @@ class SnapshotService(Transfers):
                 continue
             try:
                 sizes = await backend.sizes(cid, sorted(names))
-                self.store.update_sizes(cid, {n: s for n, s in sizes.items() if n in names})
+                await self.store.write(lambda s: s.update_sizes(cid, {n: z for n, z in sizes.items() if n in names}))
             except Exception as exc:  # sizes are advisory; never fail an operation for them
                 log.warning("size refresh failed pool=%s container=%s error=%s", pool, cid, exc)
 
@@ -569,16 +582,21 @@ class SnapshotService(Transfers):
                 return await take(container, run)
 
         async def take(container: Container, run: _HookRun) -> tuple[Container, SnapshotRow]:
-            await self._check_room(container)  # no await from here to the journal intent
+            limits = await self._check_room(container)
             now = self.clock.now()
-            name = self._new_name(cid, now)
             days = self.policy(container.backend).manual_expiry if expiry is None and manual_default else expiry
             expires_at = now + days * DAY if days is not None else None
-            with self.store.transaction():  # the name is spent once the intent is recorded
+
+            def intent(store: Store) -> tuple[int, str]:  # in the writer: limits, name, intent at once
+                limits()
+                name = self._new_name(cid, now)
                 jid = self._journal("create", container, cid, name,
                                     {"alias": alias, "expires_at": expires_at, "created_at": now,
                                      "policy": policy})
-                self.store.raise_name_mark(cid, name)
+                store.raise_name_mark(cid, name)  # the name is spent once the intent is recorded
+                return jid, name
+
+            jid, name = await self.store.write(intent)
             run.snapshot = name
             faults.point("service.create.journaled")
             try:
@@ -587,7 +605,7 @@ class SnapshotService(Transfers):
                                             container.backend.create(cid, name, alias, expires_at, created_at=now,
                                                                      policy=policy))
             except BaseException:
-                self._journal_failed(jid)
+                await self._journal_failed(jid)
                 raise
             faults.point("service.create.on-disk")
             row = SnapshotRow(
@@ -601,9 +619,7 @@ class SnapshotService(Transfers):
                 ref=facts.ref,
                 policy=policy,
             )
-            with self.store.transaction():
-                self.store.insert(row)
-                self.store.journal_end(jid, "done", now)
+            await self.store.write(lambda s: (s.insert(row), s.journal_end(jid, "done", now)))
             older = self.store.neighbours(cid, now, name)[:1]
             self._recount_later(container.backend, cid, [*older, *([name] if facts.size is None else [])])
             if expires_at is not None:
@@ -636,16 +652,16 @@ class SnapshotService(Transfers):
             async with self._slot(container, "restore-paths"), self._hooks("restore", container, name):
                 token = secrets.token_hex(6)
                 shown = [beneath.show_path(p) for p in paths]
-                jid = self._journal("restore-paths", container, cid, name, {"paths": shown, "token": token})
+                jid = await self._intent("restore-paths", container, cid, name, {"paths": shown, "token": token})
                 try:
                     done = await self._run("restore-paths", container.backend, cid, name, _path_errors(
                         container.backend.restore_paths(cid, SnapshotRef(row.name, row.ref), paths, token)))
                 except BaseException:
-                    self._journal_failed(jid)
+                    await self._journal_failed(jid)
                     raise
-                with self.store.transaction():
-                    self.store.update(cid, name, last_used_at=self.clock.now())
-                    self.store.journal_end(jid, "done", self.clock.now())
+                now = self.clock.now()
+                await self.store.write(lambda s: (s.update(cid, name, last_used_at=now),
+                                                  s.journal_end(jid, "done", now)))
                 return container, done
 
         return await self._mutate(cid, op)
@@ -661,21 +677,24 @@ class SnapshotService(Transfers):
     async def _restore(self, container: Container, row: SnapshotRow) -> tuple[Container, SnapshotRow]:
         cid, name = container.id, row.name
         others = [SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name]
-        jid = self._journal("restore", container, cid, name, {"ref": row.ref})
+        jid = await self._intent("restore", container, cid, name, {"ref": row.ref})
         faults.point("service.restore.journaled")
         try:
             moved = await self._run("restore", container.backend, cid, name,
                                     container.backend.restore(cid, SnapshotRef(row.name, row.ref), others))
         except BaseException:
-            self._journal_failed(jid)
+            await self._journal_failed(jid)
             raise
         faults.point("service.restore.on-disk")
         now = self.clock.now()
-        with self.store.transaction():
+
+        def outcome(store: Store) -> None:
             for moved_name, ref in moved.items():
-                self.store.update(cid, moved_name, ref=ref)
-            self.store.update(cid, name, last_used_at=now)
-            self.store.journal_end(jid, "done", now)
+                store.update(cid, moved_name, ref=ref)
+            store.update(cid, name, last_used_at=now)
+            store.journal_end(jid, "done", now)
+
+        await self.store.write(outcome)
         return container, replace(row, last_used_at=now, ref=moved.get(name, row.ref))
 
     async def set_alias(
@@ -685,7 +704,7 @@ class SnapshotService(Transfers):
             container, row = await self.get(cid, name, guard)
             await self._run("alias", container.backend, cid, name,
                             container.backend.set_alias(cid, SnapshotRef(row.name, row.ref), alias))
-            self.store.update(cid, name, alias=alias)
+            await self.store.write(lambda s: s.update(cid, name, alias=alias))
             return container, replace(row, alias=alias)
 
         return await self._mutate(cid, op)
@@ -701,7 +720,7 @@ class SnapshotService(Transfers):
             since = row.hold_since if row.hold_reason is not None else self.clock.now()
             await self._run("hold", container.backend, cid, name,
                             container.backend.hold(cid, SnapshotRef(row.name, row.ref), reason, since))
-            self.store.set_hold(cid, name, reason, round(since * 1000))
+            await self.store.write(lambda s: s.set_hold(cid, name, reason, round(since * 1000)))
             oplog.info("hold container=%s snapshot=%s reason=%r", cid, name, reason)
             return container, replace(row, hold_reason=reason, hold_since=round(since * 1000) / 1000)
 
@@ -716,7 +735,7 @@ class SnapshotService(Transfers):
                 return container, row
             await self._run("release", container.backend, cid, name,
                             container.backend.release(cid, SnapshotRef(row.name, row.ref)))
-            self.store.set_hold(cid, name, None, None)
+            await self.store.write(lambda s: s.set_hold(cid, name, None, None))
             oplog.info("release container=%s snapshot=%s", cid, name)
             if row.expires_at is not None:
                 self.on_expiry_set(row.expires_at)  # overdue already: the reaper takes it now
@@ -787,23 +806,27 @@ class SnapshotService(Transfers):
             return held
         names = ",".join(r.name for r in rows)
         await self._mirror_name_mark(backend, cid, [r.name for r in rows])
-        jid = self._journal("delete", backend, cid, names, {"refs": {r.name: r.ref for r in rows}})
+        jid = await self._intent("delete", backend, cid, names, {"refs": {r.name: r.ref for r in rows}})
         faults.point("service.delete.journaled")
         try:
             results = await self._run("delete", backend, cid, names,
                                       backend.delete(cid, [SnapshotRef(r.name, r.ref) for r in rows]))
         except BaseException:
-            self._journal_failed(jid)
+            await self._journal_failed(jid)
             raise
         faults.point("service.delete.on-disk")
-        with self.store.transaction():
+        now = self.clock.now()
+
+        def outcome(store: Store) -> None:
             for row in rows:
-                error = results.get(row.name, BackendError("backend gave no result"))
-                if error is None:
-                    self.store.delete(cid, row.name)
-                else:
-                    log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
-            self.store.journal_end(jid, "done", self.clock.now())
+                if results.get(row.name, BackendError("backend gave no result")) is None:
+                    store.delete(cid, row.name)
+            store.journal_end(jid, "done", now)
+
+        for row in rows:
+            if (error := results.get(row.name, BackendError("backend gave no result"))) is not None:
+                log.warning("snapshot not deleted container=%s snapshot=%s error=%s", cid, row.name, error)
+        await self.store.write(outcome)
         gone = [r for r in rows if r.name in results and results[r.name] is None]
         self._recount_later(backend, cid, {n for r in gone for n in self.store.neighbours(cid, r.created_at, r.name)})
         return {**held, **{r.name: results.get(r.name, BackendError("backend gave no result")) for r in rows}}
@@ -817,7 +840,8 @@ class SnapshotService(Transfers):
         mark = highest([self.store.name_mark(cid), *names])
         if mark is None:
             return
-        self.store.raise_name_mark(cid, mark)  # already so, unless the store lost track
+        if await self.store.write(lambda s: s.raise_name_mark(cid, mark)):
+            log.debug("name mark of container=%s raised to %s", cid, mark)  # the store had lost track
         top = self.store.top_name(cid)
         if top is not None and top not in names:
             return

@@ -3,23 +3,37 @@
 Times are stored as integer milliseconds since the epoch and handed out as
 float seconds.  Every query a request makes is served by an index; nothing
 here touches a pool.
+
+Writes go through one writer thread that owns the write connection and commits
+in groups (snapd/core/writer.py): `await store.write(fn)` runs `fn(store)` there
+as one atomic unit, durable when it returns; a write method called outside the
+writer runs as a job of its own and waits for its commit.  Reads use a
+read-only connection of the calling thread (WAL: they see every committed
+change and never wait for the writer); inside a job they use the writer's
+connection and see the job's own changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import sqlite_utils
 
 from snapd.core.names import highest, name_key
 from snapd.core.records import JournalEntry, SnapshotRow
+from snapd.core.writer import Writer
+
+T = TypeVar("T")
 
 log = logging.getLogger("snapd.store")
 
@@ -215,31 +229,83 @@ def _private_files(db: Path) -> None:
             os.chmod(f"{db}{suffix}", 0o600)
 
 
+def _writes(method: Callable[..., T]) -> Callable[..., T]:
+    """A write method: in place inside a writer job, else as a job of its own (waiting
+    for its commit)."""
+    @functools.wraps(method)
+    def run(self: "Store", *args: object, **kwargs: object) -> T:
+        if self._writer is None or self._writer.on_thread():
+            return method(self, *args, **kwargs)
+        return self._writer.call(lambda: method(self, *args, **kwargs))
+    return run
+
+
 class Store:
     """The daemon's SQLite database (WAL mode) in the state directory."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._writer: Writer | None = None
+        self._readers = threading.local()
+        self._reader_dbs: list[sqlite_utils.Database] = []
+        self._reader_lock = threading.Lock()
+        self._savepoints = itertools.count()
         old_umask = os.umask(0o077)  # files SQLite creates now: 0600 from the start
+        conn: sqlite3.Connection | None = None
         try:
             _private_files(path)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._wdb = sqlite_utils.Database(conn)
+            self._wdb.execute("PRAGMA journal_mode=WAL")
             # FULL, not NORMAL: in WAL mode NORMAL survives a process crash but may
             # lose the last commits on power loss -- and a journal intent lost
             # while its disk work survived would leave reconcile guessing (an
             # adopted snapshot without its alias and expiry).  The cost is one
             # WAL fsync per commit; an operation commits twice (intent; outcome
-            # together with its store change).
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA busy_timeout=5000")
+            # together with its store change), and operations in flight share
+            # those fsyncs (snapd/core/writer.py: group commit).
+            self._wdb.execute("PRAGMA synchronous=FULL")
+            self._wdb.execute("PRAGMA busy_timeout=5000")
             self._migrate()
             _private_files(path)
         except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         finally:
             os.umask(old_umask)
+        self._writer = Writer(self._wdb.conn)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The connection for the calling thread: the writer's inside a job (and before
+        the writer starts), else this thread's read-only one."""
+        if self._writer is None or self._writer.on_thread():
+            return self._wdb
+        reader = getattr(self._readers, "db", None)
+        if reader is None:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=1")  # every change goes through the writer
+            conn.execute("PRAGMA busy_timeout=5000")
+            reader = self._readers.db = sqlite_utils.Database(conn)
+            with self._reader_lock:
+                self._reader_dbs.append(reader)
+        return reader
+
+    async def write(self, fn: Callable[["Store"], T]) -> T:
+        """Run `fn(self)` in the writer as one atomic unit; its result once it is durable
+        (committed together with whatever else was queued)."""
+        assert self._writer is not None
+        return await self._writer.run(lambda: fn(self))
+
+    def write_now(self, fn: Callable[["Store"], T]) -> T:
+        """write(), waiting in the calling thread (start-up, reconcile and other rare paths)."""
+        assert self._writer is not None
+        return self._writer.call(lambda: fn(self))
+
+    def writer_stats(self) -> dict[str, int]:
+        """Commits, jobs, the largest batch and what waits now (snapd/core/writer.py)."""
+        return self._writer.stats.as_dict() if self._writer is not None else {}
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -262,22 +328,47 @@ class Store:
         return int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
 
     def close(self) -> None:
-        self.db.close()
+        """Commit what is queued, stop the writer, close every connection."""
+        if self._writer is not None:
+            self._writer.close()
+        with self._reader_lock:
+            for reader in self._reader_dbs:
+                reader.close()
+            self._reader_dbs.clear()
+        self._wdb.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN ... COMMIT (ROLLBACK on an exception) on the store's connection.
+        """One atomic unit inside a writer job (a savepoint of the writer's batch), or
+        BEGIN ... COMMIT before the writer starts (migrations).  Elsewhere: use write().
 
         Writes inside use plain SQL: sqlite-utils' table helpers commit on their own.
         """
-        with self.db.conn:
-            self.db.execute("BEGIN")
+        if self._writer is not None and not self._writer.on_thread():
+            raise RuntimeError("Store.transaction() outside the writer: use Store.write()")
+        conn = self._wdb.conn
+        if not conn.in_transaction:
+            with conn:
+                conn.execute("BEGIN")
+                yield
+            return
+        name = f"unit{next(self._savepoints)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
             yield
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
 
     # -- tokens --------------------------------------------------------------
 
+    @_writes
     def token_insert(self, row: dict) -> None:
-        self.db["tokens"].insert(row)
+        columns = ", ".join(row)  # keys: the tokens table's columns (snapd/core/tokens.py)
+        self.db.execute(f"INSERT INTO tokens ({columns}) VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()))
 
     def token_row(self, token_id: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM tokens WHERE id = ?", [token_id]))
@@ -286,10 +377,12 @@ class Store:
     def token_rows(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM tokens ORDER BY created_at, id"))
 
+    @_writes
     def token_revoke(self, token_id: str, at_ms: int | None) -> None:
         self.db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                         [at_ms, token_id])
 
+    @_writes
     def token_touch(self, token_id: str, at_ms: int | None) -> None:
         self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [at_ms, token_id])
 
@@ -394,10 +487,12 @@ class Store:
         "expires_at, size, ref, policy, hold_reason, hold_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
+    @_writes
     def insert(self, row: SnapshotRow) -> None:
         """One row, in plain SQL so it can share a transaction()."""
         self.db.execute(self._INSERT, list(_to_dict(row).values()))
 
+    @_writes
     def insert_many(self, rows: Iterable[SnapshotRow]) -> None:
         """Bulk insert in one transaction; for reconcile and generated stores."""
         with self.transaction():
@@ -406,6 +501,7 @@ class Store:
     _UPDATABLE = {"alias", "last_used_at", "size", "ref", "expires_at", "policy"}
     _TIME_FIELDS = {"last_used_at", "expires_at"}
 
+    @_writes
     def update(self, cid: str, name: str, **fields: object) -> None:
         """Set some of alias, last_used_at, expires_at, size, ref and policy of one snapshot."""
         unknown = set(fields) - self._UPDATABLE
@@ -421,6 +517,7 @@ class Store:
             [*values.values(), cid, name],
         )
 
+    @_writes
     def rehome(self, cid: str, name: str, pool: str, ref: str) -> None:
         """Move a snapshot's row to another pool name (its pool was renamed)."""
         self.db.execute(
@@ -428,6 +525,7 @@ class Store:
             [pool, ref, cid, name],
         )
 
+    @_writes
     def update_sizes(self, cid: str, sizes: dict[str, int]) -> None:
         with self.transaction():
             self.db.conn.executemany(
@@ -435,6 +533,7 @@ class Store:
                 [(size, cid, name) for name, size in sizes.items()],
             )
 
+    @_writes
     def raise_name_mark(self, cid: str, name: str) -> bool:
         """Make `name` the container's mark if it is greater (plain SQL: shares a
         transaction()); whether the mark changed.  Names not of the generated
@@ -450,9 +549,11 @@ class Store:
         )
         return True
 
+    @_writes
     def delete(self, cid: str, name: str) -> None:
         self.db.execute("DELETE FROM snapshots WHERE container_id = ? AND name = ?", [cid, name])
 
+    @_writes
     def set_hold(self, cid: str, name: str, reason: str | None, since_ms: int | None) -> None:
         """Hold one snapshot (`reason`, since `since_ms`), or release it (None, None)."""
         self.db.execute("UPDATE snapshots SET hold_reason = ?, hold_since = ? WHERE container_id = ? AND name = ?",
@@ -468,12 +569,14 @@ class Store:
         """Policies set through the API: name, body (JSON), updated_at (ms); by name."""
         return list(self.db.query("SELECT name, body, updated_at FROM policies ORDER BY name"))
 
+    @_writes
     def policy_put(self, name: str, body: str, at_ms: int | None) -> None:
         self.db.execute(
             "INSERT INTO policies (name, body, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
             [name, body, at_ms])
 
+    @_writes
     def policy_delete(self, name: str) -> None:
         self.db.execute("DELETE FROM policies WHERE name = ?", [name])
 
@@ -489,6 +592,7 @@ class Store:
             params.append(policy)
         return list(self.db.query(sql + " ORDER BY policy, container", params))
 
+    @_writes
     def slot_put(self, policy: str, container: str, **fields: object) -> None:
         """Set some of last_slot, last_run, last_ok (ms) and last_error of one
         (policy, container), making the row if there is none (plain SQL: shares a
@@ -520,6 +624,7 @@ class Store:
 
     # -- journal (snapd/core/journal.py) --------------------------------------------
 
+    @_writes
     def journal_begin(self, op: str, cid: str, snapshot: str | None, pool: str, data: dict,
                       now: float) -> int:
         """Record an operation's intent (durable before the disk is touched); its id."""
@@ -530,6 +635,7 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    @_writes
     def journal_end(self, jid: int, state: str, now: float) -> None:
         self.db.execute("UPDATE journal SET state = ?, finished_at = ? WHERE id = ?",
                         [state, _ms(now), jid])
@@ -542,6 +648,7 @@ class Store:
             for d in self.db.query("SELECT * FROM journal WHERE state = 'pending' ORDER BY id")
         ]
 
+    @_writes
     def journal_prune(self, keep: int = 1000) -> None:
         """Drop finished entries but the newest `keep` (kept for post-mortems)."""
         self.db.execute(

@@ -24,7 +24,7 @@ from backends.portable import Header, Stats, StreamError, StreamReader, compress
 
 from snapd.core.errors import Conflict, InvalidInput, NotFound
 from snapd.core.pipe import LoopReader, LoopWriter, Stalled
-from snapd.core.store import SnapshotRow
+from snapd.core.store import SnapshotRow, Store
 
 RESERVED_NAME = "import"
 """`.../snapshots/import` is the import route: no snapshot is given that name."""
@@ -153,27 +153,30 @@ class Transfers:
                                    "does not have here; import that one first or export in full",
                                    [{"field": "base", "reason": f"{h.base} not found"}])
                 base = SnapshotRef(base_row.name, base_row.ref)
-            await self._check_room(container)
+            limits = await self._check_room(container)
             now = self.clock.now()
-            with self.store.transaction():
+
+            def intent(store: Store) -> int:  # in the writer: limits and intent at once
+                limits()
                 jid = self._journal("create", container, cid, h.snapshot,
                                     {"alias": h.alias, "expires_at": h.expires_at, "created_at": h.created_at,
                                      "policy": None, "imported": True})
-                self.store.raise_name_mark(cid, h.snapshot)
+                store.raise_name_mark(cid, h.snapshot)
+                return jid
+
+            jid = await self.store.write(intent)
             try:
                 facts = await self._run("import", container.backend, cid, h.snapshot,
                                         _receive(container.backend, cid, h, reader, base, new))
                 if new and h.project is not None:
                     await container.backend.set_project(cid, h.project)
             except BaseException:
-                self._journal_failed(jid)
+                await self._journal_failed(jid)
                 raise
             faults.point("service.import.on-disk")
             row = SnapshotRow(container_id=cid, name=h.snapshot, pool=container.pool, created_at=h.created_at,
                               alias=h.alias, expires_at=h.expires_at, size=facts.size, ref=facts.ref)
-            with self.store.transaction():
-                self.store.insert(row)
-                self.store.journal_end(jid, "done", now)
+            await self.store.write(lambda s: (s.insert(row), s.journal_end(jid, "done", now)))
             self._label_seen(container)
             self._recount_later(container.backend, cid, [h.snapshot, *self.store.neighbours(cid, h.created_at,
                                                                                             h.snapshot)])

@@ -131,6 +131,20 @@ class Metrics:
             "journal entries left pending, pools not reconciled), by source; see `snapd status`.",
             "source", counts))
 
+    def watch_store(self, stats: Callable[[], dict[str, int]]) -> list[Collector]:
+        """The store writer's commits and changes (their ratio: changes per fsync) and what
+        waits for it now (snapd/core/writer.py)."""
+        totals = ("commits", "jobs", "failed_commits")
+        return [self.add_collector(CountsCollector(
+                    CounterMetricFamily, "store_writes",
+                    "The store's writer: commits (one WAL fsync each), jobs (changes: intents, "
+                    "outcomes, ...; jobs / commits is the group commit's sharing) and failed commits.",
+                    "count", lambda: {k: v for k, v in stats().items() if k in totals})),
+                self.add_collector(CountsCollector(
+                    GaugeMetricFamily, "store_writer",
+                    "The store's writer now: changes queued for it, and the most one commit held.",
+                    "figure", lambda: {k: v for k, v in stats().items() if k not in totals}))]
+
     def watch_freezes(self, counts: Callable[[], dict[str, int]]) -> Collector:
         return self.add_collector(CountsCollector(
             CounterMetricFamily, "freezes",

@@ -359,6 +359,13 @@ SCHEMAS["LogRecord"] = _object({
     "level": {"type": "string"},
     "message": {"type": "string", "maxLength": 500},
 })
+SCHEMAS["StoreWriterStatus"] = _object({
+    "commits": {"type": "integer", "minimum": 0, "description": "Store transactions committed (one fsync each)."},
+    "jobs": {"type": "integer", "minimum": 0, "description": "Changes committed (intents, outcomes, ...)."},
+    "failed_commits": {"type": "integer", "minimum": 0},
+    "largest_batch": {"type": "integer", "minimum": 0, "description": "Most changes one commit held."},
+    "queued": {"type": "integer", "minimum": 0, "description": "Changes waiting for the writer now."},
+}, description="The store's writer since start: group commit shares one fsync among the changes queued.")
 SCHEMAS["FreezeCounts"] = _object({
     "frozen": {"type": "integer", "minimum": 0},
     "abandoned": {"type": "integer", "minimum": 0,
@@ -398,6 +405,7 @@ SCHEMAS["Status"] = _object({
     "pools": {"type": "array", "items": _ref("PoolStatus")},
     "snapshots_total": {"type": "integer", "minimum": 0},
     "inflight": {"type": "integer", "minimum": 0},
+    "store": _ref("StoreWriterStatus"),
     "listeners": {"type": "array", "items": {"type": "string"}},
     "reaper": _ref("ReaperStatus"),
     "policies": {"type": "array", "items": _ref("PolicyStatus"),

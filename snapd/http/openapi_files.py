@@ -100,12 +100,12 @@ def file_paths(base: str) -> dict[str, Any]:
     _schemas()
     both = [PARAMS["id"], PARAMS["name"]]
     tree = _op("getSnapshotTree", "files", "One directory of the snapshot, a page at a time",
-               "FileTreeResponse", COMMON, params=())
+               "FileTreeResponse", COMMON + [409], params=())
     tree["parameters"] = [*both, {**PATH_PARAM, "required": False, "description": "A directory (default /). " + ESCAPE,
                                   "schema": {"type": "string", "minLength": 1, "maxLength": 4096,
                                              "pattern": PATH_PATTERN}}, LIMIT, AFTER]
     download = _op("getSnapshotFile", "files", "The bytes of one regular file (Range, ETag)",
-                   "FileTreeResponse", COMMON + [416], params=())
+                   "FileTreeResponse", COMMON + [409, 416], params=())
     download["parameters"] = [*both, PATH_PARAM]
     ranges = {"Accept-Ranges": {"schema": {"const": "bytes"}}, "ETag": {"schema": {"type": "string"}}}
     download["responses"]["200"] = {"description": "The whole file", "headers": ranges,

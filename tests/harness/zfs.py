@@ -7,11 +7,13 @@ its mountpoint under workdir, and a root dataset `<pool>/containers`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,9 @@ from . import PoolHarness, is_root
 _lock = threading.Lock()
 _daemon: subprocess.Popen | None = None
 _users = 0
+_machine: int | None = None
+LOCK_PATH = os.path.join(tempfile.gettempdir(), "snapd-test-zfs.lock")
+LOCK_WAIT = 1800
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -40,11 +45,43 @@ def _zfs_answers() -> bool:
         return False
 
 
+def _lock_machine() -> None:
+    """One process on the machine uses zfs-fuse at a time: two test runs side by side (a
+    stress lane and a targeted run) wedge it, and one stopping its zfs-fuse pulls the
+    other's pools away.  A second run waits here (up to LOCK_WAIT seconds)."""
+    global _machine
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _machine = fd
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"another test run has held {LOCK_PATH} for {LOCK_WAIT} s") from None
+            time.sleep(0.5)
+
+
+def _unlock_machine() -> None:
+    global _machine
+    if _machine is not None:
+        os.close(_machine)  # drops the flock
+        _machine = None
+
+
 def _acquire_daemon() -> None:
     """Make sure a ZFS daemon answers; start zfs-fuse (once per process) if not."""
     global _daemon, _users
     with _lock:
         _users += 1
+        if _users == 1:
+            try:
+                _lock_machine()
+            except BaseException:
+                _users -= 1
+                raise
         if _daemon is not None or _zfs_answers():
             return
         zf = find_tool("zfs-fuse")
@@ -60,6 +97,8 @@ def _acquire_daemon() -> None:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+                if _users == 0:
+                    _unlock_machine()
                 raise RuntimeError("zfs-fuse did not start")
             time.sleep(0.1)
 
@@ -69,15 +108,17 @@ def _release_daemon() -> None:
     global _daemon, _users
     with _lock:
         _users -= 1
-        if _users > 0 or _daemon is None:
+        if _users > 0:
             return
-        proc, _daemon = _daemon, None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if _daemon is not None:
+            proc, _daemon = _daemon, None
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        _unlock_machine()
 
 
 class ZfsHarness(PoolHarness):
@@ -121,6 +162,11 @@ class ZfsHarness(PoolHarness):
     @property
     def spec(self) -> str:
         return f"zfs:{self.root}"
+
+    @property
+    def snapdir(self) -> bool:
+        """True when this ZFS shows `.zfs/snapshot` (OpenZFS); zfs-fuse has none."""
+        return os.path.isdir(os.path.join(self.mnt, "containers", ".zfs"))
 
     def dataset(self, cid: str) -> str:
         return f"{self.root}/{cid}"
