@@ -297,6 +297,16 @@ def test_export_refusals(daemon: DaemonProcess, container: str) -> None:
     assert r.status == 400, r.body
 
 
+def test_the_import_route_shadows_no_reference_route(daemon: DaemonProcess, container: str) -> None:
+    """`.../snapshots/import` answers the reference's methods as for any snapshot that does not exist."""
+    snapshot(daemon, container)
+    path = snaps(container, "import")
+    for method, body in (("GET", None), ("PATCH", None), ("DELETE", None)):
+        r = daemon.unix.request(method, path, body)
+        assert (r.status, r.body["message"]) == (404, "Container or snapshot not found"), (method, r.body)
+    assert daemon.unix.request("PUT", path).status == 405
+
+
 def test_a_snapshot_being_exported_is_not_deleted(daemon: DaemonProcess, container: str) -> None:
     """A delete is refused (409) while a stream reads the snapshot.  The rich tree's 8 MiB image
     is sent in full, far beyond what the socket buffers hold: until this client reads on, the

@@ -336,7 +336,9 @@ def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | No
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get(BASE, list_snapshots, allow_head=False)
     app.router.add_post(BASE, create_snapshot)
-    one = BASE + "/{name:(?!import$)[^{}/]+}"  # `.../snapshots/import` is the import route (transfer.py)
+    # registered before POST .../snapshots/import (transfer.py): the reference's methods on that path
+    # answer as for any snapshot that does not exist
+    one = BASE + "/{name}"
     app.router.add_get(one, get_snapshot, allow_head=False)
     app.router.add_patch(one, restore_snapshot)
     app.router.add_delete(one, delete_snapshot)
