@@ -336,9 +336,9 @@ def make_app(service: SnapshotService, auth: AuthContext, metrics_: Metrics | No
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get(BASE, list_snapshots, allow_head=False)
     app.router.add_post(BASE, create_snapshot)
-    # registered before POST .../snapshots/import (transfer.py): the reference's methods on that path
-    # answer as for any snapshot that does not exist
-    one = BASE + "/{name}"
+    # `.../snapshots/import` is the import route (transfer.py): as the OpenAPI document says (a
+    # concrete path before a templated one), its other methods are 405, Allow: POST
+    one = BASE + "/{name:(?!import$)[^{}/]+}"
     app.router.add_get(one, get_snapshot, allow_head=False)
     app.router.add_patch(one, restore_snapshot)
     app.router.add_delete(one, delete_snapshot)
