@@ -298,6 +298,7 @@ def _token_rows(tokens: list[dict]) -> str:
         parts += ["read-only"] if s["read_only"] else []
         parts += ["metrics"] if s["metrics"] else []
         parts += ["files"] if s.get("files") else []
+        parts += ["replicate"] if s.get("replicate") else []
         return " ".join(parts)
 
     def state(t: dict) -> str:
@@ -315,12 +316,13 @@ def _token_rows(tokens: list[dict]) -> str:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    if args.admin == bool(args.project) and not args.metrics:
-        print("snapd token create: give --project P or --admin", file=sys.stderr)
+    if args.admin == bool(args.project) and not args.metrics and not args.replicate:
+        print("snapd token create: give --project P, --admin or --replicate", file=sys.stderr)
         return 2
     body: dict[str, Any] = {"admin": args.admin, "read_only": args.read_only, "metrics": args.metrics}
-    if args.files:
-        body["files"] = True
+    for flag in ("files", "replicate"):
+        if getattr(args, flag):
+            body[flag] = True
     for key, value in (("project", args.project), ("label", args.label), ("expires", args.expires)):
         if value is not None:
             body[key] = value
@@ -596,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc = admin_cmd(token, "create", "issue a token; it is printed once", cmd_token_create,
                    "snapd token create --project web --label ci-deploy --expires 90",
                    f"snapd token create --project web --container {cid} --read-only",
-                   "snapd token create --admin --label break-glass")
+                   "snapd token create --admin --label break-glass",
+                   "snapd token create --replicate --label from-host1")
     tc.add_argument("--project", help="the project whose containers the token may use")
     tc.add_argument("--container", action="append", default=[], metavar="ID",
                     help="only this container of the project (repeatable)")
@@ -605,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--metrics", action="store_true", help="may read /metrics")
     tc.add_argument("--files", action="store_true",
                     help="may read files in snapshots (ls, cat, diff), also when --read-only")
+    tc.add_argument("--replicate", action="store_true",
+                    help="for a replication sender: may import into any container and list their snapshots")
     tc.add_argument("--label", help="what the token is for")
     tc.add_argument("--expires", type=float, metavar="DAYS", help="stop working after DAYS days")
     admin_cmd(token, "list", "list tokens (never their secrets)", cmd_token_list, "snapd token list")

@@ -88,10 +88,10 @@ async def export_snapshot(request: web.Request) -> web.StreamResponse:
 async def import_snapshot(request: web.Request) -> web.Response:
     """Make a snapshot (and, if needed, the container) from the stream in the body."""
     principal = principal_of(request)
-    if not principal.admin:  # a stream sets owners, set-id bits and device nodes: root's power
+    if not principal.may_import:  # a stream sets owners, set-id bits and device nodes: root's power
         raise ApiError(403, "Admin access required", [{
             "field": "token", "reason": "an import writes owners, set-id bits and device nodes as the stream "
-                                        "says; only an admin may import"}])
+                                        "says; only an admin or a token with the replicate scope may import"}])
     cid = _cid(request)
     pool = _query(request, ("pool",)).get("pool")
 
@@ -104,7 +104,7 @@ async def import_snapshot(request: web.Request) -> web.Response:
 
     container, row = await _service(request).import_stream(
         cid, pull, pool,
-        lambda project: principal.may_access(cid, project, write=True))
+        lambda project: principal.may_import)
     return _snapshot_ok("Snapshot imported successfully", container, row)
 
 
