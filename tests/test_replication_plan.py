@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from snapd.core.replication_plan import Diverged, Send, Snap, plan
 from snapd.core.settings import Target
 from snapd.host.config import ConfigError, build, check
 
@@ -59,3 +60,56 @@ def test_check_needs_the_token_file_readable(tmp_path: Path) -> None:
         check(cfg)
     (tmp_path / "no").write_text("csd_x")
     check(cfg)
+
+
+# -- the plan -----------------------------------------------------------------------------
+
+def _snaps(*pairs: tuple[str, float]) -> list[Snap]:
+    return [Snap(n, t) for n, t in pairs]
+
+
+A, B, C, D = ("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)
+
+
+def test_a_first_send_is_everything_oldest_first_the_first_in_full() -> None:
+    got = plan(_snaps(C, A, B), [])
+    assert got.sends == [Send("a", None), Send("b", "a"), Send("c", "b")] and got.common is None
+
+
+def test_later_sends_start_from_the_newest_common_snapshot() -> None:
+    got = plan(_snaps(A, B, C, D), _snaps(A, B))
+    assert got.sends == [Send("c", "b"), Send("d", "c")] and got.common == "b"
+
+
+def test_nothing_to_send_when_the_target_is_up_to_date() -> None:
+    assert plan(_snaps(A, B), _snaps(A, B)).sends == []
+
+
+def test_snapshots_the_target_pruned_or_the_sender_pruned_are_no_divergence() -> None:
+    # the target pruned a; the sender pruned b after sending it; c is common
+    got = plan(_snaps(A, C, D), _snaps(B, C))
+    assert got.sends == [Send("d", "c")] and got.common == "c"
+
+
+def test_equal_times_are_ordered_by_name() -> None:
+    got = plan(_snaps(("x-2", 5.0), ("x", 5.0)), [])
+    assert got.sends == [Send("x", None), Send("x-2", "x")]
+
+
+def test_a_snapshot_on_the_target_newer_than_the_common_one_is_divergence_naming_it() -> None:
+    with pytest.raises(Diverged) as caught:
+        plan(_snaps(A, B, D), _snaps(A, B, C))
+    assert caught.value.snapshots == ["c"] and "newer than b" in caught.value.message
+    assert "full" in caught.value.message
+
+
+def test_a_target_without_any_common_snapshot_is_divergence() -> None:
+    with pytest.raises(Diverged) as caught:
+        plan(_snaps(C, D), _snaps(A, B))
+    assert caught.value.snapshots == ["a", "b"] and "no common snapshot" in caught.value.message
+
+
+def test_full_sends_anyway_the_first_in_full() -> None:
+    assert plan(_snaps(C, D), _snaps(A, B), full=True).sends == [Send("c", None), Send("d", "c")]
+    assert plan(_snaps(A, B, D), _snaps(A, B, ("x", 3.0)), full=True).sends == [Send("d", None)]
+    assert plan(_snaps(A, B), _snaps(A), full=True).sends == [Send("b", None)]
