@@ -60,6 +60,9 @@ OPERATION_IDS = {
     ("/api/v1/openapi.json", "get"): "getOpenApiDocument",
     (BASE + "/{name}/export", "get"): "exportSnapshot",
     (BASE + "/import", "post"): "importSnapshot",
+    (f"{ADMIN}/replications", "post"): "startReplication",
+    (f"{ADMIN}/replications", "get"): "listReplications",
+    (f"{ADMIN}/replications/{{job}}", "get"): "getReplication",
 }
 
 
@@ -74,7 +77,7 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
     validate(doc)  # openapi-spec-validator: raises on any violation of OpenAPI 3.1
     assert {(p, m): op.get("operationId") for p, m, op in _operations(doc)} == OPERATION_IDS
     tags = {t["name"] for t in doc["tags"]}
-    assert tags == {"snapshots", "holds", "admin", "policies", "meta", "files", "transfer"}
+    assert tags == {"snapshots", "holds", "admin", "policies", "meta", "files", "transfer", "replication"}
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert "SO_PEERCRED" in scheme["description"]  # what OpenAPI cannot express is said in words
@@ -82,7 +85,8 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
         assert len(op["tags"]) == 1 and op["tags"][0] in tags, (path, method)
         assert op["security"] == [{"bearerAuth": []}], (path, method)
         assert "401" in op["responses"], (path, method)
-    assert {t for p, m, o in _operations(doc) if p.startswith(ADMIN) for t in o["tags"]} == {"admin", "policies"}
+    assert {t for p, m, o in _operations(doc) if p.startswith(ADMIN) for t in o["tags"]} == {"admin", "policies",
+                                                                                         "replication"}
 
 
 SAMPLES = ["507f1f77bcf86cd799439011", "507F1F77BCF86CD799439011", "507f1f77bcf86cd79943901",

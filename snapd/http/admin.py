@@ -19,6 +19,7 @@ from snapd.http.admin_reconcile import add_reconcile_routes
 from snapd.http.auth import AUTH_KEY, require_admin
 from snapd.http.envelope import ApiError, Messages, map_service_error, ok, read_body
 from snapd.http.keys import SERVICE_KEY
+from snapd.http.replication import add_replication_routes
 from snapd.http.validation import (
     InvalidInput,
     parse_body,
@@ -196,3 +197,4 @@ def add_admin_routes(app: web.Application) -> None:
     add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py)
     add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/http/admin_expiry.py)
     add_policy_routes(app)  # /api/v1/admin/policies... (snapd/http/admin_policies.py)
+    add_replication_routes(app)  # /api/v1/admin/replications... (snapd/http/replication.py)

@@ -636,7 +636,8 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
-    from snapd.http import openapi_files, openapi_policies, openapi_transfer  # they build on this module's helpers
+    from snapd.http import (  # they build on this module's helpers
+        openapi_files, openapi_policies, openapi_replication, openapi_transfer)
 
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
@@ -648,7 +649,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG, openapi_transfer.TAG],
+        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG, openapi_transfer.TAG, openapi_replication.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -717,6 +718,7 @@ def _document() -> dict[str, Any]:
             f"{ADMIN}/expiry": _expiry_path(),
             **openapi_policies.policy_paths(),
             **openapi_transfer.transfer_paths(),
+            **openapi_replication.replication_paths(),
             f"{ADMIN}/status": {
                 "get": _op("getStatus", "admin",
                            "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",

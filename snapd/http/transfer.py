@@ -17,6 +17,8 @@ import logging
 
 from aiohttp import web
 
+from backends.portable import MEDIA_TYPE
+
 from snapd.core.errors import InvalidInput
 from snapd.http.api import GUARD, _cid, _cid_name, _service, _snapshot_ok, endpoint
 from snapd.http.auth import principal_of
@@ -25,7 +27,6 @@ from snapd.http.validation import check_snapshot_name
 
 log = logging.getLogger("snapd.api")
 
-MEDIA_TYPE = "application/vnd.container-snapd.stream"
 CHUNK = 1 << 20
 EXPORT_MSGS = Messages(
     "You do not have permission to export snapshots of this container",
