@@ -113,3 +113,10 @@ def test_full_sends_anyway_the_first_in_full() -> None:
     assert plan(_snaps(C, D), _snaps(A, B), full=True).sends == [Send("c", None), Send("d", "c")]
     assert plan(_snaps(A, B, D), _snaps(A, B, ("x", 3.0)), full=True).sends == [Send("d", None)]
     assert plan(_snaps(A, B), _snaps(A), full=True).sends == [Send("b", None)]
+
+
+def test_a_name_the_target_gave_its_own_snapshot_is_not_common() -> None:
+    """Both daemons name by the second: the target's own snap-X-2 is not the sender's."""
+    with pytest.raises(Diverged) as caught:
+        plan(_snaps(A, ("b", 2.0)), _snaps(A, ("b", 2.5)))
+    assert caught.value.snapshots == ["b"]

@@ -54,18 +54,25 @@ def _order(snaps: Iterable[Snap]) -> list[Snap]:
     return sorted(snaps, key=lambda s: (s.created_at, s.name))
 
 
+def _ms(t: float) -> int:
+    return round(t * 1000)
+
+
 def plan(sender: Iterable[Snap], target: Iterable[Snap], full: bool = False) -> Plan:
-    """The snapshots to send, oldest first, each with its base; Diverged unless `full`."""
+    """The snapshots to send, oldest first, each with its base; Diverged unless `full`.
+    A snapshot both hold has one name and one created_at (to the ms) on both sides: a
+    name the target gave a snapshot of its own is not common, it is the target's."""
     mine, theirs = _order(sender), _order(target)
-    their_names = {s.name for s in theirs}
-    my_names = {s.name for s in mine}
-    common = next((s for s in reversed(mine) if s.name in their_names), None)
+    their_times = {s.name: _ms(s.created_at) for s in theirs}
+    mine_times = {s.name: _ms(s.created_at) for s in mine}
+    common = next((s for s in reversed(mine) if their_times.get(s.name) == _ms(s.created_at)), None)
     if common is None:
         pending = mine
         foreign = theirs
     else:
         pending = [s for s in mine if (s.created_at, s.name) > (common.created_at, common.name)]
-        foreign = [s for s in theirs if s.name not in my_names and s.created_at >= common.created_at]
+        foreign = [s for s in theirs if mine_times.get(s.name) != _ms(s.created_at)
+                   and s.created_at >= common.created_at]
     if foreign and not full:
         names = [s.name for s in foreign]
         listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
