@@ -134,9 +134,6 @@ class Throttle:
             await self._sleep(delay)  # type: ignore[misc]
 
 
-_END = object()
-
-
 class Replications:
     """Replication jobs: started, joined, listed; each runs as a task of its own."""
 
@@ -240,30 +237,28 @@ class Replications:
     async def _send(self, job: Job, remote: Remote, run: Callable, throttle: Throttle) -> None:
         """Stream one export into the target: a producer task fills a short queue, the
         request body drains it; no progress for STALL_TIMEOUT gives the send up."""
-        queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
         progress = [time.monotonic()]
-
-        async def produce() -> None:
-            try:
-                await run(queue.put)
-            except BaseException as exc:
-                await queue.put(exc)
-                raise
-            await queue.put(_END)
 
         async def body() -> AsyncIterator[bytes]:
             while True:
-                item = await queue.get()
-                if item is _END:
+                if queue.empty() and producer.done():
+                    failed = None if producer.cancelled() else producer.exception()
+                    if failed is not None:  # cut off without its trailer: the target refuses it
+                        raise RemoteError(f"the export of {job.current} failed: {failed}")
                     return
-                if isinstance(item, BaseException):  # cut off without its trailer: the target refuses it
-                    raise RemoteError(f"the export of {job.current} failed: {item}")
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                item = getter.result()
                 await throttle.pace(len(item))
                 progress[0] = time.monotonic()
                 job.bytes_sent += len(item)
                 yield item
 
-        producer = asyncio.create_task(produce())
+        producer = asyncio.create_task(run(queue.put))
         sender = asyncio.create_task(remote.receive(job.container, body()))
         try:
             while not sender.done():
