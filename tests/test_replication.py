@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .client import Client, snaps
+from .clockfile import ClockFile
 from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
@@ -59,6 +61,8 @@ class World:
     receivers: dict[str, Side]
     ports: dict[str, int]
     tokens: dict[str, str] = field(default_factory=dict)
+    clocks: dict[str, ClockFile] = field(default_factory=dict)
+    """The senders' clocks: running, at an offset a test may move."""
 
 
 def _receiver(link: Link, kind: str, where: Path) -> tuple[Side, int]:
@@ -103,8 +107,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             cfg = _sender_config(w, base)
             for kind in KINDS:
                 pool = open_harness(kind, base / f"sender-{kind}" / "pool")
+                clock = w.clocks[kind] = ClockFile(base / f"clock-{kind}", time.time())
+                clock.run_offset(0)
                 d = DaemonProcess(base / f"sender-{kind}" / "d", [pool.spec], tcp=False,
-                                  extra=["--config", str(cfg)])
+                                  extra=["--config", str(cfg)], env=clock.env)
                 made.append(Side(d, pool))
                 d.start()
                 w.senders[kind] = made[-1]
@@ -383,3 +389,22 @@ def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: Wo
     assert [n for n, _ in names(dst.d, cid)] == [first]
     replicate(src.d, cid, "slow-btrfs")
     _chain_intact(src, dst, cid, second)
+
+
+def test_the_reaper_skips_the_protected_snapshot_until_a_newer_common_one_exists(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    first = src.d.unix.post(snaps(cid), {"expiry": 1}).data["snapshot"]["name"]
+    second = src.d.unix.post(snaps(cid), {"expiry": 1}).data["snapshot"]["name"]
+    replicate(src.d, cid, "overlay")
+    world.clocks["overlay"].run_offset(2 * 86400)  # both have expired on the sender
+    try:
+        # the reaper takes the unprotected one and leaves the chain's base
+        until(lambda: first not in dict(names(src.d, cid)), "the reaper deleted the unprotected snapshot")
+        assert second in dict(names(src.d, cid))
+        third = snapshot(src.d, cid)
+        replicate(src.d, cid, "overlay")
+        until(lambda: second not in dict(names(src.d, cid)), "the released base went at the reaper's next round")
+        assert hold_of(src.d, cid, third) is not None
+    finally:
+        world.clocks["overlay"].run_offset(0)
