@@ -408,3 +408,26 @@ def test_the_reaper_skips_the_protected_snapshot_until_a_newer_common_one_exists
         assert hold_of(src.d, cid, third) is not None
     finally:
         world.clocks["overlay"].run_offset(0)
+
+
+def test_the_cli_replicates_waits_and_lists(world: World) -> None:
+    import subprocess
+    import sys
+
+    src, dst = world.senders["overlay"], world.receivers["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    snapshot(src.d, cid)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapd", *args, "--socket", str(src.d.socket)],
+                              capture_output=True, text=True, timeout=120)
+
+    out = cli("replicate", cid, "--to", "btrfs", "--wait")
+    assert out.returncode == 0 and ": done, 1/1 snapshots" in out.stdout, out
+    assert names(dst.d, cid) == names(src.d, cid)
+    out = cli("replicate", cid, "--to", "nowhere", "--wait")
+    assert out.returncode == 1 and ": failed" in out.stdout and "did not answer" in out.stdout, out
+    listed = cli("replications")
+    assert listed.returncode == 0 and "nowhere" in listed.stdout and "btrfs" in listed.stdout, listed
+    out = cli("replicate", cid, "--to", "nope")
+    assert out.returncode == 1 and "400" in out.stderr and "target" in out.stderr, out

@@ -192,9 +192,9 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
 def _answer(args: argparse.Namespace, status: int, envelope: dict) -> int:
     if args.json:
         print(json.dumps(envelope, indent=2))  # ensure_ascii: every control character escaped
-        return 0 if status == 200 else 1
+        return 0 if 200 <= status < 300 else 1
     envelope = _shown(envelope)
-    if status != 200:
+    if not 200 <= status < 300:  # 202: a job started
         details = envelope.get("details", [])
         rid = next((d.get("value") for d in details if d.get("field") == "request_id"), None)
         lines = "".join(f"\n  {d.get('field')}: {d.get('reason')}" for d in details if d.get("field") != "request_id")
@@ -202,7 +202,7 @@ def _answer(args: argparse.Namespace, status: int, envelope: dict) -> int:
         print(f"snapd: {status} {envelope.get('message')}{suffix}{lines}", file=sys.stderr)
     else:
         print(_render(args, envelope["data"]))
-    return 0 if status == 200 else 1
+    return 0 if 200 <= status < 300 else 1
 
 
 def _shown(value: Any) -> Any:
@@ -636,9 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="remove the label (the pool's layout setting decides again)")
     cl.set_defaults(label="layout")
 
-    from snapd.cli import policy, transfer  # they build on this module's helpers
+    from snapd.cli import policy, replication, transfer  # they build on this module's helpers
 
     transfer.add_commands(client, cid)
+    replication.add_commands(sub, _examples, cid)
 
     policy.add_commands(group("policy", "snapshot policies: schedules, retention, the plan (admin only)"), admin_cmd)
 
