@@ -21,7 +21,7 @@ from snapd.http.openapi import openapi_document
 from snapd.http.validation import CONTAINER_ID, SNAPSHOT_NAME
 
 from .daemon import DaemonProcess
-from .schemathesis_hooks import EXAMPLE_POLICY, SEEDED_POLICY
+from .schemathesis_hooks import EXAMPLE_POLICY, JOB_ENV, SEEDED_POLICY
 from .digest import write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +159,8 @@ PROJECT = "web"
 class Env:
     d: DaemonProcess
     tokens: dict[str, str]
+    job: str
+    """A replication job (failed: its target is closed), for GET .../replications/{job}."""
 
 
 @pytest.fixture(scope="module")
@@ -168,15 +170,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     pool = base / "pool"
     write_tree(pool / CID, {"etc/hostname": "web-1\n"})
     config = base / "config.toml"  # a policy of the file: GET finds it, PUT and DELETE are 409s
+    (base / "token").write_text("csd_x\n")  # a target where nothing listens: its jobs fail at once
     config.write_text(f'[policies.{EXAMPLE_POLICY}]\nschedule = "0 0 1 1 *"\n'
-                      f'applies_to = ["pool:overlay:{pool}"]\nkeep_last = 1\n')
+                      f'applies_to = ["pool:overlay:{pool}"]\nkeep_last = 1\n'
+                      f'[targets.closed]\nurl = "http://127.0.0.1:1"\ntoken_file = "{base / "token"}"\n')
     d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=True, extra=["--config", str(config)]).start()
     try:
         tokens = {
             "admin": d.unix.post(f"{ADMIN}/tokens", {"admin": True}).data["secret"],
             "project": d.unix.post(f"{ADMIN}/tokens", {"project": PROJECT}).data["secret"],
         }
-        yield Env(d, tokens)
+        r = d.unix.post(f"{ADMIN}/replications", {"container": CID, "target": "closed"})
+        assert r.status == 202, r.body
+        yield Env(d, tokens, r.data["job"]["id"])
     finally:
         assert d.stop() == 0, d.log_text()[-3000:]
 
@@ -225,7 +231,7 @@ def test_schemathesis_finds_nothing(env: Env, who: str, tmp_path: Path) -> None:
          f"http://127.0.0.1:{env.d.port}/api/v1/openapi.json",
          "-H", f"Authorization: Bearer {env.tokens[who]}",
          "--report", "json", "--report-json-path", str(report), "--no-color"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},  # its cache lands in tmp_path
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), JOB_ENV: env.job},  # its cache lands in tmp_path
         capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout[-20000:] + proc.stderr[-5000:]

@@ -272,12 +272,15 @@ def test_bad_requests_are_400_naming_the_field(world: World) -> None:
     d = world.senders["btrfs"].d
     cid = new_cid()
     for body, fieldname in (({"target": "btrfs"}, "container"), ({"container": "x", "target": "btrfs"}, "container"),
-                            ({"container": cid}, "target"), ({"container": cid, "target": "nope"}, "target"),
+                            ({"container": cid}, "target"), ({"container": cid, "target": 7}, "target"),
                             ({"container": cid, "target": "btrfs", "full": "yes"}, "full"),
                             ({"container": cid, "target": "btrfs", "extra": 1}, "extra")):
         r = d.unix.post(JOBS, body)
         assert (r.status, r.body["details"][0]["field"]) == (400, fieldname), (body, r.body)
-    assert d.unix.post(JOBS, {"container": cid, "target": "btrfs"}).status == 404
+    assert d.unix.post(JOBS, {"container": cid, "target": "btrfs"}).body["message"] == "Container not found"
+    r = d.unix.post(JOBS, {"container": cid, "target": "nope"})
+    assert (r.status, r.body["message"], r.body["details"][0]["field"]) == (404, "Replication target not found",
+                                                                            "target")
     assert d.unix.get(f"{JOBS}/000000000000").status == 404
     assert d.unix.get(f"{JOBS}/nope").status == 400
 
@@ -430,4 +433,4 @@ def test_the_cli_replicates_waits_and_lists(world: World) -> None:
     listed = cli("replications")
     assert listed.returncode == 0 and "nowhere" in listed.stdout and "btrfs" in listed.stdout, listed
     out = cli("replicate", cid, "--to", "nope")
-    assert out.returncode == 1 and "400" in out.stderr and "target" in out.stderr, out
+    assert out.returncode == 1 and "404 Replication target not found" in out.stderr and "target" in out.stderr, out

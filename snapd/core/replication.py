@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Protocol
 
 from snapd.core.clock import Clock, iso
-from snapd.core.errors import InvalidInput, NotFound, ServiceError
+from snapd.core.errors import NotFound, ServiceError
 from snapd.core.replication_plan import Diverged, Snap, plan
 from snapd.core.service import SnapshotService
 from snapd.core.settings import Target
@@ -152,12 +152,13 @@ class Replications:
 
     async def start(self, cid: str, target: str, full: bool = False) -> tuple[Job, bool]:
         """The job for `cid` and `target`: the running one, or a new one started now
-        (second value: whether it is new).  InvalidInput naming `target` when no such
-        target is configured; NotFound when the container is not here."""
+        (second value: whether it is new).  NotFound("target") naming it when no such
+        target is configured; NotFound("container") when the container is not here."""
         spec = self.targets().get(target)
         if spec is None:
             known = ", ".join(sorted(self.targets())) or "none configured"
-            raise InvalidInput("payload", [{"field": "target", "reason": f"no target {target!r} (known: {known})"}])
+            raise NotFound("target", [{"field": "target", "reason": f"no target {target[:64]!r} in the config "
+                                                                    f"(known: {known})"}])
         await self.service.find(cid)
         running = self._running.get((cid, target))
         if running is not None:

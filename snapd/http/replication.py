@@ -58,9 +58,9 @@ async def start_replication(request: web.Request) -> web.Response:
         raise _invalid("full", "must be true or false")
     try:
         job, new = await replications.start(cid, target, full)
-    except InvalidInput as exc:
-        raise ApiError(400, "Invalid request payload", exc.details) from None
-    except NotFound:
+    except NotFound as exc:
+        if exc.message == "target":
+            raise ApiError(404, "Replication target not found", exc.details) from None
         raise ApiError(404, "Container not found") from None
     message = "Replication started" if new else "Replication already running for this container and target"
     return ok(message, {"job": job.as_json()}, status=202)
