@@ -31,6 +31,7 @@ ADMIN = "/api/v1/admin"
 JOBS = f"{ADMIN}/replications"
 KINDS = ("btrfs", "overlay")
 PAIRS = [("btrfs", "btrfs"), ("overlay", "btrfs"), ("btrfs", "overlay")]
+SENDER_CONFIG = "sender.toml"
 SLOW = 4 << 20
 """Bytes per second of the `slow-*` targets: a 48 MiB snapshot takes seconds to send."""
 
@@ -83,7 +84,7 @@ def _sender_config(world: World, where: Path) -> Path:
     # an address of the link's subnet that nobody holds: nothing answers there
     lines.append(f'[targets.nowhere]\nurl = "http://{world.link.extra_addr}:7070"\n'
                  f'token_file = "{where / "replicate-btrfs"}"\n')
-    cfg = where / "sender.toml"
+    cfg = where / SENDER_CONFIG
     cfg.write_text("\n".join(lines))
     return cfg
 
@@ -242,7 +243,9 @@ def test_a_second_request_joins_the_running_job(world: World) -> None:
     assert r.status == 202 and r.data["job"]["id"] == job["id"], r.body
     assert r.body["message"] == "Replication already running for this container and target"
     assert any(j["id"] == job["id"] for j in src.d.unix.get(JOBS).data["jobs"])
-    assert finished(src.d, job)["state"] == "done"
+    job = finished(src.d, job)
+    assert job["state"] == "done" and job["bytes_sent"] > 8 << 20
+    assert job["rate"] <= SLOW * 1.05, job  # the target's bandwidth limit held
 
 
 # -- refusals --------------------------------------------------------------------------------
@@ -434,3 +437,20 @@ def test_the_cli_replicates_waits_and_lists(world: World) -> None:
     assert listed.returncode == 0 and "nowhere" in listed.stdout and "btrfs" in listed.stdout, listed
     out = cli("replicate", cid, "--to", "nope")
     assert out.returncode == 1 and "404 Replication target not found" in out.stderr and "target" in out.stderr, out
+
+
+def test_a_reload_reads_the_targets_again(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    snapshot(src.d, cid)
+    assert src.d.unix.post(JOBS, {"container": cid, "target": "late"}).status == 404
+    cfg = src.d.workdir.parent.parent / SENDER_CONFIG
+    token = src.d.workdir.parent.parent / "replicate-overlay"
+    cfg.write_text(cfg.read_text() + f'\n[targets.late]\nurl = "http://{world.link.ns_addr}:{world.ports["overlay"]}"\n'
+                                     f'token_file = "{token}"\n')
+    assert src.d.proc is not None
+    src.d.proc.send_signal(signal.SIGHUP)
+    r = until(lambda: (r := src.d.unix.post(JOBS, {"container": cid, "target": "late"})).status == 202 and r,
+              "the reloaded daemon knows the new target")
+    assert finished(src.d, r.data["job"])["state"] == "done"
+    assert names(world.receivers["overlay"].d, cid) == names(src.d, cid)

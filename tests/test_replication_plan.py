@@ -120,3 +120,36 @@ def test_a_name_the_target_gave_its_own_snapshot_is_not_common() -> None:
     with pytest.raises(Diverged) as caught:
         plan(_snaps(A, ("b", 2.0)), _snaps(A, ("b", 2.5)))
     assert caught.value.snapshots == ["b"]
+
+
+# -- the bandwidth limit --------------------------------------------------------------------
+
+
+def test_the_throttle_keeps_the_average_rate_with_an_injected_clock() -> None:
+    import asyncio
+
+    from snapd.core.replication import Throttle
+
+    now = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    async def run() -> None:
+        t = Throttle(1000, monotonic=lambda: now[0], sleep=sleep)
+        await t.pace(500)  # half a second's worth: wait until then
+        await t.pace(500)
+        now[0] += 3.0  # a pause: one second of it is credited, no more
+        await t.pace(1000)
+        assert slept == [0.5, 0.5]
+        await t.pace(1000)
+        assert slept == [0.5, 0.5, 1.0]
+        await t.pace(2000)
+        assert slept == [0.5, 0.5, 1.0, 2.0]
+        unlimited = Throttle(None, monotonic=lambda: now[0], sleep=sleep)
+        await unlimited.pace(10**9)
+        assert slept == [0.5, 0.5, 1.0, 2.0]
+
+    asyncio.run(run())

@@ -112,8 +112,9 @@ class Job:
 
 
 class Throttle:
-    """At most `rate` bytes per second on average (a running budget, not a window):
-    `pace(n)` returns after the n bytes may go."""
+    """At most `rate` bytes per second on average: `pace(n)` returns once the n bytes may
+    go.  Time the sender spent idle is credited for at most one second (a burst after a
+    pause stays within one second's worth)."""
 
     def __init__(self, rate: int | None, monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], object] = asyncio.sleep) -> None:
@@ -126,10 +127,13 @@ class Throttle:
     async def pace(self, n: int) -> None:
         if not self.rate:
             return
+        now = self._now()
         if self._start is None:
-            self._start = self._now()
+            self._start = now
+        if self._start + self._sent / self.rate < now - 1.0:
+            self._start = now - 1.0 - self._sent / self.rate
         self._sent += n
-        delay = self._start + self._sent / self.rate - self._now()
+        delay = self._start + self._sent / self.rate - now
         if delay > 0:
             await self._sleep(delay)  # type: ignore[misc]
 
