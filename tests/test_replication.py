@@ -343,10 +343,14 @@ def _sending(d: DaemonProcess, job: dict) -> dict:
                  "the job has sent a MiB")
 
 
-def _chain_intact(src: Side, dst: Side, cid: str, last: str) -> None:
+def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
+    """The receiver holds `first` alone (nothing of the cut `second`); a rerun sends `second`
+    and the chain is intact: same snapshots, the newest held, equal trees after a restore."""
+    assert [n for n, _ in names(dst.d, cid)] == [first]
+    replicate(src.d, cid, "slow-btrfs")
     assert names(dst.d, cid) == names(src.d, cid)
-    assert hold_of(src.d, cid, last) is not None
-    r = dst.d.unix.patch(snaps(cid, last))
+    assert hold_of(src.d, cid, second) is not None
+    r = dst.d.unix.patch(snaps(cid, second))
     assert r.status == 200, r.body
     same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
 
@@ -357,10 +361,8 @@ def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_co
     _sending(src.d, start(src.d, cid, "slow-btrfs"))
     src.d.kill()
     until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch")
-    assert [n for n, _ in names(dst.d, cid)] == [first]
     src.d.start()
-    replicate(src.d, cid, "slow-btrfs")
-    _chain_intact(src, dst, cid, second)
+    _rerun_continues(src, dst, cid, first, second)
 
 
 def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World) -> None:
@@ -375,9 +377,7 @@ def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(worl
     assert hold_of(src.d, cid, first) is not None  # the chain's base stays protected
     dst.d.start()
     assert scratch(dst) == []  # the start swept it
-    assert [n for n, _ in names(dst.d, cid)] == [first]
-    replicate(src.d, cid, "slow-btrfs")
-    _chain_intact(src, dst, cid, second)
+    _rerun_continues(src, dst, cid, first, second)
 
 
 def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World) -> None:
@@ -392,9 +392,7 @@ def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: Wo
     assert job["state"] == "failed" and "took no data" in job["last_error"], job
     # the receiver gives the stalled stream up on its own (pipe.IDLE_TIMEOUT), scratch removed
     until(lambda: scratch(dst) == [], "the receiver dropped the stalled stream", timeout=240, interval=0.5)
-    assert [n for n, _ in names(dst.d, cid)] == [first]
-    replicate(src.d, cid, "slow-btrfs")
-    _chain_intact(src, dst, cid, second)
+    _rerun_continues(src, dst, cid, first, second)
 
 
 def test_the_reaper_skips_the_protected_snapshot_until_a_newer_common_one_exists(world: World) -> None:

@@ -349,10 +349,7 @@ def parse_targets(tables: dict[str, Any], source: str) -> dict[str, Target]:
             raise ConfigError(f"{where}: a target's name is 1-64 letters, digits, '.', '_' or '-'")
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table ([targets.{name}])")
-        unknown = set(table) - set(TARGET_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(TARGET_KEYS)})")
+        _only_known(table, TARGET_KEYS, where)
         for key in ("url", "token_file"):
             if key not in table:
                 raise ConfigError(f"{where}.{key}: required")
@@ -446,13 +443,16 @@ def _freezing(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolic
     return replace(base, **changes)
 
 
+def _only_known(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+
+
 def _pool_policy(opts: object, defaults: PoolPolicy, where: str) -> PoolPolicy:
     if not isinstance(opts, dict):
         raise ConfigError(f"{where}: must be a table with keys {', '.join(POOL_OPTION_KEYS)}")
-    unknown = set(opts) - set(POOL_OPTION_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(POOL_OPTION_KEYS)})")
+    _only_known(opts, POOL_OPTION_KEYS, where)
     timeout = _seconds(opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT), f"{where}.hook_timeout", 3600)
     layout = opts.get("layout", "auto")
     if layout not in POOL_LAYOUTS:
