@@ -20,7 +20,8 @@ BAR = 30
 def _progress(job: dict) -> str:
     sent, total = job["snapshots_sent"], job["snapshots_total"]
     expected = job["bytes_expected"]
-    done = min(1.0, job["bytes_sent"] / expected) if expected else (sent / total if total else 0.0)
+    done = job["bytes_sent"] / expected if expected and expected > job["bytes_sent"] else (
+        sent / total if total else 0.0)
     bar = "#" * round(done * BAR)
     rate = f"{_human_size(int(job['rate']))}/s" if job["rate"] else "-"
     eta = f"eta {job['eta']:.0f}s" if job["eta"] is not None else ""

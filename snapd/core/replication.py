@@ -99,8 +99,8 @@ class Job:
     def as_json(self) -> dict:
         rate = self.rate()
         eta = None
-        if not self.finished and rate and self.bytes_expected is not None:
-            eta = max(0.0, (self.bytes_expected - self.bytes_sent) / rate)
+        if not self.finished and rate and self.bytes_expected is not None and self.bytes_expected > self.bytes_sent:
+            eta = (self.bytes_expected - self.bytes_sent) / rate
         return {
             "id": self.id, "container_id": self.container, "target": self.target, "full": self.full,
             "state": self.state, "snapshots_sent": self.snapshots_sent, "snapshots_total": self.snapshots_total,
@@ -234,10 +234,16 @@ class Replications:
         throttle = Throttle(target.bandwidth)
         for send in todo.sends:
             job.current = send.name
-            async with self.service.export(cid, send.name, send.base, None) as export:
-                await self._send(job, remote, export.run, throttle)
-            job.snapshots_sent += 1
-            await self._protect(cid, target.name, send.name)
+            try:
+                async with self.service.export(cid, send.name, send.base, None) as export:
+                    await self._send(job, remote, export.run, throttle)
+                    job.snapshots_sent += 1
+                    # held while still marked as exported: nothing deletes it in between
+                    await self._protect(cid, target.name, send.name)
+            except NotFound as exc:
+                what = f"container {cid}" if exc.message == "container" else (
+                    f"snapshot {send.name}" + (f" or its base {send.base}" if send.base else ""))
+                raise RemoteError(f"{what} is gone from this daemon since the job planned; run it again") from None
 
     async def _send(self, job: Job, remote: Remote, run: Callable, throttle: Throttle) -> None:
         """Stream one export into the target: a producer task fills a short queue, the
