@@ -20,7 +20,7 @@ import pytest
 
 from .client import Client, snaps
 from .clockfile import ClockFile
-from .conftest import open_harness
+from .conftest import open_harness, unavailable
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, new_cid
@@ -452,3 +452,38 @@ def test_a_reload_reads_the_targets_again(world: World) -> None:
               "the reloaded daemon knows the new target")
     assert finished(src.d, r.data["job"])["state"] == "done"
     assert names(world.receivers["overlay"].d, cid) == names(src.d, cid)
+
+
+def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> None:
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                           "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if made.returncode != 0:
+        unavailable(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    receiver = DaemonProcess(tmp_path / "r", [f"overlay:{tmp_path / 'rpool'}"], tcp=True,
+                             extra=["--tls-cert", str(cert), "--tls-key", str(key)])
+    (tmp_path / "rpool").mkdir()
+    receiver.start()
+    sender = None
+    try:
+        (tmp_path / "token").write_text(receiver.unix.post(f"{ADMIN}/tokens", {"replicate": True}).data["secret"])
+        url = f"https://localhost:{receiver.port}"
+        (tmp_path / "s.toml").write_text(
+            f'[targets.tls]\nurl = "{url}"\ntoken_file = "{tmp_path / "token"}"\ntls_ca = "{cert}"\n'
+            f'[targets.untrusted]\nurl = "{url}"\ntoken_file = "{tmp_path / "token"}"\n')
+        cid = new_cid()
+        write_tree(tmp_path / "spool" / cid, {"etc/hostname": "x\n"})
+        sender = DaemonProcess(tmp_path / "s", [f"overlay:{tmp_path / 'spool'}"], tcp=False,
+                               extra=["--config", str(tmp_path / "s.toml")]).start()
+        snapshot(sender, cid)
+        job = finished(sender, start(sender, cid, "untrusted"))
+        assert job["state"] == "failed" and "certificate" in job["last_error"].lower(), job
+        assert names(receiver, cid) == []
+        replicate(sender, cid, "tls")
+        assert names(receiver, cid) == names(sender, cid)
+    finally:
+        if sender is not None:
+            assert sender.stop() == 0
+        assert receiver.stop() == 0
