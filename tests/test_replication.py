@@ -343,6 +343,11 @@ def _sending(d: DaemonProcess, job: dict) -> dict:
                  "the job has sent a MiB")
 
 
+def _receiving(dst: Side) -> None:
+    """Wait until the receiver is receiving into scratch (so its removal means something)."""
+    until(lambda: scratch(dst), "the receiver is receiving into scratch")
+
+
 def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
     """The receiver holds `first` alone (nothing of the cut `second`); a rerun sends `second`
     and the chain is intact: same snapshots, the newest held, equal trees after a restore."""
@@ -359,6 +364,7 @@ def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_co
     src, dst = world.senders["btrfs"], world.receivers["btrfs"]
     cid, first, second = _slow_container(src)
     _sending(src.d, start(src.d, cid, "slow-btrfs"))
+    _receiving(dst)
     src.d.kill()
     until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch")
     src.d.start()
@@ -369,6 +375,7 @@ def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(worl
     src, dst = world.senders["btrfs"], world.receivers["btrfs"]
     cid, first, second = _slow_container(src)
     job = _sending(src.d, start(src.d, cid, "slow-btrfs"))
+    _receiving(dst)
     assert dst.d.proc is not None
     dst.d.proc.send_signal(signal.SIGKILL)
     dst.d.proc.wait()
@@ -384,6 +391,7 @@ def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: Wo
     src, dst = world.senders["btrfs"], world.receivers["btrfs"]
     cid, first, second = _slow_container(src)
     job = _sending(src.d, start(src.d, cid, "slow-btrfs"))
+    _receiving(dst)
     world.link.set_state("down")
     try:
         job = finished(src.d, job, timeout=180)
