@@ -122,6 +122,48 @@ def test_unreachable_daemon_exits_1(tmp_path: Path) -> None:
     assert out.returncode == 1 and "cannot reach the daemon" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_remote_daemon_by_url_and_token_file(tmp_path: Path) -> None:
+    """--url and --token-file (or $SNAPD_URL, $SNAPD_TOKEN_FILE) reach a daemon's TCP listener."""
+    pool = tmp_path / "pool"
+    c = new_cid()
+    write_tree(pool / c, {"f": "1"})
+    d = DaemonProcess(tmp_path / "d", [f"overlay:{pool}"], tcp=True).start()
+    try:
+        secret = d.unix.post("/api/v1/admin/tokens", {"admin": True}).data["secret"]
+        (tmp_path / "token").write_text(secret + "\n")
+        url, token = f"http://127.0.0.1:{d.port}", str(tmp_path / "token")
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("SNAPD_")}
+
+        def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "snapd", *args], capture_output=True, text=True,
+                                  timeout=60, env={**bare, **env})
+
+        made = run("create", "--url", url, "--token-file", token, "--json", c)
+        assert made.returncode == 0, made.stderr
+        name = json.loads(made.stdout)["data"]["snapshot"]["name"]
+        listed = run("list", "--json", c, SNAPD_URL=url, SNAPD_TOKEN_FILE=token, SNAPD_SOCKET="/nonexistent")
+        assert [s["name"] for s in json.loads(listed.stdout)["data"]["snapshots"]] == [name], listed.stderr
+        assert f"(pid {d.proc.pid})" in run("status", "--url", url, "--token-file", token).stdout
+        anonymous = run("list", "--url", url, c)
+        assert anonymous.returncode == 1 and "401" in anonymous.stderr, anonymous.stderr
+        wrong = tmp_path / "wrong"
+        wrong.write_text("snapd_000000000000_" + "0" * 43)
+        assert run("list", "--url", url, "--token-file", str(wrong), c).returncode == 1
+        for bad in ("ftp://127.0.0.1", "http://", "http://u:p@127.0.0.1", f"{url}/api", f"{url}?x=1",
+                    "http://127.0.0.1:99999", "127.0.0.1:7070"):
+            out = run("list", "--url", bad, "--token-file", token, c)
+            assert out.returncode == 2 and "--url" in out.stderr and "Traceback" not in out.stderr, (bad, out.stderr)
+        (tmp_path / "empty").write_text("\n")
+        for token_file in (str(tmp_path / "missing"), str(tmp_path / "empty"), str(tmp_path)):
+            out = run("list", "--url", url, "--token-file", token_file, c)
+            assert out.returncode == 2 and "--token-file" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        both = run("list", "--url", url, "--socket", str(d.socket), c)
+        assert both.returncode == 2 and "not both" in both.stderr
+        assert run("list", "--socket", str(d.socket), c, SNAPD_URL="http://127.0.0.1:1").returncode == 0
+    finally:
+        assert d.stop() == 0
+
+
 def test_every_subcommand_help_has_an_example() -> None:
     for sub in ("serve", "list", "create", "show", "restore", "alias", "delete", "hold", "release"):
         out = subprocess.run([sys.executable, "-m", "snapd", sub, "--help"], capture_output=True, text=True)

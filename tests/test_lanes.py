@@ -24,6 +24,7 @@ from snapd.core.store import Store
 from snapd.host.config import ConfigError, build, load_file
 
 from .client import snaps
+from .clockfile import ClockFile
 from .daemon import DaemonProcess, refused_start
 from .digest import write_tree
 from .harness import new_cid
@@ -169,7 +170,7 @@ exit 0
 class Gated:
     """A daemon whose creates wait in a pre_snapshot hook for the test to open their gate."""
 
-    def __init__(self, tmp_path: Path, limit: int) -> None:
+    def __init__(self, tmp_path: Path, limit: int, env: dict[str, str] | None = None) -> None:
         self.pool = tmp_path / "pool"
         self.pool.mkdir()
         self.gates = tmp_path / "gates"
@@ -182,15 +183,16 @@ class Gated:
         spec = f"overlay:{os.path.realpath(self.pool)}"
         self.config = tmp_path / "config.toml"
         self.write_config(limit, spec, hook)
-        self.d = DaemonProcess(tmp_path / "d", [spec], tcp=False, extra=["--config", str(self.config)]).start()
+        self.d = DaemonProcess(tmp_path / "d", [spec], tcp=False, env=env,
+                               extra=["--config", str(self.config)]).start()
 
     def write_config(self, limit: object, spec: str | None = None, hook: Path | None = None) -> None:
         if spec is not None:
             self._tail = f'[pool_options."{spec}"]\npre_snapshot = ["{hook}"]\nhook_timeout = 3600\n'
         self.config.write_text(f"max_concurrent_per_project = {json.dumps(limit)}\n{self._tail}")
 
-    def container(self, project: str | None, gated: bool = True) -> str:
-        cid = new_cid()
+    def container(self, project: str | None, gated: bool = True, cid: str | None = None) -> str:
+        cid = cid or new_cid()
         write_tree(self.pool / cid, {"f": cid})
         if project is not None:
             r = self.d.unix.request("PUT", f"{ADMIN}/containers/{cid}/project", {"project": project})
@@ -215,17 +217,21 @@ class Gated:
         return [] if p is None else [(o["container"], o["state"]) for o in p["operations"]]
 
 
+    def close(self) -> None:
+        for fifo in self.gates.iterdir():  # whatever a failing test left waiting: released, and no new waits
+            fd = os.open(fifo, os.O_RDWR)  # never blocks; a hook waiting to read goes on
+            fifo.unlink()
+            os.close(fd)
+        assert self.d.stop() == 0
+
+
 @pytest.fixture
 def gated(tmp_path: Path) -> Iterator[Gated]:
     g = Gated(tmp_path, limit=2)
     try:
         yield g
     finally:
-        for fifo in g.gates.iterdir():  # whatever a failing test left waiting: released, and no new waits
-            fd = os.open(fifo, os.O_RDWR)  # never blocks; a hook waiting to read goes on
-            fifo.unlink()
-            os.close(fd)
-        assert g.d.stop() == 0
+        g.close()
 
 
 def test_a_project_over_its_limit_queues_in_order_while_another_is_served(gated: Gated) -> None:
@@ -290,3 +296,31 @@ def test_the_limit_follows_a_reload_and_a_bad_one_is_rejected(gated: Gated) -> N
         for x in (a, b, c):
             g.release(x)
         assert all(r.result(60).status == 200 for r in results)
+
+
+def test_scheduled_snapshots_of_a_busy_project_do_not_hold_up_another_projects(tmp_path: Path) -> None:
+    """Six containers of project p and one of q fall due at the same slot; p's creates
+    wait at its limit of two, and q's scheduled snapshot is taken meanwhile (the scheduler
+    dispatches p's first: their ids sort first)."""
+    hour = 3600.0
+    slot = 1_750_000_000 // hour * hour + hour
+    clock = ClockFile(tmp_path / "clock", slot - 60)
+    g = Gated(tmp_path, limit=2, env=clock.env)
+    try:
+        busy = [g.container("p", cid=f"0{i}" + new_cid()[2:]) for i in range(6)]
+        quiet = g.container("q", gated=False, cid="f" + new_cid()[1:])
+        r = g.d.unix.request("PUT", f"{ADMIN}/policies/hourly",
+                             {"schedule": "0 * * * *", "keep_last": 5, "applies_to": ["project:p", "project:q"]})
+        assert r.status == 200, r.body
+        until(lambda: all(p["status"]["next"] for p in g.d.unix.get(f"{ADMIN}/policies").data["policies"]),
+              "the scheduler to plan the containers' next snapshots")
+        clock.set(slot + 30)
+        until(lambda: g.d.unix.get(snaps(quiet)).data["snapshots"], "q's scheduled snapshot while p's wait")
+        assert sorted(g.started()) == sorted(busy[:2] + [quiet])
+        assert [state for _, state in g.queue("p")] == ["running", "running", "queued", "queued"]
+        for cid in busy:
+            until(lambda: cid in g.started(), f"p's create of {cid} to run")
+            g.release(cid)
+        until(lambda: all(g.d.unix.get(snaps(c)).data["snapshots"] for c in busy), "every scheduled snapshot")
+    finally:
+        g.close()

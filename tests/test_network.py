@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +128,16 @@ def test_tls_listener(tmp_path: Path) -> None:
         with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
             plain.request("GET", snaps(cid))
             plain.getresponse().read()
+        (tmp_path / "token").write_text(token + "\n")
+        cli = [sys.executable, "-m", "snapd", "list", "--url", f"https://localhost:{d.port}",
+               "--token-file", str(tmp_path / "token"), cid]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPD_")}
+        trusted = subprocess.run([*cli, "--tls-ca", str(cert), "--json"], capture_output=True, text=True,
+                                 timeout=60, env=env)
+        assert trusted.returncode == 0 and json.loads(trusted.stdout)["data"]["container_id"] == cid, trusted.stderr
+        untrusted = subprocess.run(cli, capture_output=True, text=True, timeout=60, env=env)
+        assert untrusted.returncode == 1 and "certificate verify failed" in untrusted.stderr, untrusted.stderr
+        assert "Traceback" not in untrusted.stderr
     finally:
         assert d.stop() == 0
 

@@ -1,9 +1,11 @@
-"""A small client for the daemon's Unix socket (used by the CLI)."""
+"""A small client for the daemon: its Unix socket, or a URL with a bearer token (used by the CLI)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -14,14 +16,41 @@ class ClientError(Exception):
     """The daemon could not be reached or did not answer with JSON."""
 
 
-async def _call(socket_path: Path, method: str, path: str, body: Any = None, *, data: Any = None,
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the daemon answers: a Unix socket, or a URL (`http(s)://host[:port]`, TCP), and
+    the bearer token to send, if any."""
+
+    socket: Path | None = None
+    url: str | None = None
+    token: str | None = None
+    tls_ca: Path | None = None
+
+    def __str__(self) -> str:
+        return self.url if self.url else str(self.socket)
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/") if self.url else "http://localhost"
+
+    def session(self) -> aiohttp.ClientSession:
+        """A session that reaches the daemon (the caller closes it)."""
+        if self.url is None:
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(self.socket))
+        else:
+            tls = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+            connector = aiohttp.TCPConnector(ssl=tls)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return aiohttp.ClientSession(connector=connector, headers=headers)
+
+
+async def _call(endpoint: Endpoint, method: str, path: str, body: Any = None, *, data: Any = None,
                 headers: dict[str, str] | None = None, timeout: float | None = 600) -> tuple[int, dict]:
-    connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with endpoint.session() as session:
             async with session.request(
                 method,
-                f"http://localhost{path}",
+                endpoint.base + path,
                 json=body,
                 data=data,
                 headers=headers,
@@ -29,7 +58,7 @@ async def _call(socket_path: Path, method: str, path: str, body: Any = None, *, 
             ) as resp:
                 return resp.status, await _envelope(resp)
     except aiohttp.ClientConnectionError as exc:
-        raise ClientError(f"cannot reach the daemon at {socket_path}: {exc}") from None
+        raise ClientError(f"cannot reach the daemon at {endpoint}: {exc}") from None
 
 
 async def _envelope(resp: aiohttp.ClientResponse) -> dict:
@@ -40,19 +69,18 @@ async def _envelope(resp: aiohttp.ClientResponse) -> dict:
         raise ClientError(f"daemon answered {resp.status} without JSON: {text[:200]}") from None
 
 
-def call(socket_path: Path, method: str, path: str, body: Any = None) -> tuple[int, dict]:
+def call(endpoint: Endpoint, method: str, path: str, body: Any = None) -> tuple[int, dict]:
     """One request; returns (status, decoded JSON envelope)."""
-    return asyncio.run(_call(socket_path, method, path, body))
+    return asyncio.run(_call(endpoint, method, path, body))
 
 
 CHUNK = 1 << 20
 
 
-async def _stream(socket_path: Path, path: str, out: BinaryIO) -> tuple[int, dict]:
-    connector = aiohttp.UnixConnector(path=str(socket_path))
+async def _stream(endpoint: Endpoint, path: str, out: BinaryIO) -> tuple[int, dict]:
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.get(f"http://localhost{path}", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        async with endpoint.session() as session:
+            async with session.get(endpoint.base + path, timeout=aiohttp.ClientTimeout(total=None)) as resp:
                 if resp.status != 200:
                     return resp.status, await _envelope(resp)
                 while True:  # a MiB at a time: few hops to the writing thread
@@ -66,27 +94,27 @@ async def _stream(socket_path: Path, path: str, out: BinaryIO) -> tuple[int, dic
                 await asyncio.to_thread(out.flush)
                 return 200, {}
     except aiohttp.ClientConnectionError as exc:
-        raise ClientError(f"cannot reach the daemon at {socket_path}, or it broke off: {exc}") from None
+        raise ClientError(f"cannot reach the daemon at {endpoint}, or it broke off: {exc}") from None
     except aiohttp.ClientPayloadError as exc:
-        raise ClientError(f"the daemon at {socket_path} broke off the answer: {exc}") from None
+        raise ClientError(f"the daemon at {endpoint} broke off the answer: {exc}") from None
 
 
-async def _upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
+async def _upload(endpoint: Endpoint, path: str, read: Any) -> tuple[int, dict]:
     """POST the bytes `read(n)` yields (until b"") as a chunked body; the answer's envelope."""
     async def body() -> Any:
         while chunk := await asyncio.to_thread(read, CHUNK):
             yield chunk
 
-    return await _call(socket_path, "POST", path, data=body(), timeout=None,
+    return await _call(endpoint, "POST", path, data=body(), timeout=None,
                        headers={"Content-Type": "application/vnd.container-snapd.stream"})
 
 
-def stream(socket_path: Path, path: str, out: BinaryIO) -> tuple[int, dict]:
+def stream(endpoint: Endpoint, path: str, out: BinaryIO) -> tuple[int, dict]:
     """A GET whose success body is bytes, written to `out` as it arrives; returns (status,
     error envelope or {}).  ClientError when the body is cut off."""
-    return asyncio.run(_stream(socket_path, path, out))
+    return asyncio.run(_stream(endpoint, path, out))
 
 
-def upload(socket_path: Path, path: str, read: Any) -> tuple[int, dict]:
+def upload(endpoint: Endpoint, path: str, read: Any) -> tuple[int, dict]:
     """Stream `read`'s bytes as a POST body (see _upload)."""
-    return asyncio.run(_upload(socket_path, path, read))
+    return asyncio.run(_upload(endpoint, path, read))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlencode
 
 from snapd.core.text import visible
+
+if TYPE_CHECKING:
+    from snapd.cli.client import Endpoint
 
 PAGE = 10_000
 
@@ -48,7 +50,7 @@ def render_restored(data: dict) -> str:
 
 
 def add_commands(client: Callable[..., argparse.ArgumentParser], request: Callable[..., int],
-                 snap_path: Callable[..., str], socket_of: Callable[[argparse.Namespace], Path], cid: str) -> None:
+                 snap_path: Callable[..., str], endpoint_of: Callable[[argparse.Namespace], Endpoint], cid: str) -> None:
     """Register the file commands on the parser through main's `client` helper."""
     name = "snap-20250115-103000"
 
@@ -61,7 +63,7 @@ def add_commands(client: Callable[..., argparse.ArgumentParser], request: Callab
         from snapd.cli.client import ClientError, stream
 
         try:
-            status, error = stream(socket_of(args), snap_path(args, "/file?" + urlencode({"path": args.path})),
+            status, error = stream(endpoint_of(args), snap_path(args, "/file?" + urlencode({"path": args.path})),
                                    sys.stdout.buffer)
         except ClientError as exc:
             print(f"snapd: {visible(str(exc))}", file=sys.stderr)

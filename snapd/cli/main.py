@@ -13,13 +13,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from urllib.parse import quote, urlsplit
 
 from snapd import __version__
 from snapd.core.clock import Clock
 from snapd.host.config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, build, check, load_file
 from snapd.core.text import human_size, visible
+
+if TYPE_CHECKING:
+    from snapd.cli.client import Endpoint
 
 DEMO_CONTAINER = "507f1f77bcf86cd799439011"
 
@@ -171,18 +174,74 @@ def _snapshot_rows(snaps: list[dict], wide: bool = False) -> str:
     )
 
 
-def _socket(args: argparse.Namespace) -> Path:
-    return Path(args.socket or os.environ.get("SNAPD_SOCKET") or DEFAULT_SOCKET)
+def _connection_options(p: argparse.ArgumentParser) -> None:
+    """--socket, --url, --token-file and --tls-ca: which daemon a command talks to."""
+    p.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+    p.add_argument("--url", help="a daemon's TCP listener instead, http(s)://HOST[:PORT] (default $SNAPD_URL)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="send the bearer token in FILE (default $SNAPD_TOKEN_FILE; needed over TCP)")
+    p.add_argument("--tls-ca", metavar="FILE", help="PEM certificates to trust for https "
+                   "(default $SNAPD_TLS_CA, else the system's)")
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"snapd: {visible(message)}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _url(text: str) -> str:
+    """`text` checked to be http(s)://HOST[:PORT] with nothing after; its canonical form."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        _usage_error(f"--url {text!r}: {exc}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _usage_error(f"--url {text!r}: give http://HOST[:PORT] or https://HOST[:PORT]")
+    if parts.username or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
+        _usage_error(f"--url {text!r}: only a scheme, host and port (the token goes in --token-file)")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        _usage_error(f"--token-file {path}: {exc.strerror if isinstance(exc, OSError) else 'not text'}")
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        _usage_error(f"--token-file {path}: holds no token (one line, no spaces)")
+    return token
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    """The daemon this command talks to: flags first, then $SNAPD_URL / $SNAPD_SOCKET, then the
+    default socket; exits 2 on a bad value."""
+    from snapd.cli.client import Endpoint
+
+    env = os.environ
+    socket, url = getattr(args, "socket", None), getattr(args, "url", None)
+    if socket and url:
+        _usage_error("give --socket or --url, not both")
+    if not socket and not url:
+        url = env.get("SNAPD_URL") or None
+        socket = None if url else env.get("SNAPD_SOCKET")
+    token_file = getattr(args, "token_file", None) or env.get("SNAPD_TOKEN_FILE")
+    tls_ca = getattr(args, "tls_ca", None) or env.get("SNAPD_TLS_CA")
+    if tls_ca and not Path(tls_ca).is_file():
+        _usage_error(f"--tls-ca {tls_ca}: no such file")
+    return Endpoint(socket=None if url else Path(socket or DEFAULT_SOCKET), url=_url(url) if url else None,
+                    token=_token(token_file) if token_file else None, tls_ca=Path(tls_ca) if tls_ca else None)
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
-             send: Callable[[Path], tuple[int, dict]] | None = None) -> int:
-    """One request (or `send(socket)`, which makes it), its answer printed."""
+             send: Callable[[Endpoint], tuple[int, dict]] | None = None) -> int:
+    """One request (or `send(endpoint)`, which makes it), its answer printed."""
     from snapd.cli.client import ClientError, call
 
-    socket_path = _socket(args)
+    endpoint = _endpoint(args)
     try:
-        status, envelope = send(socket_path) if send else call(socket_path, method, path, body)
+        status, envelope = send(endpoint) if send else call(endpoint, method, path, body)
     except ClientError as exc:
         print(f"snapd: {visible(str(exc))}", file=sys.stderr)
         return 1
@@ -529,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client(name: str, help_: str, func: Any, *examples: str, name_arg: bool = True) -> argparse.ArgumentParser:
         p = add(name, help_, *examples)
-        p.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+        _connection_options(p)
         p.add_argument("--json", action="store_true", help="print the raw JSON envelope")
         p.add_argument("id", help="container id (24 hex characters)")
         if name_arg:
@@ -561,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     client("release", "release a snapshot's hold", cmd_release, f"snapd release {cid} snap-20250115-103000")
     from snapd.cli import files as file_cli
 
-    file_cli.add_commands(client, _request, _snap_path, _socket, cid)
+    file_cli.add_commands(client, _request, _snap_path, _endpoint, cid)
 
     def group(name: str, help_: str) -> Any:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -570,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     def admin_cmd(subs: Any, name: str, help_: str, func: Any, *examples: str) -> argparse.ArgumentParser:
         p = subs.add_parser(name, help=help_, description=help_ + " (admin only)",
                             epilog=_examples(*examples), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+        _connection_options(p)
         p.add_argument("--json", action="store_true", help="print the raw JSON envelope")
         p.set_defaults(func=func)
         return p
@@ -580,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "last errors (admin only)",
                         epilog=_examples("snapd status", "snapd status --json"),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    st.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+    _connection_options(st)
     st.add_argument("--json", action="store_true", help="print the raw JSON envelope")
     st.set_defaults(func=cmd_status)
 
@@ -590,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=_examples("snapd reconcile --dry-run", "snapd reconcile"),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     rc.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
-    rc.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+    _connection_options(rc)
     rc.add_argument("--json", action="store_true", help="print the raw JSON envelope")
     rc.set_defaults(func=cmd_reconcile)
 

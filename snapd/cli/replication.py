@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snapd.cli.main import _human_size, _request, _table, _when
+from snapd.cli.main import _connection_options, _human_size, _request, _table, _when
 from snapd.core.text import visible
+
+if TYPE_CHECKING:
+    from snapd.cli.client import Endpoint
 
 JOBS = "/api/v1/admin/replications"
 POLL = 0.5
@@ -40,12 +42,12 @@ def _summary(job: dict) -> str:
     return line
 
 
-def _follow(args: argparse.Namespace, socket_path: Path, body: dict, tty: bool) -> tuple[int, dict]:
+def _follow(args: argparse.Namespace, endpoint: Endpoint, body: dict, tty: bool) -> tuple[int, dict]:
     """Start (or join) the job, then poll it until it ends, a progress bar on stderr when
     it is a terminal; the last answer about the job (or the start's refusal)."""
     from snapd.cli.client import call
 
-    status, envelope = call(socket_path, "POST", JOBS, body)
+    status, envelope = call(endpoint, "POST", JOBS, body)
     if status != 202:
         return status, envelope
     job = envelope["data"]["job"]
@@ -53,7 +55,7 @@ def _follow(args: argparse.Namespace, socket_path: Path, body: dict, tty: bool) 
         if tty:
             print(f"\r{_progress(job)}\x1b[K", end="", file=sys.stderr, flush=True)
         time.sleep(POLL)
-        status, envelope = call(socket_path, "GET", f"{JOBS}/{job['id']}")
+        status, envelope = call(endpoint, "GET", f"{JOBS}/{job['id']}")
         if status != 200:
             return status, envelope
         job = envelope["data"]["job"]
@@ -70,7 +72,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     args.render = lambda d: _summary(d["job"])
     if not args.wait:
         return _request(args, "POST", JOBS, body)
-    code = _request(args, "POST", JOBS, body, send=lambda sock: _follow(args, sock, body, sys.stderr.isatty()))
+    code = _request(args, "POST", JOBS, body, send=lambda endpoint: _follow(args, endpoint, body, sys.stderr.isatty()))
     return code if code else 0 if args.last_state == "done" else 1
 
 
@@ -92,7 +94,7 @@ def add_commands(sub: Any, examples: Any, cid: str) -> None:
     def parser(name: str, help_: str, *lines: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_ + " (admin only)", epilog=examples(*lines),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--socket", help="daemon socket (default $SNAPD_SOCKET or /run/container-snapd/api.sock)")
+        _connection_options(p)
         p.add_argument("--json", action="store_true", help="print the raw JSON envelope")
         return p
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 from urllib.parse import urlencode
 
-from snapd.cli.main import _answer, _request, _snap_path, _socket
+from snapd.cli.main import _answer, _request, _snap_path, _endpoint
 from snapd.core.text import visible
 
 
@@ -20,7 +20,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     query = {k: v for k, v in (("base", args.base), ("compression", args.compression)) if v}
     path = _snap_path(args, "/export") + ("?" + urlencode(query) if query else "")
     try:
-        status, envelope = stream(_socket(args), path, sys.stdout.buffer)
+        status, envelope = stream(_endpoint(args), path, sys.stdout.buffer)
     except ClientError as exc:
         print(f"snapd: {visible(str(exc))}", file=sys.stderr)
         return 1
@@ -34,7 +34,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print("snapd import: give the stream on stdin (snapd import ID < FILE)", file=sys.stderr)
         return 2
     path = _snap_path(args, "/import") + ("?" + urlencode({"pool": args.pool}) if args.pool else "")
-    return _request(args, "POST", path, send=lambda socket: upload(socket, path, sys.stdin.buffer.read))
+    return _request(args, "POST", path, send=lambda endpoint: upload(endpoint, path, sys.stdin.buffer.read))
 
 
 def add_commands(client: Any, cid: str) -> None:

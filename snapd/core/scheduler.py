@@ -39,7 +39,8 @@ from snapd.core.service import SnapshotService
 log = logging.getLogger("snapd.scheduler")
 
 CONCURRENCY = 4
-"""Scheduled snapshots being taken at once, daemon-wide."""
+"""Scheduled snapshots being taken at once per project (unlabelled containers count as one
+project): one project's queue (max_concurrent_per_project) never holds up another's."""
 RETRY_FIRST = 10.0
 RETRY_MAX = 600.0
 """Seconds (clock time) before a failed snapshot is tried again, doubling up to this."""
@@ -70,7 +71,9 @@ class Scheduler:
         self.coverage = coverage
         self.clock = clock or service.clock
         self.pruner = Pruner(service, lambda: self.covered, self.clock)
-        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._slots: dict[str | None, asyncio.Semaphore] = {}
+        """Project (None: unlabelled) -> its scheduled snapshots' slots."""
         self.covered: dict[str, Covered] = {}
         """Container id -> the container and the policy it follows."""
         self.state: dict[tuple[str, str], Slot] = {}
@@ -245,7 +248,8 @@ class Scheduler:
 
     async def _take(self, cov: Covered, st: Slot, slot: float, planned: float) -> None:
         spec, cid = cov.spec, cov.container.id
-        async with self._slots:
+        slots = self._slots.setdefault(cov.container.project, asyncio.Semaphore(self._concurrency))
+        async with slots:
             if self._stopping:
                 return
             started = self.clock.now()
