@@ -1,4 +1,4 @@
-"""Replication's pure parts: the `[targets.NAME]` config tables and the plan of what to send."""
+"""Replication without daemons: the `[targets.NAME]` tables, the plan, the bandwidth limit, the token file."""
 
 from __future__ import annotations
 
@@ -153,3 +153,19 @@ def test_the_throttle_keeps_the_average_rate_with_an_injected_clock() -> None:
         assert slept == [0.5, 0.5, 1.0, 2.0]
 
     asyncio.run(run())
+
+
+def test_a_token_file_without_a_token_fails_before_any_request(tmp_path: Path) -> None:
+    import asyncio
+
+    from snapd.core.replication import RemoteError
+    from snapd.host.remote import HttpRemote
+
+    for content in (b"", b"two words\n", b"\xff\xfe", b"csd_x\x00"):
+        (tmp_path / "t").write_bytes(content)
+        remote = HttpRemote(Target("b", "http://127.0.0.1:1", str(tmp_path / "t")))
+        with pytest.raises(RemoteError, match=r"targets\.b\.token_file"):
+            asyncio.run(remote.snapshots("0" * 24))
+    remote = HttpRemote(Target("b", "http://127.0.0.1:1", str(tmp_path / "gone")))
+    with pytest.raises(RemoteError, match="cannot read targets.b.token_file"):
+        asyncio.run(remote.snapshots("0" * 24))

@@ -38,12 +38,15 @@ class HttpRemote:
         self.target = target
 
     def _token(self) -> str:
+        where = f"targets.{self.target.name}.token_file {self.target.token_file}"
         try:
             with open(self.target.token_file) as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise RemoteError(f"cannot read targets.{self.target.name}.token_file "
-                              f"{self.target.token_file}: {exc.strerror or exc}") from None
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RemoteError(f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+            raise RemoteError(f"{where} holds no token (one line, no spaces)")
+        return token
 
     def _session(self, read_timeout: float) -> aiohttp.ClientSession:
         ssl_ctx: ssl.SSLContext | bool = False
