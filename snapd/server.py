@@ -344,6 +344,7 @@ class Daemon:
         app[POLICIES_KEY] = self.policies
         self.replications = Replications(self.service, lambda: self.cfg.targets, HttpRemote, self.clock)
         app[REPLICATIONS_KEY] = self.replications
+        self.metrics.watch_replications(self.replications.states, lambda: dict(self.replications.sent))
         self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
                                     handle_signals=False)
         await self.runner.setup()

@@ -228,6 +228,10 @@ def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: Wor
     job = replicate(src.d, cid, receiver)
     assert (job["snapshots_sent"], job["snapshots_total"]) == (0, 0)
 
+    metrics = src.d.unix.get("/metrics", binary=True).raw.decode()
+    assert f'\ncontainer_snapd_replication_sent_bytes_total{{target="{receiver}"}}' in metrics
+    assert '\ncontainer_snapd_replication_jobs{state="done"}' in metrics
+
     # disaster recovery: the receiver's restore gives the sender's tree of `third`
     r = dst.d.unix.patch(snaps(cid, third))
     assert r.status == 200, r.body

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Protocol
 
@@ -151,6 +152,8 @@ class Replications:
         self.jobs: dict[str, Job] = {}
         self._running: dict[tuple[str, str], Job] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.sent: Counter[str] = Counter()
+        """Target -> bytes sent to it since the start (for /metrics)."""
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -182,6 +185,13 @@ class Replications:
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
+
+    def states(self) -> dict[str, int]:
+        """Jobs kept, by state (every state present)."""
+        counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+        for job in self.jobs.values():
+            counts[job.state] += 1
+        return counts
 
     async def stop(self) -> None:
         """Cancel the running jobs (daemon shutdown); the target keeps only whole snapshots."""
@@ -267,6 +277,7 @@ class Replications:
                 await throttle.pace(len(item))
                 progress[0] = time.monotonic()
                 job.bytes_sent += len(item)
+                self.sent[job.target] += len(item)
                 yield item
 
         producer = asyncio.create_task(run(queue.put))
