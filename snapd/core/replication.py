@@ -306,7 +306,10 @@ class Replications:
         if row is None:
             return
         if row.hold_reason is None:
-            await self.service.hold(cid, name, hold_reason(target))
+            try:
+                await self.service.hold(cid, name, hold_reason(target))
+            except NotFound:
+                return  # deleted meanwhile: the next job plans without it
         old = store.replication_bases(cid).get(target)
         now = self.clock.now()
         await store.write(lambda s: s.set_replication_base(cid, target, name, round(now * 1000)))
