@@ -499,3 +499,20 @@ def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> N
         if sender is not None:
             assert sender.stop() == 0
         assert receiver.stop() == 0
+
+
+def test_a_base_two_targets_rest_on_stays_held_until_both_moved_on(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    a = snapshot(src.d, cid)
+    replicate(src.d, cid, "btrfs")
+    replicate(src.d, cid, "overlay")
+    assert hold_of(src.d, cid, a) == "replication to btrfs: the newest snapshot both hold"
+    b = snapshot(src.d, cid)
+    replicate(src.d, cid, "btrfs")  # btrfs moved on; overlay's chain still rests on a
+    assert hold_of(src.d, cid, a) == "replication to overlay: the newest snapshot both hold"
+    assert hold_of(src.d, cid, b) == "replication to btrfs: the newest snapshot both hold"
+    replicate(src.d, cid, "overlay")  # both moved on: a is free again
+    assert hold_of(src.d, cid, a) is None
+    assert hold_of(src.d, cid, b) is not None
+    assert src.d.unix.delete(snaps(cid, a)).status == 200
