@@ -18,6 +18,7 @@ from openapi_spec_validator import validate
 from snapd.http.admin import TOKEN_ID
 from snapd.http.admin_policies import POLICY_NAME
 from snapd.http.openapi import openapi_document
+from snapd.http.replication import JOB_ID
 from snapd.http.validation import CONTAINER_ID, SNAPSHOT_NAME
 
 from .daemon import DaemonProcess
@@ -97,6 +98,7 @@ SAMPLES = ["507f1f77bcf86cd799439011", "507F1F77BCF86CD799439011", "507f1f77bcf8
 
 @pytest.mark.parametrize("name, server_regex", [
     ("id", CONTAINER_ID), ("name", SNAPSHOT_NAME), ("token_id", TOKEN_ID), ("policy", POLICY_NAME),
+    ("job", JOB_ID),
 ])
 def test_path_parameters_carry_the_servers_own_patterns(name: str, server_regex: re.Pattern[str]) -> None:
     seen = 0
