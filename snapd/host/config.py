@@ -333,7 +333,7 @@ def parse_bandwidth(value: object, where: str) -> int:
             if text[len(num):] not in _UNITS or not num:
                 raise ValueError
             amount = int(float(num) * _UNITS[text[len(num):]])
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"{where}: {value!r} is not {what}") from None
     if amount < 1024:
         raise ConfigError(f"{where}: must be at least 1KiB per second")
@@ -360,7 +360,7 @@ def parse_targets(tables: dict[str, Any], source: str) -> dict[str, Target]:
         except ValueError:
             port_ok = False
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
-                or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+                or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
             raise ConfigError(f"{where}.url: must be http(s)://HOST[:PORT] (the receiver's TCP listener), "
                               f"got {url!r}")
         paths = {}
