@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from .certs import self_signed
 from .client import snaps
-from .conftest import unavailable
 from .daemon import DaemonProcess, free_port
 from .digest import write_tree
 from .harness import new_cid
@@ -105,11 +105,7 @@ def test_unknown_interface_is_a_start_up_error(tmp_path: Path) -> None:
 
 
 def test_tls_listener(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                           "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
-    if made.returncode != 0:
-        unavailable(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    cert, key = self_signed(tmp_path)
     pool = tmp_path / "pool"
     cid = new_cid()
     write_tree(pool / cid, {"f": "1"})
@@ -146,14 +142,7 @@ def test_a_reload_swaps_the_tls_certificate_without_dropping_the_listener(tmp_pa
     import signal
     import sys
 
-    certs = {}
-    for cn in ("first.test", "second.test"):
-        cert, key = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
-        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-                               "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
-        if made.returncode != 0:
-            unavailable("openssl cannot make a test certificate")
-        certs[cn] = (cert, key)
+    certs = {cn: self_signed(tmp_path, cn) for cn in ("first.test", "second.test")}
     pool = tmp_path / "pool"
     pool.mkdir()
     port = free_port()

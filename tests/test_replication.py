@@ -20,7 +20,8 @@ import pytest
 
 from .client import Client, snaps
 from .clockfile import ClockFile
-from .conftest import open_harness, unavailable
+from .certs import self_signed
+from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, new_cid
@@ -341,15 +342,15 @@ def _slow_container(src: Side) -> tuple[str, str, str]:
     return cid, first, snapshot(src.d, cid)
 
 
-def _sending(d: DaemonProcess, job: dict) -> dict:
-    """The job once some bytes of its snapshot have gone out (GET, polled)."""
-    return until(lambda: (j := d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
-                 "the job has sent a MiB")
-
-
-def _receiving(dst: Side) -> None:
-    """Wait until the receiver is receiving into scratch (so its removal means something)."""
+def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
+    """A job sending the second snapshot of a _slow_container, once a MiB of it has gone out
+    (GET, polled) and the receiver is receiving it into scratch: (cid, first, second, job)."""
+    cid, first, second = _slow_container(src)
+    job = start(src.d, cid, "slow-btrfs")
+    job = until(lambda: (j := src.d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
+                "the job has sent a MiB")
     until(lambda: scratch(dst), "the receiver is receiving into scratch")
+    return cid, first, second, job
 
 
 def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
@@ -366,9 +367,7 @@ def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) ->
 
 def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World) -> None:
     src, dst = world.senders["btrfs"], world.receivers["btrfs"]
-    cid, first, second = _slow_container(src)
-    _sending(src.d, start(src.d, cid, "slow-btrfs"))
-    _receiving(dst)
+    cid, first, second, _ = _mid_stream(src, dst)
     src.d.kill()
     until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch")
     src.d.start()
@@ -377,9 +376,7 @@ def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_co
 
 def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World) -> None:
     src, dst = world.senders["btrfs"], world.receivers["btrfs"]
-    cid, first, second = _slow_container(src)
-    job = _sending(src.d, start(src.d, cid, "slow-btrfs"))
-    _receiving(dst)
+    cid, first, second, job = _mid_stream(src, dst)
     assert dst.d.proc is not None
     dst.d.proc.send_signal(signal.SIGKILL)
     dst.d.proc.wait()
@@ -393,9 +390,7 @@ def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(worl
 
 def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World) -> None:
     src, dst = world.senders["btrfs"], world.receivers["btrfs"]
-    cid, first, second = _slow_container(src)
-    job = _sending(src.d, start(src.d, cid, "slow-btrfs"))
-    _receiving(dst)
+    cid, first, second, job = _mid_stream(src, dst)
     world.link.set_state("down")
     try:
         job = finished(src.d, job, timeout=180)
@@ -467,13 +462,7 @@ def test_a_reload_reads_the_targets_again(world: World) -> None:
 
 
 def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> None:
-    import subprocess
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                           "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
-    if made.returncode != 0:
-        unavailable(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    cert, key = self_signed(tmp_path)
     receiver = DaemonProcess(tmp_path / "r", [f"overlay:{tmp_path / 'rpool'}"], tcp=True,
                              extra=["--tls-cert", str(cert), "--tls-key", str(key)])
     (tmp_path / "rpool").mkdir()
