@@ -64,6 +64,8 @@ from . import beneath
 from .base import BackendError, NoSpace
 
 MAGIC = b"CSNAPD\x00\x01"
+MEDIA_TYPE = "application/vnd.container-snapd.stream"
+"""The stream's media type over HTTP (export answers, import bodies, replication)."""
 FORMAT = 1
 _FRAME = struct.Struct(">cI")
 HEADER, TAR, DELETIONS, END = b"H", b"T", b"D", b"E"

@@ -37,10 +37,12 @@ from snapd.http.admin import STATUS_KEY
 from snapd.http.admin_expiry import REAPER_KEY
 from snapd.http.admin_policies import POLICIES_KEY
 from snapd.http.api import make_app
+from snapd.http.replication import REPLICATIONS_KEY
 from snapd.http.auth import AuthContext
 from snapd.core.clock import Clock, iso
 from snapd.host.config import Config, ConfigError, PoolSpec, policy_key
 from snapd.host.metrics import Metrics
+from snapd.host.remote import HttpRemote
 from snapd.http.envelope import BODY_TIMEOUT
 from snapd.http.guard import BACKLOG, GuardedRunner
 from snapd.core import lanes
@@ -48,6 +50,7 @@ from snapd.core.coverage import Coverage
 from snapd.core.policies.spec import PolicyError, PolicySpec
 from snapd.core.policy_service import PolicyService
 from snapd.core.reaper import Reaper
+from snapd.core.replication import Replications
 from snapd.core.scheduler import Scheduler
 from snapd.core.state import State, StateError
 from snapd.host.systemd import ActivatedSockets
@@ -339,6 +342,9 @@ class Daemon:
         app[STATUS_KEY] = self.status
         app[REAPER_KEY] = self.reaper
         app[POLICIES_KEY] = self.policies
+        self.replications = Replications(self.service, lambda: self.cfg.targets, HttpRemote, self.clock)
+        app[REPLICATIONS_KEY] = self.replications
+        self.metrics.watch_replications(self.replications.states, lambda: dict(self.replications.sent))
         self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
                                     handle_signals=False)
         await self.runner.setup()
@@ -360,6 +366,7 @@ class Daemon:
         log.info("stopping: finishing %d operations in flight", self.service.inflight)
         await self.scheduler.stop()
         await self.reaper.stop()
+        await self.replications.stop()
         await self._close()
         log.info("stopped")
 

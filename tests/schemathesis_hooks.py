@@ -7,12 +7,14 @@ The run's JSON report counts what was dropped (`filtered`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import schemathesis
 from schemathesis.core.failures import Failure
 
 from snapd.http.admin_policies import POLICY_NAME
+from snapd.http.replication import JOB_ID
 from snapd.http.validation import CONTAINER_ID, SNAPSHOT_NAME
 
 
@@ -70,6 +72,10 @@ EXAMPLE_CONTAINER = "507f1f77bcf86cd799439011"
 """The one container of the test's pool (the document's example id)."""
 
 
+JOB_ENV = "SNAPD_TEST_REPLICATION_JOB"
+"""A replication job the test started before the run (half the well-formed job ids point at it)."""
+
+
 EXAMPLE_POLICY = "example"
 """The config file's policy in the test's daemon (read-only through the API: a PUT or DELETE is a 409)."""
 SEEDED_POLICY = "seeded"
@@ -81,11 +87,16 @@ def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) ->
     """Point half the well-formed container ids (a fixed half: even ones) at the pool's container,
     so every phase, the stateful one included, reaches real snapshots and not only 403/404; and
     every well-formed policy name at one of the two policies there: the config file's or one set
-    through the API (by the parity of the name's code points).
+    through the API (by the parity of the name's code points); half the well-formed job ids at
+    the replication job the test started.
     A valid id or name for another changes no check's verdict; malformed ones are left alone."""
     cid = (path_parameters or {}).get("id")
     if isinstance(cid, str) and CONTAINER_ID.fullmatch(cid) and int(cid, 16) % 2 == 0:
         return {**path_parameters, "id": EXAMPLE_CONTAINER}  # type: ignore[dict-item]
+    job = (path_parameters or {}).get("job")
+    if isinstance(job, str) and JOB_ID.fullmatch(job) and int(job, 16) % 2 == 0 \
+            and os.environ.get(JOB_ENV):
+        return {**path_parameters, "job": os.environ[JOB_ENV]}  # type: ignore[dict-item]
     policy = (path_parameters or {}).get("policy")
     if isinstance(policy, str) and POLICY_NAME.fullmatch(policy):
         mapped = EXAMPLE_POLICY if sum(map(ord, policy)) % 2 else SEEDED_POLICY

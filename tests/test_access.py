@@ -85,6 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "other": {"project": "proj-b"},
             "read_only": {"project": "proj-a", "read_only": True},
             "files": {"project": "proj-a", "read_only": True, "files": True},
+            "replicate": {"replicate": True},
             "scoped": {"project": "proj-a", "containers": [cids["a"]]},
             "admin": {"admin": True},
             "revoked": {"project": "proj-a"},
@@ -141,9 +142,13 @@ def expected(who: str, route: str) -> tuple[int, str | None]:
             return (404, "Token not found") if route == "admin-revoke" else (200, None)
         return 403, "Admin access required"
     if route == "import":  # a stream sets owners, set-id bits and device nodes: admins only
+        if who == "replicate":  # let in; the snapshot it holds is still there (its delete was refused)
+            return 409, None
         return (200, None) if who == "admin" else (403, "Admin access required")
     if route == "openapi" or who in ("own", "admin", "scoped"):
         return 200, None
+    if who == "replicate":  # a sender plans from snapshot lists: reads them, nothing else
+        return (200, None) if route in ("list", "get", "detail", "details") else (403, FORBIDDEN[route])
     if who in ("read_only", "files") and route not in WRITES | FILES:
         return 200, None
     if who == "files" and route in FILES:
@@ -168,7 +173,8 @@ def run(world: World, transport: str, requests: list[Request]) -> list[tuple[int
         world.d.socket.chmod(0o660)
 
 
-WHO = ["none", "bad", "garbage", "expired", "revoked", "other", "read_only", "files", "own", "scoped", "admin"]
+WHO = ["none", "bad", "garbage", "expired", "revoked", "other", "read_only", "files", "replicate", "own", "scoped",
+       "admin"]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
@@ -267,7 +273,10 @@ BAD_TOKEN_BODIES: list[tuple[dict, str]] = [
     ({"admin": True, "containers": []}, "containers"),
     # flags are booleans; nothing is coerced from truthiness
     *(({"project": "p", flag: bad}, flag)
-      for flag in ("admin", "read_only", "metrics", "files") for bad in (None, 0, 1, "yes", "", [], {})),
+      for flag in ("admin", "read_only", "metrics", "files", "replicate") for bad in (None, 0, 1, "yes", "", [], {})),
+    # a replicate token has no other scope
+    *(({"replicate": True, **other}, "replicate")
+      for other in ({"admin": True}, {"project": "p"}, {"metrics": True}, {"read_only": True})),
     # file access is a project token's scope
     ({"admin": True, "files": True}, "files"), ({"metrics": True, "files": True}, "files"),
     # expires: a positive number of days, at most 36500

@@ -2,86 +2,31 @@
 
 from __future__ import annotations
 
-import ipaddress
-import itertools
 import json
 import os
-import random
-import secrets
 import socket
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from .certs import self_signed
 from .client import snaps
-from .conftest import unavailable
 from .daemon import DaemonProcess, free_port
 from .digest import write_tree
 from .harness import new_cid
+from .netns import Link, veth_namespace
 from .waiting import until
-
-BENCHMARKING = ipaddress.ip_network("198.18.0.0/15")
-"""RFC 2544's range: each link takes a /24 of it that no interface of the host uses, so
-runs side by side (the stress script's lanes, a second checkout) never share a route."""
-
-
-@dataclass
-class Link:
-    netns: str
-    host_if: str
-    host_addr: str
-    """The host's end of the veth pair (the daemon listens on it)."""
-    ns_addr: str
-    extra_addr: str
-    """A third address of the subnet, for a test to add to the host's end."""
-
-
-def free_subnet(used: set[str]) -> ipaddress.IPv4Network:
-    """A random /24 of BENCHMARKING none of whose addresses is in `used`."""
-    subnets = list(BENCHMARKING.subnets(new_prefix=24))
-    random.shuffle(subnets)
-    return next(n for n in subnets if not any(ipaddress.ip_address(a) in n for a in used))
-
 
 @pytest.fixture(scope="module")
 def link() -> Iterator[Link]:
     """A network namespace joined to this one by a veth pair (made and removed here)."""
-    if os.geteuid() != 0:
-        unavailable("network namespaces need root")
-    from pyroute2 import IPRoute, NetNS, netns
-
-    tag = secrets.token_hex(3)
-    name, host_if, ns_if = f"snapdtest-{tag}", f"sdh{tag}", f"sdn{tag}"
-    with IPRoute() as ipr:
-        used = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
-    host_addr, ns_addr, extra_addr = (str(a) for a in itertools.islice(free_subnet(used).hosts(), 3))
-    netns.create(name)
-    try:
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=host_if, kind="veth", peer=ns_if)
-            (host_idx,) = ipr.link_lookup(ifname=host_if)
-            (ns_idx,) = ipr.link_lookup(ifname=ns_if)
-            ipr.link("set", index=ns_idx, net_ns_fd=name)
-            ipr.addr("add", index=host_idx, address=host_addr, prefixlen=24)
-            ipr.link("set", index=host_idx, state="up")
-        with NetNS(name) as ns:
-            (idx,) = ns.link_lookup(ifname=ns_if)
-            ns.addr("add", index=idx, address=ns_addr, prefixlen=24)
-            ns.link("set", index=idx, state="up")
-            (lo,) = ns.link_lookup(ifname="lo")
-            ns.link("set", index=lo, state="up")
-        yield Link(name, host_if, host_addr, ns_addr, extra_addr)
-    finally:
-        with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=host_if):
-                ipr.link("del", ifname=host_if)
-        netns.remove(name)
+    with veth_namespace() as made:
+        yield made
 
 
 def from_namespace(netns_name: str, requests: list[tuple[str, int, str, str | None]]) -> list:
@@ -160,11 +105,7 @@ def test_unknown_interface_is_a_start_up_error(tmp_path: Path) -> None:
 
 
 def test_tls_listener(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                           "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
-    if made.returncode != 0:
-        unavailable(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    cert, key = self_signed(tmp_path)
     pool = tmp_path / "pool"
     cid = new_cid()
     write_tree(pool / cid, {"f": "1"})
@@ -201,14 +142,7 @@ def test_a_reload_swaps_the_tls_certificate_without_dropping_the_listener(tmp_pa
     import signal
     import sys
 
-    certs = {}
-    for cn in ("first.test", "second.test"):
-        cert, key = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
-        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-                               "-days", "1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
-        if made.returncode != 0:
-            unavailable("openssl cannot make a test certificate")
-        certs[cn] = (cert, key)
+    certs = {cn: self_signed(tmp_path, cn) for cn in ("first.test", "second.test")}
     pool = tmp_path / "pool"
     pool.mkdir()
     port = free_port()

@@ -18,10 +18,11 @@ from openapi_spec_validator import validate
 from snapd.http.admin import TOKEN_ID
 from snapd.http.admin_policies import POLICY_NAME
 from snapd.http.openapi import openapi_document
+from snapd.http.replication import JOB_ID
 from snapd.http.validation import CONTAINER_ID, SNAPSHOT_NAME
 
 from .daemon import DaemonProcess
-from .schemathesis_hooks import EXAMPLE_POLICY, SEEDED_POLICY
+from .schemathesis_hooks import EXAMPLE_POLICY, JOB_ENV, SEEDED_POLICY
 from .digest import write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,9 @@ OPERATION_IDS = {
     ("/api/v1/openapi.json", "get"): "getOpenApiDocument",
     (BASE + "/{name}/export", "get"): "exportSnapshot",
     (BASE + "/import", "post"): "importSnapshot",
+    (f"{ADMIN}/replications", "post"): "startReplication",
+    (f"{ADMIN}/replications", "get"): "listReplications",
+    (f"{ADMIN}/replications/{{job}}", "get"): "getReplication",
 }
 
 
@@ -74,7 +78,7 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
     validate(doc)  # openapi-spec-validator: raises on any violation of OpenAPI 3.1
     assert {(p, m): op.get("operationId") for p, m, op in _operations(doc)} == OPERATION_IDS
     tags = {t["name"] for t in doc["tags"]}
-    assert tags == {"snapshots", "holds", "admin", "policies", "meta", "files", "transfer"}
+    assert tags == {"snapshots", "holds", "admin", "policies", "meta", "files", "transfer", "replication"}
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert "SO_PEERCRED" in scheme["description"]  # what OpenAPI cannot express is said in words
@@ -82,7 +86,8 @@ def test_document_is_valid_and_names_tags_and_secures_every_operation() -> None:
         assert len(op["tags"]) == 1 and op["tags"][0] in tags, (path, method)
         assert op["security"] == [{"bearerAuth": []}], (path, method)
         assert "401" in op["responses"], (path, method)
-    assert {t for p, m, o in _operations(doc) if p.startswith(ADMIN) for t in o["tags"]} == {"admin", "policies"}
+    assert {t for p, m, o in _operations(doc) if p.startswith(ADMIN) for t in o["tags"]} == {"admin", "policies",
+                                                                                         "replication"}
 
 
 SAMPLES = ["507f1f77bcf86cd799439011", "507F1F77BCF86CD799439011", "507f1f77bcf86cd79943901",
@@ -93,6 +98,7 @@ SAMPLES = ["507f1f77bcf86cd799439011", "507F1F77BCF86CD799439011", "507f1f77bcf8
 
 @pytest.mark.parametrize("name, server_regex", [
     ("id", CONTAINER_ID), ("name", SNAPSHOT_NAME), ("token_id", TOKEN_ID), ("policy", POLICY_NAME),
+    ("job", JOB_ID),
 ])
 def test_path_parameters_carry_the_servers_own_patterns(name: str, server_regex: re.Pattern[str]) -> None:
     seen = 0
@@ -155,6 +161,8 @@ PROJECT = "web"
 class Env:
     d: DaemonProcess
     tokens: dict[str, str]
+    job: str
+    """A replication job (failed: its target is closed), for GET .../replications/{job}."""
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +172,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     pool = base / "pool"
     write_tree(pool / CID, {"etc/hostname": "web-1\n"})
     config = base / "config.toml"  # a policy of the file: GET finds it, PUT and DELETE are 409s
+    (base / "token").write_text("csd_x\n")  # a target where nothing listens: its jobs fail at once
     config.write_text(f'[policies.{EXAMPLE_POLICY}]\nschedule = "0 0 1 1 *"\n'
-                      f'applies_to = ["pool:overlay:{pool}"]\nkeep_last = 1\n')
+                      f'applies_to = ["pool:overlay:{pool}"]\nkeep_last = 1\n'
+                      f'[targets.closed]\nurl = "http://127.0.0.1:1"\ntoken_file = "{base / "token"}"\n')
     d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=True, extra=["--config", str(config)]).start()
     try:
         tokens = {
             "admin": d.unix.post(f"{ADMIN}/tokens", {"admin": True}).data["secret"],
             "project": d.unix.post(f"{ADMIN}/tokens", {"project": PROJECT}).data["secret"],
         }
-        yield Env(d, tokens)
+        r = d.unix.post(f"{ADMIN}/replications", {"container": CID, "target": "closed"})
+        assert r.status == 202, r.body
+        yield Env(d, tokens, r.data["job"]["id"])
     finally:
         assert d.stop() == 0, d.log_text()[-3000:]
 
@@ -221,7 +233,7 @@ def test_schemathesis_finds_nothing(env: Env, who: str, tmp_path: Path) -> None:
          f"http://127.0.0.1:{env.d.port}/api/v1/openapi.json",
          "-H", f"Authorization: Bearer {env.tokens[who]}",
          "--report", "json", "--report-json-path", str(report), "--no-color"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},  # its cache lands in tmp_path
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), JOB_ENV: env.job},  # its cache lands in tmp_path
         capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout[-20000:] + proc.stderr[-5000:]

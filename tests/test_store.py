@@ -60,7 +60,7 @@ def test_the_v5_migration_keeps_a_v4_stores_rows_and_marks(tmp_path: Path) -> No
     old.close()
     store = Store(tmp_path / "s.db")
     try:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         assert store.get(CID, "snap-1") == SnapshotRow(CID, "snap-1", "btrfs:/p", 1.0, alias="before",
                                                        last_used_at=2.0, expires_at=3.0, size=4096, ref="r1")
         assert store.get(CID, "snap-2").policy is None
@@ -182,5 +182,27 @@ def test_update_sets_a_snapshots_policy(tmp_path: Path) -> None:
         store.insert(SnapshotRow(CID, "snap-1", "p", 1.0))
         store.update(CID, "snap-1", policy="hourly")
         assert store.get(CID, "snap-1").policy == "hourly"
+    finally:
+        store.close()
+
+
+def test_the_v7_migration_gives_old_tokens_no_replicate_scope_and_records_no_bases(tmp_path: Path) -> None:
+    """Issue 14: a token made before replication keeps its scope; no chain is protected yet."""
+    from snapd.core.tokens import Tokens
+
+    old = store_at(tmp_path / "s.db", 6)
+    old["tokens"].insert({"id": "0123456789ab", "hash": "0" * 64, "admin": 1, "project": None, "containers": "[]",
+                          "read_only": 0, "metrics": 0, "files": 0, "label": None, "created_at": 1_000,
+                          "last_used_at": None, "expires_at": None, "revoked_at": None})
+    old.close()
+    store = Store(tmp_path / "s.db")
+    try:
+        token = Tokens(store).get("0123456789ab")
+        assert token is not None and token.replicate is False and token.admin is True
+        assert store.replication_bases(CID) == {}
+        store.set_replication_base(CID, "backup1", "snap-1", 5)
+        store.set_replication_base(CID, "backup1", "snap-2", 6)
+        store.set_replication_base(CID, "b2", "snap-1", 6)
+        assert store.replication_bases(CID) == {"backup1": "snap-2", "b2": "snap-1"}
     finally:
         store.close()

@@ -251,9 +251,9 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
 def _answer(args: argparse.Namespace, status: int, envelope: dict) -> int:
     if args.json:
         print(json.dumps(envelope, indent=2))  # ensure_ascii: every control character escaped
-        return 0 if status == 200 else 1
+        return 0 if 200 <= status < 300 else 1
     envelope = _shown(envelope)
-    if status != 200:
+    if not 200 <= status < 300:  # 202: a job started
         details = envelope.get("details", [])
         rid = next((d.get("value") for d in details if d.get("field") == "request_id"), None)
         lines = "".join(f"\n  {d.get('field')}: {d.get('reason')}" for d in details if d.get("field") != "request_id")
@@ -261,7 +261,7 @@ def _answer(args: argparse.Namespace, status: int, envelope: dict) -> int:
         print(f"snapd: {status} {envelope.get('message')}{suffix}{lines}", file=sys.stderr)
     else:
         print(_render(args, envelope["data"]))
-    return 0 if status == 200 else 1
+    return 0 if 200 <= status < 300 else 1
 
 
 def _shown(value: Any) -> Any:
@@ -357,6 +357,7 @@ def _token_rows(tokens: list[dict]) -> str:
         parts += ["read-only"] if s["read_only"] else []
         parts += ["metrics"] if s["metrics"] else []
         parts += ["files"] if s.get("files") else []
+        parts += ["replicate"] if s.get("replicate") else []
         return " ".join(parts)
 
     def state(t: dict) -> str:
@@ -374,12 +375,13 @@ def _token_rows(tokens: list[dict]) -> str:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    if args.admin == bool(args.project) and not args.metrics:
-        print("snapd token create: give --project P or --admin", file=sys.stderr)
+    if args.admin == bool(args.project) and not args.metrics and not args.replicate:
+        print("snapd token create: give --project P, --admin or --replicate", file=sys.stderr)
         return 2
     body: dict[str, Any] = {"admin": args.admin, "read_only": args.read_only, "metrics": args.metrics}
-    if args.files:
-        body["files"] = True
+    for flag in ("files", "replicate"):
+        if getattr(args, flag):
+            body[flag] = True
     for key, value in (("project", args.project), ("label", args.label), ("expires", args.expires)):
         if value is not None:
             body[key] = value
@@ -655,7 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc = admin_cmd(token, "create", "issue a token; it is printed once", cmd_token_create,
                    "snapd token create --project web --label ci-deploy --expires 90",
                    f"snapd token create --project web --container {cid} --read-only",
-                   "snapd token create --admin --label break-glass")
+                   "snapd token create --admin --label break-glass",
+                   "snapd token create --replicate --label from-host1")
     tc.add_argument("--project", help="the project whose containers the token may use")
     tc.add_argument("--container", action="append", default=[], metavar="ID",
                     help="only this container of the project (repeatable)")
@@ -664,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--metrics", action="store_true", help="may read /metrics")
     tc.add_argument("--files", action="store_true",
                     help="may read files in snapshots (ls, cat, diff), also when --read-only")
+    tc.add_argument("--replicate", action="store_true",
+                    help="for a replication sender: may import into any container and list their snapshots")
     tc.add_argument("--label", help="what the token is for")
     tc.add_argument("--expires", type=float, metavar="DAYS", help="stop working after DAYS days")
     admin_cmd(token, "list", "list tokens (never their secrets)", cmd_token_list, "snapd token list")
@@ -690,9 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="remove the label (the pool's layout setting decides again)")
     cl.set_defaults(label="layout")
 
-    from snapd.cli import policy, transfer  # they build on this module's helpers
+    from snapd.cli import policy, replication, transfer  # they build on this module's helpers
 
     transfer.add_commands(client, cid)
+    replication.add_commands(sub, _examples, cid)
 
     policy.add_commands(group("policy", "snapshot policies: schedules, retention, the plan (admin only)"), admin_cmd)
 

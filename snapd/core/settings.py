@@ -78,3 +78,18 @@ class PoolPolicy:
     layout: str = "auto"
     """Overlay pools: what a snapshot of a container without a layout label captures:
     "overlay" (upper/), "whole", or "auto" (decided at its first snapshot, then recorded)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Another container-snapd that snapshots are replicated to (`[targets.NAME]`)."""
+
+    name: str
+    url: str
+    """The receiver's TCP listener, `http://` or `https://`, without a path."""
+    token_file: str
+    """A file holding a token the receiver issued with the `replicate` scope (read per job)."""
+    tls_ca: str | None = None
+    """A PEM file of the CA that signed the receiver's certificate (None: the system's)."""
+    bandwidth: int | None = None
+    """Bytes per second a job may send at most (None: no limit)."""

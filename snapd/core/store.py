@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("snapd.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _EXPIRING = "expires_at IS NOT NULL AND hold_reason IS NULL"
 """Snapshots the reaper may delete when their time comes: never a held one (the
@@ -189,8 +189,23 @@ def _migrate_v6(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tokens ADD COLUMN files INTEGER NOT NULL DEFAULT 0")
 
 
+def _migrate_v7(db: sqlite_utils.Database) -> None:
+    """Replication (issue 14): tokens with the `replicate` scope, and per container and
+    target the newest snapshot both sides hold (the chain's base, protected here)."""
+    db.execute("ALTER TABLE tokens ADD COLUMN replicate INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE replication_bases ("
+        " container_id TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " snapshot TEXT NOT NULL,"
+        " updated_at INTEGER NOT NULL,"   # ms
+        " PRIMARY KEY (container_id, target))"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3,
-                                                             _migrate_v4, _migrate_v5, _migrate_v6]
+                                                             _migrate_v4, _migrate_v5, _migrate_v6,
+                                                             _migrate_v7]
 """MIGRATIONS[i] brings the schema from version i to i + 1."""
 
 
@@ -558,6 +573,19 @@ class Store:
         """Hold one snapshot (`reason`, since `since_ms`), or release it (None, None)."""
         self.db.execute("UPDATE snapshots SET hold_reason = ?, hold_since = ? WHERE container_id = ? AND name = ?",
                         [reason, since_ms, cid, name])
+
+    @_writes
+    def set_replication_base(self, cid: str, target: str, name: str, at_ms: int) -> None:
+        """Record `name` as the newest snapshot of `cid` that `target` holds too."""
+        self.db.execute(
+            "INSERT INTO replication_bases (container_id, target, snapshot, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(container_id, target) DO UPDATE SET snapshot = excluded.snapshot, "
+            "updated_at = excluded.updated_at", [cid, target, name, at_ms])
+
+    def replication_bases(self, cid: str) -> dict[str, str]:
+        """Target -> the newest snapshot of `cid` it holds too, as last recorded."""
+        return dict(self.db.execute("SELECT target, snapshot FROM replication_bases WHERE container_id = ?",
+                                    [cid]).fetchall())
 
     def held_count(self) -> int:
         """Held snapshots in the store (the partial index on held rows)."""

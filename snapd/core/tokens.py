@@ -37,6 +37,9 @@ class Token:
     """May read /metrics (and nothing else, unless also scoped to a project)."""
     files: bool
     """May read files in its containers' snapshots (tree, file, diff) even when read-only."""
+    replicate: bool
+    """May import streams into any container and list and get their snapshots (a
+    replication target's token for its senders), nothing else."""
     label: str | None
     created_at: float
     last_used_at: float | None
@@ -59,6 +62,7 @@ class Token:
                 "read_only": self.read_only,
                 "metrics": self.metrics,
                 "files": self.files,
+                "replicate": self.replicate,
             },
             "created_at": iso(self.created_at),
             "last_used_at": iso(self.last_used_at),
@@ -83,6 +87,7 @@ def _token(row: dict) -> Token:
         read_only=bool(row["read_only"]),
         metrics=bool(row["metrics"]),
         files=bool(row.get("files", 0)),
+        replicate=bool(row.get("replicate", 0)),
         label=row["label"],
         created_at=row["created_at"] / 1000.0,
         last_used_at=_s(row["last_used_at"]),
@@ -108,6 +113,7 @@ class Tokens:
         read_only: bool = False,
         metrics: bool = False,
         files: bool = False,
+        replicate: bool = False,
         label: str | None = None,
         expires_at: float | None = None,
     ) -> tuple[Token, str]:
@@ -124,6 +130,7 @@ class Tokens:
                 "read_only": int(read_only),
                 "metrics": int(metrics),
                 "files": int(files),
+                "replicate": int(replicate),
                 "label": label,
                 "created_at": _ms(now),
                 "last_used_at": None,

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
 from snapd.core.policy_book import RESERVED
 from snapd.core.project_slots import DEFAULT_MAX_CONCURRENT_PER_PROJECT
-from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, MAX_EXPIRY_DAYS, PoolPolicy, Reserve
+from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, MAX_EXPIRY_DAYS, PoolPolicy, Reserve, Target
 
 DEFAULT_SOCKET = Path("/run/container-snapd/api.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/container-snapd")
@@ -134,6 +136,8 @@ class Config:
     """Pool spec as written in `pools` -> its policy."""
     policies: dict[str, PolicySpec] = field(default_factory=dict)
     """The `[policies.NAME]` tables: snapshot policies (schedules and retention)."""
+    targets: dict[str, Target] = field(default_factory=dict)
+    """The `[targets.NAME]` tables: daemons snapshots are replicated to."""
     source: str = "flags"
     """Where the values come from (the config file's path): error messages name it."""
 
@@ -169,6 +173,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "freeze_timeout": (int, float),
     "pool_options": dict,
     "policies": dict,
+    "targets": dict,
 }
 LIMIT_KEYS = ("reserve", "reserve_inodes", "max_snapshots_per_container", "max_snapshots_per_project",
               "manual_expiry")
@@ -277,6 +282,7 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
         for spec, opts in (merged.get("pool_options") or {}).items()
     }
     cfg.policies = parse_policies(merged.get("policies") or {}, source)
+    cfg.targets = parse_targets(merged.get("targets") or {}, source)
     cfg.source = source
     return cfg
 
@@ -306,6 +312,70 @@ def parse_policies(tables: dict[str, Any], source: str) -> dict[str, PolicySpec]
         check_policies(out.values())
     except PolicyError as exc:
         raise ConfigError(f"{source}: policies: {exc.key}: {exc.message}") from None
+    return out
+
+
+TARGET_KEYS = ("url", "token_file", "tls_ca", "bandwidth")
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_bandwidth(value: object, where: str) -> int:
+    """Bytes per second: a whole number or a size like `"50MiB"` (per second implied)."""
+    what = "bytes per second: a whole number or a size like '50MiB'"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{where}: must be {what}")
+    if isinstance(value, int):
+        amount = value
+    else:
+        text = value.replace(" ", "").lower().removesuffix("/s")
+        num = text.rstrip("kmgtib")
+        try:
+            if text[len(num):] not in _UNITS or not num:
+                raise ValueError
+            amount = int(float(num) * _UNITS[text[len(num):]])
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{where}: {value!r} is not {what}") from None
+    if amount < 1024:
+        raise ConfigError(f"{where}: must be at least 1KiB per second")
+    return amount
+
+
+def parse_targets(tables: dict[str, Any], source: str) -> dict[str, Target]:
+    """The `[targets.NAME]` tables; ConfigError names the key, `targets.NAME.KEY`."""
+    out: dict[str, Target] = {}
+    for name, table in tables.items():
+        where = f"{source}: targets.{name if TARGET_NAME.fullmatch(name) else json.dumps(name)}"
+        if not TARGET_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a target's name is 1-64 letters, digits, '.', '_' or '-'")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table ([targets.{name}])")
+        _only_known(table, TARGET_KEYS, where)
+        for key in ("url", "token_file"):
+            if key not in table:
+                raise ConfigError(f"{where}.{key}: required")
+        url = table["url"]
+        parts = urlsplit(url) if isinstance(url, str) else None
+        try:
+            port_ok = parts is not None and (parts.port is None or parts.port > 0)
+        except ValueError:
+            port_ok = False
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
+                or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+            raise ConfigError(f"{where}.url: must be http(s)://HOST[:PORT] (the receiver's TCP listener), "
+                              f"got {url!r}")
+        paths = {}
+        for key in ("token_file", "tls_ca"):
+            value = table.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+                raise ConfigError(f"{where}.{key}: must be an absolute path")
+            paths[key] = value
+        if "tls_ca" in paths and parts.scheme != "https":
+            raise ConfigError(f"{where}.tls_ca: only for an https:// url")
+        bandwidth = parse_bandwidth(table["bandwidth"], f"{where}.bandwidth") if "bandwidth" in table else None
+        out[name] = Target(name, f"{parts.scheme}://{parts.netloc}", paths["token_file"], paths.get("tls_ca"),
+                           bandwidth)
     return out
 
 
@@ -373,13 +443,16 @@ def _freezing(values: dict[str, Any], base: PoolPolicy, where: str) -> PoolPolic
     return replace(base, **changes)
 
 
+def _only_known(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+
+
 def _pool_policy(opts: object, defaults: PoolPolicy, where: str) -> PoolPolicy:
     if not isinstance(opts, dict):
         raise ConfigError(f"{where}: must be a table with keys {', '.join(POOL_OPTION_KEYS)}")
-    unknown = set(opts) - set(POOL_OPTION_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(POOL_OPTION_KEYS)})")
+    _only_known(opts, POOL_OPTION_KEYS, where)
     timeout = _seconds(opts.get("hook_timeout", DEFAULT_HOOK_TIMEOUT), f"{where}.hook_timeout", 3600)
     layout = opts.get("layout", "auto")
     if layout not in POOL_LAYOUTS:
@@ -408,6 +481,12 @@ def check(cfg: Config) -> None:
     for path in (cfg.tls_cert, cfg.tls_key):
         if path is not None and not path.is_file():
             raise ConfigError(f"TLS file {path} does not exist")
+    for target in cfg.targets.values():
+        for key in ("token_file", "tls_ca"):
+            path = getattr(target, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{cfg.source}: targets.{target.name}.{key}: {path} does not exist or "
+                                  "is not readable")
     _writable_dir(cfg.socket.parent, "socket directory")
     _writable_dir(cfg.state_dir, "state_dir", mode=0o700)  # token hashes: the daemon's alone
 

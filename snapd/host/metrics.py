@@ -167,6 +167,19 @@ class Metrics:
                     "Blocking calls waiting for a thread, per lane: long (filesystem work) or quick "
                     "(lookups).", "lane", waiting))]
 
+    def watch_replications(self, states: Callable[[], dict[str, int]], sent: Callable[[], dict[str, int]]
+                           ) -> list[Collector]:
+        """Replication jobs kept in memory by state, and bytes sent per target since the start
+        (snapd/core/replication.py)."""
+        return [self.add_collector(CountsCollector(
+                    GaugeMetricFamily, "replication_jobs",
+                    "Replication jobs since the daemon started (the last 100 finished), by state: queued, "
+                    "running, done, failed.", "state", states)),
+                self.add_collector(CountsCollector(
+                    CounterMetricFamily, "replication_sent_bytes",
+                    "Bytes of snapshot streams sent to each replication target since the daemon started.",
+                    "target", sent))]
+
     def watch_policies(self, scheduler: SchedulerLike) -> Collector:
         return self.add_collector(PolicyCollector(scheduler))
 

@@ -19,6 +19,7 @@ from snapd.http.admin_reconcile import add_reconcile_routes
 from snapd.http.auth import AUTH_KEY, require_admin
 from snapd.http.envelope import ApiError, Messages, map_service_error, ok, read_body
 from snapd.http.keys import SERVICE_KEY
+from snapd.http.replication import add_replication_routes
 from snapd.http.validation import (
     InvalidInput,
     parse_body,
@@ -74,9 +75,9 @@ async def create_token(request: web.Request) -> web.Response:
     key takes its default, a wrong value is a 400 naming it (never coerced)."""
     require_admin(request)
     body = _body(await read_body(request), {"admin", "project", "containers", "read_only", "metrics",
-                                            "files", "label", "expires"})
+                                            "files", "replicate", "label", "expires"})
     admin, read_only, metrics = _flag(body, "admin"), _flag(body, "read_only"), _flag(body, "metrics")
-    files = _flag(body, "files")
+    files, replicate = _flag(body, "files"), _flag(body, "replicate")
     project = _project(body["project"]) if body.get("project") is not None else None
     try:
         # absent: every container of the project; present: exactly a non-empty list of ids
@@ -87,8 +88,11 @@ async def create_token(request: web.Request) -> web.Response:
         raise ApiError(400, "Invalid request payload", exc.details) from None
     if admin and (project is not None or containers or read_only):
         raise _invalid("admin", "an admin token has no project, containers or read-only scope")
-    if not admin and project is None and not metrics:
-        raise _invalid("project", "required unless the token is an admin or metrics token")
+    if replicate and (admin or project is not None or containers or read_only or metrics or files):
+        raise _invalid("replicate", "a replicate token has no other scope: it may import into any container "
+                                    "and read their snapshot lists, nothing else")
+    if not admin and project is None and not metrics and not replicate:
+        raise _invalid("project", "required unless the token is an admin, metrics or replicate token")
     if files and (admin or project is None):
         raise _invalid("files", "file access is a scope of a project token (an admin has it already)")
     if containers and project is None:
@@ -97,7 +101,7 @@ async def create_token(request: web.Request) -> web.Response:
     now = ctx.clock.now()
     token, secret = ctx.tokens.create(
         now=now, admin=admin, project=project, containers=containers, read_only=read_only,
-        metrics=metrics, files=files, label=label, expires_at=now + expires * DAY if expires is not None else None,
+        metrics=metrics, files=files, replicate=replicate, label=label, expires_at=now + expires * DAY if expires is not None else None,
     )
     return ok("Token created successfully", {"token": token.as_json(), "secret": secret})
 
@@ -193,3 +197,4 @@ def add_admin_routes(app: web.Application) -> None:
     add_reconcile_routes(app)  # POST /api/v1/admin/reconcile (snapd/http/admin_reconcile.py)
     add_expiry_routes(app)  # GET /api/v1/admin/expiry (snapd/http/admin_expiry.py)
     add_policy_routes(app)  # /api/v1/admin/policies... (snapd/http/admin_policies.py)
+    add_replication_routes(app)  # /api/v1/admin/replications... (snapd/http/replication.py)

@@ -135,7 +135,7 @@ def endpoint(msgs: Messages, write: bool = False, files: bool = False) -> Callab
             try:
                 return await fn(request)
             except NotFound as exc:
-                if exc.message == "container" and not principal.admin:
+                if exc.message == "container" and not (principal.admin or principal.replicates):
                     raise ApiError(403, msgs.forbidden) from None
                 raise map_service_error(exc, msgs) from None
             except ServiceError as exc:

@@ -50,6 +50,8 @@ class Principal:
         if self.admin:
             return True
         t = self.token
+        if t is not None and t.replicate:  # a sender plans from the receiver's snapshot lists
+            return not write
         if t is None or t.project is None or project != t.project:
             return False
         if t.containers and cid not in t.containers:
@@ -61,6 +63,17 @@ class Principal:
         if self.may_access(cid, project, write=True):
             return True
         return bool(self.token and self.token.files and self.may_access(cid, project, write=False))
+
+    @property
+    def replicates(self) -> bool:
+        """A replication sender: may import into any container and read their snapshot lists."""
+        return bool(self.token and self.token.replicate)
+
+    @property
+    def may_import(self) -> bool:
+        """Import streams: an admin or a `replicate` token (a stream writes owners, set-id
+        bits and device nodes as it says: root's power over the pool)."""
+        return self.admin or self.replicates
 
     @property
     def may_read_metrics(self) -> bool:

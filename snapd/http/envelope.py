@@ -70,9 +70,9 @@ def error_response(status: int, message: str, details: list[dict] | None = None,
     return web.json_response(body, status=status, headers=headers, dumps=dumps)
 
 
-def ok(message: str, data: dict[str, Any]) -> web.Response:
+def ok(message: str, data: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(
-        {"statusCode": 200, "message": message, "data": data}, dumps=dumps
+        {"statusCode": status, "message": message, "data": data}, dumps=dumps, status=status
     )
 
 

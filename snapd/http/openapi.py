@@ -238,6 +238,8 @@ SCHEMAS["TokenScope"] = _object({
     "read_only": {"type": "boolean"},
     "metrics": {"type": "boolean"},
     "files": {"type": "boolean", "description": "May read files in snapshots (tree, file, diff)."},
+    "replicate": {"type": "boolean", "description": "A replication sender's token: may import into any "
+                                                    "container and list and get their snapshots."},
 })
 SCHEMAS["Token"] = _object({
     "id": {"type": "string", "pattern": TOKEN_ID_PATTERN},
@@ -253,11 +255,12 @@ SCHEMAS["TokenBody"] = {
     "additionalProperties": False,
     "description": "An admin token (`admin: true`, with no project, containers or read_only), a project "
                    "token (`project`, optionally `containers` and `read_only`), or a metrics-only token "
-                   "(`metrics: true`). Flags are JSON booleans; anything else is a 400.",
+                   "(`metrics: true`), or a replication token (`replicate: true` alone). Flags are JSON booleans; "
+                   "anything else is a 400.",
     "properties": {
         "admin": {"type": "boolean"},
         "project": {"type": ["string", "null"], "pattern": NAME_PATTERN,
-                    "description": "Required unless `admin` or `metrics` is true."},
+                    "description": "Required unless `admin`, `metrics` or `replicate` is true."},
         "containers": {"type": "array", "minItems": 1,
                        "items": {"type": "string", "pattern": CONTAINER_ID_PATTERN},
                        "description": "Absent: every container of the project; otherwise a non-empty list of "
@@ -266,17 +269,26 @@ SCHEMAS["TokenBody"] = {
         "metrics": {"type": "boolean", "description": "May read /metrics."},
         "files": {"type": "boolean", "description": "May read files in its containers' snapshots (tree, file, "
                                                     "diff), also when read_only; needs a project."},
+        "replicate": {"type": "boolean", "description": "May import streams into any container and list and "
+                                                       "get their snapshots, nothing else (a replication "
+                                                       "target's token for its senders); no other scope."},
         "label": TEXT_IN,
         "expires": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRY_DAYS,
                     "description": "Days until the token expires (fractions allowed); absent or null: never."},
     },
     # which combinations make a token (if/then/else, which client generators leave alone)
     "if": {"required": ["admin"], "properties": {"admin": {"const": True}}},
-    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}, "files": {"const": False}},
+    "then": {"properties": {"project": {"type": "null"}, "read_only": {"const": False}, "files": {"const": False},
+                            "replicate": {"const": False}},
              "not": {"required": ["containers"]}},
     "else": {"anyOf": [
-        {"required": ["project"], "properties": {"project": {"type": "string"}}},
-        {"required": ["metrics"], "properties": {"metrics": {"const": True}, "files": {"const": False}},
+        {"required": ["project"], "properties": {"project": {"type": "string"}, "replicate": {"const": False}}},
+        {"required": ["metrics"], "properties": {"metrics": {"const": True}, "files": {"const": False},
+                                                 "replicate": {"const": False}},
+         "not": {"required": ["containers"]}},
+        {"required": ["replicate"], "properties": {
+            "replicate": {"const": True}, "project": {"type": "null"}, "metrics": {"const": False},
+            "files": {"const": False}, "read_only": {"const": False}},
          "not": {"required": ["containers"]}},
     ]},
 }
@@ -624,7 +636,8 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
-    from snapd.http import openapi_files, openapi_policies, openapi_transfer  # they build on this module's helpers
+    from snapd.http import (  # they build on this module's helpers
+        openapi_files, openapi_policies, openapi_replication, openapi_transfer)
 
     base = "/api/v1/containers/{id}/snapshots"
     both = ("id", "name")
@@ -636,7 +649,7 @@ def _document() -> dict[str, Any]:
             "description": "Point-in-time snapshots of containers' filesystems. Served on a Unix socket "
                            "(peer credentials or a bearer token) and on TCP (a bearer token).",
         },
-        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG, openapi_transfer.TAG],
+        "tags": [*TAGS, openapi_policies.TAG, openapi_files.TAG, openapi_transfer.TAG, openapi_replication.TAG],
         "security": [{BEARER: []}],
         "paths": {
             base: {
@@ -705,6 +718,7 @@ def _document() -> dict[str, Any]:
             f"{ADMIN}/expiry": _expiry_path(),
             **openapi_policies.policy_paths(),
             **openapi_transfer.transfer_paths(),
+            **openapi_replication.replication_paths(),
             f"{ADMIN}/status": {
                 "get": _op("getStatus", "admin",
                            "The daemon's status: version, uptime, pools, listeners, reaper, last errors (admin)",

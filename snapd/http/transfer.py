@@ -17,6 +17,8 @@ import logging
 
 from aiohttp import web
 
+from backends.portable import MEDIA_TYPE
+
 from snapd.core.errors import InvalidInput
 from snapd.http.api import GUARD, _cid, _cid_name, _service, _snapshot_ok, endpoint
 from snapd.http.auth import principal_of
@@ -25,7 +27,6 @@ from snapd.http.validation import check_snapshot_name
 
 log = logging.getLogger("snapd.api")
 
-MEDIA_TYPE = "application/vnd.container-snapd.stream"
 CHUNK = 1 << 20
 EXPORT_MSGS = Messages(
     "You do not have permission to export snapshots of this container",
@@ -88,10 +89,10 @@ async def export_snapshot(request: web.Request) -> web.StreamResponse:
 async def import_snapshot(request: web.Request) -> web.Response:
     """Make a snapshot (and, if needed, the container) from the stream in the body."""
     principal = principal_of(request)
-    if not principal.admin:  # a stream sets owners, set-id bits and device nodes: root's power
+    if not principal.may_import:  # a stream sets owners, set-id bits and device nodes: root's power
         raise ApiError(403, "Admin access required", [{
             "field": "token", "reason": "an import writes owners, set-id bits and device nodes as the stream "
-                                        "says; only an admin may import"}])
+                                        "says; only an admin or a token with the replicate scope may import"}])
     cid = _cid(request)
     pool = _query(request, ("pool",)).get("pool")
 
@@ -104,7 +105,7 @@ async def import_snapshot(request: web.Request) -> web.Response:
 
     container, row = await _service(request).import_stream(
         cid, pull, pool,
-        lambda project: principal.may_access(cid, project, write=True))
+        lambda project: principal.may_import)
     return _snapshot_ok("Snapshot imported successfully", container, row)
 
 

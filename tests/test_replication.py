@@ -1,0 +1,507 @@
+"""Replication between two real daemons in two network namespaces, each on real pools.
+
+The senders run in this namespace, the receivers in another one joined by a veth pair;
+each sender names every receiver as a target (`[targets.btrfs]`, `[targets.overlay]`)
+and reaches it over TCP with a token of the receiver's `replicate` scope.  A snapshot
+is compared by restoring it on the receiver and digesting both live trees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .client import Client, snaps
+from .clockfile import ClockFile
+from .certs import self_signed
+from .conftest import open_harness
+from .daemon import DaemonProcess, free_port
+from .digest import walk_digest, write_tree
+from .harness import PoolHarness, new_cid
+from .netns import Link, veth_namespace
+from .waiting import until
+
+ADMIN = "/api/v1/admin"
+JOBS = f"{ADMIN}/replications"
+KINDS = ("btrfs", "overlay")
+PAIRS = [("btrfs", "btrfs"), ("overlay", "btrfs"), ("btrfs", "overlay")]
+SENDER_CONFIG = "sender.toml"
+SLOW = 4 << 20
+"""Bytes per second of the `slow-*` targets: a 48 MiB snapshot takes seconds to send."""
+
+
+class NetnsDaemon(DaemonProcess):
+    """A daemon started inside a network namespace, and only that (`ip netns exec` would give
+    it a mount namespace too, whose copy of a pool's mount outlives the daemon for a while);
+    its Unix socket is a path: reachable from here."""
+
+    def __init__(self, netns: str, *args, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kw)
+        self.netns = netns
+
+    def args(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *super().args()]
+
+
+@dataclass
+class Side:
+    d: DaemonProcess
+    pool: PoolHarness
+
+
+@dataclass
+class World:
+    link: Link
+    senders: dict[str, Side]
+    receivers: dict[str, Side]
+    ports: dict[str, int]
+    tokens: dict[str, str] = field(default_factory=dict)
+    clocks: dict[str, ClockFile] = field(default_factory=dict)
+    """The senders' clocks: running, at an offset a test may move."""
+
+
+def _receiver(link: Link, kind: str, where: Path) -> tuple[Side, int]:
+    pool = open_harness(kind, where / "pool")
+    port = free_port()
+    d = NetnsDaemon(link.netns, where / "d", [pool.spec], tcp=False,  # another host, its clock an hour ahead
+                    extra=["--listen", f"{link.ns_addr}:{port}"], env={"SNAPD_CLOCK_OFFSET": "3600"}).start()
+    return Side(d, pool), port
+
+
+def _sender_config(world: World, where: Path) -> Path:
+    lines = []
+    for kind, port in world.ports.items():
+        for name, token, extra in ((kind, "replicate", ""), (f"slow-{kind}", "replicate", f"bandwidth = {SLOW}\n"),
+                                   (f"noscope-{kind}", "project", "")):
+            lines.append(f'[targets.{name}]\nurl = "http://{world.link.ns_addr}:{port}"\n'
+                         f'token_file = "{where / (token + "-" + kind)}"\n{extra}')
+    # an address of the link's subnet that nobody holds: nothing answers there
+    lines.append(f'[targets.nowhere]\nurl = "http://{world.link.extra_addr}:7070"\n'
+                 f'token_file = "{where / "replicate-btrfs"}"\n')
+    cfg = where / SENDER_CONFIG
+    cfg.write_text("\n".join(lines))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("replication")
+    with veth_namespace() as link:
+        made: list[Side] = []
+        try:
+            w = World(link, {}, {}, {})
+            for kind in KINDS:
+                side, port = _receiver(link, kind, base / f"receiver-{kind}")
+                made.append(side)
+                w.receivers[kind], w.ports[kind] = side, port
+                for scope, body in (("replicate", {"replicate": True}), ("project", {"project": "web"})):
+                    r = side.d.unix.post(f"{ADMIN}/tokens", body)
+                    assert r.status == 200, r.body
+                    (base / f"{scope}-{kind}").write_text(r.data["secret"] + "\n")
+                    w.tokens[f"{scope}-{kind}"] = r.data["secret"]
+            cfg = _sender_config(w, base)
+            for kind in KINDS:
+                pool = open_harness(kind, base / f"sender-{kind}" / "pool")
+                clock = w.clocks[kind] = ClockFile(base / f"clock-{kind}", time.time())
+                clock.run_offset(0)
+                d = DaemonProcess(base / f"sender-{kind}" / "d", [pool.spec], tcp=False,
+                                  extra=["--config", str(cfg)], env=clock.env)
+                made.append(Side(d, pool))
+                d.start()
+                w.senders[kind] = made[-1]
+            yield w
+        finally:
+            with contextlib.ExitStack() as stack:  # every side closed, whatever fails
+                for side in made:
+                    stack.callback(side.pool.close)
+                    stack.callback(side.d.stop if side.d.proc and side.d.proc.poll() is None else side.d.kill)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def snapshot(d: DaemonProcess, cid: str) -> str:
+    r = d.unix.post(snaps(cid), {})
+    assert r.status == 200, r.body
+    return r.data["snapshot"]["name"]
+
+
+def start(d: DaemonProcess, cid: str, target: str, **body: object) -> dict:
+    r = d.unix.post(JOBS, {"container": cid, "target": target, **body})
+    assert r.status == 202, r.body
+    return r.data["job"]
+
+
+def finished(d: DaemonProcess, job: dict, timeout: float = 120) -> dict:
+    """The job once it is done or failed (GET, polled)."""
+    def look() -> dict | None:
+        r = d.unix.get(f"{JOBS}/{job['id']}")
+        assert r.status == 200, r.body
+        return r.data["job"] if r.data["job"]["state"] in ("done", "failed") else None
+
+    return until(look, f"replication job {job['id']} finished", timeout=timeout, interval=0.05)
+
+
+def replicate(d: DaemonProcess, cid: str, target: str, **body: object) -> dict:
+    job = finished(d, start(d, cid, target, **body))
+    assert job["state"] == "done", job
+    return job
+
+
+def names(d: DaemonProcess, cid: str) -> list[tuple[str, str]]:
+    r = d.unix.get(snaps(cid))
+    if r.status == 404:
+        return []
+    assert r.status == 200, r.body
+    return [(s["name"], s["created_at"]) for s in r.data["snapshots"]]
+
+
+def hold_of(d: DaemonProcess, cid: str, name: str) -> str | None:
+    r = d.unix.get(snaps(cid, name, "/detail"))
+    assert r.status == 200, r.body
+    return (r.data["snapshot"]["hold"] or {}).get("reason")
+
+
+def same_trees(a: Path, b: Path) -> None:
+    """Equal below the root (and the root's mode and owner: its xattrs are the pool's labels)."""
+    da, db = walk_digest(a), walk_digest(b)
+    assert da[0][2:5] == db[0][2:5]
+    assert da[1:] == db[1:]
+
+
+def container(side: Side, files: dict[str, str | bytes]) -> str:
+    cid = new_cid()
+    root = side.pool.make_container(cid)
+    write_tree(root, files)
+    os.symlink("etc/hostname", root / "link")
+    os.link(root / "etc/hostname", root / "hard")
+    return cid
+
+
+def scratch(side: Side) -> list[str]:
+    """Import scratch left in the receiver's pool."""
+    tmp = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / ".tmp"
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith("import-")) if tmp.is_dir() else []
+
+
+# -- the pairs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender, receiver", PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: World, sender: str,
+                                                                      receiver: str) -> None:
+    src, dst = world.senders[sender], world.receivers[receiver]
+    cid = container(src, {"etc/hostname": "web\n", "data/big.bin": os.urandom(1 << 20), "gone/x": "x"})
+    first = snapshot(src.d, cid)
+    (src.pool.container_path(cid) / "data/more.txt").write_text("more")
+    second = snapshot(src.d, cid)
+
+    job = replicate(src.d, cid, receiver)
+    assert (job["snapshots_sent"], job["snapshots_total"]) == (2, 2) and job["bytes_sent"] > 1 << 20
+    assert names(dst.d, cid) == names(src.d, cid)
+    # the newest common snapshot is held for the target; a DELETE of it is refused with the reason
+    assert hold_of(src.d, cid, second) == f"replication to {receiver}: the newest snapshot both hold"
+    assert hold_of(src.d, cid, first) is None
+    r = src.d.unix.delete(snaps(cid, second))
+    assert r.status == 409 and f"replication to {receiver}" in r.body["message"], r.body
+
+    # change one small file, remove a directory: the next job sends only that, from `second`
+    live = src.pool.container_path(cid)
+    (live / "etc/hostname").write_text("web-2\n")
+    (live / "gone/x").unlink()
+    (live / "gone").rmdir()
+    third = snapshot(src.d, cid)
+    job = replicate(src.d, cid, receiver)
+    assert (job["snapshots_sent"], job["snapshots_total"]) == (1, 1)
+    assert job["bytes_sent"] < 256 << 10, job  # the 1 MiB file is not sent again
+    assert names(dst.d, cid) == names(src.d, cid)
+    assert hold_of(src.d, cid, third) is not None and hold_of(src.d, cid, second) is None
+    assert src.d.unix.delete(snaps(cid, second)).status == 200  # released: deletable again
+
+    # nothing to send: a job that sends nothing is done
+    job = replicate(src.d, cid, receiver)
+    assert (job["snapshots_sent"], job["snapshots_total"]) == (0, 0)
+
+    metrics = src.d.unix.get("/metrics", binary=True).raw.decode()
+    assert f'\ncontainer_snapd_replication_sent_bytes_total{{target="{receiver}"}}' in metrics
+    assert '\ncontainer_snapd_replication_jobs{state="done"}' in metrics
+
+    # disaster recovery: the receiver's restore gives the sender's tree of `third`
+    r = dst.d.unix.patch(snaps(cid, third))
+    assert r.status == 200, r.body
+    same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
+
+
+def test_a_second_request_joins_the_running_job(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n", "big.bin": os.urandom(8 << 20)})
+    snapshot(src.d, cid)
+    job = start(src.d, cid, "slow-btrfs")
+    r = src.d.unix.post(JOBS, {"container": cid, "target": "slow-btrfs"})
+    assert r.status == 202 and r.data["job"]["id"] == job["id"], r.body
+    assert r.body["message"] == "Replication already running for this container and target"
+    assert any(j["id"] == job["id"] for j in src.d.unix.get(JOBS).data["jobs"])
+    job = finished(src.d, job)
+    assert job["state"] == "done" and job["bytes_sent"] > 8 << 20
+    assert job["rate"] <= SLOW * 1.05, job  # the target's bandwidth limit held
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def test_a_token_without_the_replicate_scope_fails_the_job_with_403(world: World) -> None:
+    src = world.senders["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    name = snapshot(src.d, cid)
+    job = finished(src.d, start(src.d, cid, "noscope-overlay"))
+    assert job["state"] == "failed" and "403" in job["last_error"], job
+    assert names(world.receivers["overlay"].d, cid) == []
+    assert hold_of(src.d, cid, name) is None
+
+
+def test_a_target_that_does_not_answer_fails_the_job_and_changes_nothing(world: World) -> None:
+    src = world.senders["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    name = snapshot(src.d, cid)
+    before = names(src.d, cid)
+    job = finished(src.d, start(src.d, cid, "nowhere"))
+    assert job["state"] == "failed" and "did not answer" in job["last_error"], job
+    assert names(src.d, cid) == before and hold_of(src.d, cid, name) is None
+
+
+def test_bad_requests_are_400_naming_the_field(world: World) -> None:
+    d = world.senders["btrfs"].d
+    cid = new_cid()
+    for body, fieldname in (({"target": "btrfs"}, "container"), ({"container": "x", "target": "btrfs"}, "container"),
+                            ({"container": cid}, "target"), ({"container": cid, "target": 7}, "target"),
+                            ({"container": cid, "target": "btrfs", "full": "yes"}, "full"),
+                            ({"container": cid, "target": "btrfs", "extra": 1}, "extra")):
+        r = d.unix.post(JOBS, body)
+        assert (r.status, r.body["details"][0]["field"]) == (400, fieldname), (body, r.body)
+    assert d.unix.post(JOBS, {"container": cid, "target": "btrfs"}).body["message"] == "Container not found"
+    r = d.unix.post(JOBS, {"container": cid, "target": "nope"})
+    assert (r.status, r.body["message"], r.body["details"][0]["field"]) == (404, "Replication target not found",
+                                                                            "target")
+    assert d.unix.get(f"{JOBS}/000000000000").status == 404
+    assert d.unix.get(f"{JOBS}/nope").status == 400
+
+
+def test_a_diverged_target_fails_naming_the_snapshot_until_full_is_asked(world: World) -> None:
+    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    snapshot(src.d, cid)
+    replicate(src.d, cid, "btrfs")
+    foreign = snapshot(dst.d, cid)  # made on the receiver: the sender never had it
+    newer = snapshot(src.d, cid)
+    job = finished(src.d, start(src.d, cid, "btrfs"))
+    assert job["state"] == "failed" and foreign in job["last_error"] and job["diverged"] == [foreign], job
+    assert newer not in dict(names(dst.d, cid))
+    job = replicate(src.d, cid, "btrfs", full=True)
+    assert job["snapshots_sent"] == 1 and newer in dict(names(dst.d, cid))
+    # the other way out: remove the foreign snapshot on the target; incrementals go on
+    assert dst.d.unix.delete(snaps(cid, foreign)).status == 200
+    newest = snapshot(src.d, cid)
+    job = replicate(src.d, cid, "btrfs")
+    assert job["snapshots_sent"] == 1 and newest in dict(names(dst.d, cid))
+
+
+def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World) -> None:
+    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(100000)})
+    name = snapshot(src.d, cid)
+    stream = bytearray(src.d.unix.get(snaps(cid, name, "/export")).raw)
+    stream[len(stream) // 2] ^= 0x01
+    client = Client(tcp=(world.link.ns_addr, world.ports["btrfs"]),
+                    headers={"Authorization": f"Bearer {world.tokens['replicate-btrfs']}"})
+    r = until(lambda: _reachable(client, cid, bytes(stream)), "the receiver answers over the link")
+    assert r.status == 400 and r.body["message"] == "Invalid snapshot stream", r.body
+    assert names(dst.d, cid) == [] and scratch(dst) == []
+
+
+def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-untyped-def]
+    """The receiver's answer from this namespace (the link is routed)."""
+    return client.post(snaps(cid, None, "/import"), stream)
+
+
+# -- interruptions ---------------------------------------------------------------------------
+
+
+def _slow_container(src: Side) -> tuple[str, str, str]:
+    """A container with a replicated first snapshot and a second of 48 MiB more to send."""
+    cid = container(src, {"etc/hostname": "x\n"})
+    first = snapshot(src.d, cid)
+    replicate(src.d, cid, "slow-btrfs")
+    write_tree(src.pool.container_path(cid), {f"big/{i}.bin": os.urandom(4 << 20) for i in range(12)})
+    return cid, first, snapshot(src.d, cid)
+
+
+def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
+    """A job sending the second snapshot of a _slow_container, once a MiB of it has gone out
+    (GET, polled) and the receiver is receiving it into scratch: (cid, first, second, job)."""
+    cid, first, second = _slow_container(src)
+    job = start(src.d, cid, "slow-btrfs")
+    job = until(lambda: (j := src.d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
+                "the job has sent a MiB")
+    until(lambda: scratch(dst), "the receiver is receiving into scratch")
+    return cid, first, second, job
+
+
+def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
+    """The receiver holds `first` alone (nothing of the cut `second`); a rerun sends `second`
+    and the chain is intact: same snapshots, the newest held, equal trees after a restore."""
+    assert [n for n, _ in names(dst.d, cid)] == [first]
+    replicate(src.d, cid, "slow-btrfs")
+    assert names(dst.d, cid) == names(src.d, cid)
+    assert hold_of(src.d, cid, second) is not None
+    r = dst.d.unix.patch(snaps(cid, second))
+    assert r.status == 200, r.body
+    same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
+
+
+def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World) -> None:
+    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    cid, first, second, _ = _mid_stream(src, dst)
+    src.d.kill()
+    until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch")
+    src.d.start()
+    _rerun_continues(src, dst, cid, first, second)
+
+
+def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World) -> None:
+    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    cid, first, second, job = _mid_stream(src, dst)
+    assert dst.d.proc is not None
+    dst.d.proc.send_signal(signal.SIGKILL)
+    dst.d.proc.wait()
+    job = finished(src.d, job)
+    assert job["state"] == "failed" and job["last_error"], job
+    assert hold_of(src.d, cid, first) is not None  # the chain's base stays protected
+    dst.d.start()
+    assert scratch(dst) == []  # the start swept it
+    _rerun_continues(src, dst, cid, first, second)
+
+
+def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World) -> None:
+    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    cid, first, second, job = _mid_stream(src, dst)
+    world.link.set_state("down")
+    try:
+        job = finished(src.d, job, timeout=180)
+    finally:
+        world.link.set_state("up")
+    assert job["state"] == "failed" and "took no data" in job["last_error"], job
+    # the receiver gives the stalled stream up on its own (pipe.IDLE_TIMEOUT), scratch removed
+    until(lambda: scratch(dst) == [], "the receiver dropped the stalled stream", timeout=240, interval=0.5)
+    _rerun_continues(src, dst, cid, first, second)
+
+
+def test_the_reaper_skips_the_protected_snapshot_until_a_newer_common_one_exists(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    first = src.d.unix.post(snaps(cid), {"expiry": 1}).data["snapshot"]["name"]
+    second = src.d.unix.post(snaps(cid), {"expiry": 1}).data["snapshot"]["name"]
+    replicate(src.d, cid, "overlay")
+    world.clocks["overlay"].run_offset(2 * 86400)  # both have expired on the sender
+    try:
+        # the reaper takes the unprotected one and leaves the chain's base
+        until(lambda: first not in dict(names(src.d, cid)), "the reaper deleted the unprotected snapshot")
+        assert second in dict(names(src.d, cid))
+        third = snapshot(src.d, cid)
+        replicate(src.d, cid, "overlay")
+        until(lambda: second not in dict(names(src.d, cid)), "the released base went at the reaper's next round")
+        assert hold_of(src.d, cid, third) is not None
+    finally:
+        world.clocks["overlay"].run_offset(0)
+
+
+def test_the_cli_replicates_waits_and_lists(world: World) -> None:
+    import subprocess
+    import sys
+
+    src, dst = world.senders["overlay"], world.receivers["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    snapshot(src.d, cid)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "snapd", *args, "--socket", str(src.d.socket)],
+                              capture_output=True, text=True, timeout=120)
+
+    out = cli("replicate", cid, "--to", "btrfs", "--wait")
+    assert out.returncode == 0 and ": done, 1/1 snapshots" in out.stdout, out
+    assert names(dst.d, cid) == names(src.d, cid)
+    out = cli("replicate", cid, "--to", "nowhere", "--wait")
+    assert out.returncode == 1 and ": failed" in out.stdout and "did not answer" in out.stdout, out
+    listed = cli("replications")
+    assert listed.returncode == 0 and "nowhere" in listed.stdout and "btrfs" in listed.stdout, listed
+    out = cli("replicate", cid, "--to", "nope")
+    assert out.returncode == 1 and "404 Replication target not found" in out.stderr and "target" in out.stderr, out
+
+
+def test_a_reload_reads_the_targets_again(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    snapshot(src.d, cid)
+    assert src.d.unix.post(JOBS, {"container": cid, "target": "late"}).status == 404
+    cfg = src.d.workdir.parent.parent / SENDER_CONFIG
+    token = src.d.workdir.parent.parent / "replicate-overlay"
+    cfg.write_text(cfg.read_text() + f'\n[targets.late]\nurl = "http://{world.link.ns_addr}:{world.ports["overlay"]}"\n'
+                                     f'token_file = "{token}"\n')
+    assert src.d.proc is not None
+    src.d.proc.send_signal(signal.SIGHUP)
+    r = until(lambda: (r := src.d.unix.post(JOBS, {"container": cid, "target": "late"})).status == 202 and r,
+              "the reloaded daemon knows the new target")
+    assert finished(src.d, r.data["job"])["state"] == "done"
+    assert names(world.receivers["overlay"].d, cid) == names(src.d, cid)
+
+
+def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    receiver = DaemonProcess(tmp_path / "r", [f"overlay:{tmp_path / 'rpool'}"], tcp=True,
+                             extra=["--tls-cert", str(cert), "--tls-key", str(key)])
+    (tmp_path / "rpool").mkdir()
+    receiver.start()
+    sender = None
+    try:
+        (tmp_path / "token").write_text(receiver.unix.post(f"{ADMIN}/tokens", {"replicate": True}).data["secret"])
+        url = f"https://localhost:{receiver.port}"
+        (tmp_path / "s.toml").write_text(
+            f'[targets.tls]\nurl = "{url}"\ntoken_file = "{tmp_path / "token"}"\ntls_ca = "{cert}"\n'
+            f'[targets.untrusted]\nurl = "{url}"\ntoken_file = "{tmp_path / "token"}"\n')
+        cid = new_cid()
+        write_tree(tmp_path / "spool" / cid, {"etc/hostname": "x\n"})
+        sender = DaemonProcess(tmp_path / "s", [f"overlay:{tmp_path / 'spool'}"], tcp=False,
+                               extra=["--config", str(tmp_path / "s.toml")]).start()
+        snapshot(sender, cid)
+        job = finished(sender, start(sender, cid, "untrusted"))
+        assert job["state"] == "failed" and "certificate" in job["last_error"].lower(), job
+        assert names(receiver, cid) == []
+        replicate(sender, cid, "tls")
+        assert names(receiver, cid) == names(sender, cid)
+    finally:
+        if sender is not None:
+            assert sender.stop() == 0
+        assert receiver.stop() == 0
+
+
+def test_a_base_two_targets_rest_on_stays_held_until_both_moved_on(world: World) -> None:
+    src = world.senders["overlay"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    a = snapshot(src.d, cid)
+    replicate(src.d, cid, "btrfs")
+    replicate(src.d, cid, "overlay")
+    assert hold_of(src.d, cid, a) == "replication to btrfs: the newest snapshot both hold"
+    b = snapshot(src.d, cid)
+    replicate(src.d, cid, "btrfs")  # btrfs moved on; overlay's chain still rests on a
+    assert hold_of(src.d, cid, a) == "replication to overlay: the newest snapshot both hold"
+    assert hold_of(src.d, cid, b) == "replication to btrfs: the newest snapshot both hold"
+    replicate(src.d, cid, "overlay")  # both moved on: a is free again
+    assert hold_of(src.d, cid, a) is None
+    assert hold_of(src.d, cid, b) is not None
+    assert src.d.unix.delete(snaps(cid, a)).status == 200
