@@ -76,6 +76,10 @@ JOB_ENV = "SNAPD_TEST_REPLICATION_JOB"
 """A replication job the test started before the run (half the well-formed job ids point at it)."""
 
 
+EXAMPLE_TARGET = "closed"
+"""The config file's replication target in the test's daemon (nothing listens there: jobs fail at once)."""
+
+
 EXAMPLE_POLICY = "example"
 """The config file's policy in the test's daemon (read-only through the API: a PUT or DELETE is a 409)."""
 SEEDED_POLICY = "seeded"
@@ -102,3 +106,19 @@ def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) ->
         mapped = EXAMPLE_POLICY if sum(map(ord, policy)) % 2 else SEEDED_POLICY
         return {**path_parameters, "policy": mapped}  # type: ignore[dict-item]
     return path_parameters
+
+
+@schemathesis.hook
+def map_body(context: Any, body: Any) -> Any:
+    """Point half the replication requests with a well-formed container id (a fixed half: even
+    ones) at the pool's container and the configured target, so a job really starts (and fails,
+    nothing listening there) rather than every body naming nothing here (a 404)."""
+    operation = getattr(context, "operation", None)
+    definition = getattr(operation, "definition", None)
+    if definition is None or definition.raw.get("operationId") != "startReplication" or not isinstance(body, dict):
+        return body
+    cid = body.get("container")
+    if isinstance(cid, str) and CONTAINER_ID.fullmatch(cid) and int(cid, 16) % 2 == 0 \
+            and isinstance(body.get("target"), str):
+        return {**body, "container": EXAMPLE_CONTAINER, "target": EXAMPLE_TARGET}
+    return body

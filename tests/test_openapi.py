@@ -22,7 +22,7 @@ from snapd.http.replication import JOB_ID
 from snapd.http.validation import CONTAINER_ID, SNAPSHOT_NAME
 
 from .daemon import DaemonProcess
-from .schemathesis_hooks import EXAMPLE_POLICY, JOB_ENV, SEEDED_POLICY
+from .schemathesis_hooks import EXAMPLE_POLICY, EXAMPLE_TARGET, JOB_ENV, SEEDED_POLICY
 from .digest import write_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,14 +175,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (base / "token").write_text("csd_x\n")  # a target where nothing listens: its jobs fail at once
     config.write_text(f'[policies.{EXAMPLE_POLICY}]\nschedule = "0 0 1 1 *"\n'
                       f'applies_to = ["pool:overlay:{pool}"]\nkeep_last = 1\n'
-                      f'[targets.closed]\nurl = "http://127.0.0.1:1"\ntoken_file = "{base / "token"}"\n')
+                      f'[targets.{EXAMPLE_TARGET}]\nurl = "http://127.0.0.1:1"\ntoken_file = "{base / "token"}"\n')
     d = DaemonProcess(base / "d", [f"overlay:{pool}"], tcp=True, extra=["--config", str(config)]).start()
     try:
         tokens = {
             "admin": d.unix.post(f"{ADMIN}/tokens", {"admin": True}).data["secret"],
             "project": d.unix.post(f"{ADMIN}/tokens", {"project": PROJECT}).data["secret"],
         }
-        r = d.unix.post(f"{ADMIN}/replications", {"container": CID, "target": "closed"})
+        r = d.unix.post(f"{ADMIN}/replications", {"container": CID, "target": EXAMPLE_TARGET})
         assert r.status == 202, r.body
         yield Env(d, tokens, r.data["job"]["id"])
     finally:
