@@ -54,6 +54,7 @@ import re
 import secrets
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -79,6 +80,8 @@ from .base import (
     open_root,
 )
 
+SCAN_WORKERS = 2
+"""Threads a restore's in-use scan of /proc splits the processes among."""
 DU_TIMEOUT = 600.0
 """Seconds one background `btrfs filesystem du` may take before it is killed."""
 log = logging.getLogger(__name__)
@@ -456,6 +459,10 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         return {}
 
     def _restore(self, cid: str, name: str) -> None:
+        """Checks; then one writable snapshot, one RENAME_EXCHANGE, one SNAP_DESTROY (no
+        commit waited for).  The in-use scan of /proc, by far the longest step, runs once,
+        in threads of its own while the snapshot is made; its verdict is taken just
+        before the swap."""
         spath = self._spath(cid, name)
         cpath = self._need_container(cid)
         if not _is_subvolume(spath):
@@ -469,20 +476,25 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                 # shows its subvolume too, but is a mount inside, not the container mounted
                 mounts.refuse_mounts(cid, cpath)
                 self._refuse_mounted(cid, cfd)
-            self._writable_copy(spath, tfd, tmpname)
-            try:
-                _set_label(tmppath, _get_label(cpath))
-                faults.point("btrfs.restore.after-copy")
-                with _Fd(cpath) as cfd:
-                    self._refuse_nested(cid, cfd, "restore")
-                self._refuse_held(cid, cpath)  # last, to keep the window to the swap short
-                ioc.exchange(tmppath, cpath)
-                faults.point("btrfs.restore.after-exchange")
-            except BaseException as e:
-                _quiet_destroy(tfd, tmpname)
-                if isinstance(e, OSError):
-                    raise _error(e, f"cannot restore {cid} from {name}") from e
-                raise
+            with ThreadPoolExecutor(1, thread_name_prefix="snapd-inuse") as scanner:
+                held = scanner.submit(inuse.held_by, [cpath], log=log, workers=SCAN_WORKERS)
+                self._writable_copy(spath, tfd, tmpname)
+                try:
+                    _set_label(tmppath, _get_label(cpath))
+                    faults.point("btrfs.restore.after-copy")
+                    with _Fd(cpath) as cfd:
+                        self._refuse_nested(cid, cfd, "restore")
+                    # a mount inside would go with the old subvolume; a holder would keep the
+                    # old data alive and see none of the restore
+                    mounts.refuse_mounts(cid, cpath)
+                    inuse.refuse(cid, held.result(), ContainerBusy)
+                    ioc.exchange(tmppath, cpath)
+                    faults.point("btrfs.restore.after-exchange")
+                except BaseException as e:
+                    _quiet_destroy(tfd, tmpname)
+                    if isinstance(e, OSError):
+                        raise _error(e, f"cannot restore {cid} from {name}") from e
+                    raise
             # tmppath now holds the old container.
             try:
                 _destroy_tree(tfd, tmpname)
