@@ -26,7 +26,9 @@ container's rootfs): deleting the old subvolume would empty it under its users.
 
 Restore also refuses a container some process holds (an open file, its cwd,
 root, executable or a mapped file inside the subvolume: backends/inuse.py,
-by device number, so processes in other mount namespaces count too).
+by device number, so processes in other mount namespaces count too).  That
+scan of /proc is a restore's longest step; it runs once, beside the writable
+snapshot, and its verdict is taken just before the swap.
 
 Sizes: when quotas (qgroups) are enabled on the filesystem, a snapshot's size
 is the exclusive bytes of its level-0 qgroup, read for all snapshots in one
