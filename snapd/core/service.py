@@ -612,8 +612,12 @@ class SnapshotService(Transfers):
                 ref=facts.ref,
                 policy=policy,
             )
-            await self.store.write(lambda s: (s.insert(row), s.journal_end(jid, "done", now)))
-            older = self.store.neighbours(cid, now, name)[:1]
+            def outcome(store: Store) -> list[str]:  # and the older neighbour, read in the writer: not on the loop
+                store.insert(row)
+                store.journal_end(jid, "done", now)
+                return store.neighbours(cid, now, name)[:1]
+
+            older = await self.store.write(outcome)
             self._recount_later(container.backend, cid, [*older, *([name] if facts.size is None else [])])
             if expires_at is not None:
                 self.on_expiry_set(expires_at)
