@@ -99,10 +99,10 @@ class Recounter:
         entry = self._pending.get(key)
         if entry is None:
             self._pending[key] = _Pending(key, backend, names, now, now)
-        else:
+            self._wake.set()  # it may be due before what the worker sleeps for
+        else:  # its due time only moves later: the worker, waking, finds out
             entry.names |= names
             entry.backend, entry.last = backend, now
-        self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="sizes")
 
