@@ -181,6 +181,18 @@ def load(sock: Path, raw: Raw, cids: list[str], quiet: str, rounds: int) -> dict
             "list_load_p99": p99(lister.samples), "list_samples": len(lister.samples)}
 
 
+def recounts(sock: Path) -> str:
+    """The daemon's background size recounts so far, asked and counted (from /metrics)."""
+    conn = Connection(sock)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    got = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+           if line.startswith("container_snapd_size_recounts_total{")}
+    if not got:
+        return "not counted by this daemon"
+    return f"{got.get('asked', 0):.0f} asked, {got.get('counted', 0):.0f} counted"
+
+
 def one_client(sock: Path, raw: Raw, cid: str, runs: int) -> dict[str, float]:
     conn = Connection(sock)
     raw_t, api_t = [], []
@@ -225,6 +237,7 @@ def main() -> int:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)  # py-spy attaches
             one = one_client(sock, raw, single, args.runs)
+            sizes = recounts(sock)
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
@@ -245,6 +258,7 @@ def main() -> int:
     print(f"\nList of a quiet container: idle p50 {ld['list_idle_p50'] * 1e3:.2f} ms, p99 "
           f"{ld['list_idle_p99'] * 1e3:.2f} ms; during the API creates p50 {ld['list_load_p50'] * 1e3:.2f} ms, "
           f"p99 {ld['list_load_p99'] * 1e3:.2f} ms ({ld['list_samples']} lists).")
+    print(f"Background size recounts over the whole run: {sizes}.")
     return 0
 
 
