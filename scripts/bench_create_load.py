@@ -204,17 +204,44 @@ def one_client(sock: Path, raw: Raw, cid: str, runs: int) -> dict[str, float]:
     return {"raw_median": statistics.median(raw_t), "api_median": statistics.median(api_t)}
 
 
+def start_profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy recording process `pid` (collapsed stacks, idle threads too) into `out`; stop it
+    with stop_profile()."""
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--idle", "--threads", "--rate", "1000",
+                            "--format", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    time.sleep(1)  # py-spy attaches
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen) -> None:
+    spy.send_signal(2)
+    spy.wait(60)
+
+
+def daemon_options(ap: argparse.ArgumentParser, profiled: str) -> None:
+    """--repo and --profile (py-spy during `profiled`), as the daemon benchmarks here take them."""
+    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon to run")
+    ap.add_argument("--profile", type=Path, help="record the daemon with py-spy (collapsed stacks, idle "
+                    f"threads too) during {profiled} into this file")
+
+
+def btrfs_missing() -> bool:
+    """Whether btrfs cannot be benchmarked here (and why, on stderr)."""
+    if reason := BtrfsHarness.unavailable():
+        print(f"cannot benchmark btrfs: {reason}", file=sys.stderr)
+        return True
+    return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--containers", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon to run")
-    ap.add_argument("--profile", type=Path, help="record the daemon with py-spy (collapsed stacks, idle "
-                    "threads too) during the one-client phase into this file")
+    daemon_options(ap, "the one-client phase")
     args = ap.parse_args()
-    if reason := BtrfsHarness.unavailable():
-        print(f"cannot benchmark btrfs: {reason}", file=sys.stderr)
+    if btrfs_missing():
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-create-load-") as d:
         fs = BtrfsHarness(Path(d), size=2 << 30)
@@ -230,17 +257,11 @@ def main() -> int:
             Connection(sock).call("POST", snaps(quiet))
             raw = Raw(fs)
             ld = load(sock, raw, busy, quiet, args.rounds)
-            spy = None
-            if args.profile:
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--idle", "--threads",
-                                        "--rate", "1000", "--format", "raw", "-o", str(args.profile)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)  # py-spy attaches
+            spy = start_profile(proc.pid, args.profile) if args.profile else None
             one = one_client(sock, raw, single, args.runs)
             sizes = recounts(sock)
             if spy is not None:
-                spy.send_signal(2)
-                spy.wait(60)
+                stop_profile(spy)
         finally:
             if proc is not None:
                 proc.terminate()

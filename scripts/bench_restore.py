@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends import btrfs, btrfs_ioctl, inuse
-from scripts.bench_create_load import REPO, Connection, snaps, start_daemon
+from scripts.bench_create_load import (Connection, btrfs_missing, daemon_options, snaps, start_daemon,
+                                       start_profile, stop_profile)
 from tests.harness import new_cid
 from tests.harness.btrfs import BtrfsHarness
 
@@ -57,12 +57,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--files", type=int, default=50, help="4 KiB files in the container")
-    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon to run")
-    ap.add_argument("--profile", type=Path, help="record the daemon with py-spy (collapsed stacks, idle "
-                    "threads too) during the API restores into this file")
+    daemon_options(ap, "the API restores")
     args = ap.parse_args()
-    if reason := BtrfsHarness.unavailable():
-        print(f"cannot benchmark btrfs: {reason}", file=sys.stderr)
+    if btrfs_missing():
         return 2
     api_t: list[float] = []
     bare_t: list[float] = []
@@ -85,11 +82,7 @@ def main() -> int:
             scratch = fs.mountpoint / "bare"
             scratch.mkdir()
             time.sleep(3)  # past the creates' debounced size recount (snapd/core/recount.py: 1.5 s)
-            if args.profile:
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--idle", "--threads",
-                                        "--rate", "1000", "--format", "raw", "-o", str(args.profile)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)  # py-spy attaches
+            spy = start_profile(proc.pid, args.profile) if args.profile else None
             for n in range(args.runs):
                 bare_t.append(bare_restore(fs, cid, oldest, scratch, n))
                 began = time.perf_counter()
@@ -100,8 +93,7 @@ def main() -> int:
                 scan_t.append(time.perf_counter() - began)
         finally:
             if spy is not None:
-                spy.send_signal(2)
-                spy.wait(60)
+                stop_profile(spy)
             if proc is not None:
                 proc.terminate()
                 proc.wait(60)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import asyncio
+from typing import Any, Awaitable, Callable
 
 from backends import make_backend
 from snapd.core.recount import Recounter
@@ -20,7 +21,9 @@ from .harness import PoolHarness, new_cid
 from .waiting import eventually
 
 
-async def test_the_service_recounts_just_the_neighbours(pool: PoolHarness, tmp_path: Path) -> None:
+async def _spied(pool: PoolHarness) -> tuple[Any, list[list[str]], Callable[[str, list[str]], Awaitable[dict]]]:
+    """An opened backend of the pool whose sizes() records the names each call asks for
+    (sorted, into the list returned), and its real sizes()."""
     kind, _, root = pool.spec.partition(":")
     backend = make_backend(kind, root)
     await backend.open()
@@ -32,6 +35,11 @@ async def test_the_service_recounts_just_the_neighbours(pool: PoolHarness, tmp_p
         return await real(cid, names)
 
     backend.sizes = spy  # type: ignore[method-assign]
+    return backend, asked, real
+
+
+async def test_the_service_recounts_just_the_neighbours(pool: PoolHarness, tmp_path: Path) -> None:
+    backend, asked, real = await _spied(pool)
     clock = FakeClock()
     store = Store(tmp_path / "snapd.db")
     service = SnapshotService(store, [backend], clock)
@@ -69,17 +77,7 @@ async def test_the_service_recounts_just_the_neighbours(pool: PoolHarness, tmp_p
 
 
 async def test_quick_creates_on_one_container_cause_one_recount(pool: PoolHarness, tmp_path: Path) -> None:
-    kind, _, root = pool.spec.partition(":")
-    backend = make_backend(kind, root)
-    await backend.open()
-    asked: list[list[str]] = []
-    real = backend.sizes
-
-    async def spy(cid: str, names: list[str]) -> dict[str, int]:
-        asked.append(sorted(names))
-        return await real(cid, names)
-
-    backend.sizes = spy  # type: ignore[method-assign]
+    backend, asked, real = await _spied(pool)
     clock, timer = FakeClock(), FakeClock()  # the debounce's time stands still: only a flush counts
     store = Store(tmp_path / "snapd.db")
     service = SnapshotService(store, [backend], clock, recount_timer=timer)
