@@ -738,7 +738,8 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                      f"; {err.decode(errors='replace').strip()}" if err.strip() else "")
         return counted
 
-    def _qgroup_sizes(self, cid: str | None, only: list[str] | None = None) -> dict[str, dict[str, int]] | None:
+    def _qgroup_sizes(self, cid: str | None,
+                      only: list[str] | None = None) -> dict[str, dict[str, int]] | None:
         """Sizes from qgroups (one tree search for all), of `only` these names of `cid` when
         given; None when quotas are off."""
         sizes = self._exclusive()

@@ -149,7 +149,8 @@ async def test_a_due_count_yields_to_requests_in_flight() -> None:
     t0 = clock.now()
     r.ask("p", None, "c", ["a"])
     clock.advance(1.5)  # due, but requests are in flight: it waits up to `delay` more
-    await eventually(lambda: clock.sleeps and clock.sleeps[-1] == t0 + 3.0, "the due count waits for a quiet moment")
+    await eventually(lambda: clock.sleeps and clock.sleeps[-1] == t0 + 3.0,
+                     "the due count waits for a quiet moment")
     assert counts.calls == []
     busy[0] = False
     r.poke()  # what the service does when its last operation ends

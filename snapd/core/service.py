@@ -612,7 +612,8 @@ class SnapshotService(Transfers):
                 ref=facts.ref,
                 policy=policy,
             )
-            def outcome(store: Store) -> list[str]:  # and the older neighbour, read in the writer: not on the loop
+
+            def outcome(store: Store) -> list[str]:  # with the older neighbour, read in the writer, not on the loop
                 store.insert(row)
                 store.journal_end(jid, "done", now)
                 return store.neighbours(cid, now, name)[:1]
