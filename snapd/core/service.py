@@ -613,7 +613,7 @@ class SnapshotService(Transfers):
                 policy=policy,
             )
 
-            def outcome(store: Store) -> list[str]:  # with the older neighbour, read in the writer, not on the loop
+            def outcome(store: Store) -> list[str]:  # and the older neighbour, read in the writer
                 store.insert(row)
                 store.journal_end(jid, "done", now)
                 return store.neighbours(cid, now, name)[:1]
