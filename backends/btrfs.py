@@ -453,10 +453,12 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
 
     # -- restore -----------------------------------------------------------
 
+    restore_moves_others = False
+    """Other snapshots live under .snapshots/<id>/ and are never touched."""
+
     async def restore(
         self, cid: str, snap: SnapshotRef, others: list[SnapshotRef]
     ) -> RefUpdates:
-        # `others` live under .snapshots/<id>/ and are never touched: nothing moves.
         await asyncio.to_thread(self._restore, cid, snap.name)
         return {}
 

@@ -674,7 +674,8 @@ class SnapshotService(Transfers):
 
     async def _restore(self, container: Container, row: SnapshotRow) -> tuple[Container, SnapshotRow]:
         cid, name = container.id, row.name
-        others = [SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name]
+        others = ([SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name]
+                  if container.backend.restore_moves_others else [])  # no read of every row on the loop
         jid = await self._intent("restore", container, cid, name, {"ref": row.ref})
         faults.point("service.restore.journaled")
         try:
