@@ -83,6 +83,7 @@ class Recounter:
         self._worker: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._urgent = 0
+        self._awaiting_quiet = False
         self.asked = 0
         """Asks received (each create or delete that changed sizes is one)."""
         self.counted = 0
@@ -108,7 +109,8 @@ class Recounter:
 
     def poke(self) -> None:
         """Requests have ended: a count waiting for a quiet moment may go now."""
-        self._wake.set()
+        if self._awaiting_quiet:  # else the worker sleeps for a time no request changes
+            self._wake.set()
 
     @property
     def pending(self) -> int:
@@ -133,14 +135,18 @@ class Recounter:
                 await self._sleep(due)
                 continue  # woken early (a new ask, a flush): look again
             latest = self.timer.now() + self.delay
-            while not self._urgent and self._busy() and self.timer.now() < latest:
-                await self._sleep(latest)
+            self._awaiting_quiet = True
+            try:
+                while not self._urgent and self._busy() and self.timer.now() < latest:
+                    await self._sleep(latest)
+            finally:
+                self._awaiting_quiet = False
             entry = self._pending.pop(entry.key)
             self.counted += 1
             try:
                 await self._count(entry.backend, entry.key[1], sorted(entry.names))
             except Exception as exc:  # sizes are advisory; never fail anything for them
-                log.warning("size recount failed pool=%s container=%s error=%s", entry.key[0], entry.key[1], exc)
+                log.warning("size recount failed pool=%s container=%s error=%s", *entry.key, exc)
 
     async def flush(self) -> None:
         """Run every pending count now (no delay, no waiting for quiet); return when all have run."""
