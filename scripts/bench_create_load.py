@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends import btrfs_ioctl
@@ -258,7 +260,9 @@ def main() -> int:
             raw = Raw(fs)
             ld = load(sock, raw, busy, quiet, args.rounds)
             spy = start_profile(proc.pid, args.profile) if args.profile else None
+            cpu_before = psutil.Process(proc.pid).cpu_times()
             one = one_client(sock, raw, single, args.runs)
+            cpu = psutil.Process(proc.pid).cpu_times()
             sizes = recounts(sock)
             if spy is not None:
                 stop_profile(spy)
@@ -280,6 +284,10 @@ def main() -> int:
           f"{ld['list_idle_p99'] * 1e3:.2f} ms; during the API creates p50 {ld['list_load_p50'] * 1e3:.2f} ms, "
           f"p99 {ld['list_load_p99'] * 1e3:.2f} ms ({ld['list_samples']} lists).")
     print(f"Background size recounts over the whole run: {sizes}.")
+    user, system = ((getattr(cpu, k) - getattr(cpu_before, k)) / args.runs * 1e3 for k in ("user", "system"))
+    kids = (cpu.children_user + cpu.children_system - cpu_before.children_user - cpu_before.children_system)
+    print(f"Daemon CPU per one-client create: {user:.2f} ms user and {system:.2f} ms system itself (the "
+          f"snapshot ioctl's kernel time included), {kids / args.runs * 1e3:.2f} ms in its child processes.")
     return 0
 
 
