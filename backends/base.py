@@ -270,14 +270,19 @@ class Backend(abc.ABC):
         recorded on disk by every backend, so a rebuilt store keeps it.
         """
 
+    restore_moves_others = True
+    """Whether restore() may move other snapshots and so must be told them (ZFS); False
+    spares the caller listing every snapshot of the container first."""
+
     @abc.abstractmethod
     async def restore(
         self, cid: str, snap: SnapshotRef, others: list[SnapshotRef]
     ) -> RefUpdates:
         """Make the container's content equal to `snap`, atomically.
 
-        `others` are the container's other snapshots; none may be lost or
-        altered.  Returns new refs for snapshots the restore moved.
+        `others` are the container's other snapshots (empty when
+        `restore_moves_others` is False); none may be lost or altered.
+        Returns new refs for snapshots the restore moved.
         """
 
     @abc.abstractmethod

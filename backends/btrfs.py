@@ -26,7 +26,9 @@ container's rootfs): deleting the old subvolume would empty it under its users.
 
 Restore also refuses a container some process holds (an open file, its cwd,
 root, executable or a mapped file inside the subvolume: backends/inuse.py,
-by device number, so processes in other mount namespaces count too).
+by device number, so processes in other mount namespaces count too).  That
+scan of /proc is a restore's longest step; it runs once, beside the writable
+snapshot, and its verdict is taken just before the swap.
 
 Sizes: when quotas (qgroups) are enabled on the filesystem, a snapshot's size
 is the exclusive bytes of its level-0 qgroup, read for all snapshots in one
@@ -53,8 +55,10 @@ import os
 import re
 import secrets
 import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from backends import faults
 
@@ -78,6 +82,8 @@ from .base import (
     open_root,
 )
 
+SCAN_WORKERS = 2
+"""Threads a restore's in-use scan of /proc splits the processes among."""
 DU_TIMEOUT = 600.0
 """Seconds one background `btrfs filesystem du` may take before it is killed."""
 log = logging.getLogger(__name__)
@@ -198,13 +204,12 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         return st.f_blocks * st.f_frsize
 
     async def free_inodes(self) -> int | None:
-        """None: btrfs allocates inodes dynamically (statvfs reports f_files = 0)."""
-        got = await asyncio.to_thread(fsops.inodes, self.root)
-        return None if got is None else got[0]
+        """None: btrfs allocates inodes dynamically (its statfs reports f_files = 0), so
+        there is nothing to read (and no thread to pay on every create's reserve check)."""
+        return None
 
     async def total_inodes(self) -> int | None:
-        got = await asyncio.to_thread(fsops.inodes, self.root)
-        return None if got is None else got[1]
+        return None
 
     async def quotas_enabled(self) -> bool:
         """Whether sizes come from qgroups (quotas on) or from `btrfs filesystem du`."""
@@ -361,25 +366,32 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         self, cid: str, name: str, alias: str | None, expires_at: float | None,
         created_at: float | None = None, *, policy: str | None = None,
     ) -> SnapshotFacts:
-        self._spath(cid, name)
+        spath = self._spath(cid, name)
+        if self.use_ioctl:
+            try:  # the policy's sidecar, the ioctl and the facts: one hop to a thread
+                return await asyncio.to_thread(self._with_meta, cid, name, policy, self._create_ioctl)
+            except _NoIoctl:
+                log.info("snapshot ioctl unavailable; using %s", self.btrfs_cmd)
         meta = await asyncio.to_thread(self._create_meta, cid, name, policy)
         try:
-            facts = await self._create(cid, name)
+            cpath = await asyncio.to_thread(self._create_prepare, cid)
+            await self._run("subvolume", "snapshot", "-r", cpath, spath, what=f"snapshot {name}")
+            facts = await asyncio.to_thread(self._facts_after_create, cid, name)
         except BaseException:
             await asyncio.to_thread(sidecar.remove, self.meta_dir, cid, name)
             raise
         return dataclasses.replace(facts, policy=meta.policy)
 
-    async def _create(self, cid: str, name: str) -> SnapshotFacts:
-        spath = self._spath(cid, name)
-        if self.use_ioctl:
-            try:
-                return await asyncio.to_thread(self._create_ioctl, cid, name)
-            except _NoIoctl:
-                log.info("snapshot ioctl unavailable; using %s", self.btrfs_cmd)
-        cpath = await asyncio.to_thread(self._create_prepare, cid)
-        await self._run("subvolume", "snapshot", "-r", cpath, spath, what=f"snapshot {name}")
-        return await asyncio.to_thread(self._facts_after_create, cid, name)
+    def _with_meta(self, cid: str, name: str, policy: str | None,
+                   make: Callable[[str, str], SnapshotFacts]) -> SnapshotFacts:
+        """The snapshot's sidecar (its policy), then `make`; the sidecar goes again if that fails."""
+        meta = self._create_meta(cid, name, policy)
+        try:
+            facts = make(cid, name)
+        except BaseException:
+            sidecar.remove(self.meta_dir, cid, name)
+            raise
+        return dataclasses.replace(facts, policy=meta.policy)
 
     def _create_prepare(self, cid: str) -> str:
         cpath = self._need_container(cid)
@@ -441,14 +453,20 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
 
     # -- restore -----------------------------------------------------------
 
+    restore_moves_others = False
+    """Other snapshots live under .snapshots/<id>/ and are never touched."""
+
     async def restore(
         self, cid: str, snap: SnapshotRef, others: list[SnapshotRef]
     ) -> RefUpdates:
-        # `others` live under .snapshots/<id>/ and are never touched: nothing moves.
         await asyncio.to_thread(self._restore, cid, snap.name)
         return {}
 
     def _restore(self, cid: str, name: str) -> None:
+        """Checks; then one writable snapshot, one RENAME_EXCHANGE, one SNAP_DESTROY (no
+        commit waited for).  The in-use scan of /proc, by far the longest step, runs once,
+        in threads of its own while the snapshot is made; its verdict is taken just
+        before the swap."""
         spath = self._spath(cid, name)
         cpath = self._need_container(cid)
         if not _is_subvolume(spath):
@@ -462,20 +480,25 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                 # shows its subvolume too, but is a mount inside, not the container mounted
                 mounts.refuse_mounts(cid, cpath)
                 self._refuse_mounted(cid, cfd)
-            self._writable_copy(spath, tfd, tmpname)
-            try:
-                _set_label(tmppath, _get_label(cpath))
-                faults.point("btrfs.restore.after-copy")
-                with _Fd(cpath) as cfd:
-                    self._refuse_nested(cid, cfd, "restore")
-                self._refuse_held(cid, cpath)  # last, to keep the window to the swap short
-                ioc.exchange(tmppath, cpath)
-                faults.point("btrfs.restore.after-exchange")
-            except BaseException as e:
-                _quiet_destroy(tfd, tmpname)
-                if isinstance(e, OSError):
-                    raise _error(e, f"cannot restore {cid} from {name}") from e
-                raise
+            with ThreadPoolExecutor(1, thread_name_prefix="snapd-inuse") as scanner:
+                held = scanner.submit(inuse.held_by, [cpath], log=log, workers=SCAN_WORKERS)
+                self._writable_copy(spath, tfd, tmpname)
+                try:
+                    _set_label(tmppath, _get_label(cpath))
+                    faults.point("btrfs.restore.after-copy")
+                    with _Fd(cpath) as cfd:
+                        self._refuse_nested(cid, cfd, "restore")
+                    # a mount inside would go with the old subvolume; a holder would keep the
+                    # old data alive and see none of the restore
+                    mounts.refuse_mounts(cid, cpath)
+                    inuse.refuse(cid, held.result(), ContainerBusy)
+                    ioc.exchange(tmppath, cpath)
+                    faults.point("btrfs.restore.after-exchange")
+                except BaseException as e:
+                    _quiet_destroy(tfd, tmpname)
+                    if isinstance(e, OSError):
+                        raise _error(e, f"cannot restore {cid} from {name}") from e
+                    raise
             # tmppath now holds the old container.
             try:
                 _destroy_tree(tfd, tmpname)
@@ -668,9 +691,9 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
     async def sizes(self, cid: str, names: list[str]) -> dict[str, int]:
         """Exclusive sizes of these snapshots now: from qgroups when quotas are on,
         else counted (one `btrfs filesystem du`, walking them: off the request path)."""
-        quota = await asyncio.to_thread(self._qgroup_sizes, cid)
+        quota = await asyncio.to_thread(self._qgroup_sizes, cid, names)
         if quota is not None:
-            return {n: s for n, s in quota.get(cid, {}).items() if n in names}
+            return quota.get(cid, {})
         return (await self.recount({cid: names})).get(cid, {})
 
     async def recount(self, targets: dict[str, list[str]]) -> dict[str, dict[str, int]]:
@@ -692,19 +715,22 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         return out
 
     async def _count_exclusive(self, paths: list[str]) -> dict[str, int]:
-        """Path -> Exclusive bytes, from one `btrfs filesystem du -s --raw` process."""
-        proc = await asyncio.create_subprocess_exec(
-            self.btrfs_cmd, "filesystem", "du", "-s", "--raw", *paths,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        """Path -> Exclusive bytes, from one `btrfs filesystem du -s --raw` process.
+
+        Started and waited for in a thread (the long lane), not from the event loop:
+        spawning costs the loop a fork's worth of CPU that requests would wait behind."""
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [self.btrfs_cmd, "filesystem", "du", "-s", "--raw", *paths],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), DU_TIMEOUT)
-        except BaseException:  # timed out, or the daemon is stopping: leave no child behind
+            out, err = await asyncio.to_thread(proc.communicate, timeout=DU_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.communicate)  # reaps it
+            raise BackendError(f"btrfs filesystem du took longer than {DU_TIMEOUT:g}s") from None
+        except BaseException:  # the daemon is stopping: the thread in communicate() reaps the child
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
             raise
         counted = parse_du(out.decode(errors="replace"), paths)
         if proc.returncode or len(counted) != len(paths):
@@ -714,12 +740,16 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                      f"; {err.decode(errors='replace').strip()}" if err.strip() else "")
         return counted
 
-    def _qgroup_sizes(self, cid: str | None) -> dict[str, dict[str, int]] | None:
+    def _qgroup_sizes(self, cid: str | None,
+                      only: list[str] | None = None) -> dict[str, dict[str, int]] | None:
+        """Sizes from qgroups (one tree search for all), of `only` these names of `cid` when
+        given; None when quotas are off."""
         sizes = self._exclusive()
         if sizes is None:
             return None
         out: dict[str, dict[str, int]] = {}
-        for c, names in self._snapshot_names(cid).items():
+        listed = {cid: only} if cid is not None and only is not None else self._snapshot_names(cid)
+        for c, names in listed.items():
             for n in names:
                 f = self._facts(c, n, sizes)
                 if f is not None and f.size is not None:
@@ -740,8 +770,6 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
             raise _cmd_error(what, err)
 
     def _run_sync(self, *args: str) -> None:
-        import subprocess
-
         p = subprocess.run(
             [self.btrfs_cmd, *args], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

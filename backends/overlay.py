@@ -383,6 +383,9 @@ class OverlayBackend(sidecar.SidecarMeta, Backend):
 
     # -- restore -------------------------------------------------------------
 
+    restore_moves_others = False
+    """Other snapshots are directories beside the container, never touched."""
+
     async def restore(self, cid: str, snap: SnapshotRef, others: list[SnapshotRef]) -> RefUpdates:
         await asyncio.to_thread(self._restore, cid, snap.name)
         return {}

@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends import btrfs_ioctl
@@ -181,6 +183,18 @@ def load(sock: Path, raw: Raw, cids: list[str], quiet: str, rounds: int) -> dict
             "list_load_p99": p99(lister.samples), "list_samples": len(lister.samples)}
 
 
+def recounts(sock: Path) -> str:
+    """The daemon's background size recounts so far, asked and counted (from /metrics)."""
+    conn = Connection(sock)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    got = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+           if line.startswith("container_snapd_size_recounts_total{")}
+    if not got:
+        return "not counted by this daemon"
+    return f"{got.get('asked', 0):.0f} asked, {got.get('counted', 0):.0f} counted"
+
+
 def one_client(sock: Path, raw: Raw, cid: str, runs: int) -> dict[str, float]:
     conn = Connection(sock)
     raw_t, api_t = [], []
@@ -192,17 +206,44 @@ def one_client(sock: Path, raw: Raw, cid: str, runs: int) -> dict[str, float]:
     return {"raw_median": statistics.median(raw_t), "api_median": statistics.median(api_t)}
 
 
+def start_profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy recording process `pid` (collapsed stacks, idle threads too) into `out`; stop it
+    with stop_profile()."""
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--idle", "--threads", "--rate", "1000",
+                            "--format", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    time.sleep(1)  # py-spy attaches
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen) -> None:
+    spy.send_signal(2)
+    spy.wait(60)
+
+
+def daemon_options(ap: argparse.ArgumentParser, profiled: str) -> None:
+    """--repo and --profile (py-spy during `profiled`), as the daemon benchmarks here take them."""
+    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon to run")
+    ap.add_argument("--profile", type=Path, help="record the daemon with py-spy (collapsed stacks, idle "
+                    f"threads too) during {profiled} into this file")
+
+
+def btrfs_missing() -> bool:
+    """Whether btrfs cannot be benchmarked here (and why, on stderr)."""
+    if reason := BtrfsHarness.unavailable():
+        print(f"cannot benchmark btrfs: {reason}", file=sys.stderr)
+        return True
+    return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--containers", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose daemon to run")
-    ap.add_argument("--profile", type=Path, help="record the daemon with py-spy (collapsed stacks, idle "
-                    "threads too) during the one-client phase into this file")
+    daemon_options(ap, "the one-client phase")
     args = ap.parse_args()
-    if reason := BtrfsHarness.unavailable():
-        print(f"cannot benchmark btrfs: {reason}", file=sys.stderr)
+    if btrfs_missing():
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-create-load-") as d:
         fs = BtrfsHarness(Path(d), size=2 << 30)
@@ -218,16 +259,13 @@ def main() -> int:
             Connection(sock).call("POST", snaps(quiet))
             raw = Raw(fs)
             ld = load(sock, raw, busy, quiet, args.rounds)
-            spy = None
-            if args.profile:
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--idle", "--threads",
-                                        "--rate", "1000", "--format", "raw", "-o", str(args.profile)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)  # py-spy attaches
+            spy = start_profile(proc.pid, args.profile) if args.profile else None
+            cpu_before = psutil.Process(proc.pid).cpu_times()
             one = one_client(sock, raw, single, args.runs)
+            cpu = psutil.Process(proc.pid).cpu_times()
+            sizes = recounts(sock)
             if spy is not None:
-                spy.send_signal(2)
-                spy.wait(60)
+                stop_profile(spy)
         finally:
             if proc is not None:
                 proc.terminate()
@@ -245,6 +283,11 @@ def main() -> int:
     print(f"\nList of a quiet container: idle p50 {ld['list_idle_p50'] * 1e3:.2f} ms, p99 "
           f"{ld['list_idle_p99'] * 1e3:.2f} ms; during the API creates p50 {ld['list_load_p50'] * 1e3:.2f} ms, "
           f"p99 {ld['list_load_p99'] * 1e3:.2f} ms ({ld['list_samples']} lists).")
+    print(f"Background size recounts over the whole run: {sizes}.")
+    user, system = ((getattr(cpu, k) - getattr(cpu_before, k)) / args.runs * 1e3 for k in ("user", "system"))
+    kids = (cpu.children_user + cpu.children_system - cpu_before.children_user - cpu_before.children_system)
+    print(f"Daemon CPU per one-client create: {user:.2f} ms user and {system:.2f} ms system itself (the "
+          f"snapshot ioctl's kernel time included), {kids / args.runs * 1e3:.2f} ms in its child processes.")
     return 0
 
 

@@ -324,6 +324,7 @@ class Daemon:
         self.metrics.watch_reaper(self.reaper)
         self.metrics.watch_problems(self.service.problem_counts)
         self.metrics.watch_store(self.service.writer_stats)
+        self.metrics.watch_recounts(self.service.recounts.stats)
         self.coverage = Coverage(self.service)
         await self._check_policies(self.cfg)
         try:

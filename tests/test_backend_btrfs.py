@@ -434,6 +434,32 @@ async def test_restore_refuses_a_held_container(fs: BtrfsHarness, backend: Btrfs
     assert (c / "f").read_text() == "old"
 
 
+async def test_a_restore_scans_for_holders_once(fs: BtrfsHarness, backend: BtrfsBackend,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cid = new_cid()
+    c = fs.make_container(cid)
+    (c / "f").write_text("old")
+    await backend.create(cid, "s1", None, None)
+    (c / "f").write_text("new")
+    child = subprocess.Popen(["sleep", "60"], cwd=c)
+    try:  # split among threads, the scan finds what one thread finds
+        found = inuse.holders(str(c), workers=2)
+        assert [h["pid"] for h in found] == [child.pid] and found == inuse.holders(str(c))
+    finally:
+        child.kill()
+        child.wait()
+    scanned: list[str] = []
+    real = inuse.holders
+
+    def spy(path: str, **kw: object) -> list[dict]:
+        scanned.append(path)
+        return real(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inuse, "holders", spy)
+    await backend.restore(cid, SnapshotRef("s1"), [])
+    assert scanned == [str(c)] and (c / "f").read_text() == "old"
+
+
 MAP_AND_CLOSE = (  # mmap a file, close its fd, keep the mapping
     "import ctypes, os, sys, time\n"
     "libc = ctypes.CDLL(None, use_errno=True); libc.mmap.restype = ctypes.c_void_p\n"

@@ -122,6 +122,8 @@ def test_scrape_time_collectors(tmp_path: Path) -> None:
     reaper = FakeReaper()
     metrics.watch_reaper(reaper)
     metrics.watch_store(store.writer_stats)
+    recounts = {"asked": 5, "counted": 1, "pending": 2}
+    metrics.watch_recounts(lambda: recounts)
 
     snap = samples(metrics)
     assert value(snap, "container_snapd_snapshots", pool="overlay:/p") == 0
@@ -156,6 +158,9 @@ def test_scrape_time_collectors(tmp_path: Path) -> None:
     assert value(snap, "container_snapd_store_writes_total", count="jobs") == 3  # one insert each
     assert value(snap, "container_snapd_store_writes_total", count="commits") == 3
     assert value(snap, "container_snapd_store_writer", figure="queued") == 0
+    assert value(snap, "container_snapd_size_recounts_total", count="asked") == 5
+    assert value(snap, "container_snapd_size_recounts_total", count="counted") == 1
+    assert value(snap, "container_snapd_size_recounts_waiting", figure="pending") == 2
 
     # the reaper trims its list: the histogram keeps counting, nothing twice
     reaper.lags[:] = reaper.lags[-1:]

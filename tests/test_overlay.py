@@ -21,6 +21,7 @@ from .digest import tree_digest, walk_digest, write_tree
 from .hostiletree import bottom, build_deep, flip_on_every_visit, remove_deep
 from .harness import new_cid
 from .rootfs import assert_same_tree, build_rootfs, digest, mounted, require_root
+from .waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +102,14 @@ def test_unchanged_files_share_inodes_between_consecutive_snapshots(overlay_daem
     assert ino(s1, "sub/keep") == ino(s2, "sub/keep")
     assert ino(s1, "small.txt") != ino(s2, "small.txt")
     assert (snapdir / s1 / "small.txt").read_text() == "v1"
-    # sizes: the second holds only what changed; after the background recount the first
-    # no longer counts the shared megabyte as its own
-    import time
+    # sizes: the second holds only what changed; after the background recount (a moment
+    # after the burst: snapd/core/recount.py) the first no longer counts the shared megabyte
+    def listed() -> dict[str, int]:
+        return {s["name"]: s["size"] for s in d.unix.get(snaps(cid)).data["snapshots"]}
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        listed = {s["name"]: s["size"] for s in d.unix.get(snaps(cid)).data["snapshots"]}
-        if listed[s1] < (1 << 20):
-            break
-        time.sleep(0.05)
-    assert listed[s2] < (1 << 20) and listed[s1] < (1 << 20), listed
+    until(lambda: listed()[s1] < (1 << 20), "the first snapshot's size recounted")
+    sizes = listed()
+    assert sizes[s2] < (1 << 20) and sizes[s1] < (1 << 20), sizes
     # a restore is a real copy: the live tree never shares an inode with a snapshot
     restore(d, cid, s1)
     assert os.lstat(pool / cid / "big.bin").st_ino not in {ino(s1, "big.bin")}
@@ -122,13 +120,8 @@ def test_unchanged_files_share_inodes_between_consecutive_snapshots(overlay_daem
     assert (pool / cid / "small.txt").read_text() == "v1"
     # deleting the first makes the shared megabyte the second's own
     assert d.unix.delete(snaps(cid, s1)).status == 200
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        size = d.unix.get(snaps(cid, s2)).data["snapshot"]["size"]
-        if size >= (1 << 20):
-            break
-        time.sleep(0.05)
-    assert size >= (1 << 20)
+    until(lambda: d.unix.get(snaps(cid, s2)).data["snapshot"]["size"] >= (1 << 20),
+          "the second snapshot's size recounted to hold the shared megabyte")
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFo
 from snapd.core.freeze import Freezer
 from snapd.core import lanes
 from snapd.core.project_slots import ProjectSlots
+from snapd.core.recount import Recounter, Timer
 from snapd.core.oplog import OperationLog
 from snapd.core.settle import Settlement, settle
 from snapd.core.store import SnapshotRow, Store
@@ -102,7 +103,7 @@ class SnapshotService(Transfers):
     """Snapshot operations over a set of pools and one store (export and import: Transfers)."""
 
     def __init__(self, store: Store, backends: list[Backend], clock: Clock | None = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, recount_timer: Timer | None = None) -> None:
         self.store = store
         self.metrics = metrics
         """Anything with an `operation(backend_kind, kind)` context manager (snapd.host.metrics.Metrics)."""
@@ -112,9 +113,8 @@ class SnapshotService(Transfers):
         self._inflight: set[asyncio.Task] = set()
         self.on_expiry_set: Callable[[float], None] = lambda when: None
         """Called with a new expires_at (the reaper wakes if it is sooner)."""
-        self._size_pending: dict[tuple[str, str], tuple[Backend, set[str]]] = {}
-        """(pool, container) -> the backend and the snapshots whose sizes to recount."""
-        self._size_worker: asyncio.Task | None = None
+        self.recounts = Recounter(self._count_sizes, busy=lambda: bool(self._inflight), timer=recount_timer)
+        """Background size recounts, coalesced per container (snapd/core/recount.py)."""
         self.policies: dict[str, PoolPolicy] = {}
         """backend.pool_id -> reserve and restore hooks (the server sets them)."""
         self.default_policy = PoolPolicy()
@@ -334,8 +334,13 @@ class SnapshotService(Transfers):
             await self._open_gate.wait()
         task = asyncio.ensure_future(self._locks.run(cid, fn))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._ended)
         return await asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        if not self._inflight:
+            self.recounts.poke()
 
     def _slot(self, container: Container, kind: str) -> contextlib.AbstractAsyncContextManager[None]:
         """One of the container's project's slots for a long operation (snapd/core/project_slots.py)."""
@@ -520,41 +525,29 @@ class SnapshotService(Transfers):
         return None
 
     async def drain(self) -> None:
-        """Wait for every operation in flight to finish; stop the size refresher."""
+        """Wait for every operation in flight to finish; stop the size recounts."""
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
-        if self._size_worker is not None:
-            self._size_worker.cancel()
-            await asyncio.gather(self._size_worker, return_exceptions=True)
+        await self.recounts.close()
 
     async def recounted(self) -> None:
-        """Return once every size recount asked for so far has run."""
-        while self._size_worker is not None and not self._size_worker.done():
-            await asyncio.shield(self._size_worker)
+        """Return once every size recount asked for so far has run (at once: no debounce)."""
+        await self.recounts.flush()
 
     def _recount_later(self, backend: Backend, cid: str, names: Iterable[str]) -> None:
-        """Recount these snapshots' sizes off the request path (coalesced per container).
+        """Recount these snapshots' sizes off the request path (snapd/core/recount.py:
+        coalesced per container, after a burst, one at a time, in the long lane).
 
         A snapshot's exclusive bytes change only when a neighbour in time comes or
         goes (what it shares, it shares with them), so the service names exactly
         those and the backend counts just them.
         """
-        _, pending = self._size_pending.setdefault((backend.pool_id, cid), (backend, set()))
-        pending.update(names)
-        if pending and (self._size_worker is None or self._size_worker.done()):
-            self._size_worker = asyncio.create_task(self._refresh_sizes(), name="sizes")
+        self.recounts.ask(backend.pool_id, backend, cid, names)
 
-    async def _refresh_sizes(self) -> None:
-        while self._size_pending:
-            (pool, cid), (backend, names) = next(iter(self._size_pending.items()))
-            del self._size_pending[(pool, cid)]
-            if not names:
-                continue
-            try:
-                sizes = await backend.sizes(cid, sorted(names))
-                await self.store.write(lambda s: s.update_sizes(cid, {n: z for n, z in sizes.items() if n in names}))
-            except Exception as exc:  # sizes are advisory; never fail an operation for them
-                log.warning("size refresh failed pool=%s container=%s error=%s", pool, cid, exc)
+    async def _count_sizes(self, backend: Backend, cid: str, names: list[str]) -> None:
+        sizes = await backend.sizes(cid, names)
+        wanted = set(names)
+        await self.store.write(lambda s: s.update_sizes(cid, {n: z for n, z in sizes.items() if n in wanted}))
 
     def busy(self, cid: str) -> bool:
         """Whether an operation on container `cid` is running or queued."""
@@ -619,8 +612,13 @@ class SnapshotService(Transfers):
                 ref=facts.ref,
                 policy=policy,
             )
-            await self.store.write(lambda s: (s.insert(row), s.journal_end(jid, "done", now)))
-            older = self.store.neighbours(cid, now, name)[:1]
+
+            def outcome(store: Store) -> list[str]:  # and the older neighbour, read in the writer
+                store.insert(row)
+                store.journal_end(jid, "done", now)
+                return store.neighbours(cid, now, name)[:1]
+
+            older = await self.store.write(outcome)
             self._recount_later(container.backend, cid, [*older, *([name] if facts.size is None else [])])
             if expires_at is not None:
                 self.on_expiry_set(expires_at)
@@ -676,7 +674,8 @@ class SnapshotService(Transfers):
 
     async def _restore(self, container: Container, row: SnapshotRow) -> tuple[Container, SnapshotRow]:
         cid, name = container.id, row.name
-        others = [SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name]
+        others = ([SnapshotRef(r.name, r.ref) for r in self.store.list(cid) if r.name != name]
+                  if container.backend.restore_moves_others else [])  # no read of every row on the loop
         jid = await self._intent("restore", container, cid, name, {"ref": row.ref})
         faults.point("service.restore.journaled")
         try:

@@ -145,6 +145,19 @@ class Metrics:
                     "The store's writer now: changes queued for it, and the most one commit held.",
                     "figure", lambda: {k: v for k, v in stats().items() if k not in totals}))]
 
+    def watch_recounts(self, stats: Callable[[], dict[str, int]]) -> list[Collector]:
+        """Background size recounts asked and run (their ratio: how much coalescing saves),
+        and containers waiting for one (snapd/core/recount.py)."""
+        return [self.add_collector(CountsCollector(
+                    CounterMetricFamily, "size_recounts",
+                    "Background size recounts: asked (one per create or delete that changed sizes) "
+                    "and counted (one per container per burst of asks).",
+                    "count", lambda: {k: v for k, v in stats().items() if k != "pending"})),
+                self.add_collector(CountsCollector(
+                    GaugeMetricFamily, "size_recounts_waiting",
+                    "Containers whose sizes wait for a background recount now.",
+                    "figure", lambda: {"pending": stats()["pending"]}))]
+
     def watch_freezes(self, counts: Callable[[], dict[str, int]]) -> Collector:
         return self.add_collector(CountsCollector(
             CounterMetricFamily, "freezes",
