@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import AsyncIterator
 
 from backends import faults
 
-from . import beneath, inuse, mounts, zfs_diff
+from . import beneath, inuse, mounts, portable, zfs_diff
 from .base import (
     NAME_MARK_PROPERTY,
     PROJECT_PROPERTY,
@@ -41,6 +42,7 @@ from .base import (
     BackendError,
     ContainerBusy,
     ContainerNotFound,
+    NoSpace,
     PoolError,
     RefUpdates,
     SnapshotFacts,
@@ -73,6 +75,9 @@ MAX_DESTROY_ARG = 100_000
 _CID_RE = re.compile(r"^[0-9a-f]{24}$")
 _HOLDER_RE = re.compile(r"^([0-9a-f]{24})-(\d+)$")
 _TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
+_RECEIVING_RE = re.compile(r"^[0-9a-f]{24}\.receiving-[0-9a-f]{8}$")
+"""A dataset a portable stream is being received into (destroyed at start-up when a crash left it)."""
+RECEIVE_DIR_PREFIX = "snapd-zfs-receive-"
 _FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
 """A read-only clone mounted to export a snapshot where `.zfs/snapshot` is missing (swept at start-up)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
@@ -258,6 +263,9 @@ class ZfsBackend(Backend):
                 cids.add(m.group(1))
             if _FILES_RE.match(tail):
                 await self._drop_files_clone(name)
+            if _RECEIVING_RE.match(tail):  # a crash left it, and its mount directory
+                got = await self.zfs.get(["mountpoint"], [name], check=False)
+                await self._drop_scratch(name, got.get(name, {}).get("mountpoint"))
         for name, d in scan.items.items():  # a container swapped in, not finished
             tail = name[len(self.root) + 1:] if name.startswith(self.root + "/") else ""
             if d.get(PENDING_PROPERTY) and not d.is_snap and _CID_RE.match(tail):
@@ -452,6 +460,86 @@ class ZfsBackend(Backend):
         got = zfs_diff.candidates(res.stdout, mountpoint)
         linked = await asyncio.to_thread(lambda: any(_linked(r, p) for p in got for r in (old, new)))
         return None if linked else got
+
+    # -- import -----------------------------------------------------------
+
+    accepts_imports = True
+
+    async def receive(self, cid: str, name: str, reader: portable.StreamReader, base: SnapshotRef | None,
+                      layout: str, new_container: bool) -> SnapshotFacts:
+        """Received into a scratch dataset (a clone of `base` for an incremental, else a new
+        one) mounted on a scratch directory, then snapshotted with the stream's metadata and
+        made visible by one rename: for a new container the scratch becomes the container
+        (its live tree is the snapshot), else a hidden holder beside the container, where a
+        restore finds it like the snapshots an earlier restore moved there.  The live tree of
+        an existing container is never touched."""
+        if not _CID_RE.match(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
+        ds = self._ds(cid)
+        scan = await self._scan(cid, fresh=True)
+        if new_container == (ds in scan.items):
+            raise BackendError(f"container {cid} {'exists already' if new_container else 'not found'} "
+                               f"in {self.pool_id}")
+        if name in scan.visible(cid):
+            raise BackendError(f"snapshot {name} of {cid} already exists")
+        origin = self._locate(scan, cid, base) if base is not None else None
+        scratch = f"{self.hidden}/{cid}.receiving-{secrets.token_hex(4)}"
+        where = await asyncio.to_thread(tempfile.mkdtemp, prefix=RECEIVE_DIR_PREFIX)
+        h = reader.header
+        props = [f"{CREATED_PROPERTY}={float(h.created_at)!r}"]
+        if h.alias is not None:
+            props.append(f"{ALIAS_PROPERTY}={_encode(h.alias)}")
+        if h.expires_at is not None:
+            props.append(f"{EXPIRES_PROPERTY}={float(h.expires_at)!r}")
+        self._invalidate(cid)
+        moved = False
+        try:
+            mount = ["-o", f"mountpoint={where}"]
+            if origin is not None:
+                await self.zfs.zfs("clone", *mount, origin, scratch)
+            else:
+                await self.zfs.zfs("create", *mount, scratch)
+            try:
+                await asyncio.to_thread(reader.apply, where, incremental=base is not None)
+            except OSError as e:
+                reason = e.strerror or str(e)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(f"cannot receive snapshot {name} of {cid}: no space left in the pool "
+                                  f"({reason})") from e
+                raise BackendError(f"cannot receive snapshot {name} of {cid}: {reason}") from e
+            faults.point("zfs.import.received")
+            await self.zfs.zfs("snapshot", *(a for p in props for a in ("-o", p)), f"{scratch}@{name}")
+            if new_container:
+                await self.zfs.zfs("rename", scratch, ds)
+                moved = True
+                await self.zfs.zfs("inherit", "mountpoint", ds)
+            else:
+                await self.zfs.zfs("set", "canmount=off", scratch)
+                nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
+                holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
+                await self.zfs.zfs("rename", scratch, holder)
+                moved = True
+                await self._tidy_holder(holder, rollback=False)
+        finally:
+            self._invalidate(cid)
+            if not moved:
+                await self._drop_scratch(scratch)
+            with contextlib.suppress(OSError):
+                os.rmdir(where)
+        found = (await self._scan(cid, fresh=True)).visible(cid).get(name)
+        if found is None:
+            raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
+        return self._facts(await self._scan(cid), cid, found)
+
+    async def _drop_scratch(self, scratch: str, where: str | None = None) -> None:
+        """Destroy a receive's scratch dataset and its snapshot, if it is still there; and
+        `where`, the empty directory it was mounted on."""
+        res = await self.zfs.zfs("destroy", "-r", scratch, check=False)
+        if res.rc != 0 and "does not exist" not in res.stderr and "could not find" not in res.stderr:
+            self._set_aside(f"cannot destroy the receive scratch {scratch}: {res.stderr.strip()}")
+        elif where is not None and os.path.basename(where).startswith(RECEIVE_DIR_PREFIX):
+            with contextlib.suppress(OSError):
+                os.rmdir(where)
 
     async def _drop_files_clone(self, clone: str, *force: str) -> None:
         """Destroy a read-only clone made to read a snapshot's files: after an export, with
