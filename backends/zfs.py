@@ -78,6 +78,7 @@ _TEMP_RE = re.compile(r"^([0-9a-f]{24})\.restoring$")
 _RECEIVING_RE = re.compile(r"^[0-9a-f]{24}\.receiving-[0-9a-f]{8}$")
 """A dataset a portable stream is being received into (destroyed at start-up when a crash left it)."""
 RECEIVE_DIR_PREFIX = "snapd-zfs-receive-"
+SCRATCH_TRIES = 10
 _FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
 """A read-only clone mounted to export a snapshot where `.zfs/snapshot` is missing (swept at start-up)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
@@ -509,10 +510,12 @@ class ZfsBackend(Backend):
                 raise BackendError(f"cannot receive snapshot {name} of {cid}: {reason}") from e
             faults.point("zfs.import.received")
             await self.zfs.zfs("snapshot", *(a for p in props for a in ("-o", p)), f"{scratch}@{name}")
-            if new_container:
+            if new_container:  # zfs-fuse renames no mounted dataset ("dataset is busy")
+                await self.zfs.zfs("unmount", scratch)
                 await self.zfs.zfs("rename", scratch, ds)
                 moved = True
                 await self.zfs.zfs("inherit", "mountpoint", ds)
+                await self._finish(ds, {"mounted": True})
             else:
                 await self.zfs.zfs("set", "canmount=off", scratch)
                 nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
@@ -534,7 +537,12 @@ class ZfsBackend(Backend):
     async def _drop_scratch(self, scratch: str, where: str | None = None) -> None:
         """Destroy a receive's scratch dataset and its snapshot, if it is still there; and
         `where`, the empty directory it was mounted on."""
-        res = await self.zfs.zfs("destroy", "-r", scratch, check=False)
+        for attempt in range(SCRATCH_TRIES):  # zfs-fuse: "busy" for a moment after a failed write
+            await self.zfs.zfs("unmount", scratch, check=False)
+            res = await self.zfs.zfs("destroy", "-r", scratch, check=False)
+            if res.rc == 0 or "busy" not in res.stderr:
+                break
+            await asyncio.sleep(0.1 * (attempt + 1))
         if res.rc != 0 and "does not exist" not in res.stderr and "could not find" not in res.stderr:
             self._set_aside(f"cannot destroy the receive scratch {scratch}: {res.stderr.strip()}")
         elif where is not None and os.path.basename(where).startswith(RECEIVE_DIR_PREFIX):
