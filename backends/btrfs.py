@@ -27,8 +27,7 @@ container's rootfs): deleting the old subvolume would empty it under its users.
 Restore also refuses a container some process holds (an open file, its cwd,
 root, executable or a mapped file inside the subvolume: backends/inuse.py,
 by device number, so processes in other mount namespaces count too).  That
-scan of /proc is a restore's longest step; it runs once, beside the writable
-snapshot, and its verdict is taken just before the swap.
+scan of /proc is a restore's longest step; it runs once, just before the swap.
 
 Sizes: when quotas (qgroups) are enabled on the filesystem, a snapshot's size
 is the exclusive bytes of its level-0 qgroup, read for all snapshots in one
@@ -56,7 +55,6 @@ import re
 import secrets
 import stat
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -82,8 +80,6 @@ from .base import (
     open_root,
 )
 
-SCAN_WORKERS = 2
-"""Threads a restore's in-use scan of /proc splits the processes among."""
 DU_TIMEOUT = 600.0
 """Seconds one background `btrfs filesystem du` may take before it is killed."""
 log = logging.getLogger(__name__)
@@ -465,8 +461,7 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
     def _restore(self, cid: str, name: str) -> None:
         """Checks; then one writable snapshot, one RENAME_EXCHANGE, one SNAP_DESTROY (no
         commit waited for).  The in-use scan of /proc, by far the longest step, runs once,
-        in threads of its own while the snapshot is made; its verdict is taken just
-        before the swap."""
+        just before the swap."""
         spath = self._spath(cid, name)
         cpath = self._need_container(cid)
         if not _is_subvolume(spath):
@@ -480,25 +475,20 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
                 # shows its subvolume too, but is a mount inside, not the container mounted
                 mounts.refuse_mounts(cid, cpath)
                 self._refuse_mounted(cid, cfd)
-            with ThreadPoolExecutor(1, thread_name_prefix="snapd-inuse") as scanner:
-                held = scanner.submit(inuse.held_by, [cpath], log=log, workers=SCAN_WORKERS)
-                self._writable_copy(spath, tfd, tmpname)
-                try:
-                    _set_label(tmppath, _get_label(cpath))
-                    faults.point("btrfs.restore.after-copy")
-                    with _Fd(cpath) as cfd:
-                        self._refuse_nested(cid, cfd, "restore")
-                    # a mount inside would go with the old subvolume; a holder would keep the
-                    # old data alive and see none of the restore
-                    mounts.refuse_mounts(cid, cpath)
-                    inuse.refuse(cid, held.result(), ContainerBusy)
-                    ioc.exchange(tmppath, cpath)
-                    faults.point("btrfs.restore.after-exchange")
-                except BaseException as e:
-                    _quiet_destroy(tfd, tmpname)
-                    if isinstance(e, OSError):
-                        raise _error(e, f"cannot restore {cid} from {name}") from e
-                    raise
+            self._writable_copy(spath, tfd, tmpname)
+            try:
+                _set_label(tmppath, _get_label(cpath))
+                faults.point("btrfs.restore.after-copy")
+                with _Fd(cpath) as cfd:
+                    self._refuse_nested(cid, cfd, "restore")
+                self._refuse_held(cid, cpath)  # last, to keep the window to the swap short
+                ioc.exchange(tmppath, cpath)
+                faults.point("btrfs.restore.after-exchange")
+            except BaseException as e:
+                _quiet_destroy(tfd, tmpname)
+                if isinstance(e, OSError):
+                    raise _error(e, f"cannot restore {cid} from {name}") from e
+                raise
             # tmppath now holds the old container.
             try:
                 _destroy_tree(tfd, tmpname)

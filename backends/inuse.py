@@ -15,17 +15,13 @@ the filesystem root, and open files by their /proc link text (exact for
 processes in this mount namespace, best effort for others).
 
 Blocking: call it from a worker thread.  Cost grows with the number of
-processes and open files on the host, never with the container's size; most
-of it is the kernel writing out every process's /proc/<pid>/maps.  With
-`workers` > 1 the processes are split among that many threads (the work is
-system calls, which release the interpreter lock).
+processes and open files on the host, never with the container's size.
 Racy by nature: a process may open a file just after the scan.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
@@ -34,11 +30,11 @@ from . import mounts
 _MAX_DEPTH = 256
 
 
-def holders(path: str, *, exclude: set[int] | None = None, workers: int = 1) -> list[dict]:
+def holders(path: str, *, exclude: set[int] | None = None) -> list[dict]:
     """Processes holding files under `path`: [{"pid", "command", "reason"}], by pid.
 
     `exclude`: pids to ignore (default: this process, which holds the
-    container itself while working on it).  `workers`: threads to scan with.
+    container itself while working on it).
     """
     st = os.stat(path)
     target = (st.st_dev, st.st_ino)
@@ -46,25 +42,16 @@ def holders(path: str, *, exclude: set[int] | None = None, workers: int = 1) -> 
     real = os.path.realpath(path)
     sb_dev = _superblock_dev(real)
     skip = {os.getpid()} if exclude is None else exclude
-    pids = [pid for pid in psutil.pids() if pid not in skip]
-
-    def scan(part: list[int]) -> dict[int, list[str]]:
-        found: dict[int, list[str]] = {}
-        for pid in part:
-            try:
-                reasons = _scan(pid, target, own_device, real, sb_dev)
-            except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-                continue  # gone, or not ours to see
-            if reasons:
-                found[pid] = reasons
-        return found
-
-    if workers > 1 and len(pids) > workers:
-        with ThreadPoolExecutor(workers, thread_name_prefix="snapd-inuse") as pool:
-            found = {pid: r for part in pool.map(scan, [pids[i::workers] for i in range(workers)])
-                     for pid, r in part.items()}
-    else:
-        found = scan(pids)
+    found: dict[int, list[str]] = {}
+    for pid in psutil.pids():
+        if pid in skip:
+            continue
+        try:
+            reasons = _scan(pid, target, own_device, real, sb_dev)
+        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+            continue  # gone, or not ours to see
+        if reasons:
+            found[pid] = reasons
     out = []
     for pid, reasons in sorted(found.items()):
         try:
@@ -231,25 +218,16 @@ def refuse_held(cid: str, paths: list[str], busy: type[Exception], *, log: objec
     Each holder is one detail: {"field": "container", "reason": "in use by pid N (cmd): why",
     "value": "N"}.  A scan that cannot run (no /proc) refuses nothing.
     """
-    refuse(cid, held_by(paths, log=log), busy)
-
-
-def held_by(paths: list[str], *, log: object = None, workers: int = 1) -> list[dict]:
-    """holders() of any of `paths`, each pid once, by pid; a scan that cannot run finds none."""
     found: dict[int, dict] = {}
     for path in paths:
         try:
-            for h in holders(path, workers=workers):
+            for h in holders(path):
                 found.setdefault(h["pid"], h)
         except OSError as e:
             if log is not None:
                 log.debug("cannot scan processes holding %s: %s", path, e)  # type: ignore[attr-defined]
-    return [found[p] for p in sorted(found)]
-
-
-def refuse(cid: str, held: list[dict], busy: type[Exception]) -> None:
-    """Raise `busy` naming every holder in `held` (from held_by), as refuse_held does."""
-    if held:
+    if found:
+        held = [found[p] for p in sorted(found)]
         raise busy(
             f"cannot restore container {cid}: in use by {describe(held)}; stop it first",
             [

@@ -13,7 +13,7 @@ times, alternating on the same container:
   snapshot of the oldest snapshot (BTRFS_IOC_SNAP_CREATE_V2), one
   renameat2(RENAME_EXCHANGE) with the container, one BTRFS_IOC_SNAP_DESTROY of
   the old container (no transaction commit waited for);
-* scan: the in-use scan alone (backends.inuse.held_by on the container, as the
+* scan: the in-use scan alone (backends.inuse.holders of the container, as the
   backend runs it), in this process, for the breakdown.
 
 Prints the medians and the API / bare ratio, from one run.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends import btrfs, btrfs_ioctl, inuse
+from backends import btrfs_ioctl, inuse
 from scripts.bench_create_load import (Connection, btrfs_missing, daemon_options, snaps, start_daemon,
                                        start_profile, stop_profile)
 from tests.harness import new_cid
@@ -89,7 +89,7 @@ def main() -> int:
                 conn.call("PATCH", f"{snaps(cid)}/{oldest}")
                 api_t.append(time.perf_counter() - began)
                 began = time.perf_counter()
-                inuse.held_by([str(fs.container_path(cid))], workers=btrfs.SCAN_WORKERS)
+                inuse.holders(str(fs.container_path(cid)))
                 scan_t.append(time.perf_counter() - began)
         finally:
             if spy is not None:
@@ -105,8 +105,7 @@ def main() -> int:
     print("| restore of the oldest of 3 snapshots | median (ms) | vs bare |\n|---|---:|---:|")
     print(f"| bare: writable snapshot + RENAME_EXCHANGE + SNAP_DESTROY | {bare:.2f} | 1.00x |")
     print(f"| API (`PATCH .../snapshots/<name>`) | {api:.2f} | {api / bare:.2f}x |")
-    print(f"| (in the API's time) the in-use scan of /proc alone, {btrfs.SCAN_WORKERS} threads | {scan:.2f} | "
-          f"{scan / bare:.2f}x |")
+    print(f"| (in the API's time) the in-use scan of /proc alone | {scan:.2f} | {scan / bare:.2f}x |")
     return 0
 
 
