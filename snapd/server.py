@@ -310,6 +310,7 @@ class Daemon:
             self.backends[str(spec)] = await open_backend(spec, self.cfg.policy(spec).layout)
         self.service = self.state.service(list(self.backends.values()), self.clock, self.metrics)
         self.service.slots.limit = self.cfg.max_concurrent_per_project
+        self.service.stream_idle_timeout = self.cfg.stream_idle_timeout
         self._serve_pools(self.cfg)
         # Interrupted operations first (the journal says which way each goes), then
         # the disk-vs-store reconcile; both before any listener.
@@ -471,6 +472,7 @@ class Daemon:
             self.backends.update(opened)
             self._serve_pools(new)
             self.service.slots.limit = new.max_concurrent_per_project
+            self.service.stream_idle_timeout = new.stream_idle_timeout
             self.policies.book.set_file(new.policies)
             self.scheduler.touch(fresh=True)
             logsetup.configure(new.log_level, new.log_format)

@@ -33,6 +33,9 @@ JOBS = f"{ADMIN}/replications"
 KINDS = ("btrfs", "overlay")
 PAIRS = [("btrfs", "btrfs"), ("overlay", "btrfs"), ("btrfs", "overlay")]
 SENDER_CONFIG = "sender.toml"
+IDLE = 10
+"""stream_idle_timeout of every daemon here: a cut link fails the send, and the receiver drops
+the stalled stream, after this many seconds (120 by default)."""
 SLOW = 4 << 20
 """Bytes per second of the `slow-*` targets: a 48 MiB snapshot takes seconds to send."""
 
@@ -70,13 +73,16 @@ class World:
 def _receiver(link: Link, kind: str, where: Path) -> tuple[Side, int]:
     pool = open_harness(kind, where / "pool")
     port = free_port()
+    cfg = where / "receiver.toml"
+    cfg.write_text(f"stream_idle_timeout = {IDLE}\n")
     d = NetnsDaemon(link.netns, where / "d", [pool.spec], tcp=False,  # another host, its clock an hour ahead
-                    extra=["--listen", f"{link.ns_addr}:{port}"], env={"SNAPD_CLOCK_OFFSET": "3600"}).start()
+                    extra=["--listen", f"{link.ns_addr}:{port}", "--config", str(cfg)],
+                    env={"SNAPD_CLOCK_OFFSET": "3600"}).start()
     return Side(d, pool), port
 
 
 def _sender_config(world: World, where: Path) -> Path:
-    lines = []
+    lines = [f"stream_idle_timeout = {IDLE}\n"]
     for kind, port in world.ports.items():
         for name, token, extra in ((kind, "replicate", ""), (f"slow-{kind}", "replicate", f"bandwidth = {SLOW}\n"),
                                    (f"noscope-{kind}", "project", "")):
@@ -393,12 +399,12 @@ def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: Wo
     cid, first, second, job = _mid_stream(src, dst)
     world.link.set_state("down")
     try:
-        job = finished(src.d, job, timeout=180)
+        job = finished(src.d, job, timeout=IDLE * 6)
     finally:
         world.link.set_state("up")
     assert job["state"] == "failed" and "took no data" in job["last_error"], job
     # the receiver gives the stalled stream up on its own (pipe.IDLE_TIMEOUT), scratch removed
-    until(lambda: scratch(dst) == [], "the receiver dropped the stalled stream", timeout=240, interval=0.5)
+    until(lambda: scratch(dst) == [], "the receiver dropped the stalled stream", timeout=IDLE * 12, interval=0.5)
     _rerun_continues(src, dst, cid, first, second)
 
 

@@ -50,6 +50,15 @@ def test_a_bad_target_value_is_an_error_naming_its_key(table: object, key: str, 
     assert f"cfg: {key}" in str(caught.value) and words in str(caught.value), caught.value
 
 
+@pytest.mark.parametrize("key", ["stream_idle_timeout", "request_timeout"])
+def test_the_stream_idle_timeout_is_read_and_checked(key: str) -> None:
+    assert build({}, {}, "cfg").stream_idle_timeout == 120.0
+    assert getattr(build({key: 7}, {}, "cfg"), key) == 7.0
+    for bad in (0, -1, 3601, "soon"):
+        with pytest.raises(ConfigError, match=f"cfg: {key} must be a number of seconds from 0 to 3600"):
+            build({key: bad}, {}, "cfg")
+
+
 def test_a_bad_target_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="name is 1-64"):
         _targets({"a b": {"url": "https://h:1", "token_file": "/t"}})

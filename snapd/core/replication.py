@@ -37,8 +37,6 @@ from snapd.core.settings import Target
 log = logging.getLogger("snapd.replication")
 
 HOLD_PREFIX = "replication to "
-STALL_TIMEOUT = 60.0
-"""Seconds a send may make no progress (the target takes no data) before it is given up."""
 KEEP_FINISHED = 100
 """Finished jobs kept for GET (the oldest are forgotten first)."""
 
@@ -257,7 +255,8 @@ class Replications:
 
     async def _send(self, job: Job, remote: Remote, run: Callable, throttle: Throttle) -> None:
         """Stream one export into the target: a producer task fills a short queue, the
-        request body drains it; no progress for STALL_TIMEOUT gives the send up."""
+        request body drains it; no progress for the service's stream_idle_timeout gives the send up."""
+        stall = self.service.stream_idle_timeout
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
         progress = [time.monotonic()]
 
@@ -284,9 +283,9 @@ class Replications:
         sender = asyncio.create_task(remote.receive(job.container, body()))
         try:
             while not sender.done():
-                await asyncio.wait({sender}, timeout=min(5.0, STALL_TIMEOUT))
-                if not sender.done() and time.monotonic() - progress[0] > STALL_TIMEOUT:
-                    raise RemoteError(f"target {job.target} took no data for {STALL_TIMEOUT:g} s "
+                await asyncio.wait({sender}, timeout=min(5.0, stall))
+                if not sender.done() and time.monotonic() - progress[0] > stall:
+                    raise RemoteError(f"target {job.target} took no data for {stall:g} s "
                                       f"while receiving {job.current}; given up")
             sender.result()
         finally:

@@ -34,7 +34,7 @@ from snapd.core.clock import Clock, snapshot_stamp
 from snapd.core.names import highest, next_name
 from snapd.core.errors import Conflict, InsufficientStorage, InvalidInput, NotFound, OperationFailed, PathNotFound
 from snapd.core.freeze import Freezer
-from snapd.core import lanes
+from snapd.core import lanes, pipe
 from snapd.core.project_slots import ProjectSlots
 from snapd.core.recount import Recounter, Timer
 from snapd.core.oplog import OperationLog
@@ -135,6 +135,8 @@ class SnapshotService(Transfers):
         self._exporting: Counter[tuple[str, str]] = Counter()
         """(container, snapshot) -> streams reading it now (snapd/core/transfer.py)."""
         self.slots = ProjectSlots()
+        self.stream_idle_timeout = pipe.IDLE_TIMEOUT
+        """Seconds an export, import or replication send may move no data (config: stream_idle_timeout)."""
         """Long operations running and queued per project (max_concurrent_per_project)."""
 
     def policy(self, backend: Backend) -> PoolPolicy:

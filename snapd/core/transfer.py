@@ -83,7 +83,7 @@ class Transfers:
                 tree = await stack.enter_async_context(backend.export_path(cid, SnapshotRef(row.name, row.ref)))
                 base_tree = None if base_row is None else await stack.enter_async_context(
                     backend.export_path(cid, SnapshotRef(base_row.name, base_row.ref)))
-                out = LoopWriter(push)
+                out = LoopWriter(push, self.stream_idle_timeout)
                 try:
                     stats = await asyncio.to_thread(write_stream, out.write, header, tree, base_tree)
                 except BaseException:
@@ -107,7 +107,7 @@ class Transfers:
         first pool that accepts imports).  `may_write(project)` says whether the caller
         may write to a container of that project; False is a 403 (raised as NotFound,
         which the route turns into its forbidden answer for non-admins)."""
-        source = LoopReader(pull)
+        source = LoopReader(pull, self.stream_idle_timeout)
         try:
             return await self._import(cid, source, pool, may_write)
         finally:

@@ -126,6 +126,9 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     request_timeout: float = 10.0
+    stream_idle_timeout: float = 120.0
+    """Seconds a stream (an export, an import, a replication's send) may move no data
+    before it is given up."""
     max_concurrent_per_project: int = DEFAULT_MAX_CONCURRENT_PER_PROJECT
     """Long operations (create, restore, delete, import, export) of one project at once;
     more wait in arrival order (snapd/core/project_slots.py).  0: no limit."""
@@ -162,6 +165,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_cert": str,
     "tls_key": str,
     "request_timeout": (int, float),
+    "stream_idle_timeout": (int, float),
     "max_concurrent_per_project": int,
     "reserve": (int, str),
     "reserve_inodes": (int, str),
@@ -259,16 +263,17 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
         cfg.admin_group = merged["admin_group"] or None
     if bool(merged.get("tls_cert")) != bool(merged.get("tls_key")):
         raise ConfigError(f"{source}: tls_cert and tls_key go together")
-    if "request_timeout" in merged:
-        timeout = merged["request_timeout"]
-        if isinstance(timeout, str):
-            try:
-                timeout = float(timeout)
-            except ValueError:
-                timeout = -1.0
-        if not 0 < timeout <= 3600:
-            raise ConfigError(f"{source}: request_timeout must be a number of seconds from 0 to 3600")
-        cfg.request_timeout = float(timeout)
+    for key in ("request_timeout", "stream_idle_timeout"):
+        if key in merged:
+            timeout = merged[key]
+            if isinstance(timeout, str):
+                try:
+                    timeout = float(timeout)
+                except ValueError:
+                    timeout = -1.0
+            if not 0 < timeout <= 3600:
+                raise ConfigError(f"{source}: {key} must be a number of seconds from 0 to 3600")
+            setattr(cfg, key, float(timeout))
     if "max_concurrent_per_project" in merged:
         cfg.max_concurrent_per_project = parse_concurrency(merged["max_concurrent_per_project"],
                                                            f"{source}: max_concurrent_per_project")
