@@ -191,6 +191,16 @@ def container(side: Side, files: dict[str, str | bytes]) -> str:
     return cid
 
 
+def on_disk(side: Side, cid: str) -> list[tuple[str, str]]:
+    """The snapshots of `cid` on the side's disk, as names() gives them (every entry of the
+    container's snapshot directory must be a listed snapshot: nothing stray, nothing half)."""
+    where = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid
+    listed = dict(names(side.d, cid))
+    found = sorted(p.name for p in where.iterdir() if not p.name.startswith(".")) if where.is_dir() else []
+    assert found == sorted(listed), (found, listed)
+    return names(side.d, cid)
+
+
 def scratch(side: Side) -> list[str]:
     """Import scratch left in the receiver's pool."""
     tmp = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / ".tmp"
@@ -211,7 +221,9 @@ def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: Wor
 
     job = replicate(src.d, cid, receiver)
     assert (job["snapshots_sent"], job["snapshots_total"]) == (2, 2) and job["bytes_sent"] > 1 << 20
-    assert names(dst.d, cid) == names(src.d, cid)
+    stream = "btrfs" if sender == receiver == "btrfs" else "portable"  # native between two btrfs pools
+    assert job["stream"] == stream, job
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
     # the newest common snapshot is held for the target; a DELETE of it is refused with the reason
     assert hold_of(src.d, cid, second) == f"replication to {receiver}: the newest snapshot both hold"
     assert hold_of(src.d, cid, first) is None
@@ -225,9 +237,9 @@ def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: Wor
     (live / "gone").rmdir()
     third = snapshot(src.d, cid)
     job = replicate(src.d, cid, receiver)
-    assert (job["snapshots_sent"], job["snapshots_total"]) == (1, 1)
+    assert (job["snapshots_sent"], job["snapshots_total"], job["stream"]) == (1, 1, stream)
     assert job["bytes_sent"] < 256 << 10, job  # the 1 MiB file is not sent again
-    assert names(dst.d, cid) == names(src.d, cid)
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
     assert hold_of(src.d, cid, third) is not None and hold_of(src.d, cid, second) is None
     assert src.d.unix.delete(snaps(cid, second)).status == 200  # released: deletable again
 
