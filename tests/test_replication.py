@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from backends.portable import Header, NativeFramer
 
 from .client import Client, snaps
 from .clockfile import ClockFile
@@ -343,6 +346,42 @@ def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World) -> N
     assert names(dst.d, cid) == [] and scratch(dst) == []
 
 
+def native_stream(side: Side, cid: str, name: str, **header: object) -> bytes:
+    """The native envelope around `btrfs send` of snapshot `name` (header fields overridable)."""
+    path = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid / name
+    sent = subprocess.run(["btrfs", "send", "-q", str(path)], capture_output=True, check=True).stdout
+    framer = NativeFramer(Header(**{"container": cid, "snapshot": name, "created_at": time.time(),
+                                    "native": "btrfs", **header}))  # type: ignore[arg-type]
+    return framer.start() + b"".join(framer.frames(sent)) + framer.end()
+
+
+@pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind"])
+def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, case: str) -> None:
+    kind = "overlay" if case == "wrong-kind" else "btrfs"
+    src, dst = world.senders["btrfs"], world.receivers[kind]
+    cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(300000)})
+    name = snapshot(src.d, cid)
+    stream = bytearray(native_stream(src, cid, name, **({"snapshot": "other"} if case == "another-name" else {})))
+    if case == "flipped":
+        stream[len(stream) // 2] ^= 0x01
+    elif case == "truncated":
+        del stream[-40:]  # the trailer
+    elif case == "padded":
+        stream += b"\0"
+    client = Client(tcp=(world.link.ns_addr, world.ports[kind]),
+                    headers={"Authorization": f"Bearer {world.tokens['replicate-' + kind]}"})
+    r = until(lambda: _reachable(client, cid, bytes(stream)), "the receiver answers over the link")
+    if case == "wrong-kind":
+        assert r.status == 409 and r.body["details"][0]["field"] == "pool", r.body
+    else:
+        assert r.status == 400 and r.body["message"] == "Invalid snapshot stream", r.body
+    if case == "another-name":
+        assert "not 'other'" in r.body["details"][0]["reason"], r.body
+    assert names(dst.d, cid) == [] and scratch(dst) == []
+    if case != "wrong-kind":
+        assert on_disk(dst, cid) == []
+
+
 def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-untyped-def]
     """The receiver's answer from this namespace (the link is routed)."""
     return client.post(snaps(cid, None, "/import"), stream)
@@ -360,6 +399,11 @@ def _slow_container(src: Side) -> tuple[str, str, str]:
     return cid, first, snapshot(src.d, cid)
 
 
+STREAMS = {"btrfs": "native", "overlay": "portable"}
+"""The senders of the interruption tests (to the btrfs receiver), by the stream they send."""
+interrupted = pytest.mark.parametrize("sender", list(STREAMS), ids=list(STREAMS.values()))
+
+
 def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
     """A job sending the second snapshot of a _slow_container, once a MiB of it has gone out
     (GET, polled) and the receiver is receiving it into scratch: (cid, first, second, job)."""
@@ -367,24 +411,27 @@ def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
     job = start(src.d, cid, "slow-btrfs")
     job = until(lambda: (j := src.d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
                 "the job has sent a MiB")
+    assert job["stream"] == ("btrfs" if src.pool.kind == "btrfs" else "portable"), job
     until(lambda: scratch(dst), "the receiver is receiving into scratch")
     return cid, first, second, job
 
 
 def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
-    """The receiver holds `first` alone (nothing of the cut `second`); a rerun sends `second`
-    and the chain is intact: same snapshots, the newest held, equal trees after a restore."""
-    assert [n for n, _ in names(dst.d, cid)] == [first]
+    """The receiver holds `first` alone (nothing of the cut `second`, on disk either); a rerun
+    sends `second` and the chain is intact: same snapshots, the newest held, equal trees
+    after a restore."""
+    assert [n for n, _ in on_disk(dst, cid)] == [first]
     replicate(src.d, cid, "slow-btrfs")
-    assert names(dst.d, cid) == names(src.d, cid)
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
     assert hold_of(src.d, cid, second) is not None
     r = dst.d.unix.patch(snaps(cid, second))
     assert r.status == 200, r.body
     same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
 
 
-def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@interrupted
+def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World, sender: str) -> None:
+    src, dst = world.senders[sender], world.receivers["btrfs"]
     cid, first, second, _ = _mid_stream(src, dst)
     src.d.kill()
     until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch")
@@ -392,8 +439,9 @@ def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_co
     _rerun_continues(src, dst, cid, first, second)
 
 
-def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@interrupted
+def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World, sender: str) -> None:
+    src, dst = world.senders[sender], world.receivers["btrfs"]
     cid, first, second, job = _mid_stream(src, dst)
     assert dst.d.proc is not None
     dst.d.proc.send_signal(signal.SIGKILL)
@@ -406,8 +454,9 @@ def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(worl
     _rerun_continues(src, dst, cid, first, second)
 
 
-def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@interrupted
+def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World, sender: str) -> None:
+    src, dst = world.senders[sender], world.receivers["btrfs"]
     cid, first, second, job = _mid_stream(src, dst)
     world.link.set_state("down")
     try:
