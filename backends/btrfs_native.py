@@ -53,7 +53,7 @@ from .portable import NativeSource, StreamError
 if TYPE_CHECKING:
     from .btrfs import BtrfsBackend
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 """Bytes read from `btrfs send` per chunk (one N frame)."""
 DEPTH = 2
 """Chunks queued between the reading thread and the loop."""
@@ -158,12 +158,15 @@ class BtrfsNative:
             _grow_pipe(fd)
             try:
                 while not stop.is_set():
-                    buf = bytearray(CHUNK)
-                    view, got = memoryview(buf), 0
-                    while got < CHUNK and (n := os.readv(fd, [view[got:]])):
-                        got += n
+                    buf = bytearray(CHUNK)  # filled in place, handed on as is: no copy
+                    with memoryview(buf) as view:
+                        got = 0
+                        while got < CHUNK and (n := os.readv(fd, [view[got:]])):
+                            got += n
+                    if got < CHUNK:
+                        del buf[got:]
                     if got:
-                        put(bytes(buf) if got == CHUNK else bytes(view[:got]))
+                        put(buf)
                     if got < CHUNK:
                         break
                 put(None)
