@@ -11,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from backends.portable import Header, NativeFramer
 
 from .client import Client, snaps
 from .clockfile import ClockFile
@@ -28,6 +25,7 @@ from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, new_cid
+from .nativestream import native_stream
 from .netns import Link, veth_namespace
 from .waiting import until
 
@@ -346,22 +344,14 @@ def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World) -> N
     assert names(dst.d, cid) == [] and scratch(dst) == []
 
 
-def native_stream(side: Side, cid: str, name: str, **header: object) -> bytes:
-    """The native envelope around `btrfs send` of snapshot `name` (header fields overridable)."""
-    path = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid / name
-    sent = subprocess.run(["btrfs", "send", "-q", str(path)], capture_output=True, check=True).stdout
-    framer = NativeFramer(Header(**{"container": cid, "snapshot": name, "created_at": time.time(),
-                                    "native": "btrfs", **header}))  # type: ignore[arg-type]
-    return framer.start() + b"".join(framer.frames(sent)) + framer.end()
-
-
 @pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind"])
 def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, case: str) -> None:
     kind = "overlay" if case == "wrong-kind" else "btrfs"
     src, dst = world.senders["btrfs"], world.receivers[kind]
     cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(300000)})
     name = snapshot(src.d, cid)
-    stream = bytearray(native_stream(src, cid, name, **({"snapshot": "other"} if case == "another-name" else {})))
+    stream = bytearray(native_stream(src.pool.spec, cid, name, time.time(),
+                                     **({"snapshot": "other"} if case == "another-name" else {})))
     if case == "flipped":
         stream[len(stream) // 2] ^= 0x01
     elif case == "truncated":
