@@ -372,6 +372,52 @@ def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, cas
         assert on_disk(dst, cid) == []
 
 
+def test_the_receiver_tells_which_streams_it_takes_and_from_which_bases(world: World) -> None:
+    src = world.senders["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    name = snapshot(src.d, cid)
+
+    def formats(kind: str, token: str = "replicate", query: str = ""):  # type: ignore[no-untyped-def]
+        client = Client(tcp=(world.link.ns_addr, world.ports[kind]),
+                        headers={"Authorization": f"Bearer {world.tokens[f'{token}-{kind}']}"})
+        return until(lambda: client.get(f"/api/v1/containers/{cid}/import-formats{query}"),
+                     "the receiver answers over the link")
+
+    spec = world.receivers["btrfs"].pool.spec
+    r = formats("btrfs")  # a container it does not have yet: what its pools take
+    assert r.status == 200 and r.data == {"container_id": cid, "pool": spec, "formats": ["btrfs", "portable"],
+                                          "native_bases": []}, r.body
+    replicate(src.d, cid, "btrfs")
+    assert formats("btrfs").data["native_bases"] == [name]  # received natively: a parent for the next
+    assert formats("overlay").data["formats"] == ["portable"]
+    r = formats("btrfs", query="?pool=btrfs:/nowhere")
+    assert (r.status, r.body["details"][0]["field"]) == (409, "pool"), r.body
+    r = formats("btrfs", query="?what=1")
+    assert (r.status, r.body["details"][0]["field"]) == (400, "what"), r.body
+    assert formats("btrfs", token="project").status == 403  # import's rule: admin or replicate
+
+
+def test_a_chain_begun_portably_between_btrfs_pools_goes_on_portably(world: World) -> None:
+    """The first snapshot arrived as a portable import (an older sender, a file): the receiver
+    holds it without the sender's identity, so the next incremental cannot be native."""
+    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    cid = container(src, {"etc/hostname": "x\n"})
+    first = snapshot(src.d, cid)
+    client = Client(tcp=(world.link.ns_addr, world.ports["btrfs"]),
+                    headers={"Authorization": f"Bearer {world.tokens['replicate-btrfs']}"})
+    r = until(lambda: _reachable(client, cid, src.d.unix.get(snaps(cid, first, "/export")).raw),
+              "the receiver answers over the link")
+    assert r.status == 200, r.body
+    (src.pool.container_path(cid) / "etc/hostname").write_text("y\n")
+    second = snapshot(src.d, cid)
+    job = replicate(src.d, cid, "btrfs")
+    assert (job["stream"], job["snapshots_sent"]) == ("portable", 1), job
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
+    r = dst.d.unix.patch(snaps(cid, second))
+    assert r.status == 200, r.body
+    same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
+
+
 def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-untyped-def]
     """The receiver's answer from this namespace (the link is routed)."""
     return client.post(snaps(cid, None, "/import"), stream)
