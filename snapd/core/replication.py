@@ -81,6 +81,12 @@ class Job:
     finished_at: float | None = None
     last_error: str | None = None
     diverged: list[str] = field(default_factory=list)
+    policy: str | None = None
+    """The policy whose snapshot started the job (None: started by request)."""
+    attempt: int | None = None
+    """A policy-driven job: its number in the run of attempts since the last success."""
+    next_retry_at: float | None = None
+    """A failed policy-driven job: when the next attempt starts (None: none pending)."""
     _started_mono: float | None = None
     _finished_mono: float | None = None
 
@@ -107,6 +113,7 @@ class Job:
             "rate": None if rate is None else round(rate, 1), "eta": None if eta is None else round(eta, 1),
             "created_at": iso(self.created_at), "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at), "last_error": self.last_error, "diverged": self.diverged,
+            "policy": self.policy, "attempt": self.attempt, "next_retry_at": iso(self.next_retry_at),
         }
 
 
@@ -176,6 +183,13 @@ class Replications:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job, True
+
+    async def wait(self, job: Job) -> Job:
+        """`job` once it has finished (done or failed)."""
+        task = next((t for t in self._tasks if t.get_name() == f"replication-{job.id}"), None)
+        if task is not None and not job.finished:
+            await asyncio.wait({task})
+        return job
 
     def list(self) -> list[Job]:
         """Every job known, newest first."""
