@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime, timezone
+from pathlib import Path
+
 import pytest
 
+from snapd.core.clock import iso
 from snapd.core.policies.spec import PolicyError, check_targets, parse_policy, policy_json
 from snapd.core.replication_retry import CAP, FIRST, Streak, retry_delay
 from snapd.host.config import ConfigError, build
+
+from .clockfile import ClockFile
+from .conftest import open_harness
+from .daemon import DaemonProcess
+from .harness import new_cid
+from .waiting import until
 
 POLICY = {"schedule": "0 * * * *", "applies_to": ["project:web"], "keep_last": 3}
 TARGET = {"url": "http://10.0.0.9:7070", "token_file": "/etc/t"}
@@ -76,3 +87,114 @@ def test_the_config_refuses_a_file_policy_naming_a_target_it_does_not_define() -
                                  "([targets.NAME]; known: none configured)")
     cfg = build({**table, "targets": {"backup1": TARGET}}, {}, "cfg")
     assert cfg.policies["hourly"].targets == ("backup1",)
+
+
+# -- on real daemons ----------------------------------------------------------------------------
+
+BASE = datetime(2025, 6, 15, tzinfo=timezone.utc).timestamp()
+"""2025-06-15T00:00:00Z; the policy's slots are at minutes 0 and 2 of each hour."""
+JOBS = "/api/v1/admin/replications"
+POLICIES = "/api/v1/admin/policies"
+
+
+def _policy_jobs(d: DaemonProcess) -> list[dict]:
+    r = d.unix.get(JOBS)
+    assert r.status == 200, r.body
+    return r.data["jobs"]
+
+
+def _settled(d: DaemonProcess, count: int, what: str) -> dict:
+    """The newest of exactly `count` jobs once it has finished, with its retry decided: done,
+    or failed with its next attempt set."""
+    def look() -> dict | None:
+        jobs = _policy_jobs(d)
+        if len(jobs) != count:
+            return None
+        job = jobs[0]
+        return job if job["state"] == "done" or (job["state"] == "failed" and job["next_retry_at"]) else None
+    return until(look, what, timeout=60)
+
+
+def _names(d: DaemonProcess, cid: str) -> list[tuple[str, str]]:
+    r = d.unix.get(f"/api/v1/containers/{cid}/snapshots")
+    if r.status == 404:
+        return []
+    assert r.status == 200, r.body
+    return [(s["name"], s["created_at"]) for s in r.data["snapshots"]]
+
+
+def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(tmp_path: Path) -> None:
+    sender_pool = open_harness("overlay", tmp_path / "spool")
+    receiver_pool = open_harness("btrfs", tmp_path / "rpool")
+    receiver = DaemonProcess(tmp_path / "r", [receiver_pool.spec], tcp=True)  # started later: down at first
+    token = tmp_path / "token"
+    token.write_text("csd_not_issued_yet\n")
+    cfg = tmp_path / "sender.toml"
+    cfg.write_text(f'stream_idle_timeout = 10\n[targets.backup1]\nurl = "http://127.0.0.1:{receiver.port}"\n'
+                   f'token_file = "{token}"\n')
+    clock = ClockFile(tmp_path / "clock", BASE - 600)
+    sender = None
+    try:
+        cid = new_cid()
+        (sender_pool.make_container(cid) / "data").write_text("one\n")
+        sender = DaemonProcess(tmp_path / "s", [sender_pool.spec], tcp=False, env=clock.env,
+                               extra=["--config", str(cfg)]).start()
+        body = {"schedule": "0,2 * * * *", "applies_to": [f"container:{cid}"], "keep_last": 10}
+        r = sender.unix.request("PUT", f"{POLICIES}/hourly", {**body, "targets": ["backup1", "nope"]})
+        assert (r.status, r.body["details"][0]["field"]) == (400, "targets[1]"), r.body
+        assert "no target 'nope'" in r.body["details"][0]["reason"], r.body
+        r = sender.unix.request("PUT", f"{POLICIES}/hourly", {**body, "targets": ["backup1"]})
+        assert r.status == 200 and r.data["policy"]["policy"]["targets"] == ["backup1"], r.body
+        until(lambda: sender.unix.get(f"{POLICIES}/hourly").data["status"]["next"],
+              "the scheduler planned the container's first snapshot")
+
+        # 00:00 the policy's snapshot; the target does not answer: attempt 1 fails, retry in a minute
+        clock.set(BASE + 1)
+        job = _settled(sender, 1, "the first policy job failed")
+        assert (job["state"], job["policy"], job["attempt"], job["container_id"], job["target"]) == (
+            "failed", "hourly", 1, cid, "backup1"), job
+        assert "did not answer" in job["last_error"], job
+        assert (job["finished_at"], job["next_retry_at"]) == (iso(BASE + 1), iso(BASE + 61)), job
+        first = _names(sender, cid)
+        assert len(first) == 1
+
+        # 00:01:01 the retry, no new snapshot: attempt 2 fails, the next one two minutes later
+        clock.set(BASE + 61)
+        job = _settled(sender, 2, "the retry failed")
+        assert (job["attempt"], job["next_retry_at"]) == (2, iso(BASE + 181)), job
+        assert _names(sender, cid) == first
+
+        # 00:02 the next slot, before that retry: its job supersedes the retry and starts now
+        clock.set(BASE + 121)
+        job = _settled(sender, 3, "the new snapshot's job failed")
+        assert (job["attempt"], job["finished_at"], job["next_retry_at"]) == (3, iso(BASE + 121),
+                                                                             iso(BASE + 361)), job
+        assert _policy_jobs(sender)[1]["next_retry_at"] is None  # the superseded retry is off
+        assert len(_names(sender, cid)) == 2
+
+        # the target comes up; 00:06:01 the retry sends both snapshots
+        receiver.start()
+        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
+        clock.set(BASE + 361)
+        job = _settled(sender, 4, "the retry once the target is up")
+        assert (job["state"], job["attempt"], job["next_retry_at"], job["snapshots_sent"]) == (
+            "done", 4, None, 2), job
+        assert _names(receiver, cid) == _names(sender, cid)
+
+        # 01:00 the next snapshot: attempt 1 again (reset by the success), sent at once
+        (sender_pool.container_path(cid) / "data").write_text("two\n")
+        clock.set(BASE + 3601)
+        job = _settled(sender, 5, "the next policy job")
+        assert (job["state"], job["attempt"], job["snapshots_sent"]) == ("done", 1, 1), job
+        assert _names(receiver, cid) == _names(sender, cid) and len(_names(receiver, cid)) == 3
+        # a job started by request is no policy's: no attempt, no retry
+        r = sender.unix.post(JOBS, {"container": cid, "target": "backup1"})
+        assert r.status == 202 and (r.data["job"]["policy"], r.data["job"]["attempt"]) == (None, None), r.body
+    finally:
+        with contextlib.ExitStack() as stack:
+            stack.callback(sender_pool.close)
+            stack.callback(receiver_pool.close)
+            if receiver.proc is not None:
+                stack.callback(receiver.stop)
+            if sender is not None:
+                stack.callback(sender.stop)
