@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -171,6 +173,10 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
                                                                              iso(BASE + 361)), job
         assert _policy_jobs(sender)[1]["next_retry_at"] is None  # the superseded retry is off
         assert len(_names(sender, cid)) == 2
+        listed = subprocess.run([sys.executable, "-m", "snapd", "replications", "--socket", str(sender.socket)],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "NEXT RETRY" in listed.stdout, listed
+        assert "hourly #3" in listed.stdout and "2025-06-15 00:06:01Z" in listed.stdout, listed.stdout
 
         # the target comes up; 00:06:01 the retry sends both snapshots
         receiver.start()
