@@ -107,7 +107,8 @@ def _policy_jobs(d: DaemonProcess) -> list[dict]:
 
 def _settled(d: DaemonProcess, count: int, what: str) -> dict:
     """The newest of exactly `count` jobs once it has finished, with its retry decided: done,
-    or failed with its next attempt set."""
+    or failed with its next attempt set (each started at another instant of the frozen clock:
+    the list's order is theirs)."""
     def look() -> dict | None:
         jobs = _policy_jobs(d)
         if len(jobs) != count:
@@ -196,6 +197,9 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         # a job started by request is no policy's: no attempt, no retry
         r = sender.unix.post(JOBS, {"container": cid, "target": "backup1"})
         assert r.status == 202 and (r.data["job"]["policy"], r.data["job"]["attempt"]) == (None, None), r.body
+        job = until(lambda: (j := sender.unix.get(f"{JOBS}/{r.data['job']['id']}").data["job"])["state"] in (
+            "done", "failed") and j, "the job started by request finished")
+        assert (job["state"], job["snapshots_sent"], job["next_retry_at"]) == ("done", 0, None), job
     finally:
         with contextlib.ExitStack() as stack:
             stack.callback(sender_pool.close)
