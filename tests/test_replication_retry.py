@@ -15,6 +15,7 @@ from snapd.core.policies.spec import PolicyError, check_targets, parse_policy, p
 from snapd.core.replication_retry import CAP, FIRST, Streak, retry_delay
 from snapd.host.config import ConfigError, build
 
+from .client import snapshot_names
 from .clockfile import ClockFile
 from .conftest import open_harness
 from .daemon import DaemonProcess
@@ -118,14 +119,6 @@ def _settled(d: DaemonProcess, count: int, what: str) -> dict:
     return until(look, what, timeout=60)
 
 
-def _names(d: DaemonProcess, cid: str) -> list[tuple[str, str]]:
-    r = d.unix.get(f"/api/v1/containers/{cid}/snapshots")
-    if r.status == 404:
-        return []
-    assert r.status == 200, r.body
-    return [(s["name"], s["created_at"]) for s in r.data["snapshots"]]
-
-
 def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(tmp_path: Path) -> None:
     sender_pool = open_harness("overlay", tmp_path / "spool")
     receiver_pool = open_harness("btrfs", tmp_path / "rpool")
@@ -158,14 +151,14 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
             "failed", "hourly", 1, cid, "backup1"), job
         assert "did not answer" in job["last_error"], job
         assert (job["finished_at"], job["next_retry_at"]) == (iso(BASE + 1), iso(BASE + 61)), job
-        first = _names(sender, cid)
+        first = snapshot_names(sender.unix, cid)
         assert len(first) == 1
 
         # 00:01:01 the retry, no new snapshot: attempt 2 fails, the next one two minutes later
         clock.set(BASE + 61)
         job = _settled(sender, 2, "the retry failed")
         assert (job["attempt"], job["next_retry_at"]) == (2, iso(BASE + 181)), job
-        assert _names(sender, cid) == first
+        assert snapshot_names(sender.unix, cid) == first
 
         # 00:02 the next slot, before that retry: its job supersedes the retry and starts now
         clock.set(BASE + 121)
@@ -173,7 +166,7 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         assert (job["attempt"], job["finished_at"], job["next_retry_at"]) == (3, iso(BASE + 121),
                                                                              iso(BASE + 361)), job
         assert _policy_jobs(sender)[1]["next_retry_at"] is None  # the superseded retry is off
-        assert len(_names(sender, cid)) == 2
+        assert len(snapshot_names(sender.unix, cid)) == 2
         listed = subprocess.run([sys.executable, "-m", "snapd", "replications", "--socket", str(sender.socket)],
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0 and "NEXT RETRY" in listed.stdout, listed
@@ -186,14 +179,14 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         job = _settled(sender, 4, "the retry once the target is up")
         assert (job["state"], job["attempt"], job["next_retry_at"], job["snapshots_sent"]) == (
             "done", 4, None, 2), job
-        assert _names(receiver, cid) == _names(sender, cid)
+        assert snapshot_names(receiver.unix, cid) == snapshot_names(sender.unix, cid)
 
         # 01:00 the next snapshot: attempt 1 again (reset by the success), sent at once
         (sender_pool.container_path(cid) / "data").write_text("two\n")
         clock.set(BASE + 3601)
         job = _settled(sender, 5, "the next policy job")
         assert (job["state"], job["attempt"], job["snapshots_sent"]) == ("done", 1, 1), job
-        assert _names(receiver, cid) == _names(sender, cid) and len(_names(receiver, cid)) == 3
+        assert snapshot_names(receiver.unix, cid) == snapshot_names(sender.unix, cid) and len(snapshot_names(receiver.unix, cid)) == 3
         # a job started by request is no policy's: no attempt, no retry
         r = sender.unix.post(JOBS, {"container": cid, "target": "backup1"})
         assert r.status == 202 and (r.data["job"]["policy"], r.data["job"]["attempt"]) == (None, None), r.body

@@ -10,6 +10,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from .client import snapshot_names
 from .conftest import open_harness, pool_kinds, unavailable
 from .daemon import DaemonProcess
 from .harness import harness_class, new_cid
@@ -17,14 +18,6 @@ from .waiting import until
 
 MIB = 1 << 20
 JOBS = "/api/v1/admin/replications"
-
-
-def _names(d: DaemonProcess, cid: str) -> list[tuple[str, str]]:
-    r = d.unix.get(f"/api/v1/containers/{cid}/snapshots")
-    if r.status == 404:
-        return []
-    assert r.status == 200, r.body
-    return [(s["name"], s["created_at"]) for s in r.data["snapshots"]]
 
 
 def _details(d: DaemonProcess, cid: str) -> list[tuple[str, str | None]]:
@@ -95,12 +88,12 @@ def test_a_full_receiver_answers_507_and_nothing_is_half_visible(tmp_path: Path)
         assert job["state"] == "failed" and ": 507 no space left" in job["last_error"], job
 
         # the receiver: only the first snapshot, the scratch gone, and so after a restart
-        assert [n for n, _ in _names(receiver, cid)] == [first]
+        assert [n for n, _ in snapshot_names(receiver.unix, cid)] == [first]
         assert receiver.unix.get(f"/api/v1/containers/{other}/snapshots").status == 404
         until(lambda: _scratch(small.root) == [], "the receiver removed the failed import's scratch")
         assert receiver.stop() == 0
         receiver.start()
-        assert [n for n, _ in _names(receiver, cid)] == [first]
+        assert [n for n, _ in snapshot_names(receiver.unix, cid)] == [first]
         assert _scratch(small.root) == []
         assert small.artifacts() == {cid, f".snapshots/{cid}/{first}"}, small.artifacts()
 
@@ -119,7 +112,7 @@ def test_a_full_receiver_answers_507_and_nothing_is_half_visible(tmp_path: Path)
         receiver.start()
         job = _replicate(sender, cid)
         assert job["state"] == "failed" and ": 507 " in job["last_error"] and "reserve" in job["last_error"], job
-        assert [n for n, _ in _names(receiver, cid)] == [first] and _scratch(small.root) == []
+        assert [n for n, _ in snapshot_names(receiver.unix, cid)] == [first] and _scratch(small.root) == []
 
         # room again: the next job sends the third snapshot, incrementally from the first
         assert receiver.stop() == 0
@@ -127,7 +120,7 @@ def test_a_full_receiver_answers_507_and_nothing_is_half_visible(tmp_path: Path)
         receiver.start()
         job = _replicate(sender, cid)
         assert job["state"] == "done" and job["snapshots_sent"] == 1, job
-        assert [n for n, _ in _names(receiver, cid)] == [third, first]
+        assert [n for n, _ in snapshot_names(receiver.unix, cid)] == [third, first]
     finally:
         with contextlib.ExitStack() as stack:
             stack.callback(small.close)
