@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from snapd.core.clock import iso
+from snapd.core.clock import Clock, iso
+from snapd.core.policy_book import PolicyBook
+from snapd.core.store import Store
 from snapd.core.policies.spec import PolicyError, check_targets, parse_policy, policy_json
 from snapd.core.replication_retry import CAP, FIRST, Streak, retry_delay
 from snapd.host.config import ConfigError, build
@@ -80,6 +83,20 @@ def test_an_unknown_target_is_an_error_naming_the_key_and_the_known_ones() -> No
         check_targets(spec, {"backup1", "backup2"})
     assert caught.value.key == "targets[1]"
     assert caught.value.message == "no target 'nope' in the config ([targets.NAME]; known: backup1, backup2)"
+
+
+def test_the_book_refuses_an_unknown_target_and_a_reload_that_drops_one_in_use(tmp_path: Path) -> None:
+    book = PolicyBook(Store(tmp_path / "s.db"), Clock())
+    book.known_targets = lambda: {"backup1"}
+    with pytest.raises(PolicyError) as caught:
+        book.proposal("hourly", {**POLICY, "targets": ["nope"]})
+    assert caught.value.key == "targets[0]" and "known: backup1" in caught.value.message
+    spec, _ = book.proposal("hourly", {**POLICY, "targets": ["backup1"]})
+    book.put(spec)
+    book.check_api_targets({"backup1", "other"})
+    with pytest.raises(PolicyError) as caught:
+        book.check_api_targets({"other"})
+    assert caught.value.key == "hourly.targets[0]" and "change it first" in caught.value.message
 
 
 def test_the_config_refuses_a_file_policy_naming_a_target_it_does_not_define() -> None:
@@ -193,6 +210,14 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         job = until(lambda: (j := sender.unix.get(f"{JOBS}/{r.data['job']['id']}").data["job"])["state"] in (
             "done", "failed") and j, "the job started by request finished")
         assert (job["state"], job["snapshots_sent"], job["next_retry_at"]) == ("done", 0, None), job
+
+        # a reload that drops the target the policy names is refused; the running config stays
+        cfg.write_text("stream_idle_timeout = 10\n")
+        assert sender.proc is not None
+        sender.proc.send_signal(signal.SIGHUP)
+        until(lambda: "reload rejected" in sender.log_text(), "the reload was rejected")
+        assert "targets: policy hourly.targets[0]: no target 'backup1' in the config" in sender.log_text()
+        assert sender.unix.post(JOBS, {"container": cid, "target": "backup1"}).status == 202
     finally:
         with contextlib.ExitStack() as stack:
             stack.callback(sender_pool.close)
