@@ -420,7 +420,7 @@ class Daemon:
         for entry in book.entries():  # stored by an earlier start: still followed, the gap said once
             missing = [t for t in entry.spec.targets if t not in self.cfg.targets]
             if missing:
-                log.error("policy %s names targets not in the config (%s): its jobs to them fail",
+                log.error("policy %s names targets not in the config (%s): its snapshots are not replicated there",
                           entry.spec.name, ", ".join(missing))
         scheduler = self.scheduler
         self.policy_replication = PolicyReplication(

@@ -60,10 +60,6 @@ class PolicyReplication:
             if pair.task is None or pair.task.done():
                 pair.task = asyncio.create_task(self._drive(pair), name=f"policy-replication-{cid}-{target}")
 
-    def pending(self) -> dict[tuple[str, str], float]:
-        """(container, target) -> when its retry starts (status, tests)."""
-        return {key: p.streak.retry_at for key, p in self._pairs.items() if p.streak.retry_at is not None}
-
     async def stop(self) -> None:
         tasks = [p.task for p in self._pairs.values() if p.task is not None]
         for task in tasks:
@@ -102,6 +98,11 @@ class PolicyReplication:
             log.warning("policy %s cannot replicate container %s to %s: %s not found", pair.policy, pair.cid,
                         pair.target, exc.message)
             pair.streak = Streak()
+            return
+        except Exception:  # noqa: BLE001 - whatever it was, a failed attempt, retried
+            log.exception("policy %s could not start replicating container %s to %s", pair.policy, pair.cid,
+                          pair.target)
+            pair.streak = pair.streak.after(False, self.clock.now())
             return
         if not new:  # started by request before this snapshot existed: go again once it ends
             await self.replications.wait(job)
