@@ -203,7 +203,8 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         clock.set(BASE + 3601)
         job = _settled(sender, 5, "the next policy job")
         assert (job["state"], job["attempt"], job["snapshots_sent"]) == ("done", 1, 1), job
-        assert snapshot_names(receiver.unix, cid) == snapshot_names(sender.unix, cid) and len(snapshot_names(receiver.unix, cid)) == 3
+        received = snapshot_names(receiver.unix, cid)
+        assert received == snapshot_names(sender.unix, cid) and len(received) == 3
         # a job started by request is no policy's: no attempt, no retry
         r = sender.unix.post(JOBS, {"container": cid, "target": "backup1"})
         assert r.status == 202 and (r.data["job"]["policy"], r.data["job"]["attempt"]) == (None, None), r.body
