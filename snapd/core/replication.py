@@ -71,6 +71,12 @@ class Job:
     created_at: float
     state: str = "queued"
     """queued | running | done | failed"""
+    policy: str | None = None
+    """The policy whose snapshot started the job (None: started by request)."""
+    attempt: int | None = None
+    """A policy-driven job: its number in the run of attempts since the last success."""
+    next_retry_at: float | None = None
+    """A failed policy-driven job: when the next attempt starts (None: none pending)."""
     snapshots_total: int = 0
     snapshots_sent: int = 0
     bytes_sent: int = 0
@@ -81,12 +87,6 @@ class Job:
     finished_at: float | None = None
     last_error: str | None = None
     diverged: list[str] = field(default_factory=list)
-    policy: str | None = None
-    """The policy whose snapshot started the job (None: started by request)."""
-    attempt: int | None = None
-    """A policy-driven job: its number in the run of attempts since the last success."""
-    next_retry_at: float | None = None
-    """A failed policy-driven job: when the next attempt starts (None: none pending)."""
     _started_mono: float | None = None
     _finished_mono: float | None = None
 
@@ -108,12 +108,12 @@ class Job:
             eta = (self.bytes_expected - self.bytes_sent) / rate
         return {
             "id": self.id, "container_id": self.container, "target": self.target, "full": self.full,
+            "policy": self.policy, "attempt": self.attempt, "next_retry_at": iso(self.next_retry_at),
             "state": self.state, "snapshots_sent": self.snapshots_sent, "snapshots_total": self.snapshots_total,
             "current": self.current, "bytes_sent": self.bytes_sent, "bytes_expected": self.bytes_expected,
             "rate": None if rate is None else round(rate, 1), "eta": None if eta is None else round(eta, 1),
             "created_at": iso(self.created_at), "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at), "last_error": self.last_error, "diverged": self.diverged,
-            "policy": self.policy, "attempt": self.attempt, "next_retry_at": iso(self.next_retry_at),
         }
 
 
