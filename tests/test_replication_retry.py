@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def test_the_config_refuses_a_file_policy_naming_a_target_it_does_not_define() -
 BASE = datetime(2025, 6, 15, tzinfo=timezone.utc).timestamp()
 """2025-06-15T00:00:00Z; the policy's slots are at minutes 0 and 2 of each hour."""
 JOBS = "/api/v1/admin/replications"
+MIB = 1 << 20
 POLICIES = "/api/v1/admin/policies"
 
 
@@ -144,7 +146,7 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
     token.write_text("csd_not_issued_yet\n")
     cfg = tmp_path / "sender.toml"
     cfg.write_text(f'stream_idle_timeout = 10\n[targets.backup1]\nurl = "http://127.0.0.1:{receiver.port}"\n'
-                   f'token_file = "{token}"\n')
+                   f'token_file = "{token}"\nbandwidth = "2MiB"\n')
     clock = ClockFile(tmp_path / "clock", BASE - 600)
     sender = None
     try:
@@ -205,12 +207,25 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         assert (job["state"], job["attempt"], job["snapshots_sent"]) == ("done", 1, 1), job
         received = snapshot_names(receiver.unix, cid)
         assert received == snapshot_names(sender.unix, cid) and len(received) == 3
-        # a job started by request is no policy's: no attempt, no retry
+        # a job started by request is no policy's; the policy's next snapshot, taken while that job
+        # sends, joins it (it planned before the snapshot) and sends the snapshot once it has ended
+        (sender_pool.container_path(cid) / "big.bin").write_bytes(os.urandom(16 * MIB))  # 8 s at 2 MiB/s
+        assert sender.unix.post(f"/api/v1/containers/{cid}/snapshots", {}).status == 200
         r = sender.unix.post(JOBS, {"container": cid, "target": "backup1"})
         assert r.status == 202 and (r.data["job"]["policy"], r.data["job"]["attempt"]) == (None, None), r.body
-        job = until(lambda: (j := sender.unix.get(f"{JOBS}/{r.data['job']['id']}").data["job"])["state"] in (
-            "done", "failed") and j, "the job started by request finished")
-        assert (job["state"], job["snapshots_sent"], job["next_retry_at"]) == ("done", 0, None), job
+
+        def by_request() -> dict:
+            return sender.unix.get(f"{JOBS}/{r.data['job']['id']}").data["job"]
+
+        until(lambda: by_request()["bytes_sent"] > 0, "the request's job is sending")
+        clock.set(BASE + 3721)
+        until(lambda: len(snapshot_names(sender.unix, cid)) == 5, "the policy took its 01:02 snapshot")
+        assert by_request()["state"] == "running" and len(_policy_jobs(sender)) == 6
+        job = _settled(sender, 7, "the policy's job after the request's")
+        assert (job["state"], job["policy"], job["attempt"], job["snapshots_sent"]) == ("done", "hourly", 1, 1), job
+        manual = by_request()
+        assert (manual["state"], manual["policy"], manual["snapshots_sent"]) == ("done", None, 1), manual
+        assert snapshot_names(receiver.unix, cid) == snapshot_names(sender.unix, cid)
 
         # a reload that drops the target the policy names is refused; the running config stays
         cfg.write_text("stream_idle_timeout = 10\n")
