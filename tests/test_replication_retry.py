@@ -119,7 +119,7 @@ MIB = 1 << 20
 POLICIES = "/api/v1/admin/policies"
 
 
-def _policy_jobs(d: DaemonProcess) -> list[dict]:
+def _jobs(d: DaemonProcess) -> list[dict]:
     r = d.unix.get(JOBS)
     assert r.status == 200, r.body
     return r.data["jobs"]
@@ -130,7 +130,7 @@ def _settled(d: DaemonProcess, count: int, what: str) -> dict:
     or failed with its next attempt set (each started at another instant of the frozen clock:
     the list's order is theirs)."""
     def look() -> dict | None:
-        jobs = _policy_jobs(d)
+        jobs = _jobs(d)
         if len(jobs) != count:
             return None
         job = jobs[0]
@@ -139,21 +139,25 @@ def _settled(d: DaemonProcess, count: int, what: str) -> dict:
 
 
 def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(tmp_path: Path) -> None:
-    sender_pool = open_harness("overlay", tmp_path / "spool")
-    receiver_pool = open_harness("btrfs", tmp_path / "rpool")
-    receiver = DaemonProcess(tmp_path / "r", [receiver_pool.spec], tcp=True)  # started later: down at first
-    token = tmp_path / "token"
-    token.write_text("csd_not_issued_yet\n")
-    cfg = tmp_path / "sender.toml"
-    cfg.write_text(f'stream_idle_timeout = 10\n[targets.backup1]\nurl = "http://127.0.0.1:{receiver.port}"\n'
-                   f'token_file = "{token}"\nbandwidth = "2MiB"\n')
-    clock = ClockFile(tmp_path / "clock", BASE - 600)
-    sender = None
-    try:
+    with contextlib.ExitStack() as stack:  # closed in reverse: the daemons, then the pools
+        receiver_pool = open_harness("btrfs", tmp_path / "rpool")
+        stack.callback(receiver_pool.close)
+        sender_pool = open_harness("overlay", tmp_path / "spool")
+        stack.callback(sender_pool.close)
+        receiver = DaemonProcess(tmp_path / "r", [receiver_pool.spec], tcp=True)  # started later: down at first
+        stack.callback(receiver.close)
+        token = tmp_path / "token"
+        token.write_text("csd_not_issued_yet\n")
+        cfg = tmp_path / "sender.toml"
+        cfg.write_text(f'stream_idle_timeout = 10\n[targets.backup1]\nurl = "http://127.0.0.1:{receiver.port}"\n'
+                       f'token_file = "{token}"\nbandwidth = "2MiB"\n')
+        clock = ClockFile(tmp_path / "clock", BASE - 600)
         cid = new_cid()
         (sender_pool.make_container(cid) / "data").write_text("one\n")
         sender = DaemonProcess(tmp_path / "s", [sender_pool.spec], tcp=False, env=clock.env,
-                               extra=["--config", str(cfg)]).start()
+                               extra=["--config", str(cfg)])
+        stack.callback(sender.close)
+        sender.start()
         body = {"schedule": "0,2 * * * *", "applies_to": [f"container:{cid}"], "keep_last": 10}
         r = sender.unix.request("PUT", f"{POLICIES}/hourly", {**body, "targets": ["backup1", "nope"]})
         assert (r.status, r.body["details"][0]["field"]) == (400, "targets[1]"), r.body
@@ -184,7 +188,7 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         job = _settled(sender, 3, "the new snapshot's job failed")
         assert (job["attempt"], job["finished_at"], job["next_retry_at"]) == (3, iso(BASE + 121),
                                                                              iso(BASE + 361)), job
-        assert _policy_jobs(sender)[1]["next_retry_at"] is None  # the superseded retry is off
+        assert _jobs(sender)[1]["next_retry_at"] is None  # the superseded retry is off
         assert len(snapshot_names(sender.unix, cid)) == 2
         listed = subprocess.run([sys.executable, "-m", "snapd", "replications", "--socket", str(sender.socket)],
                                 capture_output=True, text=True, timeout=60)
@@ -220,7 +224,7 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         until(lambda: by_request()["bytes_sent"] > 0, "the request's job is sending")
         clock.set(BASE + 3721)
         until(lambda: len(snapshot_names(sender.unix, cid)) == 5, "the policy took its 01:02 snapshot")
-        assert by_request()["state"] == "running" and len(_policy_jobs(sender)) == 6
+        assert by_request()["state"] == "running" and len(_jobs(sender)) == 6
         job = _settled(sender, 7, "the policy's job after the request's")
         assert (job["state"], job["policy"], job["attempt"], job["snapshots_sent"]) == ("done", "hourly", 1, 1), job
         manual = by_request()
@@ -234,11 +238,3 @@ def test_a_policy_snapshot_is_replicated_and_a_failed_job_retried_with_backoff(t
         until(lambda: "reload rejected" in sender.log_text(), "the reload was rejected")
         assert "targets: policy hourly.targets[0]: no target 'backup1' in the config" in sender.log_text()
         assert sender.unix.post(JOBS, {"container": cid, "target": "backup1"}).status == 202
-    finally:
-        with contextlib.ExitStack() as stack:
-            stack.callback(sender_pool.close)
-            stack.callback(receiver_pool.close)
-            if receiver.proc is not None:
-                stack.callback(receiver.stop)
-            if sender is not None:
-                stack.callback(sender.stop)

@@ -46,17 +46,21 @@ def test_a_full_receiver_answers_507_and_nothing_is_half_visible(tmp_path: Path)
     reason = cls.unavailable()
     if reason:
         unavailable(f"btrfs: {reason}")
-    sender_pool = open_harness("overlay", tmp_path / "spool")
-    small = cls(tmp_path / "rpool", size=128 * MIB)
-    rcfg = tmp_path / "receiver.toml"
-    rcfg.write_text('reserve = "0"\nreserve_inodes = "0"\nstream_idle_timeout = 10\n')  # room to run out
-    receiver = DaemonProcess(tmp_path / "r", [small.spec], tcp=True, extra=["--config", str(rcfg)])
-    token = tmp_path / "token"
-    scfg = tmp_path / "sender.toml"
-    scfg.write_text(f'stream_idle_timeout = 10\n[targets.small]\nurl = "http://127.0.0.1:{receiver.port}"\n'
-                    f'token_file = "{token}"\n')
-    sender = DaemonProcess(tmp_path / "s", [sender_pool.spec], tcp=False, extra=["--config", str(scfg)])
-    try:
+    with contextlib.ExitStack() as stack:  # closed in reverse: the daemons, then the pools
+        small = cls(tmp_path / "rpool", size=128 * MIB)
+        stack.callback(small.close)
+        sender_pool = open_harness("overlay", tmp_path / "spool")
+        stack.callback(sender_pool.close)
+        rcfg = tmp_path / "receiver.toml"
+        rcfg.write_text('reserve = "0"\nreserve_inodes = "0"\nstream_idle_timeout = 10\n')  # room to run out
+        receiver = DaemonProcess(tmp_path / "r", [small.spec], tcp=True, extra=["--config", str(rcfg)])
+        stack.callback(receiver.close)
+        token = tmp_path / "token"
+        scfg = tmp_path / "sender.toml"
+        scfg.write_text(f'stream_idle_timeout = 10\n[targets.small]\nurl = "http://127.0.0.1:{receiver.port}"\n'
+                        f'token_file = "{token}"\n')
+        sender = DaemonProcess(tmp_path / "s", [sender_pool.spec], tcp=False, extra=["--config", str(scfg)])
+        stack.callback(sender.close)
         receiver.start()
         token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
         cid = new_cid()
@@ -121,10 +125,3 @@ def test_a_full_receiver_answers_507_and_nothing_is_half_visible(tmp_path: Path)
         job = _replicate(sender, cid)
         assert job["state"] == "done" and job["snapshots_sent"] == 1, job
         assert [n for n, _ in snapshot_names(receiver.unix, cid)] == [third, first]
-    finally:
-        with contextlib.ExitStack() as stack:
-            stack.callback(small.close)
-            stack.callback(sender_pool.close)
-            for d in (receiver, sender):
-                if d.proc is not None:
-                    stack.callback(d.stop if d.proc.poll() is None else d.kill)
