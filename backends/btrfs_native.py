@@ -13,8 +13,11 @@ Receive is done in scratch, then published in one step, as a portable import is:
    base's received uuid for an incremental, and in either case the subvolume name
    `name` (the sender's snapshot name is its subvolume name).  Anything else is a
    StreamError: nothing was written.
-2. `btrfs receive -q -e <scratch>` runs into a fresh scratch subvolume
-   `.snapshots/.tmp/import-<id>-<token>`, fed from the verified-as-you-go stream.
+2. `btrfs receive -q -e -C <scratch>` runs into a fresh scratch subvolume
+   `.snapshots/.tmp/import-<id>-<token>`, fed from the verified-as-you-go stream,
+   chrooted there (-C): receive follows symlinks when it writes, so without it a
+   crafted stream (a symlink to a host path, then a write through it) would write
+   anywhere as root.  The parent of an incremental is still found by its uuid.
 3. Only when it succeeded and the envelope's trailer matched (NativeSource.finish)
    is the received subvolume checked (the only entry, read-only, with a received
    uuid) and snapshotted read-only into `.snapshots/<id>/<name>`: one ioctl.  A
@@ -204,8 +207,9 @@ def _receive(btrfs: str, dest: str, head: bytes, source: NativeSource, name: str
     succeeded and the envelope's trailer matched.  When receive fails, the rest of the
     stream is read: a damaged stream is told as that (StreamError), else receive's error."""
     with tempfile.TemporaryFile() as err:
-        # -e: stop at the first stream's end; a second one concatenated is never received
-        proc = subprocess.Popen([btrfs, "receive", "-q", "-e", dest], stdin=subprocess.PIPE,
+        # -e: stop at the first stream's end; a second one concatenated is never received.
+        # -C: chrooted into `dest`, so a crafted stream's symlink cannot take a write outside it.
+        proc = subprocess.Popen([btrfs, "receive", "-q", "-e", "-C", dest], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=err)
         assert proc.stdin is not None
         broken = False

@@ -25,7 +25,7 @@ from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, new_cid
-from .nativestream import native_stream
+from .nativestream import enveloped, escaping_btrfs_stream, native_stream
 from .netns import Link, veth_namespace
 from .waiting import until
 
@@ -344,14 +344,18 @@ def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World) -> N
     assert names(dst.d, cid) == [] and scratch(dst) == []
 
 
-@pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind"])
-def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, case: str) -> None:
+@pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind", "escaping"])
+def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, case: str, tmp_path: Path) -> None:
     kind = "overlay" if case == "wrong-kind" else "btrfs"
     src, dst = world.senders["btrfs"], world.receivers[kind]
     cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(300000)})
     name = snapshot(src.d, cid)
     stream = bytearray(native_stream(src.pool.spec, cid, name, time.time(),
                                      **({"snapshot": "other"} if case == "another-name" else {})))
+    victim = tmp_path / "victim"
+    victim.write_text("the host's own file\n")
+    if case == "escaping":  # a symlink to a host file, then a write through it
+        stream = bytearray(enveloped(cid, name, time.time(), escaping_btrfs_stream(name, str(victim))))
     if case == "flipped":
         stream[len(stream) // 2] ^= 0x01
     elif case == "truncated":
@@ -367,6 +371,7 @@ def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, cas
         assert r.status == 400 and r.body["message"] == "Invalid snapshot stream", r.body
     if case == "another-name":
         assert "not 'other'" in r.body["details"][0]["reason"], r.body
+    assert victim.read_text() == "the host's own file\n"
     assert names(dst.d, cid) == [] and scratch(dst) == []
     if case != "wrong-kind":
         assert on_disk(dst, cid) == []
