@@ -186,7 +186,7 @@ def test_a_bad_native_stream_fails_at_finish_at_the_latest(case: str) -> None:
     elif case == "padded":
         stream += b"\0"
     elif case == "tar-frame":
-        stream[-(37 + 1005)] = ord(portable.TAR)  # the second data frame's type byte
+        stream[-(9 + 1005)] = ord(portable.TAR)  # the second data frame's type byte (before a 9-byte trailer)
     with pytest.raises(StreamError):
         source = StreamReader(io.BytesIO(bytes(stream))).native()
         if case != "unread":  # the filesystem's receive stopped early: bytes left over
