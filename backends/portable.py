@@ -27,11 +27,11 @@ same envelope, for a receiver whose pool is of that kind:
                        frame; nothing may follow
 
 Why a CRC and not SHA-256 there: the filesystem's stream checks itself (btrfs: a
-CRC-32C per command; zfs: a checksum per record and of the whole stream in its END
-record), so the trailer only has to catch what lies between (a cut, a frame lost or
-duplicated); an unkeyed SHA-256 proves nothing more against a sender who lies, and
-it cost each daemon 0.7 CPU-seconds per GiB, a fifth of a native job's CPU on a
-2-core host (zlib.crc32 takes about 0.17).
+CRC-32C per command; zfs: a checksum of the whole stream in its END record), so the
+trailer only has to catch what lies between (a cut, a frame lost or duplicated); an
+unkeyed SHA-256 proves nothing more against a sender who lies, and it cost each
+daemon 0.7 CPU-seconds per GiB, a fifth of a native job's CPU on a 2-core host
+(zlib.crc32 takes about 0.17).
 
 A portable stream keeps format 1 and has no "native" key, so streams written before
 native ones existed read as they always did, and a daemon that predates them refuses
