@@ -1,8 +1,8 @@
 """Replication between two real daemons in two network namespaces, each on real pools.
 
 The senders run in this namespace, the receivers in another one joined by a veth pair;
-each sender names every receiver as a target (`[targets.btrfs]`, `[targets.overlay]`)
-and reaches it over TCP with a token of the receiver's `replicate` scope.  A snapshot
+each sender names every receiver as a target (`[targets.btrfs]`, `[targets.overlay]`,
+`[targets.zfs]`) and reaches it over TCP with a token of the receiver's `replicate` scope.  A snapshot
 is compared by restoring it on the receiver and digesting both live trees.
 """
 
@@ -30,8 +30,12 @@ from .waiting import until
 
 ADMIN = "/api/v1/admin"
 JOBS = f"{ADMIN}/replications"
-KINDS = ("btrfs", "overlay")
-PAIRS = [("btrfs", "btrfs"), ("overlay", "btrfs"), ("btrfs", "overlay")]
+KINDS = ("btrfs", "overlay", "zfs")
+EAGER = ("btrfs", "overlay")
+"""Kinds whose two daemons the module starts up front (the others on first use)."""
+PAIRS = [("btrfs", "btrfs"), ("zfs", "zfs"), ("overlay", "btrfs"), ("btrfs", "overlay")]
+SAME = ("btrfs", "zfs")
+"""Kinds the interruption and corruption tests run on, sender and receiver alike."""
 SENDER_CONFIG = "sender.toml"
 IDLE = 10
 """stream_idle_timeout of every daemon here: a cut link fails the send, and the receiver drops
@@ -61,71 +65,88 @@ class Side:
 
 @dataclass
 class World:
+    """The link and the daemons on both ends, each side made on first use (a kind the run
+    leaves out, or cannot run, skips only the tests that ask for it)."""
+
     link: Link
-    senders: dict[str, Side]
-    receivers: dict[str, Side]
+    base: Path
     ports: dict[str, int]
+    """Each receiver kind's TCP port in the namespace (fixed up front: the senders' config names them)."""
+    sides: dict[tuple[str, str], Side] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     clocks: dict[str, ClockFile] = field(default_factory=dict)
     """The senders' clocks: running, at an offset a test may move."""
+    made: list[Side] = field(default_factory=list)
+
+    def receiver(self, kind: str) -> Side:
+        """The receiving daemon on a `kind` pool, in the namespace (started now if need be);
+        it issues the tokens the sender's targets for it read."""
+        if ("receiver", kind) not in self.sides:
+            where = self.base / f"receiver-{kind}"
+            pool = open_harness(kind, where / "pool")
+            cfg = where / "receiver.toml"
+            cfg.write_text(f"stream_idle_timeout = {IDLE}\n")
+            d = NetnsDaemon(self.link.netns, where / "d", [pool.spec], tcp=False,  # another host, its clock an hour ahead
+                            extra=["--listen", f"{self.link.ns_addr}:{self.ports[kind]}", "--config", str(cfg)],
+                            env={"SNAPD_CLOCK_OFFSET": "3600"})
+            self.made.append(side := Side(d, pool))
+            d.start()
+            for scope, body in (("replicate", {"replicate": True}), ("project", {"project": "web"})):
+                r = d.unix.post(f"{ADMIN}/tokens", body)
+                assert r.status == 200, r.body
+                (self.base / f"{scope}-{kind}").write_text(r.data["secret"] + "\n")
+                self.tokens[f"{scope}-{kind}"] = r.data["secret"]
+            self.sides[("receiver", kind)] = side
+        return self.sides[("receiver", kind)]
+
+    def sender(self, kind: str) -> Side:
+        """The sending daemon on a `kind` pool, here (started now if need be)."""
+        if ("sender", kind) not in self.sides:
+            pool = open_harness(kind, self.base / f"sender-{kind}" / "pool")
+            clock = self.clocks[kind] = ClockFile(self.base / f"clock-{kind}", time.time())
+            clock.run_offset(0)
+            d = DaemonProcess(self.base / f"sender-{kind}" / "d", [pool.spec], tcp=False,
+                              extra=["--config", str(self.base / SENDER_CONFIG)], env=clock.env)
+            self.made.append(side := Side(d, pool))
+            d.start()
+            self.sides[("sender", kind)] = side
+        return self.sides[("sender", kind)]
+
+    def pair(self, sender: str, receiver: str) -> tuple[Side, Side]:
+        return self.sender(sender), self.receiver(receiver)
 
 
-def _receiver(link: Link, kind: str, where: Path) -> tuple[Side, int]:
-    pool = open_harness(kind, where / "pool")
-    port = free_port()
-    cfg = where / "receiver.toml"
-    cfg.write_text(f"stream_idle_timeout = {IDLE}\n")
-    d = NetnsDaemon(link.netns, where / "d", [pool.spec], tcp=False,  # another host, its clock an hour ahead
-                    extra=["--listen", f"{link.ns_addr}:{port}", "--config", str(cfg)],
-                    env={"SNAPD_CLOCK_OFFSET": "3600"}).start()
-    return Side(d, pool), port
-
-
-def _sender_config(world: World, where: Path) -> Path:
+def _sender_config(world: World) -> None:
     lines = [f"stream_idle_timeout = {IDLE}\n"]
+    where = world.base
     for kind, port in world.ports.items():
+        for scope in ("replicate", "project"):  # until the receiver starts and issues the real ones
+            (where / f"{scope}-{kind}").write_text("not-issued-yet\n")
         for name, token, extra in ((kind, "replicate", ""), (f"slow-{kind}", "replicate", f"bandwidth = {SLOW}\n"),
                                    (f"noscope-{kind}", "project", "")):
             lines.append(f'[targets.{name}]\nurl = "http://{world.link.ns_addr}:{port}"\n'
                          f'token_file = "{where / (token + "-" + kind)}"\n{extra}')
     # an address of the link's subnet that nobody holds: nothing answers there
+    (where / "nowhere-token").write_text("no-one-reads-this\n")
     lines.append(f'[targets.nowhere]\nurl = "http://{world.link.extra_addr}:7070"\n'
-                 f'token_file = "{where / "replicate-btrfs"}"\n')
-    cfg = where / SENDER_CONFIG
-    cfg.write_text("\n".join(lines))
-    return cfg
+                 f'token_file = "{where / "nowhere-token"}"\n')
+    (where / SENDER_CONFIG).write_text("\n".join(lines))
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("replication")
     with veth_namespace() as link:
-        made: list[Side] = []
+        w = World(link, base, {kind: free_port() for kind in KINDS})
         try:
-            w = World(link, {}, {}, {})
-            for kind in KINDS:
-                side, port = _receiver(link, kind, base / f"receiver-{kind}")
-                made.append(side)
-                w.receivers[kind], w.ports[kind] = side, port
-                for scope, body in (("replicate", {"replicate": True}), ("project", {"project": "web"})):
-                    r = side.d.unix.post(f"{ADMIN}/tokens", body)
-                    assert r.status == 200, r.body
-                    (base / f"{scope}-{kind}").write_text(r.data["secret"] + "\n")
-                    w.tokens[f"{scope}-{kind}"] = r.data["secret"]
-            cfg = _sender_config(w, base)
-            for kind in KINDS:
-                pool = open_harness(kind, base / f"sender-{kind}" / "pool")
-                clock = w.clocks[kind] = ClockFile(base / f"clock-{kind}", time.time())
-                clock.run_offset(0)
-                d = DaemonProcess(base / f"sender-{kind}" / "d", [pool.spec], tcp=False,
-                                  extra=["--config", str(cfg)], env=clock.env)
-                made.append(Side(d, pool))
-                d.start()
-                w.senders[kind] = made[-1]
+            _sender_config(w)
+            for kind in EAGER:
+                w.receiver(kind)
+                w.sender(kind)
             yield w
         finally:
             with contextlib.ExitStack() as stack:  # every side closed, whatever fails
-                for side in made:
+                for side in w.made:
                     stack.callback(side.pool.close)
                     stack.callback(side.d.stop if side.d.proc and side.d.proc.poll() is None else side.d.kill)
 
@@ -192,9 +213,17 @@ def container(side: Side, files: dict[str, str | bytes]) -> str:
 
 
 def scratch(side: Side) -> list[str]:
-    """Import scratch left in the receiver's pool."""
+    """Import scratch left in the receiver's pool (ZFS: the datasets received into)."""
+    if side.pool.kind == "zfs":
+        return sorted(n for n in side.pool.artifacts() if ".receiving-" in n)
     tmp = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / ".tmp"
     return sorted(p.name for p in tmp.iterdir() if p.name.startswith("import-")) if tmp.is_dir() else []
+
+
+def export_scratch(side: Side) -> list[str]:
+    """What exports left in the sender's pool: ZFS without `.zfs/snapshot` (zfs-fuse) reads a
+    snapshot through a read-only clone; the other kinds read the snapshot itself."""
+    return sorted(n for n in side.pool.artifacts() if ".files-" in n) if side.pool.kind == "zfs" else []
 
 
 # -- the pairs -------------------------------------------------------------------------------
@@ -203,7 +232,7 @@ def scratch(side: Side) -> list[str]:
 @pytest.mark.parametrize("sender, receiver", PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
 def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: World, sender: str,
                                                                       receiver: str) -> None:
-    src, dst = world.senders[sender], world.receivers[receiver]
+    src, dst = world.pair(sender, receiver)
     cid = container(src, {"etc/hostname": "web\n", "data/big.bin": os.urandom(1 << 20), "gone/x": "x"})
     first = snapshot(src.d, cid)
     (src.pool.container_path(cid) / "data/more.txt").write_text("more")
@@ -246,7 +275,7 @@ def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: Wor
 
 
 def test_a_second_request_joins_the_running_job(world: World) -> None:
-    src = world.senders["overlay"]
+    src = world.sender("overlay")
     cid = container(src, {"etc/hostname": "x\n", "big.bin": os.urandom(8 << 20)})
     snapshot(src.d, cid)
     job = start(src.d, cid, "slow-btrfs")
@@ -263,17 +292,17 @@ def test_a_second_request_joins_the_running_job(world: World) -> None:
 
 
 def test_a_token_without_the_replicate_scope_fails_the_job_with_403(world: World) -> None:
-    src = world.senders["btrfs"]
+    src = world.sender("btrfs")
     cid = container(src, {"etc/hostname": "x\n"})
     name = snapshot(src.d, cid)
     job = finished(src.d, start(src.d, cid, "noscope-overlay"))
     assert job["state"] == "failed" and "403" in job["last_error"], job
-    assert names(world.receivers["overlay"].d, cid) == []
+    assert names(world.receiver("overlay").d, cid) == []
     assert hold_of(src.d, cid, name) is None
 
 
 def test_a_target_that_does_not_answer_fails_the_job_and_changes_nothing(world: World) -> None:
-    src = world.senders["btrfs"]
+    src = world.sender("btrfs")
     cid = container(src, {"etc/hostname": "x\n"})
     name = snapshot(src.d, cid)
     before = names(src.d, cid)
@@ -283,7 +312,7 @@ def test_a_target_that_does_not_answer_fails_the_job_and_changes_nothing(world: 
 
 
 def test_bad_requests_are_400_naming_the_field(world: World) -> None:
-    d = world.senders["btrfs"].d
+    d = world.sender("btrfs").d
     cid = new_cid()
     for body, fieldname in (({"target": "btrfs"}, "container"), ({"container": "x", "target": "btrfs"}, "container"),
                             ({"container": cid}, "target"), ({"container": cid, "target": 7}, "target"),
@@ -300,7 +329,7 @@ def test_bad_requests_are_400_naming_the_field(world: World) -> None:
 
 
 def test_a_diverged_target_fails_naming_the_snapshot_until_full_is_asked(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+    src, dst = world.sender("btrfs"), world.receiver("btrfs")
     cid = container(src, {"etc/hostname": "x\n"})
     snapshot(src.d, cid)
     replicate(src.d, cid, "btrfs")
@@ -318,14 +347,15 @@ def test_a_diverged_target_fails_naming_the_snapshot_until_full_is_asked(world: 
     assert job["snapshots_sent"] == 1 and newest in dict(names(dst.d, cid))
 
 
-def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@pytest.mark.parametrize("kind", SAME)
+def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World, kind: str) -> None:
+    src, dst = world.pair(kind, kind)
     cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(100000)})
     name = snapshot(src.d, cid)
     stream = bytearray(src.d.unix.get(snaps(cid, name, "/export")).raw)
     stream[len(stream) // 2] ^= 0x01
-    client = Client(tcp=(world.link.ns_addr, world.ports["btrfs"]),
-                    headers={"Authorization": f"Bearer {world.tokens['replicate-btrfs']}"})
+    client = Client(tcp=(world.link.ns_addr, world.ports[kind]),
+                    headers={"Authorization": f"Bearer {world.tokens[f'replicate-{kind}']}"})
     r = until(lambda: _reachable(client, cid, bytes(stream)), "the receiver answers over the link")
     assert r.status == 400 and r.body["message"] == "Invalid snapshot stream", r.body
     assert names(dst.d, cid) == [] and scratch(dst) == []
@@ -339,11 +369,16 @@ def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-unty
 # -- interruptions ---------------------------------------------------------------------------
 
 
-def _slow_container(src: Side) -> tuple[str, str, str]:
-    """A container with a replicated first snapshot and a second of 48 MiB more to send."""
+def slow(side: Side) -> str:
+    """The bandwidth-limited target of the receiver `side`."""
+    return f"slow-{side.pool.kind}"
+
+
+def _slow_container(src: Side, dst: Side) -> tuple[str, str, str]:
+    """A container with a first snapshot replicated to `dst` and a second of 48 MiB more to send."""
     cid = container(src, {"etc/hostname": "x\n"})
     first = snapshot(src.d, cid)
-    replicate(src.d, cid, "slow-btrfs")
+    replicate(src.d, cid, slow(dst))
     write_tree(src.pool.container_path(cid), {f"big/{i}.bin": os.urandom(4 << 20) for i in range(12)})
     return cid, first, snapshot(src.d, cid)
 
@@ -351,11 +386,11 @@ def _slow_container(src: Side) -> tuple[str, str, str]:
 def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
     """A job sending the second snapshot of a _slow_container, once a MiB of it has gone out
     (GET, polled) and the receiver is receiving it into scratch: (cid, first, second, job)."""
-    cid, first, second = _slow_container(src)
-    job = start(src.d, cid, "slow-btrfs")
+    cid, first, second = _slow_container(src, dst)
+    job = start(src.d, cid, slow(dst))
     job = until(lambda: (j := src.d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
                 "the job has sent a MiB")
-    until(lambda: scratch(dst), "the receiver is receiving into scratch")
+    until(lambda: scratch(dst), "the receiver is receiving into scratch", interval=0.2)
     return cid, first, second, job
 
 
@@ -363,7 +398,7 @@ def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) ->
     """The receiver holds `first` alone (nothing of the cut `second`); a rerun sends `second`
     and the chain is intact: same snapshots, the newest held, equal trees after a restore."""
     assert [n for n, _ in names(dst.d, cid)] == [first]
-    replicate(src.d, cid, "slow-btrfs")
+    replicate(src.d, cid, slow(dst))
     assert names(dst.d, cid) == names(src.d, cid)
     assert hold_of(src.d, cid, second) is not None
     r = dst.d.unix.patch(snaps(cid, second))
@@ -371,17 +406,20 @@ def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) ->
     same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
 
 
-def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@pytest.mark.parametrize("kind", SAME)
+def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World, kind: str) -> None:
+    src, dst = world.pair(kind, kind)
     cid, first, second, _ = _mid_stream(src, dst)
     src.d.kill()
-    until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch")
+    until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch", interval=0.2)
     src.d.start()
+    assert export_scratch(src) == []  # the start swept what the killed export had made
     _rerun_continues(src, dst, cid, first, second)
 
 
-def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@pytest.mark.parametrize("kind", SAME)
+def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World, kind: str) -> None:
+    src, dst = world.pair(kind, kind)
     cid, first, second, job = _mid_stream(src, dst)
     assert dst.d.proc is not None
     dst.d.proc.send_signal(signal.SIGKILL)
@@ -394,8 +432,9 @@ def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(worl
     _rerun_continues(src, dst, cid, first, second)
 
 
-def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World) -> None:
-    src, dst = world.senders["btrfs"], world.receivers["btrfs"]
+@pytest.mark.parametrize("kind", SAME)
+def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World, kind: str) -> None:
+    src, dst = world.pair(kind, kind)
     cid, first, second, job = _mid_stream(src, dst)
     world.link.set_state("down")
     try:
@@ -409,7 +448,7 @@ def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: Wo
 
 
 def test_the_reaper_skips_the_protected_snapshot_until_a_newer_common_one_exists(world: World) -> None:
-    src = world.senders["overlay"]
+    src = world.sender("overlay")
     cid = container(src, {"etc/hostname": "x\n"})
     first = src.d.unix.post(snaps(cid), {"expiry": 1}).data["snapshot"]["name"]
     second = src.d.unix.post(snaps(cid), {"expiry": 1}).data["snapshot"]["name"]
@@ -431,7 +470,7 @@ def test_the_cli_replicates_waits_and_lists(world: World) -> None:
     import subprocess
     import sys
 
-    src, dst = world.senders["overlay"], world.receivers["btrfs"]
+    src, dst = world.sender("overlay"), world.receiver("btrfs")
     cid = container(src, {"etc/hostname": "x\n"})
     snapshot(src.d, cid)
 
@@ -451,7 +490,7 @@ def test_the_cli_replicates_waits_and_lists(world: World) -> None:
 
 
 def test_a_reload_reads_the_targets_again(world: World) -> None:
-    src = world.senders["overlay"]
+    src = world.sender("overlay")
     cid = container(src, {"etc/hostname": "x\n"})
     snapshot(src.d, cid)
     assert src.d.unix.post(JOBS, {"container": cid, "target": "late"}).status == 404
@@ -464,7 +503,7 @@ def test_a_reload_reads_the_targets_again(world: World) -> None:
     r = until(lambda: (r := src.d.unix.post(JOBS, {"container": cid, "target": "late"})).status == 202 and r,
               "the reloaded daemon knows the new target")
     assert finished(src.d, r.data["job"])["state"] == "done"
-    assert names(world.receivers["overlay"].d, cid) == names(src.d, cid)
+    assert names(world.receiver("overlay").d, cid) == names(src.d, cid)
 
 
 def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> None:
@@ -497,7 +536,7 @@ def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> N
 
 
 def test_a_base_two_targets_rest_on_stays_held_until_both_moved_on(world: World) -> None:
-    src = world.senders["overlay"]
+    src = world.sender("overlay")
     cid = container(src, {"etc/hostname": "x\n"})
     a = snapshot(src.d, cid)
     replicate(src.d, cid, "btrfs")
