@@ -51,7 +51,7 @@ from .base import (
     TreeRoot,
     open_root,
 )
-from .zfs_cmd import ZfsRunner, ZfsStats, error_for, valid_dataset_name
+from .zfs_cmd import CmdResult, ZfsRunner, ZfsStats, error_for, valid_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -510,9 +510,9 @@ class ZfsBackend(Backend):
                 raise BackendError(f"cannot receive snapshot {name} of {cid}: {reason}") from e
             faults.point("zfs.import.received")
             await self.zfs.zfs("snapshot", *(a for p in props for a in ("-o", p)), f"{scratch}@{name}")
-            if new_container:  # zfs-fuse renames no mounted dataset ("dataset is busy")
-                await self.zfs.zfs("unmount", scratch)
-                await self.zfs.zfs("rename", scratch, ds)
+            await self._patiently("unmount", scratch)  # zfs-fuse renames no mounted dataset ("busy")
+            if new_container:
+                await self._patiently("rename", scratch, ds)
                 moved = True
                 await self.zfs.zfs("inherit", "mountpoint", ds)
                 await self._finish(ds, {"mounted": True})
@@ -520,7 +520,7 @@ class ZfsBackend(Backend):
                 await self.zfs.zfs("set", "canmount=off", scratch)
                 nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
                 holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
-                await self.zfs.zfs("rename", scratch, holder)
+                await self._patiently("rename", scratch, holder)
                 moved = True
                 await self._tidy_holder(holder, rollback=False)
         finally:
@@ -537,12 +537,7 @@ class ZfsBackend(Backend):
     async def _drop_scratch(self, scratch: str, where: str | None = None) -> None:
         """Destroy a receive's scratch dataset and its snapshot, if it is still there; and
         `where`, the empty directory it was mounted on."""
-        for attempt in range(SCRATCH_TRIES):  # zfs-fuse: "busy" for a moment after a failed write
-            await self.zfs.zfs("unmount", scratch, check=False)
-            res = await self.zfs.zfs("destroy", "-r", scratch, check=False)
-            if res.rc == 0 or "busy" not in res.stderr:
-                break
-            await asyncio.sleep(0.1 * (attempt + 1))
+        res = await self._destroy_patiently("-r", scratch, unmount=True)
         if res.rc != 0 and "does not exist" not in res.stderr and "could not find" not in res.stderr:
             self._set_aside(f"cannot destroy the receive scratch {scratch}: {res.stderr.strip()}")
         elif where is not None and os.path.basename(where).startswith(RECEIVE_DIR_PREFIX):
@@ -552,9 +547,27 @@ class ZfsBackend(Backend):
     async def _drop_files_clone(self, clone: str, *force: str) -> None:
         """Destroy a read-only clone made to read a snapshot's files: after an export, with
         `-f` (nothing is open in it then); one a crash left, at start-up, without."""
-        res = await self.zfs.zfs("destroy", *force, clone, check=False)
+        res = await self._destroy_patiently(*force, clone)
         if res.rc != 0 and "does not exist" not in res.stderr:
             self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
+
+    async def _destroy_patiently(self, *args: str, unmount: bool = False) -> CmdResult:
+        """`zfs destroy ARGS` (the dataset last; unmounted first when asked), as _patiently."""
+        if unmount:
+            await self._patiently("unmount", args[-1], check=False)
+        return await self._patiently("destroy", *args, check=False)
+
+    async def _patiently(self, *args: str, check: bool = True) -> CmdResult:
+        """`zfs ARGS`, tried again while zfs-fuse says "busy": it does for a moment after a
+        write into a dataset (failed or not) and after the last read of a clone's files."""
+        for attempt in range(SCRATCH_TRIES):
+            res = await self.zfs.zfs(*args, check=False)
+            if res.rc == 0 or "busy" not in res.stderr:
+                break
+            await asyncio.sleep(0.1 * (attempt + 1))
+        if check and res.rc != 0:
+            raise error_for(res.argv, res.stderr or res.stdout)
+        return res
 
     @contextlib.asynccontextmanager
     async def live_root(self, cid: str) -> AsyncIterator[TreeRoot]:

@@ -178,7 +178,7 @@ def finished(d: DaemonProcess, job: dict, timeout: float = 120) -> dict:
 
 def replicate(d: DaemonProcess, cid: str, target: str, **body: object) -> dict:
     job = finished(d, start(d, cid, target, **body))
-    assert job["state"] == "done", job
+    assert job["state"] == "done", job["last_error"]
     return job
 
 
