@@ -13,10 +13,10 @@ import abc
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 if TYPE_CHECKING:
-    from .portable import StreamReader
+    from .portable import NativeSource, StreamReader
 
 PROJECT_XATTR = (
     "trusted.container-snapd.project" if os.geteuid() == 0 else "user.container-snapd.project"
@@ -175,7 +175,7 @@ class NoSpace(BackendError):
 
 
 class ImportUnsupported(BackendError):
-    """This pool cannot receive a portable stream."""
+    """This pool cannot receive (or send) a stream of that kind."""
 
 
 class PoolError(BackendError):
@@ -393,6 +393,31 @@ class Backend(abc.ABC):
         `new_container`, the container is first made (empty; `layout`: what the stream
         captured, "whole" or "upper") -- the live tree of an existing one is never touched."""
         raise ImportUnsupported(f"a {self.kind} pool cannot receive portable streams yet")
+
+    native_stream: str | None = None
+    """The kind of the filesystem's own send stream this pool sends and receives ("btrfs",
+    "zfs"), or None: portable streams only.  Two pools of one kind move snapshots natively."""
+
+    async def send_native(self, cid: str, snap: SnapshotRef, base: SnapshotRef | None,
+                          push: Callable[[bytes], Awaitable[None]]) -> int:
+        """Stream the filesystem's send stream of `snap` (incremental from `base` when given,
+        which the receiver must hold as a native base) to `push`, chunk by chunk; the bytes
+        sent.  Raises BackendError when the send fails (the caller then cuts the stream off
+        without its trailer)."""
+        raise ImportUnsupported(f"a {self.kind} pool has no native stream")
+
+    async def receive_native(self, cid: str, name: str, source: NativeSource, base: SnapshotRef | None,
+                             new_container: bool) -> SnapshotFacts:
+        """Make snapshot `name` of `cid` from a native stream (`source`, a blocking reader: read
+        it in a worker thread), incremental from `base` when given; as `receive` does: into
+        scratch, visible in one step only after `source.finish()` verified the trailer, nothing
+        left on any failure; StreamError when the stream is for another name or base."""
+        raise ImportUnsupported(f"a {self.kind} pool cannot receive native streams")
+
+    async def native_bases(self, cid: str) -> list[str]:
+        """Names of the snapshots of `cid` a native incremental may start from here (on btrfs:
+        those received natively, which keep the sender's identity)."""
+        return []
 
     async def recover(self, op: str, cid: str, snapshot: str | None, data: dict) -> None:
         """Tidy what an interrupted `op` on `cid` may have left (start-up, after open()).

@@ -7,6 +7,8 @@ Layout under the pool root (a directory on btrfs):
     <root>/.snapshots/.tmp/              work in progress, swept by open()
     <root>/.snapshots/.quarantine/       what a sweep could not remove; retried by open()
 
+Native streams (`btrfs send` / `btrfs receive`, between two btrfs pools): btrfs_native.py.
+
 Snapshots are taken and deleted with the kernel's ioctls (SNAP_CREATE_V2 with
 SUBVOL_RDONLY, SNAP_DESTROY); `btrfs subvolume ...` is the fallback when an
 ioctl is unavailable (or `use_ioctl` is False).  Neither waits for a
@@ -62,6 +64,7 @@ from backends import faults
 
 from . import btrfs_ioctl as ioc
 from . import btrfs_changes, fsops, inuse, mounts, portable, remove, sidecar
+from .btrfs_native import BtrfsNative
 from .base import (
     NAME_MARK_XATTR,
     PROJECT_XATTR,
@@ -123,7 +126,7 @@ class _Fd:
         os.close(self.fd)
 
 
-class BtrfsBackend(sidecar.SidecarMeta, Backend):
+class BtrfsBackend(BtrfsNative, sidecar.SidecarMeta, Backend):
     """A pool of btrfs subvolume containers under one directory."""
 
     kind = "btrfs"
@@ -555,7 +558,8 @@ class BtrfsBackend(sidecar.SidecarMeta, Backend):
         return facts
 
     def _publish(self, tmppath: str, cid: str, name: str) -> None:
-        """A read-only snapshot of `tmppath` as snapshot `name` of `cid`."""
+        """A read-only snapshot of `tmppath` as snapshot `name` of `cid` (a received
+        subvolume's received uuid is kept: see btrfs_native)."""
         if self.use_ioctl:
             try:
                 with _Fd(tmppath) as src, _Fd(self._sdir(cid)) as sfd:

@@ -98,6 +98,9 @@ class SubvolInfo:
     ctransid: int
     """Transaction of the last change to the subvolume's content."""
     uuid: bytes
+    received_uuid: bytes = bytes(16)
+    """The sender's uuid of a subvolume made by `btrfs receive` (zeros otherwise); kept by a
+    read-only snapshot of it, and what an incremental receive finds its parent by."""
 
     @property
     def readonly(self) -> bool:
@@ -111,7 +114,7 @@ def subvol_info(fd: int) -> SubvolInfo:
     f = _SUBVOL_INFO.unpack(buf)
     treeid, parent_id, flags, ctransid = f[0], f[2], f[5], f[9]
     otime = f[15] + f[16] / 1e9
-    return SubvolInfo(treeid, parent_id, flags, otime, ctransid, f[6])
+    return SubvolInfo(treeid, parent_id, flags, otime, ctransid, f[6], f[8])
 
 
 def child_subvolumes(fd: int) -> list[tuple[int, int]]:

@@ -16,6 +16,21 @@ length and that many bytes:
                        snapshot (an incremental only)
     E  trailer         SHA-256 of every byte before this frame; nothing may follow
 
+A *native* stream carries a filesystem's own send stream (`btrfs send`, `zfs send`) in the
+same envelope, for a receiver whose pool is of that kind:
+
+    b"CSNAPD\x00\x01"  magic
+    H  header          as above with "format": 2 and "native": the kind ("btrfs", "zfs");
+                       layout "whole", compression "none"
+    N  native data ... the filesystem's stream, in frames of at most MAX_FRAME
+    E  trailer         SHA-256 of every byte before this frame; nothing may follow
+
+A portable stream keeps format 1 and has no "native" key, so streams written before
+native ones existed read as they always did, and a daemon that predates them refuses
+a native stream by its format number instead of misreading it.  The receiver hands
+the N frames' bytes to the filesystem's receive into scratch and makes the snapshot
+visible only once the trailer matched and nothing followed it (NativeSource.finish).
+
 The tar keeps owners, modes, mtimes to the nanosecond (PAX `mtime`), xattrs
 (`SCHILY.xattr.*`, binary values included), hard links, symlinks (never followed),
 device nodes and FIFOs, and names that are not UTF-8 (PAX `hdrcharset=BINARY`).
@@ -67,8 +82,10 @@ MAGIC = b"CSNAPD\x00\x01"
 MEDIA_TYPE = "application/vnd.container-snapd.stream"
 """The stream's media type over HTTP (export answers, import bodies, replication)."""
 FORMAT = 1
+NATIVE_FORMAT = 2
+"""The format number of a native stream (header key "native")."""
 _FRAME = struct.Struct(">cI")
-HEADER, TAR, DELETIONS, END = b"H", b"T", b"D", b"E"
+HEADER, TAR, DELETIONS, END, NATIVE = b"H", b"T", b"D", b"E", b"N"
 CHUNK = 1 << 20
 """Bytes of tar data (or deletion paths) per frame."""
 MAX_FRAME = 4 << 20
@@ -77,6 +94,7 @@ MAX_TAIL = 64 << 10
 """Tar data after the end-of-archive blocks tolerated (the tar's own record padding)."""
 _BLOCK = 64 << 10
 _CID = re.compile(r"[0-9a-f]{24}")
+_KIND = re.compile(r"[a-z][a-z0-9]{0,15}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _XATTR = "SCHILY.xattr."
 _ENTRY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
@@ -110,13 +128,17 @@ class Header:
     layout: str = "whole"
     compression: str = "none"
     project: str | None = None
+    native: str | None = None
+    """The filesystem whose own send stream the N frames carry (None: a portable stream)."""
 
     def encode(self) -> bytes:
-        return json.dumps({"format": FORMAT, "container": self.container, "project": self.project,
-                           "snapshot": self.snapshot,
-                           "created_at": self.created_at, "alias": self.alias, "expires_at": self.expires_at,
-                           "base": self.base, "layout": self.layout, "compression": self.compression},
-                          ensure_ascii=True, sort_keys=True).encode()
+        data = {"format": FORMAT, "container": self.container, "project": self.project,
+                "snapshot": self.snapshot,
+                "created_at": self.created_at, "alias": self.alias, "expires_at": self.expires_at,
+                "base": self.base, "layout": self.layout, "compression": self.compression}
+        if self.native is not None:
+            data.update(format=NATIVE_FORMAT, native=self.native)
+        return json.dumps(data, ensure_ascii=True, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Header:
@@ -127,8 +149,18 @@ class Header:
             raise StreamError("stream header is not JSON") from None
         if not isinstance(data, dict):
             raise StreamError("stream header is not a JSON object")
-        if data.get("format") != FORMAT:
-            raise StreamError(f"stream format {data.get('format')!r} is not supported (this daemon reads {FORMAT})")
+        native = data.get("native")
+        if data.get("format") == NATIVE_FORMAT:
+            if not isinstance(native, str) or not _KIND.fullmatch(native):
+                raise StreamError("stream header: bad native")
+            if data.get("layout") != "whole" or data.get("compression") != "none":
+                raise StreamError("stream header: a native stream has layout whole and compression none")
+        elif data.get("format") == FORMAT:
+            if "native" in data:
+                raise StreamError("stream header: native in a format 1 stream")
+        else:
+            raise StreamError(f"stream format {data.get('format')!r} is not supported "
+                              f"(this daemon reads {FORMAT} and {NATIVE_FORMAT})")
 
         def text(key: str, pattern: re.Pattern[str], optional: bool = False) -> str | None:
             value = data.get(key)
@@ -161,7 +193,8 @@ class Header:
         return cls(container=text("container", _CID), snapshot=text("snapshot", _NAME),  # type: ignore[arg-type]
                    created_at=number("created_at"), alias=alias,  # type: ignore[arg-type]
                    expires_at=number("expires_at", True), base=text("base", _NAME, True),
-                   layout=layout, compression=compression, project=text("project", _NAME, True))
+                   layout=layout, compression=compression, project=text("project", _NAME, True),
+                   native=native)
 
 
 @dataclass
@@ -560,11 +593,28 @@ class StreamReader:
             return held
         raw = self.exact(_FRAME.size, hashed=False)
         kind, length = _FRAME.unpack(raw)
-        if kind not in (HEADER, TAR, DELETIONS, END) or length > MAX_FRAME:
+        if kind not in (HEADER, TAR, DELETIONS, END, NATIVE) or length > MAX_FRAME:
             raise StreamError(f"stream corrupted at byte {self.bytes - len(raw)} (bad frame)")
         if kind != END:
             self.hash.update(raw)
         return kind, length
+
+    def trailer(self, kind: bytes, length: int) -> None:
+        """Check that frame (`kind`, `length`) is the trailer, its checksum matches every byte
+        before it, and nothing follows; StreamError otherwise."""
+        if kind != END or length != 32:
+            raise StreamError("stream corrupted: no trailer where it belongs")
+        expected = self.hash.digest()
+        if self.exact(32, hashed=False) != expected:
+            raise StreamError("stream checksum mismatch: the stream was corrupted in transit")
+        if self.src.read(1):
+            raise StreamError("data after the stream's trailer")
+
+    def native(self) -> NativeSource:
+        """The native stream's data (StreamError for a portable stream)."""
+        if self.header.native is None:
+            raise StreamError("a portable stream where a native one was expected")
+        return NativeSource(self)
 
     def apply(self, dest: str, *, incremental: bool) -> Stats:
         """Extract the stream's tree into directory `dest` (which holds the base's copy
@@ -583,6 +633,8 @@ class StreamReader:
             raise StreamError(f"tar data is corrupted: {exc}") from None
 
     def _apply(self, dest: bytes, incremental: bool) -> Stats:
+        if self.header.native is not None:
+            raise StreamError(f"a native {self.header.native} stream where a portable one was expected")
         stats = Stats()
         source = _TarSource(self)
         dirs: list[_Attrs] = []
@@ -604,13 +656,7 @@ class StreamReader:
                     self._delete(dest, raw, touched)
                     stats.deletions += 1
             kind, length = self.frame_head()
-        if kind != END or length != 32:
-            raise StreamError("stream corrupted: no trailer where it belongs")
-        expected = self.hash.digest()
-        if self.exact(32, hashed=False) != expected:
-            raise StreamError("stream checksum mismatch: the stream was corrupted in transit")
-        if self.src.read(1):
-            raise StreamError("data after the stream's trailer")
+        self.trailer(kind, length)
         # Through descriptors reached with no symlink on the way: a later entry may have put a
         # symlink (to the host) or a hard link (to a base file) where a directory was.
         dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -715,6 +761,78 @@ class StreamReader:
             shutil.rmtree(target)
         else:
             os.unlink(target)
+
+
+class NativeSource:
+    """A native stream's data as a blocking file (`read`), what the filesystem's receive is
+    fed; `finish()` once that receive is done checks the trailer.  A receiver makes nothing
+    visible before finish() returned."""
+
+    def __init__(self, reader: StreamReader) -> None:
+        self.reader = reader
+        self.left = 0
+        self.end: tuple[bytes, int] | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes of the filesystem's stream (at most one frame's rest); b"" at its end."""
+        while self.left == 0:
+            if self.end is not None:
+                return b""
+            kind, length = self.reader.frame_head()
+            if kind == NATIVE:
+                self.left = length
+            elif kind == END:
+                self.end = (kind, length)
+            else:
+                raise StreamError(f"a {kind.decode()!r} frame in a native stream")
+        data = self.reader.exact(self.left if size is None or size < 0 else min(size, self.left))
+        self.left -= len(data)
+        return data
+
+    def finish(self) -> int:
+        """Check that the filesystem's receive took every native byte, then the trailer
+        (StreamReader.trailer); the stream's size in bytes."""
+        if self.end is None and self.read(1):
+            raise StreamError("the filesystem's stream ended before the native data did")
+        assert self.end is not None
+        self.reader.trailer(*self.end)
+        return self.reader.bytes
+
+
+class NativeFramer:
+    """The envelope of a native stream for the sender: `start()`, `frames(data)` for each
+    chunk of the filesystem's stream, then `end()`; each gives the bytes to send, hashed
+    as they go (the hash releases the GIL: call it from a worker thread)."""
+
+    def __init__(self, header: Header) -> None:
+        if header.native is None:
+            raise ValueError("a native stream's header names its kind")
+        self.header = header
+        self.hash = hashlib.sha256()
+        self.bytes = 0
+
+    def _hashed(self, *parts: bytes) -> list[bytes]:
+        for part in parts:
+            self.hash.update(part)
+            self.bytes += len(part)
+        return list(parts)
+
+    def start(self) -> bytes:
+        raw = self.header.encode()
+        return b"".join(self._hashed(MAGIC, _FRAME.pack(HEADER, len(raw)), raw))
+
+    def frames(self, data: bytes) -> list[bytes]:
+        """`data` as N frames (head, payload, ...): no copy of a chunk up to MAX_FRAME."""
+        out: list[bytes] = []
+        view = memoryview(data)
+        for start in range(0, len(data), MAX_FRAME):
+            piece = data if len(data) <= MAX_FRAME else bytes(view[start:start + MAX_FRAME])
+            out += self._hashed(_FRAME.pack(NATIVE, len(piece)), piece)
+        return out
+
+    def end(self) -> bytes:
+        self.bytes += _FRAME.size + 32
+        return _FRAME.pack(END, 32) + self.hash.digest()
 
 
 @contextlib.contextmanager

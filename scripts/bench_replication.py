@@ -1,26 +1,36 @@
 #!/usr/bin/env python3
-"""Benchmark a replication job against `tar cf - | tar xf -` (run as root).
+"""Benchmark replication jobs (run as root).
 
-Two real daemons on directory (overlay) pools in a temporary directory (or --root),
-the receiver on a TCP listener on 127.0.0.1 with a `replicate` token, the sender
-with it as `[targets.bench]`: a container of --mib MiB (scripts/bench_export.py's
-tree) is snapshotted and replicated by a job (POST, then GET until done), timed
-against GNU tar moving the same tree between the same filesystems.  Then one
-1 MiB file is rewritten, a second snapshot taken and replicated: the job's bytes
-on the wire.  The daemons' peak resident memory (VmHWM) is printed too.  Prints
-one Markdown table.
+Portable (default): two real daemons on directory (overlay) pools in a temporary
+directory (or --root), the receiver on a TCP listener on 127.0.0.1 with a `replicate`
+token, the sender with it as `[targets.bench]`: a container of --mib MiB
+(scripts/bench_export.py's tree) is snapshotted and replicated by a job (POST, then GET
+until done), timed against GNU tar moving the same tree between the same filesystems.
+Then one 1 MiB file is rewritten, a second snapshot taken and replicated: the job's
+bytes on the wire.  The daemons' peak resident memory (VmHWM) is printed too.
+
+--btrfs: the same between two loop-mounted btrfs pools, where the job sends the native
+stream (`btrfs send` / `btrfs receive`), timed against a bare `btrfs send | btrfs
+receive` pipe of the same snapshot between the same filesystems (run before and after
+the job; their mean), with the daemons' resident memory sampled (psutil, every 20 ms)
+during the job: the most it grew over its value at the start.
+
+Prints one Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +39,7 @@ from bench_export import MiB, fill, peak_rss, pipe  # noqa: E402
 from tests.client import snaps  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
 from tests.harness import new_cid  # noqa: E402
+from tests.harness.btrfs import BtrfsHarness  # noqa: E402
 
 JOBS = "/api/v1/admin/replications"
 
@@ -85,14 +96,114 @@ def run(work: Path, mib: int) -> None:
         receiver.stop()
 
 
+@contextlib.contextmanager
+def rss_growth(*daemons: DaemonProcess) -> Iterator[list[int]]:
+    """While the context lasts, the most each daemon's RSS grew over its value at the start
+    (bytes; sampled every 20 ms with psutil), one figure per daemon in the list it gives,
+    then the CPU time each used (ms, user + system)."""
+    import psutil
+
+    procs = [psutil.Process(d.proc.pid) for d in daemons if d.proc]
+    start = [p.memory_info().rss for p in procs]
+    cpu = [sum(p.cpu_times()[:2]) for p in procs]
+    growth = [0] * (2 * len(procs))
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            for i, p in enumerate(procs):
+                growth[i] = max(growth[i], p.memory_info().rss - start[i])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield growth
+    finally:
+        done.set()
+        sampler.join()
+        for i, p in enumerate(procs):
+            growth[len(procs) + i] = int((sum(p.cpu_times()[:2]) - cpu[i]) * 1000)
+
+
+def bare_btrfs(snapshot: Path, dest: Path) -> float:
+    """Seconds `btrfs send SNAPSHOT | btrfs receive DEST` takes (the received copy deleted after)."""
+    dest.mkdir(exist_ok=True)
+    seconds = pipe(["btrfs", "send", "-q", str(snapshot)], ["btrfs", "receive", "-q", str(dest)])
+    subprocess.run(["btrfs", "subvolume", "delete", "-c", str(dest / snapshot.name)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return seconds
+
+
+def run_btrfs(work: Path, mib: int, rounds: int) -> None:
+    cid = new_cid()
+    size = (mib * 3 + 1024) * MiB
+    pools = {k: BtrfsHarness(work / k, size) for k in ("sender", "receiver")}
+    receiver = sender = None
+    try:
+        src, dst = pools["sender"].root, pools["receiver"].root
+        subprocess.run(["btrfs", "subvolume", "create", str(src / cid)], check=True, stdout=subprocess.DEVNULL)
+        fill(src / cid, mib)
+        receiver = DaemonProcess(work / "d-receiver", [pools["receiver"].spec], tcp=True).start()
+        token = work / "token"
+        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
+        config = work / "sender.toml"
+        config.write_text(f'[targets.bench]\nurl = "http://127.0.0.1:{receiver.port}"\ntoken_file = "{token}"\n')
+        sender = DaemonProcess(work / "d-sender", [pools["sender"].spec], tcp=False,
+                               extra=["--config", str(config)]).start()
+        first = sender.unix.post(snaps(cid), {}).data["snapshot"]["name"]
+        subprocess.run(["sync"], check=True)
+        snapshot = src / ".snapshots" / cid / first
+        bare_btrfs(snapshot, dst.parent / "bare")  # a warm-up: both read the snapshot from the page cache
+        bare, jobs = [], []
+        for round_ in range(rounds):  # alternated: the machine's other load falls on both alike
+            bare.append(bare_btrfs(snapshot, dst.parent / "bare"))
+            if round_:  # the receiver forgets the copy: the job sends it in full again
+                assert receiver.unix.delete(snaps(cid, first)).status == 200
+            with rss_growth(sender, receiver) as growth:
+                seconds, job = replicate(sender, cid)
+            jobs.append(seconds)
+        pipe_s, seconds = sorted(bare)[len(bare) // 2], sorted(jobs)[len(jobs) // 2]
+        (src / cid / "dir000" / "big00000.bin").write_bytes(os.urandom(MiB))
+        sender.unix.post(snaps(cid), {})
+        _, incremental = replicate(sender, cid)
+        print(f"| measure | {mib} MiB container, btrfs to btrfs |")
+        print("|---|---|")
+        def runs(times: list[float]) -> str:
+            return ", ".join(f"{t:.2f}" for t in times)
+
+        print(f"| replication job ({job['stream']} stream), first snapshot in full, median of {rounds} | "
+              f"{seconds:.2f} s, {mib / seconds:.0f} MiB/s, {job['bytes_sent'] / MiB:.1f} MiB sent "
+              f"(runs: {runs(jobs)} s) |")
+        print(f"| btrfs send \\| btrfs receive of the same snapshot, median of {rounds} | {pipe_s:.2f} s, "
+              f"{mib / pipe_s:.0f} MiB/s (runs: {runs(bare)} s) |")
+        print(f"| ratio to the bare pipe's throughput (medians; per round: "
+              f"{', '.join(f'{b / j:.2f}' for b, j in zip(bare, jobs))}) | {pipe_s / seconds:.2f}x |")
+        print(f"| RSS growth during the last job, sender / receiver | {growth[0] / MiB:.1f} / {growth[1] / MiB:.1f} MiB |")
+        print(f"| CPU time of the daemons during the last job, sender / receiver | {growth[2] / 1000:.2f} / "
+              f"{growth[3] / 1000:.2f} s |")
+        print(f"| incremental job ({incremental['stream']}) after rewriting one 1 MiB file | "
+              f"{incremental['bytes_sent'] / MiB:.2f} MiB ({incremental['bytes_sent']} bytes) sent |")
+    finally:
+        for d in (sender, receiver):
+            if d is not None:
+                d.stop()
+        for pool in pools.values():
+            pool.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="container size in MiB (default 256)")
     parser.add_argument("--root", type=Path, help="work here (default: a temporary directory)")
+    parser.add_argument("--btrfs", action="store_true", help="between two loop-mounted btrfs pools (native stream)")
+    parser.add_argument("--rounds", type=int, default=3, help="--btrfs: bare pipes and jobs, alternated (default 3)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-replication-", dir=args.root))
     try:
-        run(work, args.mib)
+        if args.btrfs:
+            run_btrfs(work, args.mib, max(1, args.rounds))
+        else:
+            run(work, args.mib)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

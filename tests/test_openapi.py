@@ -28,6 +28,7 @@ from .digest import write_tree
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "/api/v1/containers/{id}/snapshots"
 ADMIN = "/api/v1/admin"
+FORMATS = "/api/v1/containers/{id}/import-formats"
 OPERATION_IDS = {
     (BASE, "get"): "listSnapshots",
     (BASE, "post"): "createSnapshot",
@@ -61,6 +62,7 @@ OPERATION_IDS = {
     ("/api/v1/openapi.json", "get"): "getOpenApiDocument",
     (BASE + "/{name}/export", "get"): "exportSnapshot",
     (BASE + "/import", "post"): "importSnapshot",
+    (FORMATS, "get"): "getImportFormats",
     (f"{ADMIN}/replications", "post"): "startReplication",
     (f"{ADMIN}/replications", "get"): "listReplications",
     (f"{ADMIN}/replications/{{job}}", "get"): "getReplication",
@@ -247,7 +249,7 @@ def test_schemathesis_finds_nothing(env: Env, who: str, tmp_path: Path) -> None:
     if who == "project":  # admin routes, /metrics and import are 403 to a project token, as documented
         forbidden = set(warnings.pop("missing_auth", []))
         assert forbidden == {f"{m.upper()} {p}" for (p, m) in OPERATION_IDS
-                             if p.startswith(ADMIN) or p == "/metrics" or p == BASE + "/import"}, out
+                             if p.startswith(ADMIN) or p in ("/metrics", BASE + "/import", FORMATS)}, out
     else:  # well-shaped policy bodies that are no policy (a cron that does not parse, ...)
         assert set(warnings.pop("validation_mismatch", [])) <= {f"PUT {ADMIN}/policies/{{policy}}"}, out
     assert (proc.returncode, result["failures"], result["errors"], warnings) == (0, [], [], {}), out

@@ -132,10 +132,69 @@ def test_bad_headers_are_refused(header: dict, reason: str) -> None:
 
 
 def test_a_future_format_is_refused_by_name() -> None:
-    raw = HEADER.encode().replace(b'"format": 1', b'"format": 2')
+    raw = HEADER.encode().replace(b'"format": 1', b'"format": 3')
     framed = portable.MAGIC + portable._FRAME.pack(portable.HEADER, len(raw)) + raw
-    with pytest.raises(StreamError, match="format 2 is not supported"):
+    with pytest.raises(StreamError, match="format 3 is not supported"):
         StreamReader(io.BytesIO(framed))
+
+
+def _framed_header(raw: bytes) -> bytes:
+    return portable.MAGIC + portable._FRAME.pack(portable.HEADER, len(raw)) + raw
+
+
+NATIVE = Header(**{**HEADER.__dict__, "native": "btrfs"})  # type: ignore[arg-type]
+
+
+def native_stream(chunks: list[bytes], header: Header = NATIVE) -> bytes:
+    framer = portable.NativeFramer(header)
+    return framer.start() + b"".join(b"".join(framer.frames(c)) for c in chunks) + framer.end()
+
+
+def test_a_portable_header_is_format_1_without_native_and_a_native_one_format_2() -> None:
+    assert b'"format": 1' in HEADER.encode() and b"native" not in HEADER.encode()
+    assert b'"format": 2' in NATIVE.encode() and b'"native": "btrfs"' in NATIVE.encode()
+    assert StreamReader(io.BytesIO(_framed_header(NATIVE.encode()))).header == NATIVE
+    for bad, reason in ((HEADER.encode().replace(b'"format": 1', b'"format": 1, "native": "btrfs"'), "native"),
+                        (NATIVE.encode().replace(b'"btrfs"', b'"../x"'), "bad native"),
+                        (NATIVE.encode().replace(b'"native": "btrfs", ', b""), "bad native"),
+                        (NATIVE.encode().replace(b'"none"', b'"zstd"'), "compression none")):
+        with pytest.raises(StreamError, match=reason):
+            StreamReader(io.BytesIO(_framed_header(bad)))
+
+
+def test_a_native_stream_gives_its_bytes_back_and_checks_its_trailer() -> None:
+    data = [os.urandom(100), b"", os.urandom(portable.MAX_FRAME + 5), os.urandom(7)]
+    stream = native_stream(data)
+    reader = StreamReader(io.BytesIO(stream))
+    source = reader.native()
+    got = b"".join(iter(lambda: source.read(1 << 20), b""))
+    assert got == b"".join(data)
+    assert source.finish() == len(stream)
+    with pytest.raises(StreamError, match="native btrfs stream where a portable"):
+        StreamReader(io.BytesIO(stream)).apply("/nonexistent", incremental=False)
+    with pytest.raises(StreamError, match="portable stream where a native"):
+        StreamReader(io.BytesIO(_framed_header(HEADER.encode()))).native()
+
+
+@pytest.mark.parametrize("case", ["flip", "truncated", "padded", "unread", "tar-frame"])
+def test_a_bad_native_stream_fails_at_finish_at_the_latest(case: str) -> None:
+    stream = bytearray(native_stream([b"x" * 1000, b"y" * 1000]))
+    if case == "flip":
+        stream[len(stream) // 2] ^= 0x10
+    elif case == "truncated":
+        del stream[-10:]
+    elif case == "padded":
+        stream += b"\0"
+    elif case == "tar-frame":
+        stream[-(37 + 1005)] = ord(portable.TAR)  # the second data frame's type byte
+    with pytest.raises(StreamError):
+        source = StreamReader(io.BytesIO(bytes(stream))).native()
+        if case != "unread":  # the filesystem's receive stopped early: bytes left over
+            while source.read(1 << 20):
+                pass
+        else:
+            source.read(10)
+        source.finish()
 
 
 def test_every_single_bit_flip_of_a_small_stream_is_caught(tmp_path: Path) -> None:

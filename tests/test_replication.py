@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from backends.portable import Header, NativeFramer
 
 from .client import Client, snaps
 from .clockfile import ClockFile
@@ -212,6 +215,36 @@ def container(side: Side, files: dict[str, str | bytes]) -> str:
     return cid
 
 
+NATIVE = ("btrfs",)
+"""The kinds whose pools send each other their own streams (the others: portable ones)."""
+
+
+def stream(sender: str, receiver: str) -> str:
+    """The stream a job from a `sender` pool to a `receiver` pool sends."""
+    return sender if sender == receiver and sender in NATIVE else "portable"
+
+
+def stream_of(src: Side, dst: Side) -> str:
+    return stream(src.pool.kind, dst.pool.kind)
+
+
+def on_disk(side: Side, cid: str) -> list[tuple[str, str]]:
+    """The snapshots of `cid` on the side's disk, as names() gives them (every snapshot there
+    must be a listed one: nothing stray, nothing half).  ZFS: the snapshots of the container's
+    dataset and of its hidden holders (a restore moved the newer ones there)."""
+    listed = dict(names(side.d, cid))
+    if side.pool.kind == "zfs":
+        ds = side.pool.dataset(cid)  # type: ignore[attr-defined]
+        holder = f"{side.pool.root}/.snapd-hidden/{cid}-"  # type: ignore[attr-defined]
+        found = sorted(n.partition("@")[2] for n in side.pool.artifacts()
+                       if n.startswith((f"{ds}@", holder)) and "@" in n)
+    else:
+        where = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid
+        found = sorted(p.name for p in where.iterdir() if not p.name.startswith(".")) if where.is_dir() else []
+    assert found == sorted(listed), (found, listed)
+    return names(side.d, cid)
+
+
 def scratch(side: Side) -> list[str]:
     """Import scratch left in the receiver's pool (ZFS: the datasets received into)."""
     if side.pool.kind == "zfs":
@@ -240,7 +273,8 @@ def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: Wor
 
     job = replicate(src.d, cid, receiver)
     assert (job["snapshots_sent"], job["snapshots_total"]) == (2, 2) and job["bytes_sent"] > 1 << 20
-    assert names(dst.d, cid) == names(src.d, cid)
+    assert job["stream"] == stream(sender, receiver), job
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
     # the newest common snapshot is held for the target; a DELETE of it is refused with the reason
     assert hold_of(src.d, cid, second) == f"replication to {receiver}: the newest snapshot both hold"
     assert hold_of(src.d, cid, first) is None
@@ -254,9 +288,9 @@ def test_replicate_change_replicate_again_and_restore_on_the_receiver(world: Wor
     (live / "gone").rmdir()
     third = snapshot(src.d, cid)
     job = replicate(src.d, cid, receiver)
-    assert (job["snapshots_sent"], job["snapshots_total"]) == (1, 1)
+    assert (job["snapshots_sent"], job["snapshots_total"], job["stream"]) == (1, 1, stream(sender, receiver))
     assert job["bytes_sent"] < 256 << 10, job  # the 1 MiB file is not sent again
-    assert names(dst.d, cid) == names(src.d, cid)
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
     assert hold_of(src.d, cid, third) is not None and hold_of(src.d, cid, second) is None
     assert src.d.unix.delete(snaps(cid, second)).status == 200  # released: deletable again
 
@@ -361,6 +395,42 @@ def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World, kind
     assert names(dst.d, cid) == [] and scratch(dst) == []
 
 
+def native_stream(side: Side, cid: str, name: str, **header: object) -> bytes:
+    """The native envelope around `btrfs send` of snapshot `name` (header fields overridable)."""
+    path = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid / name
+    sent = subprocess.run(["btrfs", "send", "-q", str(path)], capture_output=True, check=True).stdout
+    framer = NativeFramer(Header(**{"container": cid, "snapshot": name, "created_at": time.time(),
+                                    "native": "btrfs", **header}))  # type: ignore[arg-type]
+    return framer.start() + b"".join(framer.frames(sent)) + framer.end()
+
+
+@pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind"])
+def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, case: str) -> None:
+    kind = "overlay" if case == "wrong-kind" else "btrfs"
+    src, dst = world.pair("btrfs", kind)
+    cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(300000)})
+    name = snapshot(src.d, cid)
+    stream = bytearray(native_stream(src, cid, name, **({"snapshot": "other"} if case == "another-name" else {})))
+    if case == "flipped":
+        stream[len(stream) // 2] ^= 0x01
+    elif case == "truncated":
+        del stream[-40:]  # the trailer
+    elif case == "padded":
+        stream += b"\0"
+    client = Client(tcp=(world.link.ns_addr, world.ports[kind]),
+                    headers={"Authorization": f"Bearer {world.tokens['replicate-' + kind]}"})
+    r = until(lambda: _reachable(client, cid, bytes(stream)), "the receiver answers over the link")
+    if case == "wrong-kind":
+        assert r.status == 409 and r.body["details"][0]["field"] == "pool", r.body
+    else:
+        assert r.status == 400 and r.body["message"] == "Invalid snapshot stream", r.body
+    if case == "another-name":
+        assert "not 'other'" in r.body["details"][0]["reason"], r.body
+    assert names(dst.d, cid) == [] and scratch(dst) == []
+    if case != "wrong-kind":
+        assert on_disk(dst, cid) == []
+
+
 def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-untyped-def]
     """The receiver's answer from this namespace (the link is routed)."""
     return client.post(snaps(cid, None, "/import"), stream)
@@ -383,6 +453,12 @@ def _slow_container(src: Side, dst: Side) -> tuple[str, str, str]:
     return cid, first, snapshot(src.d, cid)
 
 
+INTERRUPTED = [("btrfs", "btrfs"), ("overlay", "btrfs"), ("zfs", "zfs")]
+"""The pairs of the interruption tests: a native stream of each kind, and a portable one."""
+interrupted = pytest.mark.parametrize("sender, receiver", INTERRUPTED,
+                                      ids=[f"{a}-to-{b}-{stream(a, b)}" for a, b in INTERRUPTED])
+
+
 def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
     """A job sending the second snapshot of a _slow_container, once a MiB of it has gone out
     (GET, polled) and the receiver is receiving it into scratch: (cid, first, second, job)."""
@@ -390,25 +466,27 @@ def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
     job = start(src.d, cid, slow(dst))
     job = until(lambda: (j := src.d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
                 "the job has sent a MiB")
+    assert job["stream"] == stream_of(src, dst), job
     until(lambda: scratch(dst), "the receiver is receiving into scratch", interval=0.2)
     return cid, first, second, job
 
 
 def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
-    """The receiver holds `first` alone (nothing of the cut `second`); a rerun sends `second`
-    and the chain is intact: same snapshots, the newest held, equal trees after a restore."""
-    assert [n for n, _ in names(dst.d, cid)] == [first]
+    """The receiver holds `first` alone (nothing of the cut `second`, on disk either); a rerun
+    sends `second` and the chain is intact: same snapshots, the newest held, equal trees
+    after a restore."""
+    assert [n for n, _ in on_disk(dst, cid)] == [first]
     replicate(src.d, cid, slow(dst))
-    assert names(dst.d, cid) == names(src.d, cid)
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
     assert hold_of(src.d, cid, second) is not None
     r = dst.d.unix.patch(snaps(cid, second))
     assert r.status == 200, r.body
     same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
 
 
-@pytest.mark.parametrize("kind", SAME)
-def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World, kind: str) -> None:
-    src, dst = world.pair(kind, kind)
+@interrupted
+def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_continues(world: World, sender: str, receiver: str) -> None:
+    src, dst = world.pair(sender, receiver)
     cid, first, second, _ = _mid_stream(src, dst)
     src.d.kill()
     until(lambda: scratch(dst) == [], "the receiver dropped the cut stream's scratch", interval=0.2)
@@ -417,9 +495,9 @@ def test_the_sender_killed_mid_stream_leaves_nothing_half_visible_and_a_rerun_co
     _rerun_continues(src, dst, cid, first, second)
 
 
-@pytest.mark.parametrize("kind", SAME)
-def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World, kind: str) -> None:
-    src, dst = world.pair(kind, kind)
+@interrupted
+def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(world: World, sender: str, receiver: str) -> None:
+    src, dst = world.pair(sender, receiver)
     cid, first, second, job = _mid_stream(src, dst)
     assert dst.d.proc is not None
     dst.d.proc.send_signal(signal.SIGKILL)
@@ -432,9 +510,9 @@ def test_the_receiver_killed_mid_stream_fails_the_job_and_a_rerun_continues(worl
     _rerun_continues(src, dst, cid, first, second)
 
 
-@pytest.mark.parametrize("kind", SAME)
-def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World, kind: str) -> None:
-    src, dst = world.pair(kind, kind)
+@interrupted
+def test_a_cut_link_fails_the_job_and_a_rerun_after_it_mends_continues(world: World, sender: str, receiver: str) -> None:
+    src, dst = world.pair(sender, receiver)
     cid, first, second, job = _mid_stream(src, dst)
     world.link.set_state("down")
     try:

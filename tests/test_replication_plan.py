@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from snapd.core.replication_plan import Diverged, Send, Snap, plan
+from snapd.core.replication_plan import PORTABLE, Accepts, Diverged, Send, Snap, plan, stream_kind
 from snapd.core.settings import Target
 from snapd.host.config import ConfigError, build, check
 
@@ -182,3 +182,17 @@ def test_a_token_file_without_a_token_fails_before_any_request(tmp_path: Path) -
     remote = HttpRemote(Target("b", "http://127.0.0.1:1", str(tmp_path / "gone")))
     with pytest.raises(RemoteError, match="cannot read targets.b.token_file"):
         asyncio.run(remote.snapshots("0" * 24))
+
+
+@pytest.mark.parametrize("native, kinds, bases, base, expected", [
+    ("btrfs", ("btrfs", PORTABLE), set(), None, "btrfs"),  # a full send: native when the target takes it
+    ("btrfs", ("btrfs", PORTABLE), {"a"}, "a", "btrfs"),  # an incremental from a native base
+    ("btrfs", ("btrfs", PORTABLE), {"a"}, "b", PORTABLE),  # b arrived portable there: no native parent
+    ("btrfs", ("zfs", PORTABLE), set(), None, PORTABLE),  # another filesystem
+    ("btrfs", (PORTABLE,), set(), None, PORTABLE),  # an overlay pool, or a daemon that cannot say
+    (None, ("btrfs", PORTABLE), {"a"}, "a", PORTABLE),  # an overlay sender
+    ("zfs", ("zfs", PORTABLE), {"a"}, "a", "zfs"),
+])
+def test_the_stream_kind_is_native_only_when_both_sides_can(native: str | None, kinds: tuple, bases: set,
+                                                            base: str | None, expected: str) -> None:
+    assert stream_kind(native, Accepts(kinds, frozenset(bases)), base) == expected

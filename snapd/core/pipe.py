@@ -53,21 +53,38 @@ class LoopReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+    def _fill_pending(self) -> bool:
+        """Wait for the next chunk when none is pending; False at the end."""
         if not self.pending:
             if self.eof:
-                return 0
+                return False
             item = _wait(asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop), self.timeout, "sent")
             if isinstance(item, BaseException):
                 raise Stalled(f"the connection failed: {item or type(item).__name__}")
             if not item:
                 self.eof = True
-                return 0
+                return False
             self.pending = memoryview(item)
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if not self._fill_pending():
+            return 0
         n = min(len(buffer), len(self.pending))
         buffer[:n] = self.pending[:n]
         self.pending = self.pending[n:]
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (at most the rest of one chunk); a whole chunk asked for is
+        handed on without a copy (RawIOBase.read would copy it twice)."""
+        if not self._fill_pending():
+            return b""
+        n = len(self.pending) if size is None or size < 0 else min(size, len(self.pending))
+        item = self.pending.obj
+        out = item if isinstance(item, bytes) and n == len(self.pending) == len(item) else bytes(self.pending[:n])
+        self.pending = self.pending[n:]
+        return out
 
     def stop(self) -> None:
         """Stop reading ahead, and wake a thread still waiting for data (call on the loop):

@@ -1,8 +1,10 @@
 """Replication jobs: a container's snapshots sent to another container-snapd.
 
 A job (one per container and target at a time; asking again joins the running one)
-asks the target which snapshots it holds, plans what to send (replication_plan),
-then streams each snapshot's portable export, incremental from the one before,
+asks the target which snapshots it holds and which streams it takes, plans what to
+send (replication_plan), then streams each snapshot's export -- the filesystem's own
+send stream when both pools are of one kind (stream_kind), else the portable one --
+incremental from the one before,
 straight into the target's import route: no temporary file, at most the target's
 bandwidth.  The target makes each snapshot visible only once it is whole, so a job
 cut off anywhere leaves it holding whole snapshots, and the next job continues from
@@ -25,12 +27,12 @@ import logging
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable, Protocol
 
 from snapd.core.clock import Clock, iso
 from snapd.core.errors import NotFound, ServiceError
-from snapd.core.replication_plan import Diverged, Snap, plan
+from snapd.core.replication_plan import PORTABLE, Accepts, Diverged, Snap, plan, stream_kind
 from snapd.core.service import SnapshotService
 from snapd.core.settings import Target
 
@@ -55,6 +57,9 @@ class Remote(Protocol):
 
     async def snapshots(self, cid: str) -> list[Snap]:
         """The target's snapshots of `cid` ([] when it does not have the container)."""
+
+    async def formats(self, cid: str) -> Accepts:
+        """The streams the target takes for `cid` (portable only from a daemon that cannot say)."""
 
     async def receive(self, cid: str, body: AsyncIterator[bytes]) -> None:
         """Import the stream `body` yields as a snapshot of `cid` on the target."""
@@ -81,6 +86,8 @@ class Job:
     finished_at: float | None = None
     last_error: str | None = None
     diverged: list[str] = field(default_factory=list)
+    stream: str | None = None
+    """The stream kind the job sends ("btrfs", "zfs" or "portable"; None before its first send)."""
     _started_mono: float | None = None
     _finished_mono: float | None = None
 
@@ -107,6 +114,7 @@ class Job:
             "rate": None if rate is None else round(rate, 1), "eta": None if eta is None else round(eta, 1),
             "created_at": iso(self.created_at), "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at), "last_error": self.last_error, "diverged": self.diverged,
+            "stream": self.stream,
         }
 
 
@@ -232,6 +240,8 @@ class Replications:
         cid = job.container
         remote = self.connect(target)
         theirs = await remote.snapshots(cid)
+        accepts = await remote.formats(cid)
+        native = (await self.service.find(cid)).backend.native_stream
         rows = self.service.snapshots(cid)
         todo = plan([Snap(r.name, r.created_at) for r in rows], theirs, job.full)
         if todo.common is not None:
@@ -242,10 +252,14 @@ class Replications:
         throttle = Throttle(target.bandwidth)
         for send in todo.sends:
             job.current = send.name
+            job.stream = stream_kind(native, accepts, send.base)
             try:
-                async with self.service.export(cid, send.name, send.base, None) as export:
+                async with self.service.export(cid, send.name, send.base, None,
+                                               native=job.stream != PORTABLE) as export:
                     await self._send(job, remote, export.run, throttle)
                     job.snapshots_sent += 1
+                    if job.stream != PORTABLE:  # the next incremental may start from it natively
+                        accepts = replace(accepts, native_bases=accepts.native_bases | {send.name})
                     # held while still marked as exported: nothing deletes it in between
                     await self._protect(cid, target.name, send.name)
             except NotFound as exc:

@@ -10,6 +10,10 @@ The chain is broken (Diverged) when the target holds a snapshot newer than the
 common one that the sender does not have (it was made there, or sent by someone
 else), or holds snapshots but none in common (the base is gone on one side).
 `full=True` sends anyway: the first snapshot in full, whatever the target holds.
+
+Each send then goes as the filesystem's own stream when the target's pool takes the
+sender's native kind and the send is full or starts from a snapshot the target can use
+as a native base (received natively: `stream_kind`); otherwise as a portable stream.
 """
 
 from __future__ import annotations
@@ -90,3 +94,24 @@ def plan(sender: Iterable[Snap], target: Iterable[Snap], full: bool = False) -> 
         sends.append(Send(s.name, base))
         base = s.name
     return Plan(sends, common.name if common else None)
+
+
+PORTABLE = "portable"
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What the target's pool takes for one container (its import-formats answer)."""
+
+    kinds: tuple[str, ...] = (PORTABLE,)
+    """Stream kinds, the native one first."""
+    native_bases: frozenset[str] = frozenset()
+    """Snapshots a native incremental may start from there."""
+
+
+def stream_kind(native: str | None, accepts: Accepts, base: str | None) -> str:
+    """The stream to send one snapshot as: the sender's `native` kind when the target takes
+    it and the send is full or `base` is a native base there; else portable."""
+    if native is not None and native in accepts.kinds and (base is None or base in accepts.native_bases):
+        return native
+    return PORTABLE

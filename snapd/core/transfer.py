@@ -1,4 +1,4 @@
-"""Export and import of snapshots as portable streams (backends/portable.py), for the service.
+"""Export and import of snapshots as portable or native streams (backends/portable.py), for the service.
 
 Export streams a snapshot (or its changes since a base) while the snapshot and the
 base are marked as being exported: a delete of either is refused (409) until the
@@ -8,6 +8,13 @@ create, journals a create intent, lets the pool receive the rest into scratch an
 records the row once the snapshot is visible: a crash leaves it absent or whole,
 and the journal's create settling rolls a visible one forward with the stream's
 metadata.  A container the receiver does not have is made in a pool first.
+
+A native stream (the header names a filesystem: "btrfs", "zfs") carries that
+filesystem's own send stream in the same envelope; export writes one on request
+(`native=True`) from a pool that has a native kind, import dispatches on the header
+and refuses (409) a kind the receiving pool lacks, or an incremental from a snapshot
+the pool cannot use as a native base.  `import_formats` says what a pool accepts,
+so a sender chooses before it sends.
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 from backends import faults
 from backends.base import Backend, ImportUnsupported, SnapshotRef
-from backends.portable import Header, Stats, StreamError, StreamReader, compressions, write_stream
+from backends.portable import (
+    Header,
+    NativeFramer,
+    Stats,
+    StreamError,
+    StreamReader,
+    compressions,
+    write_stream,
+)
 
 from snapd.core.errors import Conflict, InvalidInput, NotFound
 from snapd.core.pipe import LoopReader, LoopWriter, Stalled
@@ -35,6 +50,23 @@ if TYPE_CHECKING:
 
 def _bad_stream(reason: str) -> InvalidInput:
     return InvalidInput("stream", [{"field": "stream", "reason": reason}])
+
+
+PORTABLE = "portable"
+"""The stream kind every pool that accepts imports receives (import_formats)."""
+
+
+@dataclass(frozen=True)
+class Formats:
+    """What a pool takes (import_formats): stream kinds, the native one first, and the
+    snapshots a native incremental may start from."""
+
+    pool: str
+    kinds: list[str]
+    native_bases: list[str]
+
+    def as_json(self) -> dict:
+        return {"pool": self.pool, "formats": self.kinds, "native_bases": self.native_bases}
 
 
 @dataclass(frozen=True)
@@ -57,9 +89,10 @@ class Transfers:
 
     @contextlib.asynccontextmanager
     async def export(self: SnapshotService, cid: str, name: str, base: str | None, guard: Guard | None,
-                     compression: str = "none") -> AsyncIterator[Export]:
+                     compression: str = "none", native: bool = False) -> AsyncIterator[Export]:
         """The snapshot (changes since `base` when given) ready to stream, for the context's
-        duration; NotFound when the snapshot or the base is not there."""
+        duration; NotFound when the snapshot or the base is not there.  `native`: the pool's
+        own send stream in the envelope (Conflict when the pool has none)."""
         if compression not in compressions():
             raise InvalidInput("query", [{"field": "compression",
                                           "reason": f"one of {', '.join(compressions())} on this daemon"}])
@@ -69,13 +102,32 @@ class Transfers:
             base_row = self.store.get(cid, base)
             if base_row is None:
                 raise NotFound("snapshot")
-        layout, _ = await self.layout(container)
+        backend = container.backend
+        kind = backend.native_stream if native else None
+        if native and kind is None:
+            raise Conflict(f"pool {backend.pool_id} has no native stream",
+                           [{"field": "stream", "reason": f"{backend.kind} pools send portable streams only"}])
+        layout, _ = ("whole", None) if native else await self.layout(container)
         header = Header(container=cid, snapshot=name, created_at=row.created_at, alias=row.alias,
                         expires_at=row.expires_at, base=base, layout="upper" if layout == "overlay" else "whole",
-                        compression=compression, project=container.project)
+                        compression=compression, project=container.project, native=kind)
         marks = [(cid, name)] + ([(cid, base)] if base else [])
         self._exporting.update(marks)
-        backend = container.backend
+
+        async def run_native(push: Callable[[bytes], Awaitable[None]]) -> Stats:
+            framer = NativeFramer(header)
+
+            async def frames(chunk: bytes) -> None:
+                for piece in await asyncio.to_thread(framer.frames, chunk):  # hashed off the loop
+                    await push(piece)
+
+            await push(framer.start())
+            async with self._slot(container, "export"):
+                await backend.send_native(cid, SnapshotRef(row.name, row.ref),
+                                          None if base_row is None else SnapshotRef(base_row.name, base_row.ref),
+                                          frames)
+            await push(framer.end())
+            return Stats(bytes=framer.bytes)
 
         async def run(push: Callable[[bytes], Awaitable[None]]) -> Stats:
             async with contextlib.AsyncExitStack() as stack:
@@ -93,7 +145,7 @@ class Transfers:
                 return stats
 
         try:
-            yield Export(container, header, run)
+            yield Export(container, header, run_native if native else run)
         finally:
             self._exporting.subtract(marks)
             self._exporting = +self._exporting
@@ -135,9 +187,13 @@ class Transfers:
                 container = await self.find(cid)
                 new = False
             except NotFound:
-                container, new = Container(cid, self._import_pool(pool), h.project), True
+                container, new = Container(cid, self._import_pool(pool, h.native), h.project), True
             if not may_write(container.project):
                 raise NotFound("container")
+            if h.native is not None and container.backend.native_stream != h.native:
+                raise Conflict(f"a native {h.native} stream cannot be received into pool {container.pool}",
+                               [{"field": "stream", "reason": f"pool {container.pool} takes "
+                                 f"{', '.join(_kinds(container.backend))} streams"}])
             async with self._slot(container, "import"):
                 return await admitted(container, new)
 
@@ -153,6 +209,10 @@ class Transfers:
                                    "does not have here; import that one first or export in full",
                                    [{"field": "base", "reason": f"{h.base} not found"}])
                 base = SnapshotRef(base_row.name, base_row.ref)
+                if h.native is not None and h.base not in await container.backend.native_bases(cid):
+                    raise Conflict(f"snapshot {h.base} of {cid} was not received natively here, so a native "
+                                   f"{h.native} stream cannot start from it; send a portable stream",
+                                   [{"field": "base", "reason": f"{h.base} is not a native base"}])
             limits = await self._check_room(container)
             now = self.clock.now()
 
@@ -186,26 +246,59 @@ class Transfers:
 
         return await self._mutate(cid, op)
 
-    def _import_pool(self: SnapshotService, pool: str | None) -> Backend:
-        """The pool a new container is made in: `pool` (by id, `kind:root`) or the first that accepts."""
+    def _import_pool(self: SnapshotService, pool: str | None, native: str | None = None) -> Backend:
+        """The pool a new container is made in: `pool` (by id, `kind:root`) or the first that
+        accepts the stream (of native kind `native`, or portable when None)."""
+        what = f"native {native}" if native else "portable"
+
+        def accepts(backend: Backend) -> bool:
+            return backend.native_stream == native if native else backend.accepts_imports
+
         if pool is not None:
             backend = self.backend_for_pool(pool)
             if backend is None:
                 raise InvalidInput("query", [{"field": "pool", "reason": f"no pool {pool} here"}])
-            if not backend.accepts_imports:
-                raise Conflict(f"pool {pool} cannot receive portable streams",
-                               [{"field": "pool", "reason": f"{backend.kind} pools do not receive them yet"}])
+            if not accepts(backend):
+                raise Conflict(f"pool {pool} cannot receive {what} streams",
+                               [{"field": "pool", "reason": f"{backend.kind} pools do not receive them"}])
             return backend
         for backend in self.backends:
-            if backend.accepts_imports:
+            if accepts(backend):
                 return backend
-        raise Conflict("no pool here can receive portable streams", [{"field": "pool", "reason": "none accepts"}])
+        raise Conflict(f"no pool here can receive {what} streams", [{"field": "pool", "reason": "none accepts"}])
+
+    async def import_formats(self: SnapshotService, cid: str, pool: str | None, guard: Guard | None) -> Formats:
+        """The stream kinds the pool holding `cid` accepts (for a container not here: pool
+        `pool`, or the pools an import would pick) and the snapshots a native incremental
+        may start from; NotFound("container") never: a container not here is one to make."""
+        if pool is not None and self.backend_for_pool(pool) is None:  # well-formed, not here: 409
+            raise Conflict(f"no pool {pool[:200]} here", [{"field": "pool", "reason": "not a pool of this daemon"}])
+        try:
+            container = await self.find(cid, guard)
+        except NotFound:
+            if pool is not None:
+                backend = self._import_pool(pool)
+                return Formats(backend.pool_id, _kinds(backend), [])
+            backend = self._import_pool(None)
+            natives = [b.native_stream for b in self.backends if b.native_stream and b.accepts_imports]
+            return Formats(backend.pool_id, list(dict.fromkeys([*natives, *_kinds(backend)])), [])
+        backend = container.backend
+        known = {r.name for r in self.store.list(cid)} if backend.native_stream else set()
+        bases = [n for n in await backend.native_bases(cid) if n in known]
+        return Formats(backend.pool_id, _kinds(backend), bases)
+
+
+def _kinds(backend: Backend) -> list[str]:
+    """The stream kinds `backend` receives, the native one first."""
+    return [k for k in (backend.native_stream, PORTABLE if backend.accepts_imports else None) if k]
 
 
 async def _receive(backend: Backend, cid: str, h: Header, reader: StreamReader, base: SnapshotRef | None,
                    new: bool):  # type: ignore[no-untyped-def]
     """backend.receive, with a bad or cut stream told as the client's mistake (400)."""
     try:
+        if h.native is not None:
+            return await backend.receive_native(cid, h.snapshot, reader.native(), base, new)
         return await backend.receive(cid, h.snapshot, reader, base, h.layout, new)
     except StreamError as exc:
         raise _bad_stream(str(exc)) from None

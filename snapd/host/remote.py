@@ -18,7 +18,7 @@ import aiohttp
 
 from backends.portable import MEDIA_TYPE
 from snapd.core.replication import RemoteError
-from snapd.core.replication_plan import Snap
+from snapd.core.replication_plan import Accepts, Snap
 from snapd.core.settings import Target
 
 CONNECT_TIMEOUT = 10.0
@@ -90,6 +90,25 @@ class HttpRemote:
                     raise await self._refusal(resp, what)
                 data = (await resp.json())["data"]["snapshots"]
                 return [Snap(s["name"], _when(s["created_at"])) for s in data]
+        except RemoteError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            raise self._unreachable(exc, what) from None
+
+    async def formats(self, cid: str) -> Accepts:
+        what = f"the import formats of {cid}"
+        try:
+            async with self._session(60.0) as session, \
+                    session.get(f"/api/v1/containers/{quote(cid)}/import-formats") as resp:
+                if resp.status in (404, 405):  # a daemon older than native streams: portable only
+                    return Accepts()
+                if resp.status != 200:
+                    raise await self._refusal(resp, what)
+                data = (await resp.json())["data"]
+                kinds, bases = data["formats"], data["native_bases"]
+                if not all(isinstance(k, str) for k in [*kinds, *bases]):
+                    raise ValueError("formats and native_bases are lists of strings")
+                return Accepts(tuple(kinds), frozenset(bases))
         except RemoteError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:

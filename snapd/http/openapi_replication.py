@@ -44,6 +44,10 @@ def _schemas() -> None:
         "last_error": {"type": ["string", "null"]},
         "diverged": {"type": "array", "items": {"type": "string"},
                      "description": "The target's snapshots that broke the chain (a failed job)."},
+        "stream": {"enum": ["btrfs", "zfs", "portable", None],
+                   "description": "What the job sends: the filesystems' own send stream (both pools of one "
+                                  "kind, the target able to start from the base natively) or the portable "
+                                  "one; null before its first send."},
     })
     SCHEMAS["ReplicationJobResult"] = _object({"job": _ref("ReplicationJob")})
     SCHEMAS["ReplicationJobList"] = _object({"jobs": {"type": "array", "items": _ref("ReplicationJob")}})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapd.http.openapi import COMMON, NAME_PATTERN, PARAMS, SCHEMAS, _envelope, _op
-from snapd.http.transfer import EXPORT_ROUTE, IMPORT_ROUTE, MEDIA_TYPE
+from snapd.http.openapi import COMMON, NAME_PATTERN, PARAMS, SCHEMAS, _envelope, _object, _op
+from snapd.http.transfer import EXPORT_ROUTE, FORMATS_ROUTE, IMPORT_ROUTE, MEDIA_TYPE
 
 TAG = {"name": "transfer", "description": "Export a snapshot as a portable stream (tar-based, with its metadata "
                                           "and a checksum; optionally only the changes since a base) and "
@@ -17,6 +17,25 @@ STREAM = {"type": "string", "contentMediaType": MEDIA_TYPE,
 def transfer_paths() -> dict[str, Any]:
     """The export and import path items (their schemas go into SCHEMAS)."""
     SCHEMAS["SnapshotImportedResponse"] = _envelope("Snapshot imported successfully", "SnapshotResult")
+    SCHEMAS["ImportFormats"] = _object({
+        "container_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+        "pool": {"type": "string", "description": "The pool that holds the container (for one not here: "
+                                                  "where a portable import would make it, or `pool`)"},
+        "formats": {"type": "array", "items": {"type": "string", "pattern": "^[a-z][a-z0-9]{0,15}$"},
+                    "description": "Stream kinds accepted, the native one first (`btrfs`, `zfs`); "
+                                   "`portable` wherever imports are accepted"},
+        "native_bases": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN},
+                         "description": "Snapshots of the container a native incremental may start from"},
+    })
+    SCHEMAS["ImportFormatsResponse"] = _envelope("Import formats", "ImportFormats")
+    formats = _op("getImportFormats", "transfer", "The stream kinds an import of the container accepts here "
+                  "and the snapshots a native incremental may start from (admin or a `replicate` token)",
+                  "ImportFormatsResponse", COMMON + [409])
+    formats["parameters"].append({
+        "name": "pool", "in": "query", "required": False,
+        "description": "For a container this daemon does not have: the pool an import would make it in "
+                       "(409 when there is no such pool here)",
+        "schema": {"type": "string", "minLength": 1}})
     export = _op("exportSnapshot", "transfer", "Stream the snapshot (or its changes since `base`) as a portable "
                  "stream (a token that may restore the container, or admin)", "SnapshotResponse",
                  COMMON, params=("id", "name"))
@@ -40,4 +59,4 @@ def transfer_paths() -> dict[str, Any]:
         "description": "For a container this daemon does not have: the pool to make it in (`kind:root`, as "
                        "`snapd status` shows); default the first pool that accepts imports",
         "schema": {"type": "string", "minLength": 1}}]
-    return {EXPORT_ROUTE: {"get": export}, IMPORT_ROUTE: {"post": imp}}
+    return {EXPORT_ROUTE: {"get": export}, IMPORT_ROUTE: {"post": imp}, FORMATS_ROUTE: {"get": formats}}

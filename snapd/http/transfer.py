@@ -4,8 +4,11 @@
          the stream, chunked, in constant memory (needs the right to restore the container)
     POST /api/v1/containers/{id}/snapshots/import[?pool=KIND:ROOT]
          the stream as the body, read as it arrives; answers with the new snapshot in the
-         reference's seven fields (needs write access to the container's project; for a
-         container this daemon does not have, to the project the stream names)
+         reference's seven fields (an admin or a `replicate` token)
+    GET  /api/v1/containers/{id}/import-formats[?pool=KIND:ROOT]
+         the stream kinds the pool holding (or that would hold) the container accepts, the
+         native one first, and the snapshots a native incremental may start from (an admin
+         or a `replicate` token: what a replication sender asks before it sends)
 
 Errors before the stream starts are the documented envelope.  An export that fails once
 the stream has begun is cut off without its trailer, so no importer accepts it.
@@ -21,8 +24,8 @@ from backends.portable import MEDIA_TYPE
 
 from snapd.core.errors import InvalidInput
 from snapd.http.api import GUARD, _cid, _cid_name, _service, _snapshot_ok, endpoint
-from snapd.http.auth import principal_of
-from snapd.http.envelope import ApiError, Messages
+from snapd.http.auth import Principal, principal_of
+from snapd.http.envelope import ApiError, Messages, ok
 from snapd.http.validation import check_snapshot_name
 
 log = logging.getLogger("snapd.api")
@@ -40,6 +43,7 @@ IMPORT_MSGS = Messages(
 )
 EXPORT_ROUTE = "/api/v1/containers/{id}/snapshots/{name}/export"
 IMPORT_ROUTE = "/api/v1/containers/{id}/snapshots/import"
+FORMATS_ROUTE = "/api/v1/containers/{id}/import-formats"
 
 
 def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -85,14 +89,20 @@ async def export_snapshot(request: web.Request) -> web.StreamResponse:
         return resp
 
 
-@endpoint(IMPORT_MSGS, write=True)
-async def import_snapshot(request: web.Request) -> web.Response:
-    """Make a snapshot (and, if needed, the container) from the stream in the body."""
+def _importer(request: web.Request) -> Principal:
+    """The caller, when it may import (403 otherwise)."""
     principal = principal_of(request)
     if not principal.may_import:  # a stream sets owners, set-id bits and device nodes: root's power
         raise ApiError(403, "Admin access required", [{
             "field": "token", "reason": "an import writes owners, set-id bits and device nodes as the stream "
                                         "says; only an admin or a token with the replicate scope may import"}])
+    return principal
+
+
+@endpoint(IMPORT_MSGS, write=True)
+async def import_snapshot(request: web.Request) -> web.Response:
+    """Make a snapshot (and, if needed, the container) from the stream in the body."""
+    principal = _importer(request)
     cid = _cid(request)
     pool = _query(request, ("pool",)).get("pool")
 
@@ -109,6 +119,17 @@ async def import_snapshot(request: web.Request) -> web.Response:
     return _snapshot_ok("Snapshot imported successfully", container, row)
 
 
+@endpoint(IMPORT_MSGS)
+async def import_formats(request: web.Request) -> web.Response:
+    """What an import of the container accepts here: stream kinds and native bases."""
+    _importer(request)
+    cid = _cid(request)
+    pool = _query(request, ("pool",)).get("pool")
+    formats = await _service(request).import_formats(cid, pool, request[GUARD])
+    return ok("Import formats", {"container_id": cid, **formats.as_json()})
+
+
 def add_transfer_routes(app: web.Application) -> None:
     app.router.add_get(EXPORT_ROUTE, export_snapshot, allow_head=False)
     app.router.add_post(IMPORT_ROUTE, import_snapshot)
+    app.router.add_get(FORMATS_ROUTE, import_formats, allow_head=False)
