@@ -35,6 +35,7 @@ from typing import AsyncIterator
 from backends import faults
 
 from . import beneath, inuse, mounts, portable, zfs_diff
+from .zfs_native import NATIVE_PROPERTY, ZfsNative
 from .base import (
     NAME_MARK_PROPERTY,
     PROJECT_PROPERTY,
@@ -83,7 +84,7 @@ _FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
 """A read-only clone mounted to export a snapshot where `.zfs/snapshot` is missing (swept at start-up)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
                ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY, POLICY_PROPERTY,
-               HOLD_PROPERTY]
+               HOLD_PROPERTY, NATIVE_PROPERTY]
 # Properties a clone cannot take at creation or that restore handles itself.
 _NO_COPY = {"mountpoint", "canmount", "casesensitivity", "normalization", "utf8only",
             "volsize", "volblocksize", "version", PENDING_PROPERTY}
@@ -200,7 +201,7 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-class ZfsBackend(Backend):
+class ZfsBackend(ZfsNative, Backend):
     """Snapshots as native ZFS snapshots of `<root>/<id>`."""
 
     kind = "zfs"
@@ -241,6 +242,7 @@ class ZfsBackend(Backend):
         if hid.rc != 0:
             await self.zfs.zfs("create", "-o", "canmount=off", "-o", "mountpoint=none",
                                self.hidden)
+        await self.detect_native()
         await self.sweep()
 
     async def sweep(self) -> None:
@@ -274,10 +276,24 @@ class ZfsBackend(Backend):
         for cid in sorted(cids):
             try:
                 await self._repair(cid)
+                await self._drop_orphans(cid)
                 await self._gc(cid)
             except Exception as e:  # noqa: BLE001 - one container must not stop a start-up
                 self._set_aside(f"cannot tidy an interrupted restore of container {cid}: {e}")
         self._cache.clear()
+
+    async def _drop_orphans(self, cid: str) -> None:
+        """Destroy the holders of a container that does not exist (after _repair: no restore
+        is half done), which a native receive cut before it made the container leaves."""
+        scan = await self._scan(cid, fresh=True)
+        if self._ds(cid) in scan.items:
+            return
+        for holder in scan.holders(cid):
+            log.warning("zfs %s: destroying %s, a cut receive's holder of no container", self.root, holder)
+            res = await self._destroy_patiently("-r", holder)
+            if res.rc != 0:
+                self._set_aside(f"cannot destroy {holder}, a holder of no container: {res.stderr.strip()}")
+        self._invalidate(cid)
 
     def _set_aside(self, problem: str) -> None:
         log.error("zfs %s: %s (tried again at the next start)", self.root, problem)
@@ -484,7 +500,7 @@ class ZfsBackend(Backend):
         if name in scan.visible(cid):
             raise BackendError(f"snapshot {name} of {cid} already exists")
         origin = self._locate(scan, cid, base) if base is not None else None
-        scratch = f"{self.hidden}/{cid}.receiving-{secrets.token_hex(4)}"
+        scratch = self._scratch(cid)
         where = await asyncio.to_thread(tempfile.mkdtemp, prefix=RECEIVE_DIR_PREFIX)
         h = reader.header
         props = [f"{CREATED_PROPERTY}={float(h.created_at)!r}"]
@@ -517,12 +533,8 @@ class ZfsBackend(Backend):
                 await self.zfs.zfs("inherit", "mountpoint", ds)
                 await self._finish(ds, {"mounted": True})
             else:
-                await self.zfs.zfs("set", "canmount=off", scratch)
-                nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
-                holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
-                await self._patiently("rename", scratch, holder)
+                await self._to_holder(scratch, cid, scan)
                 moved = True
-                await self._tidy_holder(holder, rollback=False)
         finally:
             self._invalidate(cid)
             if not moved:
@@ -533,6 +545,29 @@ class ZfsBackend(Backend):
         if found is None:
             raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
         return self._facts(await self._scan(cid), cid, found)
+
+    def _scratch(self, cid: str) -> str:
+        """A new name to receive a snapshot of `cid` into (open() destroys what a crash left)."""
+        return f"{self.hidden}/{cid}.receiving-{secrets.token_hex(4)}"
+
+    async def _to_holder(self, scratch: str, cid: str, scan: _Scan) -> str:
+        """Make the unmounted `scratch` the next hidden holder of `cid` (one rename); its name."""
+        await self.zfs.zfs("set", "canmount=off", scratch)
+        nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
+        holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
+        await self._patiently("rename", scratch, holder)
+        await self._tidy_holder(holder, rollback=False)
+        return holder
+
+    async def _describe(self, snap: str, h: portable.Header, extra: dict[str, str]) -> None:
+        """Give a received snapshot the header's metadata (and `extra` properties)."""
+        props = {CREATED_PROPERTY: repr(float(h.created_at)), **extra}
+        if h.alias is not None:
+            props[ALIAS_PROPERTY] = _encode(h.alias)
+        if h.expires_at is not None:
+            props[EXPIRES_PROPERTY] = repr(float(h.expires_at))
+        for key, value in props.items():  # zfs-fuse sets one property per command
+            await self.zfs.zfs("set", f"{key}={value}", snap)
 
     async def _drop_scratch(self, scratch: str, where: str | None = None) -> None:
         """Destroy a receive's scratch dataset and its snapshot, if it is still there; and

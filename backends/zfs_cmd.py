@@ -24,8 +24,10 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from .base import (
@@ -165,6 +167,73 @@ class ZfsRunner:
         if check and res.rc != 0:
             raise error_for(res.argv, res.stderr or res.stdout)
         return res
+
+    async def send(self, args: list[str], push: Callable[[bytes], Awaitable[None]], chunk: int) -> int:
+        """`zfs ARGS` (a `send`) with its stdout handed to `push` in chunks of `chunk` bytes
+        (the last one shorter); the bytes sent.  The error zfs gave when it fails."""
+        key = f"zfs {args[0]}"
+        start = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            self.bins["zfs"], *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}, limit=2 * chunk)
+        assert proc.stdout is not None and proc.stderr is not None
+        errors = asyncio.ensure_future(proc.stderr.read())
+        sent, ok = 0, False
+        try:
+            while True:
+                try:
+                    data = await proc.stdout.readexactly(chunk)
+                except asyncio.IncompleteReadError as short:
+                    data = short.partial
+                if data:
+                    await push(data)
+                    sent += len(data)
+                if len(data) < chunk:
+                    break
+            rc = await proc.wait()
+            err = (await errors).decode("utf-8", "replace")
+            ok = rc == 0
+            if not ok:
+                raise error_for((self.bins["zfs"], *args), err or f"zfs {args[0]} exited {rc}")
+            return sent
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            errors.cancel()
+            self.stats.record(key, time.monotonic() - start, ok)
+
+    def feed(self, args: list[str], chunks: Iterator[bytes]) -> CmdResult:
+        """`zfs ARGS` (a `receive`) fed `chunks` on its stdin, blocking (run it in a worker
+        thread).  When `chunks` raises, zfs is killed before it saw the end of its stream
+        and the exception goes on; when zfs stops reading, the chunks left are not asked
+        for.  The result (not checked: the caller tells a bad stream from zfs's error)."""
+        key = f"zfs {args[0]}"
+        start = time.monotonic()
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen([self.bins["zfs"], *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=err, env={**os.environ, "LC_ALL": "C"})
+            assert proc.stdin is not None
+            try:
+                for data in chunks:
+                    try:
+                        proc.stdin.write(data)
+                    except BrokenPipeError:
+                        break
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                rc = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                self.stats.record(key, time.monotonic() - start, False)
+                raise
+            err.seek(0)
+            text = err.read(64 << 10).decode("utf-8", "replace")
+        self.stats.record(key, time.monotonic() - start, rc == 0)
+        return CmdResult((self.bins["zfs"], *args), rc, "", text)
 
     async def zfs(self, *args: str, check: bool = True) -> CmdResult:
         return await self.run("zfs", *args, check=check)

@@ -215,7 +215,7 @@ def container(side: Side, files: dict[str, str | bytes]) -> str:
     return cid
 
 
-NATIVE = ("btrfs",)
+NATIVE = ("btrfs", "zfs")
 """The kinds whose pools send each other their own streams (the others: portable ones)."""
 
 
@@ -247,8 +247,8 @@ def on_disk(side: Side, cid: str) -> list[tuple[str, str]]:
 
 def scratch(side: Side) -> list[str]:
     """Import scratch left in the receiver's pool (ZFS: the datasets received into)."""
-    if side.pool.kind == "zfs":
-        return sorted(n for n in side.pool.artifacts() if ".receiving-" in n)
+    if side.pool.kind == "zfs":  # and what an interrupted `zfs receive` might leave (%recv)
+        return sorted(n for n in side.pool.artifacts() if ".receiving-" in n or "%" in n)
     tmp = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / ".tmp"
     return sorted(p.name for p in tmp.iterdir() if p.name.startswith("import-")) if tmp.is_dir() else []
 
@@ -467,8 +467,22 @@ def _mid_stream(src: Side, dst: Side) -> tuple[str, str, str, dict]:
     job = until(lambda: (j := src.d.unix.get(f"{JOBS}/{job['id']}").data["job"])["bytes_sent"] > 1 << 20 and j,
                 "the job has sent a MiB")
     assert job["stream"] == stream_of(src, dst), job
-    until(lambda: scratch(dst), "the receiver is receiving into scratch", interval=0.2)
+    until(lambda: receiving(dst), "the receiver is receiving", interval=0.2)
     return cid, first, second, job
+
+
+def receiving(side: Side) -> bool:
+    """Whether the receiver is receiving: into scratch, or (a native zfs incremental, received
+    onto the holder of its base) through a `zfs receive` it runs."""
+    if scratch(side):
+        return True
+    pid = side.d.proc.pid if side.d.proc else 0
+    children = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children"))
+    for child in children.split():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[1:2] == [b"receive"]:
+                return True
+    return False
 
 
 def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
