@@ -20,6 +20,7 @@ logged once and kept in `ZfsRunner.problems`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -173,16 +174,29 @@ class ZfsRunner:
         (the last one shorter); the bytes sent.  The error zfs gave when it fails."""
         key = f"zfs {args[0]}"
         start = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            self.bins["zfs"], *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}, limit=2 * chunk)
-        assert proc.stdout is not None and proc.stderr is not None
+        # stdout is a pipe of our own: zfs-fuse writes the stream into a copy of its write end,
+        # so only closing the read end stops a send cut short (asyncio's own pipe would make
+        # wait() wait for zfs-fuse to let go of it: forever, when nobody reads any more)
+        rfd, wfd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.bins["zfs"], *args, stdin=asyncio.subprocess.DEVNULL, stdout=wfd,
+                stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
+        except BaseException:
+            os.close(rfd)
+            raise
+        finally:
+            os.close(wfd)
+        stdout = asyncio.StreamReader(limit=2 * chunk)
+        loop = asyncio.get_running_loop()
+        pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(rfd, "rb", 0))
+        assert proc.stderr is not None
         errors = asyncio.ensure_future(proc.stderr.read())
         sent, ok = 0, False
         try:
             while True:
                 try:
-                    data = await proc.stdout.readexactly(chunk)
+                    data = await stdout.readexactly(chunk)
                 except asyncio.IncompleteReadError as short:
                     data = short.partial
                 if data:
@@ -197,6 +211,7 @@ class ZfsRunner:
                 raise error_for((self.bins["zfs"], *args), err or f"zfs {args[0]} exited {rc}")
             return sent
         finally:
+            pipe.close()
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
@@ -227,6 +242,8 @@ class ZfsRunner:
                 rc = proc.wait()
             except BaseException:
                 proc.kill()
+                with contextlib.suppress(OSError):  # zfs-fuse reads a copy of the read end: EOF for it
+                    proc.stdin.close()
                 proc.wait()
                 self.stats.record(key, time.monotonic() - start, False)
                 raise
