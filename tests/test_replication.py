@@ -396,18 +396,24 @@ def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World, kind
 
 
 def native_stream(side: Side, cid: str, name: str, **header: object) -> bytes:
-    """The native envelope around `btrfs send` of snapshot `name` (header fields overridable)."""
-    path = Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid / name
-    sent = subprocess.run(["btrfs", "send", "-q", str(path)], capture_output=True, check=True).stdout
+    """The native envelope around `btrfs send` or `zfs send` of snapshot `name` (header
+    fields overridable)."""
+    kind = side.pool.kind
+    if kind == "zfs":
+        argv = ["zfs", "send", f"{side.pool.dataset(cid)}@{name}"]  # type: ignore[attr-defined]
+    else:
+        argv = ["btrfs", "send", "-q", str(Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid / name)]
+    sent = subprocess.run(argv, capture_output=True, check=True).stdout
     framer = NativeFramer(Header(**{"container": cid, "snapshot": name, "created_at": time.time(),
-                                    "native": "btrfs", **header}))  # type: ignore[arg-type]
+                                    "native": kind, **header}))  # type: ignore[arg-type]
     return framer.start() + b"".join(framer.frames(sent)) + framer.end()
 
 
 @pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind"])
-def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, case: str) -> None:
-    kind = "overlay" if case == "wrong-kind" else "btrfs"
-    src, dst = world.pair("btrfs", kind)
+@pytest.mark.parametrize("native", NATIVE)
+def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, native: str, case: str) -> None:
+    kind = "overlay" if case == "wrong-kind" else native
+    src, dst = world.pair(native, kind)
     cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(300000)})
     name = snapshot(src.d, cid)
     stream = bytearray(native_stream(src, cid, name, **({"snapshot": "other"} if case == "another-name" else {})))
