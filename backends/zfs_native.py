@@ -151,6 +151,7 @@ class ZfsNative:
             if base is None:
                 holder = await self._to_holder(target, cid, scan)
                 moved = True
+                faults.point("zfs.native.held")
                 if new_container:  # the one step that makes it visible
                     await self.zfs.zfs("clone", f"{holder}@{name}", ds)
                     await self._finish(ds, {"mounted": True})

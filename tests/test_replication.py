@@ -14,15 +14,18 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from backends import faults
 from backends.portable import Header, NativeFramer
 
 from .client import Client, snaps
 from .clockfile import ClockFile
+from .crash import killed_at
 from .certs import self_signed
 from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
@@ -435,6 +438,44 @@ def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, nat
     assert names(dst.d, cid) == [] and scratch(dst) == []
     if case != "wrong-kind":
         assert on_disk(dst, cid) == []
+
+
+@pytest.mark.parametrize("point", ["zfs.native.received", "zfs.native.held", "service.import.on-disk"])
+def test_a_receiver_killed_in_a_native_zfs_receive_leaves_it_absent_or_whole(world: World, tmp_path: Path,
+                                                                            point: str) -> None:
+    """Killed with the stream received into scratch or in a holder but no container yet: the
+    next start removes both and the stream goes in again; killed with the snapshot visible
+    and no row: the next start rolls it forward with the stream's metadata (the journal)."""
+    src = world.sender("zfs")
+    cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(100000)})
+    r = src.d.unix.post(snaps(cid), {"alias": "crash", "expiry": 3})
+    assert r.status == 200, r.body
+    snap = r.data["snapshot"]
+    stream = native_stream(src, cid, snap["name"], alias="crash", created_at=_when(snap["created_at"]),
+                           expires_at=_when(snap["expires_at"]))
+    harness = open_harness("zfs", tmp_path / "pool")
+    try:
+        d = DaemonProcess(tmp_path / "d", [harness.spec], tcp=False, env={faults.ENV: point}).start()
+        empty = harness.artifacts()
+        killed_at(d, point, lambda: d.unix.post(snaps(cid, None, "/import"), stream))
+        d = DaemonProcess(tmp_path / "d", [harness.spec], tcp=False).start()
+        try:
+            shown = d.unix.get(snaps(cid))
+            if point.startswith("zfs."):
+                assert shown.status == 404 and harness.artifacts() == empty, harness.artifacts()
+                assert d.unix.post(snaps(cid, None, "/import"), stream).status == 200  # and it goes in
+            got = [(s["name"], s["alias"], s["created_at"], s["expires_at"])
+                   for s in d.unix.get(snaps(cid)).data["snapshots"]]
+            assert got == [(snap["name"], "crash", snap["created_at"], snap["expires_at"])]
+            assert d.unix.get(f"/api/v1/containers/{cid}/import-formats").data["native_bases"] == [snap["name"]]
+        finally:
+            assert d.stop() == 0
+    finally:
+        harness.close()
+
+
+def _when(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-untyped-def]
