@@ -523,6 +523,25 @@ class BtrfsBackend(BtrfsNative, sidecar.SidecarMeta, Backend):
         """Received into a scratch subvolume (a writable snapshot of the base for an
         incremental), then snapshotted read-only into place, as a create is: one step
         (a read-only subvolume cannot be renamed into place)."""
+        def fill(tmppath: str, tfd: int, tmpname: str) -> str:
+            if base is not None:
+                bpath = self._spath(cid, base.name)
+                if not _is_subvolume(bpath):
+                    raise SnapshotNotFound(base.name)
+                self._writable_copy(bpath, tfd, tmpname)
+            else:
+                self._run_sync("subvolume", "create", tmppath)
+            reader.apply(tmppath, incremental=base is not None)
+            faults.point("btrfs.import.received")
+            return tmppath
+
+        return self._received(cid, name, new_container, fill)
+
+    def _received(self, cid: str, name: str, new_container: bool,
+                  fill: Callable[[str, int, str], str]) -> SnapshotFacts:
+        """Snapshot `name` of `cid` made through scratch: `fill(path, tmpdir_fd, entry)` builds
+        the scratch entry `path` and returns the subvolume to publish; the container is made
+        first when `new_container`; the scratch goes whatever happens."""
         spath = self._spath(cid, name)
         if not new_container:
             self._need_container(cid)
@@ -532,23 +551,13 @@ class BtrfsBackend(BtrfsNative, sidecar.SidecarMeta, Backend):
         tmppath = os.path.join(self._tmpdir, tmpname)
         with _Fd(self._tmpdir) as tfd:
             try:
-                if base is not None:
-                    bpath = self._spath(cid, base.name)
-                    if not _is_subvolume(bpath):
-                        raise SnapshotNotFound(base.name)
-                    self._writable_copy(bpath, tfd, tmpname)
-                else:
-                    self._run_sync("subvolume", "create", tmppath)
-                reader.apply(tmppath, incremental=base is not None)
-                faults.point("btrfs.import.received")
+                source = fill(tmppath, tfd, tmpname)
                 if new_container:
                     self._new_container(cid, tfd)
                 os.makedirs(self._sdir(cid), mode=0o700, exist_ok=True)
-                self._publish(tmppath, cid, name)
-            except BaseException as e:
-                if isinstance(e, OSError):
-                    raise _error(e, f"cannot receive snapshot {name} of {cid}") from e
-                raise
+                self._publish(source, cid, name)
+            except OSError as e:
+                raise _error(e, f"cannot receive snapshot {name} of {cid}") from e
             finally:
                 if os.path.lexists(tmppath):
                     _quiet_destroy(tfd, tmpname)

@@ -11,7 +11,7 @@ Receive is done in scratch, then published in one step, as a portable import is:
    base's received uuid for an incremental, and in either case the subvolume name
    `name` (the sender's snapshot name is its subvolume name).  Anything else is a
    StreamError: nothing was written.
-2. `btrfs receive -q <scratch>` runs into a fresh scratch subvolume
+2. `btrfs receive -q -e <scratch>` runs into a fresh scratch subvolume
    `.snapshots/.tmp/import-<id>-<token>`, fed from the verified-as-you-go stream.
 3. Only when it succeeded and the envelope's trailer matched (NativeSource.finish)
    is the received subvolume checked (the only entry, read-only, with a received
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import stat
 import struct
 import subprocess
@@ -128,14 +127,11 @@ class BtrfsNative:
 
     async def send_native(self: BtrfsBackend, cid: str, snap: SnapshotRef, base: SnapshotRef | None,
                           push: Callable[[bytes], Awaitable[None]]) -> int:
-        spath = self._spath(cid, snap.name)
-        args = [self.btrfs_cmd, "send", "-q"]
-        for path, what in ((spath, snap.name), *(() if base is None else ((self._spath(cid, base.name), base.name),))):
+        paths = {s.name: self._spath(cid, s.name) for s in (snap, base) if s is not None}
+        for what, path in paths.items():
             if _info(path) is None:
                 raise SnapshotNotFound(f"snapshot {what} of container {cid} is not on disk")
-        if base is not None:
-            args += ["-p", self._spath(cid, base.name)]
-        args.append(spath)
+        args = [self.btrfs_cmd, "send", "-q", *(["-p", paths[base.name]] if base else []), paths[snap.name]]
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(DEPTH)
         stop = threading.Event()
@@ -201,11 +197,6 @@ class BtrfsNative:
 
     def _receive_native(self: BtrfsBackend, cid: str, name: str, source: NativeSource,
                         base: SnapshotRef | None, new_container: bool) -> SnapshotFacts:
-        spath = self._spath(cid, name)
-        if not new_container:
-            self._need_container(cid)
-        if os.path.lexists(spath):
-            raise BackendError(f"snapshot {name} of {cid} already exists")
         parent = None
         if base is not None:
             parent = _received_uuid(self._spath(cid, base.name))
@@ -219,33 +210,19 @@ class BtrfsNative:
                 raise StreamError("the btrfs stream ends before its first command")
             head += data
         check_first(first, name, parent)
-        from .btrfs import _Fd, _error, _quiet_destroy  # (btrfs.py imports this module)
 
-        tmpname = f"import-{cid}-{secrets.token_hex(4)}"
-        tmppath = os.path.join(self._tmpdir, tmpname)
-        with _Fd(self._tmpdir) as tfd:
-            try:
-                self._run_sync("subvolume", "create", tmppath)
-                _receive(self.btrfs_cmd, tmppath, head, source, name)
-                received = os.path.join(tmppath, name)
-                info = _info(received)
-                if os.listdir(tmppath) != [name] or info is None or not info.readonly \
-                        or info.received_uuid == _ZERO_UUID:
-                    raise StreamError(f"the btrfs stream did not make exactly one received subvolume {name}")
-                faults.point("btrfs.native.received")
-                if new_container:
-                    self._new_container(cid, tfd)
-                os.makedirs(self._sdir(cid), mode=0o700, exist_ok=True)
-                self._publish(received, cid, name)
-            except OSError as e:
-                raise _error(e, f"cannot receive snapshot {name} of {cid}") from e
-            finally:
-                if os.path.lexists(tmppath):
-                    _quiet_destroy(tfd, tmpname)
-        facts = self._facts(cid, name, sizes=False)
-        if facts is None:
-            raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
-        return facts
+        def fill(tmppath: str, _tfd: int, _tmpname: str) -> str:
+            self._run_sync("subvolume", "create", tmppath)
+            _receive(self.btrfs_cmd, tmppath, head, source, name)
+            received = os.path.join(tmppath, name)
+            info = _info(received)
+            if os.listdir(tmppath) != [name] or info is None or not info.readonly \
+                    or info.received_uuid == _ZERO_UUID:
+                raise StreamError(f"the btrfs stream did not make exactly one received subvolume {name}")
+            faults.point("btrfs.native.received")
+            return received
+
+        return self._received(cid, name, new_container, fill)
 
     async def native_bases(self: BtrfsBackend, cid: str) -> list[str]:
         def bases() -> list[str]:
@@ -260,7 +237,8 @@ def _receive(btrfs: str, dest: str, head: bytes, source: NativeSource, name: str
     succeeded and the envelope's trailer matched.  When receive fails, the rest of the
     stream is read: a damaged stream is told as that (StreamError), else receive's error."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([btrfs, "receive", "-q", dest], stdin=subprocess.PIPE,
+        # -e: stop at the first stream's end; a second one concatenated is never received
+        proc = subprocess.Popen([btrfs, "receive", "-q", "-e", dest], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=err)
         assert proc.stdin is not None
         broken = False

@@ -84,6 +84,8 @@ MEDIA_TYPE = "application/vnd.container-snapd.stream"
 FORMAT = 1
 NATIVE_FORMAT = 2
 """The format number of a native stream (header key "native")."""
+PORTABLE = "portable"
+"""The name of the portable stream among stream kinds (beside native kinds: "btrfs", "zfs")."""
 _FRAME = struct.Struct(">cI")
 HEADER, TAR, DELETIONS, END, NATIVE = b"H", b"T", b"D", b"E", b"N"
 CHUNK = 1 << 20
@@ -587,6 +589,16 @@ class StreamReader:
             self.hash.update(out)
         return out
 
+    def some(self, n: int) -> bytes:
+        """Between 1 and `n` bytes of the stream, as one read of the source gives them (no
+        joining of pieces: what a reader that takes any amount wants); StreamError at its end."""
+        data = self.src.read(n)
+        if not data:
+            raise StreamError(f"stream truncated after {self.bytes} bytes")
+        self.bytes += len(data)
+        self.hash.update(data)
+        return data
+
     def frame_head(self) -> tuple[bytes, int]:
         if self.held is not None:
             held, self.held = self.held, None
@@ -774,7 +786,8 @@ class NativeSource:
         self.end: tuple[bytes, int] | None = None
 
     def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes of the filesystem's stream (at most one frame's rest); b"" at its end."""
+        """Up to `size` bytes of the filesystem's stream (at most one frame's rest, and what the
+        source has at hand); b"" at its end."""
         while self.left == 0:
             if self.end is not None:
                 return b""
@@ -785,7 +798,7 @@ class NativeSource:
                 self.end = (kind, length)
             else:
                 raise StreamError(f"a {kind.decode()!r} frame in a native stream")
-        data = self.reader.exact(self.left if size is None or size < 0 else min(size, self.left))
+        data = self.reader.some(self.left if size is None or size < 0 else min(size, self.left))
         self.left -= len(data)
         return data
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from backends import faults
-from backends.portable import Header, NativeFramer
 
 from .client import Client, snaps
 from .clockfile import ClockFile
@@ -31,6 +28,7 @@ from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, new_cid
+from .nativestream import native_stream, when
 from .netns import Link, veth_namespace
 from .waiting import until
 
@@ -398,20 +396,6 @@ def test_a_corrupted_stream_is_refused_and_nothing_is_visible(world: World, kind
     assert names(dst.d, cid) == [] and scratch(dst) == []
 
 
-def native_stream(side: Side, cid: str, name: str, **header: object) -> bytes:
-    """The native envelope around `btrfs send` or `zfs send` of snapshot `name` (header
-    fields overridable)."""
-    kind = side.pool.kind
-    if kind == "zfs":
-        argv = ["zfs", "send", f"{side.pool.dataset(cid)}@{name}"]  # type: ignore[attr-defined]
-    else:
-        argv = ["btrfs", "send", "-q", str(Path(side.pool.spec.partition(":")[2]) / ".snapshots" / cid / name)]
-    sent = subprocess.run(argv, capture_output=True, check=True).stdout
-    framer = NativeFramer(Header(**{"container": cid, "snapshot": name, "created_at": time.time(),
-                                    "native": kind, **header}))  # type: ignore[arg-type]
-    return framer.start() + b"".join(framer.frames(sent)) + framer.end()
-
-
 @pytest.mark.parametrize("case", ["flipped", "truncated", "padded", "another-name", "wrong-kind"])
 @pytest.mark.parametrize("native", NATIVE)
 def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, native: str, case: str) -> None:
@@ -419,7 +403,8 @@ def test_a_bad_native_stream_is_refused_and_nothing_is_visible(world: World, nat
     src, dst = world.pair(native, kind)
     cid = container(src, {"etc/hostname": "x\n", "f": os.urandom(300000)})
     name = snapshot(src.d, cid)
-    stream = bytearray(native_stream(src, cid, name, **({"snapshot": "other"} if case == "another-name" else {})))
+    stream = bytearray(native_stream(src.pool.spec, cid, name, time.time(),
+                                     **({"snapshot": "other"} if case == "another-name" else {})))
     if case == "flipped":
         stream[len(stream) // 2] ^= 0x01
     elif case == "truncated":
@@ -451,8 +436,8 @@ def test_a_receiver_killed_in_a_native_zfs_receive_leaves_it_absent_or_whole(wor
     r = src.d.unix.post(snaps(cid), {"alias": "crash", "expiry": 3})
     assert r.status == 200, r.body
     snap = r.data["snapshot"]
-    stream = native_stream(src, cid, snap["name"], alias="crash", created_at=_when(snap["created_at"]),
-                           expires_at=_when(snap["expires_at"]))
+    stream = native_stream(src.pool.spec, cid, snap["name"], when(snap["created_at"]), alias="crash",
+                           expires_at=when(snap["expires_at"]))
     harness = open_harness("zfs", tmp_path / "pool")
     try:
         d = DaemonProcess(tmp_path / "d", [harness.spec], tcp=False, env={faults.ENV: point}).start()
@@ -474,8 +459,51 @@ def test_a_receiver_killed_in_a_native_zfs_receive_leaves_it_absent_or_whole(wor
         harness.close()
 
 
-def _when(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def test_the_receiver_tells_which_streams_it_takes_and_from_which_bases(world: World) -> None:
+    src = world.sender("btrfs")
+    cid = container(src, {"etc/hostname": "x\n"})
+    name = snapshot(src.d, cid)
+
+    def formats(kind: str, token: str = "replicate", query: str = ""):  # type: ignore[no-untyped-def]
+        client = Client(tcp=(world.link.ns_addr, world.ports[kind]),
+                        headers={"Authorization": f"Bearer {world.tokens[f'{token}-{kind}']}"})
+        return until(lambda: client.get(f"/api/v1/containers/{cid}/import-formats{query}"),
+                     "the receiver answers over the link")
+
+    spec = world.receiver("btrfs").pool.spec
+    r = formats("btrfs")  # a container it does not have yet: what its pools take
+    assert r.status == 200 and r.data == {"container_id": cid, "pool": spec, "formats": ["btrfs", "portable"],
+                                          "native_bases": []}, r.body
+    replicate(src.d, cid, "btrfs")
+    assert formats("btrfs").data["native_bases"] == [name]  # received natively: a parent for the next
+    assert formats("overlay").data["formats"] == ["portable"]
+    r = formats("btrfs", query="?pool=btrfs:/nowhere")
+    assert (r.status, r.body["details"][0]["field"]) == (409, "pool"), r.body
+    r = formats("btrfs", query="?what=1")
+    assert (r.status, r.body["details"][0]["field"]) == (400, "what"), r.body
+    assert formats("btrfs", token="project").status == 403  # import's rule: admin or replicate
+
+
+@pytest.mark.parametrize("kind", NATIVE)
+def test_a_chain_begun_portably_goes_on_portably(world: World, kind: str) -> None:
+    """The first snapshot arrived as a portable import (an older sender, a file): the receiver
+    holds it without the sender's identity, so the next incremental cannot be native."""
+    src, dst = world.pair(kind, kind)
+    cid = container(src, {"etc/hostname": "x\n"})
+    first = snapshot(src.d, cid)
+    client = Client(tcp=(world.link.ns_addr, world.ports[kind]),
+                    headers={"Authorization": f"Bearer {world.tokens[f'replicate-{kind}']}"})
+    r = until(lambda: _reachable(client, cid, src.d.unix.get(snaps(cid, first, "/export")).raw),
+              "the receiver answers over the link")
+    assert r.status == 200, r.body
+    (src.pool.container_path(cid) / "etc/hostname").write_text("y\n")
+    second = snapshot(src.d, cid)
+    job = replicate(src.d, cid, kind)
+    assert (job["stream"], job["snapshots_sent"]) == ("portable", 1), job
+    assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
+    r = dst.d.unix.patch(snaps(cid, second))
+    assert r.status == 200, r.body
+    same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
 
 
 def _reachable(client: Client, cid: str, stream: bytes):  # type: ignore[no-untyped-def]

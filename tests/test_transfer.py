@@ -32,6 +32,7 @@ from .daemon import DaemonProcess
 from .digest import set_xattr, walk_digest, write_tree
 from .harness import PoolHarness, is_root, new_cid
 from .harness.overlay import OverlayHarness
+from .nativestream import native_stream, when
 
 OTHER_KIND = {"overlay": "btrfs", "btrfs": "overlay", "zfs": "overlay"}
 SEVEN = {"name", "alias", "created_at", "last_used_at", "expires_at", "stateful", "size"}
@@ -325,15 +326,25 @@ def test_a_snapshot_being_exported_is_not_deleted(daemon: DaemonProcess, contain
     assert daemon.unix.delete(snaps(container, name)).status == 200
 
 
+@pytest.mark.parametrize("stream_kind", ["portable", "native"])
 @pytest.mark.parametrize("stage", ["received", "on-disk"])
 def test_a_crash_leaves_the_import_absent_or_whole(daemon: DaemonProcess, pool: PoolHarness, container: str,
-                                                   tmp_path: Path, stage: str) -> None:
+                                                   tmp_path: Path, stage: str, stream_kind: str) -> None:
     """The receiver dies (SIGKILL) with the tree checked in scratch (then nothing is visible and
-    the next start sweeps the scratch), or with the snapshot on disk and no row (then the next
-    start rolls it forward with the stream's metadata, from the journal)."""
+    the next start sweeps the scratch, a native stream's received subvolume too), or with the
+    snapshot on disk and no row (then the next start rolls it forward with the stream's
+    metadata, from the journal)."""
+    if stream_kind == "native" and pool.kind != "btrfs":
+        pytest.skip("native streams here are btrfs's")
     snap = snapshot(daemon, container, {"alias": "crash", "expiry": 3})
-    stream = export(daemon, container, snap["name"])
-    point = f"{pool.kind}.import.received" if stage == "received" else "service.import.on-disk"
+    if stream_kind == "native":
+        stream = native_stream(pool.spec, container, snap["name"], when(snap["created_at"]), alias="crash",
+                               expires_at=when(snap["expires_at"]))
+        received = f"{pool.kind}.native.received"
+    else:
+        stream = export(daemon, container, snap["name"])
+        received = f"{pool.kind}.import.received"
+    point = received if stage == "received" else "service.import.on-disk"
     harness = open_harness(pool.kind, tmp_path / "pool")
     try:
         work = tmp_path / "d"

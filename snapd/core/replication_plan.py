@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from backends.portable import PORTABLE
+
 
 @dataclass(frozen=True)
 class Snap:
@@ -95,8 +97,6 @@ def plan(sender: Iterable[Snap], target: Iterable[Snap], full: bool = False) -> 
         base = s.name
     return Plan(sends, common.name if common else None)
 
-
-PORTABLE = "portable"
 
 
 @dataclass(frozen=True)

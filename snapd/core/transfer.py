@@ -29,6 +29,7 @@ from backends import faults
 from backends.base import Backend, ImportUnsupported, SnapshotRef
 from backends.portable import (
     Header,
+    PORTABLE,
     NativeFramer,
     Stats,
     StreamError,
@@ -50,10 +51,6 @@ if TYPE_CHECKING:
 
 def _bad_stream(reason: str) -> InvalidInput:
     return InvalidInput("stream", [{"field": "stream", "reason": reason}])
-
-
-PORTABLE = "portable"
-"""The stream kind every pool that accepts imports receives (import_formats)."""
 
 
 @dataclass(frozen=True)
