@@ -178,6 +178,7 @@ class ZfsRunner:
         # so only closing the read end stops a send cut short (asyncio's own pipe would make
         # wait() wait for zfs-fuse to let go of it: forever, when nobody reads any more)
         rfd, wfd = os.pipe()
+        _grow_pipe(wfd)
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.bins["zfs"], *args, stdin=asyncio.subprocess.DEVNULL, stdout=wfd,
@@ -229,6 +230,7 @@ class ZfsRunner:
             proc = subprocess.Popen([self.bins["zfs"], *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=err, env={**os.environ, "LC_ALL": "C"})
             assert proc.stdin is not None
+            _grow_pipe(proc.stdin.fileno())
             try:
                 for data in chunks:
                     try:
@@ -317,6 +319,19 @@ class ZfsRunner:
         for name, prop, value in self.rows(res.stdout, 3, is_row):
             out.setdefault(name, {})[prop] = value
         return out
+
+
+PIPE_SIZE = 1 << 20
+"""Bytes asked for a send's or a receive's pipe (F_SETPIPE_SZ): fewer wake-ups of zfs(-fuse)."""
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, 1031, PIPE_SIZE)  # F_SETPIPE_SZ
+    except OSError:
+        pass  # the default size works, only slower
 
 
 def find_tool(name: str) -> str:

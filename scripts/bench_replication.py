@@ -195,7 +195,7 @@ def run_zfs(work: Path, mib: int, rounds: int) -> None:
     receiver = sender = None
     try:
         for k in ("sender", "receiver"):
-            pools[k] = ZfsHarness(work / k)
+            pools[k] = ZfsHarness(work / k, (mib * 4 + 1024) * MiB)  # the job's copies and the bare one
         src, dst = pools["sender"], pools["receiver"]
         fill(src.make_container(cid), mib)
         receiver = DaemonProcess(work / "d-receiver", [dst.spec], tcp=True).start()
