@@ -1,5 +1,9 @@
 """The one way this project runs `zfs` and `zpool`: asyncio subprocesses, no shell.
 
+Streams too: `send` hands a `zfs send`'s output to a coroutine in chunks
+(through a pipe of its own: zfs-fuse writes into a copy of it), `feed`
+writes chunks into a `zfs receive` (blocking, for a worker thread).
+
 Every call is timed into a `ZfsStats` (per command name: count, errors,
 seconds) that the daemon can export as metrics.  Failures become
 `BackendError` subclasses with zfs's own message: "does not exist" ->
