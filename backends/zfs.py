@@ -490,15 +490,7 @@ class ZfsBackend(ZfsNative, Backend):
         (its live tree is the snapshot), else a hidden holder beside the container, where a
         restore finds it like the snapshots an earlier restore moved there.  The live tree of
         an existing container is never touched."""
-        if not _CID_RE.match(cid):
-            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
-        ds = self._ds(cid)
-        scan = await self._scan(cid, fresh=True)
-        if new_container == (ds in scan.items):
-            raise BackendError(f"container {cid} {'exists already' if new_container else 'not found'} "
-                               f"in {self.pool_id}")
-        if name in scan.visible(cid):
-            raise BackendError(f"snapshot {name} of {cid} already exists")
+        ds, scan = await self._receivable(cid, name, new_container)
         origin = self._locate(scan, cid, base) if base is not None else None
         scratch = self._scratch(cid)
         where = await asyncio.to_thread(tempfile.mkdtemp, prefix=RECEIVE_DIR_PREFIX)
@@ -545,6 +537,20 @@ class ZfsBackend(ZfsNative, Backend):
         if found is None:
             raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
         return self._facts(await self._scan(cid), cid, found)
+
+    async def _receivable(self, cid: str, name: str, new_container: bool) -> tuple[str, _Scan]:
+        """The container's dataset and a fresh scan, once sure snapshot `name` may be received:
+        the container exists (or, for `new_container`, does not) and has no such snapshot."""
+        if not _CID_RE.match(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
+        ds = self._ds(cid)
+        scan = await self._scan(cid, fresh=True)
+        if new_container == (ds in scan.items):
+            raise BackendError(f"container {cid} {'exists already' if new_container else 'not found'} "
+                               f"in {self.pool_id}")
+        if name in scan.visible(cid):
+            raise BackendError(f"snapshot {name} of {cid} already exists")
+        return ds, scan
 
     def _scratch(self, cid: str) -> str:
         """A new name to receive a snapshot of `cid` into (open() destroys what a crash left)."""

@@ -110,13 +110,7 @@ class ZfsNative:
 
     async def receive_native(self: ZfsBackend, cid: str, name: str, source: NativeSource,
                              base: SnapshotRef | None, new_container: bool) -> SnapshotFacts:
-        ds = self._ds(cid)
-        scan = await self._scan(cid, fresh=True)
-        if new_container == (ds in scan.items):
-            raise BackendError(f"container {cid} {'exists already' if new_container else 'not found'} "
-                               f"in {self.pool_id}")
-        if name in scan.visible(cid):
-            raise BackendError(f"snapshot {name} of {cid} already exists")
+        ds, scan = await self._receivable(cid, name, new_container)
         from_guid = 0
         if base is None:
             target = self._scratch(cid)

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,39 +141,22 @@ def bare_btrfs(snapshot: Path, dest: Path) -> float:
 def run_btrfs(work: Path, mib: int, rounds: int) -> None:
     cid = new_cid()
     size = (mib * 3 + 1024) * MiB
-    pools = {k: BtrfsHarness(work / k, size) for k in ("sender", "receiver")}
-    receiver = sender = None
-    try:
+    with contextlib.ExitStack() as stack:
+        pools = {}
+        for k in ("sender", "receiver"):
+            pools[k] = BtrfsHarness(work / k, size)
+            stack.callback(pools[k].close)
         src, dst = pools["sender"].root, pools["receiver"].root
         subprocess.run(["btrfs", "subvolume", "create", str(src / cid)], check=True, stdout=subprocess.DEVNULL)
         fill(src / cid, mib)
-        receiver = DaemonProcess(work / "d-receiver", [pools["receiver"].spec], tcp=True).start()
-        token = work / "token"
-        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
-        config = work / "sender.toml"
-        config.write_text(f'[targets.bench]\nurl = "http://127.0.0.1:{receiver.port}"\ntoken_file = "{token}"\n')
-        sender = DaemonProcess(work / "d-sender", [pools["sender"].spec], tcp=False,
-                               extra=["--config", str(config)]).start()
+        receiver, sender = stack.enter_context(_daemons(work, pools["receiver"].spec, pools["sender"].spec))
         first = sender.unix.post(snaps(cid), {}).data["snapshot"]["name"]
         subprocess.run(["sync"], check=True)
         snapshot = src / ".snapshots" / cid / first
         bare_btrfs(snapshot, dst.parent / "bare")  # a warm-up: both read the snapshot from the page cache
-        bare, jobs = [], []
-        for round_ in range(rounds):  # alternated: the machine's other load falls on both alike
-            bare.append(bare_btrfs(snapshot, dst.parent / "bare"))
-            if round_:  # the receiver forgets the copy: the job sends it in full again
-                assert receiver.unix.delete(snaps(cid, first)).status == 200
-            with rss_growth(sender, receiver) as growth:
-                seconds, job = replicate(sender, cid)
-            jobs.append(seconds)
+        measured = _rounds(sender, receiver, cid, first, rounds, lambda: bare_btrfs(snapshot, dst.parent / "bare"))
         _table(f"{mib} MiB container, btrfs to btrfs", "btrfs send \\| btrfs receive", mib, rounds,
-               bare, jobs, job, growth, _incremental(sender, src / cid, cid))
-    finally:
-        for d in (sender, receiver):
-            if d is not None:
-                d.stop()
-        for pool in pools.values():
-            pool.close()
+               *measured, _incremental(sender, src / cid, cid))
 
 
 def bare_zfs(snapshot: str, dest: str) -> float:
@@ -191,40 +174,56 @@ def run_zfs(work: Path, mib: int, rounds: int) -> None:
     from tests.harness.zfs import ZfsHarness
 
     cid = new_cid()
-    pools: dict[str, ZfsHarness] = {}
-    receiver = sender = None
-    try:
+    with contextlib.ExitStack() as stack:
+        pools: dict[str, ZfsHarness] = {}
         for k in ("sender", "receiver"):
             pools[k] = ZfsHarness(work / k, (mib * 4 + 1024) * MiB)  # the job's copies and the bare one
+            stack.callback(pools[k].close)
         src, dst = pools["sender"], pools["receiver"]
         fill(src.make_container(cid), mib)
-        receiver = DaemonProcess(work / "d-receiver", [dst.spec], tcp=True).start()
-        token = work / "token"
-        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
-        config = work / "sender.toml"
-        config.write_text(f'[targets.bench]\nurl = "http://127.0.0.1:{receiver.port}"\ntoken_file = "{token}"\n')
-        sender = DaemonProcess(work / "d-sender", [src.spec], tcp=False, extra=["--config", str(config)]).start()
+        receiver, sender = stack.enter_context(_daemons(work, dst.spec, src.spec))
         first = sender.unix.post(snaps(cid), {}).data["snapshot"]["name"]
         snapshot = f"{src.dataset(cid)}@{first}"
         # received unmounted, as the job's receive is (into the hidden dataset)
         subprocess.run(["zfs", "create", "-o", "canmount=off", "-o", "mountpoint=none", f"{dst.root}/bare"], check=True)
         bare_zfs(snapshot, f"{dst.root}/bare/copy")  # a warm-up, as for btrfs
-        bare, jobs = [], []
-        for round_ in range(rounds):  # alternated: the machine's other load falls on both alike
-            bare.append(bare_zfs(snapshot, f"{dst.root}/bare/copy"))
-            if round_:  # the receiver forgets the copy: the job sends it in full again
-                assert receiver.unix.delete(snaps(cid, first)).status == 200
-            with rss_growth(sender, receiver) as growth:
-                seconds, job = replicate(sender, cid)
-            jobs.append(seconds)
+        measured = _rounds(sender, receiver, cid, first, rounds, lambda: bare_zfs(snapshot, f"{dst.root}/bare/copy"))
         _table(f"{mib} MiB container, zfs to zfs (zfs-fuse)", "zfs send \\| zfs receive", mib, rounds,
-               bare, jobs, job, growth, _incremental(sender, src.container_path(cid), cid))
+               *measured, _incremental(sender, src.container_path(cid), cid))
+
+
+@contextlib.contextmanager
+def _daemons(work: Path, receiver_spec: str, sender_spec: str) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
+    """The receiver (TCP, a `replicate` token) and the sender naming it `[targets.bench]`,
+    stopped when the context ends."""
+    receiver = DaemonProcess(work / "d-receiver", [receiver_spec], tcp=True).start()
+    try:
+        token = work / "token"
+        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
+        config = work / "sender.toml"
+        config.write_text(f'[targets.bench]\nurl = "http://127.0.0.1:{receiver.port}"\ntoken_file = "{token}"\n')
+        sender = DaemonProcess(work / "d-sender", [sender_spec], tcp=False, extra=["--config", str(config)]).start()
+        try:
+            yield receiver, sender
+        finally:
+            sender.stop()
     finally:
-        for d in (sender, receiver):
-            if d is not None:
-                d.stop()
-        for pool in pools.values():
-            pool.close()
+        receiver.stop()
+
+
+def _rounds(sender: DaemonProcess, receiver: DaemonProcess, cid: str, first: str, rounds: int,
+            bare_once: Callable[[], float]) -> tuple[list[float], list[float], dict, list[int]]:
+    """Bare pipes and full jobs of snapshot `first`, alternated (the machine's other load falls
+    on both alike): their seconds, the last job and the daemons' growth during it."""
+    bare, jobs = [], []
+    for round_ in range(rounds):
+        bare.append(bare_once())
+        if round_:  # the receiver forgets the copy: the job sends it in full again
+            assert receiver.unix.delete(snaps(cid, first)).status == 200
+        with rss_growth(sender, receiver) as growth:
+            seconds, job = replicate(sender, cid)
+        jobs.append(seconds)
+    return bare, jobs, job, growth
 
 
 def _incremental(sender: DaemonProcess, live: Path, cid: str) -> dict:
