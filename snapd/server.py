@@ -48,6 +48,8 @@ from snapd.http.guard import BACKLOG, GuardedRunner
 from snapd.core import lanes
 from snapd.core.coverage import Coverage
 from snapd.core.policies.spec import PolicyError, PolicySpec
+from snapd.core.policy_book import PolicyBook
+from snapd.core.policy_replication import PolicyReplication
 from snapd.core.policy_service import PolicyService
 from snapd.core.reaper import Reaper
 from snapd.core.replication import Replications
@@ -346,6 +348,7 @@ class Daemon:
         app[POLICIES_KEY] = self.policies
         self.replications = Replications(self.service, lambda: self.cfg.targets, HttpRemote, self.clock)
         app[REPLICATIONS_KEY] = self.replications
+        self._replicate_policies(book)
         self.metrics.watch_replications(self.replications.states, lambda: dict(self.replications.sent))
         self.runner = GuardedRunner(app, head_timeout=self.cfg.request_timeout, access_log=None,
                                     handle_signals=False)
@@ -368,6 +371,7 @@ class Daemon:
         log.info("stopping: finishing %d operations in flight", self.service.inflight)
         await self.scheduler.stop()
         await self.reaper.stop()
+        await self.policy_replication.stop()
         await self.replications.stop()
         await self._close()
         log.info("stopped")
@@ -409,6 +413,19 @@ class Daemon:
             else:
                 hup.cancel()
         await self.stop()
+
+    def _replicate_policies(self, book: PolicyBook) -> None:
+        """Policies that name targets: their snapshots replicated, failed jobs retried."""
+        book.known_targets = lambda: self.cfg.targets
+        for entry in book.entries():  # stored by an earlier start: still followed, the gap said once
+            missing = [t for t in entry.spec.targets if t not in self.cfg.targets]
+            if missing:
+                log.error("policy %s names targets not in the config (%s): its snapshots are not replicated there",
+                          entry.spec.name, ", ".join(missing))
+        scheduler = self.scheduler
+        self.policy_replication = PolicyReplication(
+            self.replications, self.clock, lambda cid: (c.spec if (c := scheduler.covered.get(cid)) else None))
+        scheduler.on_snapshot.append(self.policy_replication.snapshot_taken)
 
     def _serve_pools(self, cfg: Config) -> None:
         """The open pools, each with its reserves, snapshot limits and restore hooks, to the
@@ -457,6 +474,10 @@ class Daemon:
                 self.backends[new_key] = self.backends.pop(old_key)
             await self._check_policies(new, [str(p) for p in new.pools])
             self._check_file_policies(new.policies, new.source)
+            try:
+                self.policies.book.check_api_targets(new.targets)
+            except PolicyError as exc:
+                raise ConfigError(f"{new.source}: targets: policy {exc.key}: {exc.message}") from None
             added = [spec for spec in new.pools if str(spec) not in self.backends]
             opened = {str(spec): await open_backend(spec, new.policy(spec).layout) for spec in added}
             try:

@@ -159,3 +159,12 @@ class Client:
 def snaps(cid: str, name: str | None = None, suffix: str = "") -> str:
     base = f"/api/v1/containers/{cid}/snapshots"
     return base + (f"/{name}" if name is not None else "") + suffix
+
+
+def snapshot_names(client: Client, cid: str) -> list[tuple[str, str]]:
+    """(name, created_at) of a container's snapshots, newest first; [] when it is not there."""
+    r = client.get(snaps(cid))
+    if r.status == 404:
+        return []
+    assert r.status == 200, r.body
+    return [(s["name"], s["created_at"]) for s in r.data["snapshots"]]

@@ -93,6 +93,13 @@ class DaemonProcess:
             self._log_file.close()
         return code
 
+    def close(self) -> None:
+        """Stop it if it was started and still runs (teardown, whatever the test did with it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        elif self.proc is not None:
+            self.kill()
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()

@@ -42,6 +42,11 @@ def _summary(job: dict) -> str:
     return line
 
 
+def _started_by(job: dict) -> str:
+    """`request`, or the policy and the attempt: `hourly #3`."""
+    return "request" if job["policy"] is None else f"{visible(job['policy'])} #{job['attempt']}"
+
+
 def _follow(args: argparse.Namespace, endpoint: Endpoint, body: dict, tty: bool) -> tuple[int, dict]:
     """Start (or join) the job, then poll it until it ends, a progress bar on stderr when
     it is a terminal; the last answer about the job (or the start's refusal)."""
@@ -80,10 +85,12 @@ def cmd_replications(args: argparse.Namespace) -> int:
     def render(d: dict) -> str:
         if not d["jobs"]:
             return "no replication jobs since the daemon started"
-        return _table([[j["id"], j["container_id"], j["target"], j["state"],
+        return _table([[j["id"], j["container_id"], j["target"], _started_by(j), j["state"],
                         f"{j['snapshots_sent']}/{j['snapshots_total']}", _human_size(j["bytes_sent"]),
-                        _when(j["started_at"]), j["last_error"] or "-"] for j in d["jobs"]],
-                      ["JOB", "CONTAINER", "TARGET", "STATE", "SNAPSHOTS", "SENT", "STARTED", "LAST ERROR"])
+                        _when(j["started_at"]), _when(j["next_retry_at"]),
+                        j["last_error"] or "-"] for j in d["jobs"]],
+                      ["JOB", "CONTAINER", "TARGET", "BY", "STATE", "SNAPSHOTS", "SENT", "STARTED", "NEXT RETRY",
+                       "LAST ERROR"])
 
     args.render = render
     return _request(args, "GET", JOBS)

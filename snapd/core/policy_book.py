@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snapd.core.clock import Clock
-from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy, policy_json
+from snapd.core.policies.spec import (PolicyError, PolicySpec, check_policies, check_targets, parse_policy,
+                                      policy_json)
 
 if TYPE_CHECKING:
     from snapd.core.store import Store
@@ -59,6 +60,8 @@ class PolicyBook:
         self.clock = clock
         self.file_source = file_source
         self._listeners: list[Callable[[], None]] = []
+        self.known_targets: Callable[[], Collection[str]] | None = None
+        """The configured replication targets' names (None: not checked); the server sets it."""
         self._api: dict[str, Entry] = {}
         for row in store.policy_rows():
             try:
@@ -97,6 +100,16 @@ class PolicyBook:
             _check_name(name)
         _check([*specs.values(), *(e.spec for n, e in self._api.items() if n not in specs)])
 
+    def check_api_targets(self, known: Collection[str]) -> None:
+        """PolicyError (naming `NAME.targets[i]`) if a policy set through the API names a
+        replication target not in `known` (a reload that drops a target still in use)."""
+        for entry in self._api.values():
+            try:
+                check_targets(entry.spec, known)
+            except PolicyError as exc:
+                raise PolicyError(f"{entry.spec.name}.{exc.key}", f"{exc.message}; the policy was set through "
+                                                                  "the API: change it first") from None
+
     def set_file(self, specs: Mapping[str, PolicySpec]) -> None:
         """The config file's policies (start-up and reload).  Raises PolicyError (naming
         the key) and changes nothing when they clash with the API's."""
@@ -116,6 +129,8 @@ class PolicyBook:
             raise FileOwned(name, self.file_source)
         _check_name(name)
         spec = parse_policy(name, data, "api")
+        if self.known_targets is not None:
+            check_targets(spec, self.known_targets())
         others = [e.spec for e in self.entries() if e.spec.name != name]
         _check([*others, spec])
         return spec, sorted([*others, spec], key=lambda s: s.name)

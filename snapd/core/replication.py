@@ -76,6 +76,12 @@ class Job:
     created_at: float
     state: str = "queued"
     """queued | running | done | failed"""
+    policy: str | None = None
+    """The policy whose snapshot started the job (None: started by request)."""
+    attempt: int | None = None
+    """A policy-driven job: its number in the run of attempts since the last success."""
+    next_retry_at: float | None = None
+    """A failed policy-driven job: when the next attempt starts (None: none pending)."""
     snapshots_total: int = 0
     snapshots_sent: int = 0
     bytes_sent: int = 0
@@ -109,6 +115,7 @@ class Job:
             eta = (self.bytes_expected - self.bytes_sent) / rate
         return {
             "id": self.id, "container_id": self.container, "target": self.target, "full": self.full,
+            "policy": self.policy, "attempt": self.attempt, "next_retry_at": iso(self.next_retry_at),
             "state": self.state, "snapshots_sent": self.snapshots_sent, "snapshots_total": self.snapshots_total,
             "current": self.current, "bytes_sent": self.bytes_sent, "bytes_expected": self.bytes_expected,
             "rate": None if rate is None else round(rate, 1), "eta": None if eta is None else round(eta, 1),
@@ -184,6 +191,13 @@ class Replications:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job, True
+
+    async def wait(self, job: Job) -> Job:
+        """`job` once it has finished (done or failed)."""
+        task = next((t for t in self._tasks if t.get_name() == f"replication-{job.id}"), None)
+        if task is not None and not job.finished:
+            await asyncio.wait({task})
+        return job
 
     def list(self) -> list[Job]:
         """Every job known, newest first."""

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapd.core.clock import Clock, Sleeper, iso
@@ -100,6 +101,8 @@ class Scheduler:
         """Seconds from planned instant to actual start, oldest first (bounded)."""
         self.lag_count = 0
         """Every lag ever recorded (metrics fold in the new ones)."""
+        self.on_snapshot: list[Callable[[PolicySpec, str], None]] = []
+        """Called with the policy and the container after each snapshot a policy took."""
         book.on_change(self.touch)
 
     # -- control ---------------------------------------------------------------------------
@@ -268,6 +271,8 @@ class Scheduler:
         log.info("policy snapshot container=%s snapshot=%s policy=%s slot=%s lag=%.3fs",
                  cid, row.name, spec.name, iso(slot), started - planned)
         self.pruner.request(cid)
+        for listener in self.on_snapshot:
+            listener(spec, cid)
 
     def _failed(self, spec: PolicySpec, cid: str, st: Slot, error: str) -> None:
         st.attempts += 1

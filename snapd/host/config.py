@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from snapd.core.policies.spec import PolicyError, PolicySpec, check_policies, parse_policy
+from snapd.core.policies.spec import (REPLICATION_TARGET, PolicyError, PolicySpec, check_policies, check_targets,
+                                      parse_policy)
 from snapd.core.policy_book import RESERVED
 from snapd.core.project_slots import DEFAULT_MAX_CONCURRENT_PER_PROJECT
 from snapd.core.settings import DEFAULT_HOOK_TIMEOUT, MAX_EXPIRY_DAYS, PoolPolicy, Reserve, Target
@@ -288,6 +288,11 @@ def build(file_values: dict[str, Any], flags: dict[str, Any], source: str = "con
     }
     cfg.policies = parse_policies(merged.get("policies") or {}, source)
     cfg.targets = parse_targets(merged.get("targets") or {}, source)
+    for spec in cfg.policies.values():
+        try:
+            check_targets(spec, cfg.targets)
+        except PolicyError as exc:
+            raise ConfigError(f"{source}: {policy_key(spec.name, exc.key)}: {exc.message}") from None
     cfg.source = source
     return cfg
 
@@ -321,7 +326,7 @@ def parse_policies(tables: dict[str, Any], source: str) -> dict[str, PolicySpec]
 
 
 TARGET_KEYS = ("url", "token_file", "tls_ca", "bandwidth")
-TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+TARGET_NAME = REPLICATION_TARGET
 
 
 def parse_bandwidth(value: object, where: str) -> int:

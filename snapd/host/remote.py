@@ -64,7 +64,10 @@ class HttpRemote:
         )
 
     async def _refusal(self, resp: aiohttp.ClientResponse, what: str) -> RemoteError:
-        text = (await resp.text(errors="replace"))[:2000]
+        try:
+            text = (await resp.text(errors="replace"))[:2000]
+        except (aiohttp.ClientError, OSError, TimeoutError):  # answered, then cut off: the status says enough
+            text = ""
         try:
             body = json.loads(text)
             reason = body.get("message") or text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapd.core.policies.spec import KEYS, MAX_KEEP, POOL_BACKENDS
+from snapd.core.policies.spec import KEYS, MAX_KEEP, POOL_BACKENDS, REPLICATION_TARGET
 from snapd.core.policy_book import RESERVED
 from snapd.core.policy_service import MAX_HOURS
 from snapd.http.admin_policies import DEFAULT_HOURS, ROUTE
@@ -74,6 +74,10 @@ BODY_PROPERTIES: dict[str, Any] = {
                                 "snapshots beyond keep_last first."},
     "freeze": {"type": ["boolean", "null"], "description": "Freeze the container for the snapshot (null: the "
                                                            "pool's setting)."},
+    "targets": {"type": "array", "uniqueItems": True,
+                "items": {"type": "string", "pattern": f"^{REPLICATION_TARGET.pattern}$"},
+                "description": "Replication targets (`[targets.NAME]` of the config): after each of its snapshots "
+                               "the container is replicated to each; failed jobs are retried with backoff."},
 }
 assert set(BODY_PROPERTIES) == set(KEYS)
 EXAMPLE = {"schedule": "0 * * * *", "timezone": "Europe/Berlin", "jitter": "5m",
@@ -98,6 +102,7 @@ def _schemas() -> None:
         "keep": _ref("PolicyGrid"),
         "max_age": {"type": ["string", "null"]}, "alias": {"type": ["string", "null"]},
         "min_free": {"type": ["string", "integer", "null"]}, "freeze": {"type": ["boolean", "null"]},
+        "targets": {"type": "array", "items": {"type": "string"}},
     }, description="A policy in its canonical form (every key; PUT it back unchanged to keep it).")
     SCHEMAS["PolicyGrid"] = _object({b: {"type": "integer", "minimum": 0} for b in BUCKETS})
     SCHEMAS["PolicyFailure"] = _object({"container_id": _ref("ContainerId"), "error": {"type": "string"}})

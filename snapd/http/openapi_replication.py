@@ -29,6 +29,13 @@ def _schemas() -> None:
         "container_id": _ref("ContainerId"),
         "target": {"type": "string"},
         "full": {"type": "boolean"},
+        "policy": {"type": ["string", "null"],
+                   "description": "The policy whose snapshot started the job (null: started by request)."},
+        "attempt": {"type": ["integer", "null"], "minimum": 1,
+                    "description": "A policy-driven job: its number among the attempts since the last success."},
+        "next_retry_at": {**NULLABLE_TIMESTAMP,
+                          "description": "A failed policy-driven job: when the next attempt starts (null: none "
+                                         "pending, or superseded by a newer snapshot's job)."},
         "state": {"enum": STATES},
         "snapshots_sent": count,
         "snapshots_total": {**count, "description": "What the plan sends (0 until planned)."},

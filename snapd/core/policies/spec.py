@@ -2,7 +2,7 @@
 
 The keys (TOML and JSON alike): schedule, timezone, jitter, applies_to,
 keep_last, keep {hourly, daily, weekly, monthly, yearly}, max_age, alias,
-min_free, freeze.  Every bad value is a PolicyError naming its key.  A policy
+min_free, freeze, targets.  Every bad value is a PolicyError naming its key.  A policy
 must keep something: keep_last >= 1 or some keep bucket > 0.
 """
 
@@ -14,7 +14,7 @@ import re
 import string
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from snapd.core.policies.schedule import Schedule, ScheduleError, format_duration, parse_duration, parse_schedule
@@ -30,7 +30,9 @@ MAX_ALIAS = 100
 """The reference's alias limit (snapd.http.validation.MAX_ALIAS)."""
 MAX_KEEP = 100_000
 KEYS = ("schedule", "timezone", "jitter", "applies_to", "keep_last", "keep", "max_age", "alias",
-        "min_free", "freeze")
+        "min_free", "freeze", "targets")
+REPLICATION_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A `[targets.NAME]` name (snapd.host.config.TARGET_NAME)."""
 ALIAS_FIELDS = ("policy", "container", "time")
 _ZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 _SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*(?:([kmgt])(ib|b)?|b)?", re.IGNORECASE)
@@ -96,6 +98,8 @@ class PolicySpec:
     min_free: MinFree | None
     freeze: bool | None
     source: str
+    targets: tuple[str, ...] = ()
+    """Replication targets (`[targets.NAME]`) each of its snapshots is sent to."""
 
     @property
     def tz(self) -> ZoneInfo:
@@ -141,7 +145,7 @@ def parse_policy(name: str, data: Mapping[str, object], source: str) -> PolicySp
         max_age=None if max_age is None else float(_duration(max_age, "max_age")),
         alias=None if alias is None else _alias(alias, name),
         min_free=None if min_free is None else _min_free(min_free),
-        freeze=freeze, source=source)
+        freeze=freeze, source=source, targets=_replication_targets(data.get("targets", [])))
 
 
 def policy_json(spec: PolicySpec) -> dict:
@@ -159,6 +163,7 @@ def policy_json(spec: PolicySpec) -> dict:
         "min_free": None if mf is None else (
             f"{repr(mf.percent).removesuffix('.0')}%" if mf.percent is not None else mf.bytes),
         "freeze": spec.freeze,
+        "targets": list(spec.targets),
     }
 
 
@@ -171,6 +176,14 @@ def check_policies(specs: Iterable[PolicySpec]) -> None:
             other = claims.setdefault(key, spec.name)
             if other != spec.name:
                 raise PolicyError("applies_to", f"{target} is claimed by both {other!r} and {spec.name!r}")
+
+
+def check_targets(spec: PolicySpec, known: Collection[str]) -> None:
+    """PolicyError("targets[i]") when the policy names a replication target not configured."""
+    for i, name in enumerate(spec.targets):
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none configured"
+            raise PolicyError(f"targets[{i}]", f"no target {name!r} in the config ([targets.NAME]; known: {listed})")
 
 
 def resolve(specs: Iterable[PolicySpec], container_id: str, project: str | None,
@@ -286,6 +299,20 @@ def _target(item: object, key: str) -> Target:
                 return Target(kind, f"{backend}:{root}")
     raise PolicyError(key, "must be 'container:<24 hex digits>', 'project:<name>' or "
                            f"'pool:<{'|'.join(POOL_BACKENDS)}>:<root>'")
+
+
+def _replication_targets(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise PolicyError("targets", "must be a list of [targets.NAME] names like ['backup1']")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not REPLICATION_TARGET.fullmatch(item):
+            raise PolicyError(f"targets[{i}]", "must be the name of a [targets.NAME] table: 1-64 letters, "
+                                               "digits, '.', '_' or '-'")
+        if item in out:
+            raise PolicyError(f"targets[{i}]", f"{item} is listed twice")
+        out.append(item)
+    return tuple(out)
 
 
 def _alias(value: object, policy: str) -> str:
