@@ -71,6 +71,8 @@ POINTS: dict[str, str] = {
     "zfs.restore.after-clone": "clone made and promoted, container still in place",
     "zfs.restore.after-rename-old": "container renamed to a holder; NO dataset at the container's name",
     "zfs.restore.after-rename-new": "clone renamed into place, mount settings not yet restored",
+    "zfs.native.received": "a native stream received and verified into a scratch dataset, not yet a holder",
+    "zfs.native.held": "a new container's received snapshot in a holder, the container not yet cloned from it",
     # the store's writer (snapd/core/writer.py): any operation's intent or outcome
     "store.writer.gathering": "a job taken by the writer, the others waiting not yet gathered, nothing written",
     "store.writer.before-commit": "a batch of jobs written in its transaction, not committed",

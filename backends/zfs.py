@@ -35,6 +35,7 @@ from typing import AsyncIterator
 from backends import faults
 
 from . import beneath, inuse, mounts, portable, zfs_diff
+from .zfs_native import NATIVE_PROPERTY, ZfsNative
 from .base import (
     NAME_MARK_PROPERTY,
     PROJECT_PROPERTY,
@@ -51,7 +52,7 @@ from .base import (
     TreeRoot,
     open_root,
 )
-from .zfs_cmd import ZfsRunner, ZfsStats, error_for, valid_dataset_name
+from .zfs_cmd import CmdResult, ZfsRunner, ZfsStats, error_for, valid_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ _FILES_RE = re.compile(r"^[0-9a-f]{24}\.files-[0-9a-f]{8}$")
 """A read-only clone mounted to export a snapshot where `.zfs/snapshot` is missing (swept at start-up)."""
 _SCAN_PROPS = ["type", "creation", "used", "origin", "defer_destroy", "mounted",
                ALIAS_PROPERTY, EXPIRES_PROPERTY, CREATED_PROPERTY, PENDING_PROPERTY, POLICY_PROPERTY,
-               HOLD_PROPERTY]
+               HOLD_PROPERTY, NATIVE_PROPERTY]
 # Properties a clone cannot take at creation or that restore handles itself.
 _NO_COPY = {"mountpoint", "canmount", "casesensitivity", "normalization", "utf8only",
             "volsize", "volblocksize", "version", PENDING_PROPERTY}
@@ -200,7 +201,7 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-class ZfsBackend(Backend):
+class ZfsBackend(ZfsNative, Backend):
     """Snapshots as native ZFS snapshots of `<root>/<id>`."""
 
     kind = "zfs"
@@ -241,6 +242,7 @@ class ZfsBackend(Backend):
         if hid.rc != 0:
             await self.zfs.zfs("create", "-o", "canmount=off", "-o", "mountpoint=none",
                                self.hidden)
+        await self.detect_native()
         await self.sweep()
 
     async def sweep(self) -> None:
@@ -274,10 +276,24 @@ class ZfsBackend(Backend):
         for cid in sorted(cids):
             try:
                 await self._repair(cid)
+                await self._drop_orphans(cid)
                 await self._gc(cid)
             except Exception as e:  # noqa: BLE001 - one container must not stop a start-up
                 self._set_aside(f"cannot tidy an interrupted restore of container {cid}: {e}")
         self._cache.clear()
+
+    async def _drop_orphans(self, cid: str) -> None:
+        """Destroy the holders of a container that does not exist (after _repair: no restore
+        is half done), which a native receive cut before it made the container leaves."""
+        scan = await self._scan(cid, fresh=True)
+        if self._ds(cid) in scan.items:
+            return
+        for holder in scan.holders(cid):
+            log.warning("zfs %s: destroying %s, a cut receive's holder of no container", self.root, holder)
+            res = await self._destroy_patiently("-r", holder)
+            if res.rc != 0:
+                self._set_aside(f"cannot destroy {holder}, a holder of no container: {res.stderr.strip()}")
+        self._invalidate(cid)
 
     def _set_aside(self, problem: str) -> None:
         log.error("zfs %s: %s (tried again at the next start)", self.root, problem)
@@ -474,17 +490,9 @@ class ZfsBackend(Backend):
         (its live tree is the snapshot), else a hidden holder beside the container, where a
         restore finds it like the snapshots an earlier restore moved there.  The live tree of
         an existing container is never touched."""
-        if not _CID_RE.match(cid):
-            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
-        ds = self._ds(cid)
-        scan = await self._scan(cid, fresh=True)
-        if new_container == (ds in scan.items):
-            raise BackendError(f"container {cid} {'exists already' if new_container else 'not found'} "
-                               f"in {self.pool_id}")
-        if name in scan.visible(cid):
-            raise BackendError(f"snapshot {name} of {cid} already exists")
+        ds, scan = await self._receivable(cid, name, new_container)
         origin = self._locate(scan, cid, base) if base is not None else None
-        scratch = f"{self.hidden}/{cid}.receiving-{secrets.token_hex(4)}"
+        scratch = self._scratch(cid)
         where = await asyncio.to_thread(tempfile.mkdtemp, prefix=RECEIVE_DIR_PREFIX)
         h = reader.header
         props = [f"{CREATED_PROPERTY}={float(h.created_at)!r}"]
@@ -510,19 +518,15 @@ class ZfsBackend(Backend):
                 raise BackendError(f"cannot receive snapshot {name} of {cid}: {reason}") from e
             faults.point("zfs.import.received")
             await self.zfs.zfs("snapshot", *(a for p in props for a in ("-o", p)), f"{scratch}@{name}")
-            if new_container:  # zfs-fuse renames no mounted dataset ("dataset is busy")
-                await self.zfs.zfs("unmount", scratch)
-                await self.zfs.zfs("rename", scratch, ds)
+            await self._patiently("unmount", scratch)  # zfs-fuse renames no mounted dataset ("busy")
+            if new_container:
+                await self._patiently("rename", scratch, ds)
                 moved = True
                 await self.zfs.zfs("inherit", "mountpoint", ds)
                 await self._finish(ds, {"mounted": True})
             else:
-                await self.zfs.zfs("set", "canmount=off", scratch)
-                nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
-                holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
-                await self.zfs.zfs("rename", scratch, holder)
+                await self._to_holder(scratch, cid, scan)
                 moved = True
-                await self._tidy_holder(holder, rollback=False)
         finally:
             self._invalidate(cid)
             if not moved:
@@ -534,15 +538,47 @@ class ZfsBackend(Backend):
             raise BackendError(f"snapshot {name} of {cid} vanished after it was received")
         return self._facts(await self._scan(cid), cid, found)
 
+    async def _receivable(self, cid: str, name: str, new_container: bool) -> tuple[str, _Scan]:
+        """The container's dataset and a fresh scan, once sure snapshot `name` may be received:
+        the container exists (or, for `new_container`, does not) and has no such snapshot."""
+        if not _CID_RE.match(cid):
+            raise ContainerNotFound(f"container {cid} not found in {self.pool_id}")
+        ds = self._ds(cid)
+        scan = await self._scan(cid, fresh=True)
+        if new_container == (ds in scan.items):
+            raise BackendError(f"container {cid} {'exists already' if new_container else 'not found'} "
+                               f"in {self.pool_id}")
+        if name in scan.visible(cid):
+            raise BackendError(f"snapshot {name} of {cid} already exists")
+        return ds, scan
+
+    def _scratch(self, cid: str) -> str:
+        """A new name to receive a snapshot of `cid` into (open() destroys what a crash left)."""
+        return f"{self.hidden}/{cid}.receiving-{secrets.token_hex(4)}"
+
+    async def _to_holder(self, scratch: str, cid: str, scan: _Scan) -> str:
+        """Make the unmounted `scratch` the next hidden holder of `cid` (one rename); its name."""
+        await self.zfs.zfs("set", "canmount=off", scratch)
+        nums = [int(x.rsplit("-", 1)[1]) for x in scan.holders(cid)]
+        holder = f"{self.hidden}/{cid}-{max(nums, default=0) + 1}"
+        await self._patiently("rename", scratch, holder)
+        await self._tidy_holder(holder, rollback=False)
+        return holder
+
+    async def _describe(self, snap: str, h: portable.Header, extra: dict[str, str]) -> None:
+        """Give a received snapshot the header's metadata (and `extra` properties)."""
+        props = {CREATED_PROPERTY: repr(float(h.created_at)), **extra}
+        if h.alias is not None:
+            props[ALIAS_PROPERTY] = _encode(h.alias)
+        if h.expires_at is not None:
+            props[EXPIRES_PROPERTY] = repr(float(h.expires_at))
+        for key, value in props.items():  # zfs-fuse sets one property per command
+            await self.zfs.zfs("set", f"{key}={value}", snap)
+
     async def _drop_scratch(self, scratch: str, where: str | None = None) -> None:
         """Destroy a receive's scratch dataset and its snapshot, if it is still there; and
         `where`, the empty directory it was mounted on."""
-        for attempt in range(SCRATCH_TRIES):  # zfs-fuse: "busy" for a moment after a failed write
-            await self.zfs.zfs("unmount", scratch, check=False)
-            res = await self.zfs.zfs("destroy", "-r", scratch, check=False)
-            if res.rc == 0 or "busy" not in res.stderr:
-                break
-            await asyncio.sleep(0.1 * (attempt + 1))
+        res = await self._destroy_patiently("-r", scratch, unmount=True)
         if res.rc != 0 and "does not exist" not in res.stderr and "could not find" not in res.stderr:
             self._set_aside(f"cannot destroy the receive scratch {scratch}: {res.stderr.strip()}")
         elif where is not None and os.path.basename(where).startswith(RECEIVE_DIR_PREFIX):
@@ -552,9 +588,27 @@ class ZfsBackend(Backend):
     async def _drop_files_clone(self, clone: str, *force: str) -> None:
         """Destroy a read-only clone made to read a snapshot's files: after an export, with
         `-f` (nothing is open in it then); one a crash left, at start-up, without."""
-        res = await self.zfs.zfs("destroy", *force, clone, check=False)
+        res = await self._destroy_patiently(*force, clone)
         if res.rc != 0 and "does not exist" not in res.stderr:
             self._set_aside(f"cannot destroy the read-only clone {clone}: {res.stderr.strip()}")
+
+    async def _destroy_patiently(self, *args: str, unmount: bool = False) -> CmdResult:
+        """`zfs destroy ARGS` (the dataset last; unmounted first when asked), as _patiently."""
+        if unmount:
+            await self._patiently("unmount", args[-1], check=False)
+        return await self._patiently("destroy", *args, check=False)
+
+    async def _patiently(self, *args: str, check: bool = True) -> CmdResult:
+        """`zfs ARGS`, tried again while zfs-fuse says "busy": it does for a moment after a
+        write into a dataset (failed or not) and after the last read of a clone's files."""
+        for attempt in range(SCRATCH_TRIES):
+            res = await self.zfs.zfs(*args, check=False)
+            if res.rc == 0 or "busy" not in res.stderr:
+                break
+            await asyncio.sleep(0.1 * (attempt + 1))
+        if check and res.rc != 0:
+            raise error_for(res.argv, res.stderr or res.stdout)
+        return res
 
     @contextlib.asynccontextmanager
     async def live_root(self, cid: str) -> AsyncIterator[TreeRoot]:

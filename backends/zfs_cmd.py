@@ -1,5 +1,9 @@
 """The one way this project runs `zfs` and `zpool`: asyncio subprocesses, no shell.
 
+Streams too: `send` hands a `zfs send`'s output to a coroutine in chunks
+(through a pipe of its own: zfs-fuse writes into a copy of it), `feed`
+writes chunks into a `zfs receive` (blocking, for a worker thread).
+
 Every call is timed into a `ZfsStats` (per command name: count, errors,
 seconds) that the daemon can export as metrics.  Failures become
 `BackendError` subclasses with zfs's own message: "does not exist" ->
@@ -20,12 +24,15 @@ logged once and kept in `ZfsRunner.problems`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from .base import (
@@ -166,6 +173,91 @@ class ZfsRunner:
             raise error_for(res.argv, res.stderr or res.stdout)
         return res
 
+    async def send(self, args: list[str], push: Callable[[bytes], Awaitable[None]], chunk: int) -> int:
+        """`zfs ARGS` (a `send`) with its stdout handed to `push` in chunks of `chunk` bytes
+        (the last one shorter); the bytes sent.  The error zfs gave when it fails."""
+        key = f"zfs {args[0]}"
+        start = time.monotonic()
+        # stdout is a pipe of our own: zfs-fuse writes the stream into a copy of its write end,
+        # so only closing the read end stops a send cut short (asyncio's own pipe would make
+        # wait() wait for zfs-fuse to let go of it: forever, when nobody reads any more)
+        rfd, wfd = os.pipe()
+        _grow_pipe(wfd)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.bins["zfs"], *args, stdin=asyncio.subprocess.DEVNULL, stdout=wfd,
+                stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
+        except BaseException:
+            os.close(rfd)
+            raise
+        finally:
+            os.close(wfd)
+        stdout = asyncio.StreamReader(limit=2 * chunk)
+        loop = asyncio.get_running_loop()
+        pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(rfd, "rb", 0))
+        assert proc.stderr is not None
+        errors = asyncio.ensure_future(proc.stderr.read())
+        sent, ok = 0, False
+        try:
+            while True:
+                try:
+                    data = await stdout.readexactly(chunk)
+                except asyncio.IncompleteReadError as short:
+                    data = short.partial
+                if data:
+                    await push(data)
+                    sent += len(data)
+                if len(data) < chunk:
+                    break
+            rc = await proc.wait()
+            err = (await errors).decode("utf-8", "replace")
+            ok = rc == 0
+            if not ok:
+                raise error_for((self.bins["zfs"], *args), err or f"zfs {args[0]} exited {rc}")
+            return sent
+        finally:
+            pipe.close()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            errors.cancel()
+            self.stats.record(key, time.monotonic() - start, ok)
+
+    def feed(self, args: list[str], chunks: Iterator[bytes]) -> CmdResult:
+        """`zfs ARGS` (a `receive`) fed `chunks` on its stdin, blocking (run it in a worker
+        thread).  When `chunks` raises, zfs is killed before it saw the end of its stream
+        and the exception goes on; when zfs stops reading, the chunks left are not asked
+        for.  The result (not checked: the caller tells a bad stream from zfs's error)."""
+        key = f"zfs {args[0]}"
+        start = time.monotonic()
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen([self.bins["zfs"], *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=err, env={**os.environ, "LC_ALL": "C"})
+            assert proc.stdin is not None
+            _grow_pipe(proc.stdin.fileno())
+            try:
+                for data in chunks:
+                    try:
+                        proc.stdin.write(data)
+                    except BrokenPipeError:
+                        break
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                rc = proc.wait()
+            except BaseException:
+                proc.kill()
+                with contextlib.suppress(OSError):  # zfs-fuse reads a copy of the read end: EOF for it
+                    proc.stdin.close()
+                proc.wait()
+                self.stats.record(key, time.monotonic() - start, False)
+                raise
+            err.seek(0)
+            text = err.read(64 << 10).decode("utf-8", "replace")
+        self.stats.record(key, time.monotonic() - start, rc == 0)
+        return CmdResult((self.bins["zfs"], *args), rc, "", text)
+
     async def zfs(self, *args: str, check: bool = True) -> CmdResult:
         return await self.run("zfs", *args, check=check)
 
@@ -231,6 +323,19 @@ class ZfsRunner:
         for name, prop, value in self.rows(res.stdout, 3, is_row):
             out.setdefault(name, {})[prop] = value
         return out
+
+
+PIPE_SIZE = 1 << 20
+"""Bytes asked for a send's or a receive's pipe (F_SETPIPE_SZ): fewer wake-ups of zfs(-fuse)."""
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, 1031, PIPE_SIZE)  # F_SETPIPE_SZ
+    except OSError:
+        pass  # the default size works, only slower
 
 
 def find_tool(name: str) -> str:

@@ -15,6 +15,10 @@ receive` pipe of the same snapshot between the same filesystems (run before and 
 the job; their mean), with the daemons' resident memory sampled (psutil, every 20 ms)
 during the job: the most it grew over its value at the start.
 
+--zfs: the same between two ZFS pools (tests/harness/zfs.py: zfs-fuse on sparse files
+unless a ZFS answers), the job sending `zfs send` / `zfs receive`, timed against a bare
+`zfs send | zfs receive` of the same snapshot into the receiving pool.
+
 Prints one Markdown table.
 """
 
@@ -30,7 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -137,58 +141,120 @@ def bare_btrfs(snapshot: Path, dest: Path) -> float:
 def run_btrfs(work: Path, mib: int, rounds: int) -> None:
     cid = new_cid()
     size = (mib * 3 + 1024) * MiB
-    pools = {k: BtrfsHarness(work / k, size) for k in ("sender", "receiver")}
-    receiver = sender = None
-    try:
+    with contextlib.ExitStack() as stack:
+        pools = {}
+        for k in ("sender", "receiver"):
+            pools[k] = BtrfsHarness(work / k, size)
+            stack.callback(pools[k].close)
         src, dst = pools["sender"].root, pools["receiver"].root
         subprocess.run(["btrfs", "subvolume", "create", str(src / cid)], check=True, stdout=subprocess.DEVNULL)
         fill(src / cid, mib)
-        receiver = DaemonProcess(work / "d-receiver", [pools["receiver"].spec], tcp=True).start()
-        token = work / "token"
-        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
-        config = work / "sender.toml"
-        config.write_text(f'[targets.bench]\nurl = "http://127.0.0.1:{receiver.port}"\ntoken_file = "{token}"\n')
-        sender = DaemonProcess(work / "d-sender", [pools["sender"].spec], tcp=False,
-                               extra=["--config", str(config)]).start()
+        receiver, sender = stack.enter_context(_daemons(work, pools["receiver"].spec, pools["sender"].spec))
         first = sender.unix.post(snaps(cid), {}).data["snapshot"]["name"]
         subprocess.run(["sync"], check=True)
         snapshot = src / ".snapshots" / cid / first
         bare_btrfs(snapshot, dst.parent / "bare")  # a warm-up: both read the snapshot from the page cache
-        bare, jobs = [], []
-        for round_ in range(rounds):  # alternated: the machine's other load falls on both alike
-            bare.append(bare_btrfs(snapshot, dst.parent / "bare"))
-            if round_:  # the receiver forgets the copy: the job sends it in full again
-                assert receiver.unix.delete(snaps(cid, first)).status == 200
-            with rss_growth(sender, receiver) as growth:
-                seconds, job = replicate(sender, cid)
-            jobs.append(seconds)
-        pipe_s, seconds = sorted(bare)[len(bare) // 2], sorted(jobs)[len(jobs) // 2]
-        (src / cid / "dir000" / "big00000.bin").write_bytes(os.urandom(MiB))
-        sender.unix.post(snaps(cid), {})
-        _, incremental = replicate(sender, cid)
-        print(f"| measure | {mib} MiB container, btrfs to btrfs |")
-        print("|---|---|")
-        def runs(times: list[float]) -> str:
-            return ", ".join(f"{t:.2f}" for t in times)
+        measured = _rounds(sender, receiver, cid, first, rounds, lambda: bare_btrfs(snapshot, dst.parent / "bare"))
+        _table(f"{mib} MiB container, btrfs to btrfs", "btrfs send \\| btrfs receive", mib, rounds,
+               *measured, _incremental(sender, src / cid, cid))
 
-        print(f"| replication job ({job['stream']} stream), first snapshot in full, median of {rounds} | "
-              f"{seconds:.2f} s, {mib / seconds:.0f} MiB/s, {job['bytes_sent'] / MiB:.1f} MiB sent "
-              f"(runs: {runs(jobs)} s) |")
-        print(f"| btrfs send \\| btrfs receive of the same snapshot, median of {rounds} | {pipe_s:.2f} s, "
-              f"{mib / pipe_s:.0f} MiB/s (runs: {runs(bare)} s) |")
-        print(f"| ratio to the bare pipe's throughput (medians; per round: "
-              f"{', '.join(f'{b / j:.2f}' for b, j in zip(bare, jobs))}) | {pipe_s / seconds:.2f}x |")
-        print(f"| RSS growth during the last job, sender / receiver | {growth[0] / MiB:.1f} / {growth[1] / MiB:.1f} MiB |")
-        print(f"| CPU time of the daemons during the last job, sender / receiver | {growth[2] / 1000:.2f} / "
-              f"{growth[3] / 1000:.2f} s |")
-        print(f"| incremental job ({incremental['stream']}) after rewriting one 1 MiB file | "
-              f"{incremental['bytes_sent'] / MiB:.2f} MiB ({incremental['bytes_sent']} bytes) sent |")
+
+def bare_zfs(snapshot: str, dest: str) -> float:
+    """Seconds `zfs send SNAPSHOT | zfs receive DEST` takes (DEST destroyed after; zfs-fuse
+    may call it busy for a moment)."""
+    seconds = pipe(["zfs", "send", snapshot], ["zfs", "receive", dest])
+    for attempt in range(20):
+        if subprocess.run(["zfs", "destroy", "-r", dest], capture_output=True).returncode == 0:
+            return seconds
+        time.sleep(0.1 * (attempt + 1))
+    raise SystemExit(f"cannot destroy {dest}")
+
+
+def run_zfs(work: Path, mib: int, rounds: int) -> None:
+    from tests.harness.zfs import ZfsHarness
+
+    cid = new_cid()
+    with contextlib.ExitStack() as stack:
+        pools: dict[str, ZfsHarness] = {}
+        for k in ("sender", "receiver"):
+            pools[k] = ZfsHarness(work / k, (mib * 4 + 1024) * MiB)  # the job's copies and the bare one
+            stack.callback(pools[k].close)
+        src, dst = pools["sender"], pools["receiver"]
+        fill(src.make_container(cid), mib)
+        receiver, sender = stack.enter_context(_daemons(work, dst.spec, src.spec))
+        first = sender.unix.post(snaps(cid), {}).data["snapshot"]["name"]
+        snapshot = f"{src.dataset(cid)}@{first}"
+        # received unmounted, as the job's receive is (into the hidden dataset)
+        subprocess.run(["zfs", "create", "-o", "canmount=off", "-o", "mountpoint=none", f"{dst.root}/bare"], check=True)
+        bare_zfs(snapshot, f"{dst.root}/bare/copy")  # a warm-up, as for btrfs
+        measured = _rounds(sender, receiver, cid, first, rounds, lambda: bare_zfs(snapshot, f"{dst.root}/bare/copy"))
+        _table(f"{mib} MiB container, zfs to zfs (zfs-fuse)", "zfs send \\| zfs receive", mib, rounds,
+               *measured, _incremental(sender, src.container_path(cid), cid))
+
+
+@contextlib.contextmanager
+def _daemons(work: Path, receiver_spec: str, sender_spec: str) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:
+    """The receiver (TCP, a `replicate` token) and the sender naming it `[targets.bench]`,
+    stopped when the context ends."""
+    receiver = DaemonProcess(work / "d-receiver", [receiver_spec], tcp=True).start()
+    try:
+        token = work / "token"
+        token.write_text(receiver.unix.post("/api/v1/admin/tokens", {"replicate": True}).data["secret"])
+        config = work / "sender.toml"
+        config.write_text(f'[targets.bench]\nurl = "http://127.0.0.1:{receiver.port}"\ntoken_file = "{token}"\n')
+        sender = DaemonProcess(work / "d-sender", [sender_spec], tcp=False, extra=["--config", str(config)]).start()
+        try:
+            yield receiver, sender
+        finally:
+            sender.stop()
     finally:
-        for d in (sender, receiver):
-            if d is not None:
-                d.stop()
-        for pool in pools.values():
-            pool.close()
+        receiver.stop()
+
+
+def _rounds(sender: DaemonProcess, receiver: DaemonProcess, cid: str, first: str, rounds: int,
+            bare_once: Callable[[], float]) -> tuple[list[float], list[float], dict, list[int]]:
+    """Bare pipes and full jobs of snapshot `first`, alternated (the machine's other load falls
+    on both alike): their seconds, the last job and the daemons' growth during it."""
+    bare, jobs = [], []
+    for round_ in range(rounds):
+        bare.append(bare_once())
+        if round_:  # the receiver forgets the copy: the job sends it in full again
+            assert receiver.unix.delete(snaps(cid, first)).status == 200
+        with rss_growth(sender, receiver) as growth:
+            seconds, job = replicate(sender, cid)
+        jobs.append(seconds)
+    return bare, jobs, job, growth
+
+
+def _incremental(sender: DaemonProcess, live: Path, cid: str) -> dict:
+    """The job replicating a snapshot taken after rewriting one 1 MiB file."""
+    (live / "dir000" / "big00000.bin").write_bytes(os.urandom(MiB))
+    sender.unix.post(snaps(cid), {})
+    return replicate(sender, cid)[1]
+
+
+def _table(title: str, bare_name: str, mib: int, rounds: int, bare: list[float], jobs: list[float], job: dict,
+           growth: list[int], incremental: dict) -> None:
+    """The native benchmark's Markdown table (medians of the alternated rounds)."""
+    pipe_s, seconds = sorted(bare)[len(bare) // 2], sorted(jobs)[len(jobs) // 2]
+
+    def runs(times: list[float]) -> str:
+        return ", ".join(f"{t:.2f}" for t in times)
+
+    print(f"| measure | {title} |")
+    print("|---|---|")
+    print(f"| replication job ({job['stream']} stream), first snapshot in full, median of {rounds} | "
+          f"{seconds:.2f} s, {mib / seconds:.0f} MiB/s, {job['bytes_sent'] / MiB:.1f} MiB sent "
+          f"(runs: {runs(jobs)} s) |")
+    print(f"| {bare_name} of the same snapshot, median of {rounds} | {pipe_s:.2f} s, "
+          f"{mib / pipe_s:.0f} MiB/s (runs: {runs(bare)} s) |")
+    print(f"| ratio to the bare pipe's throughput (medians; per round: "
+          f"{', '.join(f'{b / j:.2f}' for b, j in zip(bare, jobs))}) | {pipe_s / seconds:.2f}x |")
+    print(f"| RSS growth during the last job, sender / receiver | {growth[0] / MiB:.1f} / {growth[1] / MiB:.1f} MiB |")
+    print(f"| CPU time of the daemons during the last job, sender / receiver | {growth[2] / 1000:.2f} / "
+          f"{growth[3] / 1000:.2f} s |")
+    print(f"| incremental job ({incremental['stream']}) after rewriting one 1 MiB file | "
+          f"{incremental['bytes_sent'] / MiB:.2f} MiB ({incremental['bytes_sent']} bytes) sent |")
 
 
 def main() -> None:
@@ -196,12 +262,16 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="container size in MiB (default 256)")
     parser.add_argument("--root", type=Path, help="work here (default: a temporary directory)")
     parser.add_argument("--btrfs", action="store_true", help="between two loop-mounted btrfs pools (native stream)")
-    parser.add_argument("--rounds", type=int, default=3, help="--btrfs: bare pipes and jobs, alternated (default 3)")
+    parser.add_argument("--zfs", action="store_true", help="between two zfs(-fuse) pools (native stream)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--btrfs/--zfs: bare pipes and jobs, alternated (default 3)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-replication-", dir=args.root))
     try:
         if args.btrfs:
             run_btrfs(work, args.mib, max(1, args.rounds))
+        elif args.zfs:
+            run_zfs(work, args.mib, max(1, args.rounds))
         else:
             run(work, args.mib)
     finally:

@@ -1,4 +1,4 @@
-"""Native btrfs streams made by hand (`btrfs send` in the envelope), for tests that damage or replay one."""
+"""Native streams made by hand (`btrfs send` or `zfs send` in the envelope), for tests that damage or replay one."""
 
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ def when(text: str) -> float:
 
 
 def native_stream(pool_spec: str, cid: str, name: str, created_at: float, **header: object) -> bytes:
-    """The native envelope around `btrfs send` of snapshot `name` of `cid` in btrfs pool
-    `pool_spec` (`btrfs:ROOT`); header fields beyond these as given."""
-    path = Path(pool_spec.partition(":")[2]) / ".snapshots" / cid / name
-    sent = subprocess.run(["btrfs", "send", "-q", str(path)], capture_output=True, check=True).stdout
-    return enveloped(cid, name, created_at, sent, **header)
+    """The native envelope around `btrfs send` or `zfs send` of snapshot `name` of `cid` in
+    pool `pool_spec` (`btrfs:ROOT`, `zfs:DATASET`); header fields beyond these as given."""
+    kind, _, root = pool_spec.partition(":")
+    if kind == "zfs":
+        argv = ["zfs", "send", f"{root}/{cid}@{name}"]
+    else:
+        argv = ["btrfs", "send", "-q", str(Path(root) / ".snapshots" / cid / name)]
+    sent = subprocess.run(argv, capture_output=True, check=True).stdout
+    return enveloped(cid, name, created_at, sent, native=kind, **header)
 
 
 def _crc_table() -> list[int]:
@@ -66,8 +70,8 @@ def escaping_btrfs_stream(name: str, victim: str) -> bytes:
 
 
 def enveloped(cid: str, name: str, created_at: float, sent: bytes, **header: object) -> bytes:
-    """`sent` (btrfs send-stream bytes) in the native envelope for snapshot `name` of `cid`;
-    header fields beyond these as given."""
+    """`sent` (send-stream bytes, btrfs's unless the header's `native` says otherwise) in the
+    native envelope for snapshot `name` of `cid`; header fields beyond these as given."""
     framer = NativeFramer(Header(**{"container": cid, "snapshot": name, "created_at": created_at,  # type: ignore[arg-type]
                                     "native": "btrfs", **header}))
     return framer.start() + b"".join(framer.frames(sent)) + framer.end()

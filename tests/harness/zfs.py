@@ -124,7 +124,8 @@ def _release_daemon() -> None:
 class ZfsHarness(PoolHarness):
     kind = "zfs"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, size: int = 2 << 30) -> None:
+        """`size`: bytes of the pool's sparse file (a benchmark wants more than 2 GiB)."""
         super().__init__(workdir)
         self.pool = f"snapdtest{secrets.token_hex(4)}"
         self.root = f"{self.pool}/containers"
@@ -136,7 +137,7 @@ class ZfsHarness(PoolHarness):
         try:
             self.mnt.mkdir(parents=True, exist_ok=True)
             with open(self.image, "wb") as f:
-                f.truncate(2 << 30)
+                f.truncate(size)
             _run("zpool", "create", "-m", str(self.mnt), self.pool, str(self.image))
             self._made_pool = True
             _run("zfs", "create", self.root)
