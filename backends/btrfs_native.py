@@ -52,6 +52,7 @@ from backends import faults
 from . import btrfs_ioctl as ioc
 from .base import BackendError, NoSpace, SnapshotFacts, SnapshotNotFound, SnapshotRef
 from .portable import NativeSource, StreamError
+from .pump import grow_pipe, pump
 
 if TYPE_CHECKING:
     from .btrfs import BtrfsBackend
@@ -60,8 +61,6 @@ CHUNK = 1 << 20
 """Bytes read from `btrfs send` per chunk (one N frame)."""
 RECEIVE_CHUNK = 1 << 20
 """Bytes written to `btrfs receive` at a time."""
-PIPE_SIZE = 1 << 20
-"""Pipe buffer asked for (F_SETPIPE_SZ) towards `btrfs receive`: fewer wake-ups."""
 
 MAGIC = b"btrfs-stream\0"
 _CMD = struct.Struct("<IHI")
@@ -140,18 +139,8 @@ class BtrfsNative:
             proc = await asyncio.create_subprocess_exec(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                                         stderr=err, limit=CHUNK)
             assert proc.stdout is not None
-            sent = 0
             try:
-                while True:
-                    try:
-                        chunk = await proc.stdout.readexactly(CHUNK)
-                    except asyncio.IncompleteReadError as end:
-                        chunk = end.partial
-                    if chunk:
-                        await push(chunk)
-                        sent += len(chunk)
-                    if len(chunk) < CHUNK:
-                        break
+                sent = await pump(proc.stdout, CHUNK, push)
                 code = await proc.wait()
                 if code:
                     raise _failed("send", snap.name, code, err)
@@ -214,7 +203,7 @@ def _receive(btrfs: str, dest: str, head: bytes, source: NativeSource, name: str
         assert proc.stdin is not None
         broken = False
         try:
-            _grow_pipe(proc.stdin.fileno())
+            grow_pipe(proc.stdin.fileno())
             data = head
             while data:
                 try:
@@ -250,14 +239,6 @@ def _failed(what: str, name: str, code: int | None, err: IO[bytes]) -> BackendEr
         return StreamError(f"btrfs receive of {name} failed: {text}")
     return BackendError(f"btrfs {what} of {name} failed: {text}")
 
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, 1031, PIPE_SIZE)  # F_SETPIPE_SZ
-    except OSError:
-        pass  # the default size works, only slower
 
 
 def _info(path: str) -> ioc.SubvolInfo | None:

@@ -43,6 +43,7 @@ from .base import (
     PoolError,
     SnapshotNotFound,
 )
+from .pump import grow_pipe, pump
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class ZfsRunner:
         # so only closing the read end stops a send cut short (asyncio's own pipe would make
         # wait() wait for zfs-fuse to let go of it: forever, when nobody reads any more)
         rfd, wfd = os.pipe()
-        _grow_pipe(wfd)
+        grow_pipe(wfd)
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.bins["zfs"], *args, stdin=asyncio.subprocess.DEVNULL, stdout=wfd,
@@ -197,18 +198,9 @@ class ZfsRunner:
         pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(rfd, "rb", 0))
         assert proc.stderr is not None
         errors = asyncio.ensure_future(proc.stderr.read())
-        sent, ok = 0, False
+        ok = False
         try:
-            while True:
-                try:
-                    data = await stdout.readexactly(chunk)
-                except asyncio.IncompleteReadError as short:
-                    data = short.partial
-                if data:
-                    await push(data)
-                    sent += len(data)
-                if len(data) < chunk:
-                    break
+            sent = await pump(stdout, chunk, push)
             rc = await proc.wait()
             err = (await errors).decode("utf-8", "replace")
             ok = rc == 0
@@ -234,7 +226,7 @@ class ZfsRunner:
             proc = subprocess.Popen([self.bins["zfs"], *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=err, env={**os.environ, "LC_ALL": "C"})
             assert proc.stdin is not None
-            _grow_pipe(proc.stdin.fileno())
+            grow_pipe(proc.stdin.fileno())
             try:
                 for data in chunks:
                     try:
@@ -324,18 +316,6 @@ class ZfsRunner:
             out.setdefault(name, {})[prop] = value
         return out
 
-
-PIPE_SIZE = 1 << 20
-"""Bytes asked for a send's or a receive's pipe (F_SETPIPE_SZ): fewer wake-ups of zfs(-fuse)."""
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, 1031, PIPE_SIZE)  # F_SETPIPE_SZ
-    except OSError:
-        pass  # the default size works, only slower
 
 
 def find_tool(name: str) -> str:
