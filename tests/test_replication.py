@@ -127,6 +127,7 @@ def _sender_config(world: World) -> None:
         for scope in ("replicate", "project"):  # until the receiver starts and issues the real ones
             (where / f"{scope}-{kind}").write_text("not-issued-yet\n")
         for name, token, extra in ((kind, "replicate", ""), (f"slow-{kind}", "replicate", f"bandwidth = {SLOW}\n"),
+                                   (f"zstd-{kind}", "replicate", 'compression = "zstd"\n'),
                                    (f"noscope-{kind}", "project", "")):
             lines.append(f'[targets.{name}]\nurl = "http://{world.link.ns_addr}:{port}"\n'
                          f'token_file = "{where / (token + "-" + kind)}"\n{extra}')
@@ -321,6 +322,24 @@ def test_a_second_request_joins_the_running_job(world: World) -> None:
     job = finished(src.d, job)
     assert job["state"] == "done" and job["bytes_sent"] > 8 << 20
     assert job["rate"] <= SLOW * 1.05, job  # the target's bandwidth limit held
+
+
+@pytest.mark.parametrize("sender, receiver", [("overlay", "btrfs"), ("btrfs", "btrfs")])
+def test_a_target_with_compression_gets_portable_streams_compressed_and_native_ones_as_they_are(
+        world: World, sender: str, receiver: str) -> None:
+    src, dst = world.pair(sender, receiver)
+    text = b"".join(b"line %d of a log that compresses well\n" % i for i in range(100000))  # 4.1 MB
+    cid = container(src, {"etc/hostname": "x\n", "var/log/app.log": text})
+    name = snapshot(src.d, cid)
+    job = replicate(src.d, cid, f"zstd-{receiver}")
+    if sender == receiver:  # native: zstd is for portable streams only
+        assert job["stream"] == receiver and job["bytes_sent"] > len(text), job
+    else:
+        assert job["stream"] == "portable" and job["bytes_sent"] < len(text) // 10, job
+    assert [n for n, _ in names(dst.d, cid)] == [name]
+    r = dst.d.unix.patch(snaps(cid, name))
+    assert r.status == 200, r.body
+    same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))
 
 
 # -- refusals --------------------------------------------------------------------------------
@@ -575,12 +594,17 @@ def receiving(side: Side) -> bool:
 
 def _rerun_continues(src: Side, dst: Side, cid: str, first: str, second: str) -> None:
     """The receiver holds `first` alone (nothing of the cut `second`, on disk either); a rerun
-    sends `second` and the chain is intact: same snapshots, the newest held, equal trees
-    after a restore."""
+    sends `second` from it and the chain is intact: same snapshots, the newest held, equal
+    trees after a restore.  The rerun goes through the receiver's unthrottled target (48 MiB
+    at the slow one's 4 MiB/s would be 12 s of waiting); the interrupted job's own target
+    then finds nothing left to send and moves its base to `second`."""
     assert [n for n, _ in on_disk(dst, cid)] == [first]
-    replicate(src.d, cid, slow(dst))
+    job = replicate(src.d, cid, dst.pool.kind)
+    assert (job["snapshots_sent"], job["stream"]) == (1, stream_of(src, dst)), job
+    job = replicate(src.d, cid, slow(dst))
+    assert (job["snapshots_total"], job["bytes_sent"]) == (0, 0), job
     assert names(dst.d, cid) == names(src.d, cid) == on_disk(dst, cid)
-    assert hold_of(src.d, cid, second) is not None
+    assert hold_of(src.d, cid, second) is not None and hold_of(src.d, cid, first) is None
     r = dst.d.unix.patch(snaps(cid, second))
     assert r.status == 200, r.body
     same_trees(src.pool.container_path(cid), dst.pool.container_path(cid))

@@ -18,9 +18,10 @@ def _targets(table: dict) -> dict[str, Target]:
 def test_a_target_table_is_read_with_its_defaults_and_units() -> None:
     got = _targets({"backup1": {"url": "https://10.0.0.9:7070/", "token_file": "/etc/t",
                                 "tls_ca": "/etc/ca.pem", "bandwidth": "50MiB"},
-                    "lan": {"url": "http://[fd00::1]:7070", "token_file": "/etc/t2", "bandwidth": 2048}})
+                    "lan": {"url": "http://[fd00::1]:7070", "token_file": "/etc/t2", "bandwidth": 2048,
+                            "compression": "zstd"}})
     assert got["backup1"] == Target("backup1", "https://10.0.0.9:7070", "/etc/t", "/etc/ca.pem", 50 << 20)
-    assert got["lan"] == Target("lan", "http://[fd00::1]:7070", "/etc/t2", None, 2048)
+    assert got["lan"] == Target("lan", "http://[fd00::1]:7070", "/etc/t2", None, 2048, "zstd")
     assert build({}, {}, "cfg").targets == {}
 
 
@@ -42,6 +43,8 @@ def test_a_target_table_is_read_with_its_defaults_and_units() -> None:
     ({"url": "https://h:1", "token_file": "/t", "bandwidth": 10}, "targets.b.bandwidth", "at least"),
     ({"url": "https://h:1", "token_file": "/t", "bandwidth": True}, "targets.b.bandwidth", "bytes per second"),
     ({"url": "https://h:1", "token_file": "/t", "speed": 1}, "targets.b", "unknown key(s) speed"),
+    ({"url": "https://h:1", "token_file": "/t", "compression": "gzip"}, "targets.b.compression", '"none" or "zstd"'),
+    ({"url": "https://h:1", "token_file": "/t", "compression": 3}, "targets.b.compression", '"none" or "zstd"'),
     ("https://h:1", "targets.b", "must be a table"),
 ])
 def test_a_bad_target_value_is_an_error_naming_its_key(table: object, key: str, words: str) -> None:

@@ -268,8 +268,9 @@ class Replications:
             job.current = send.name
             job.stream = stream_kind(native, accepts, send.base)
             try:
-                async with self.service.export(cid, send.name, send.base, None,
-                                               native=job.stream != PORTABLE) as export:
+                async with self.service.export(
+                        cid, send.name, send.base, None, native=job.stream != PORTABLE,
+                        compression=target.compression if job.stream == PORTABLE else "none") as export:
                     await self._send(job, remote, export.run, throttle)
                     job.snapshots_sent += 1
                     if job.stream != PORTABLE:  # the next incremental may start from it natively
@@ -311,7 +312,7 @@ class Replications:
         sender = asyncio.create_task(remote.receive(job.container, body()))
         try:
             while not sender.done():
-                await asyncio.wait({sender}, timeout=min(5.0, stall))
+                await asyncio.wait({sender}, timeout=min(1.0, stall))
                 if not sender.done() and time.monotonic() - progress[0] > stall:
                     raise RemoteError(f"target {job.target} took no data for {stall:g} s "
                                       f"while receiving {job.current}; given up")

@@ -93,3 +93,6 @@ class Target:
     """A PEM file of the CA that signed the receiver's certificate (None: the system's)."""
     bandwidth: int | None = None
     """Bytes per second a job may send at most (None: no limit)."""
+    compression: str = "none"
+    """How portable streams to it are compressed ("none" or "zstd"); native streams go as
+    the filesystem writes them."""

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from backends.portable import compressions
+
 from snapd.core.policies.spec import (REPLICATION_TARGET, PolicyError, PolicySpec, check_policies, check_targets,
                                       parse_policy)
 from snapd.core.policy_book import RESERVED
@@ -325,7 +327,7 @@ def parse_policies(tables: dict[str, Any], source: str) -> dict[str, PolicySpec]
     return out
 
 
-TARGET_KEYS = ("url", "token_file", "tls_ca", "bandwidth")
+TARGET_KEYS = ("url", "token_file", "tls_ca", "bandwidth", "compression")
 TARGET_NAME = REPLICATION_TARGET
 
 
@@ -384,8 +386,14 @@ def parse_targets(tables: dict[str, Any], source: str) -> dict[str, Target]:
         if "tls_ca" in paths and parts.scheme != "https":
             raise ConfigError(f"{where}.tls_ca: only for an https:// url")
         bandwidth = parse_bandwidth(table["bandwidth"], f"{where}.bandwidth") if "bandwidth" in table else None
+        compression = table.get("compression", "none")
+        if compression not in ("none", "zstd"):
+            raise ConfigError(f"{where}.compression: must be \"none\" or \"zstd\", got {compression!r}")
+        if compression not in compressions():
+            raise ConfigError(f"{where}.compression: zstd needs the zstandard package "
+                              "(pip install 'container-snapd[zstd]')")
         out[name] = Target(name, f"{parts.scheme}://{parts.netloc}", paths["token_file"], paths.get("tls_ca"),
-                           bandwidth)
+                           bandwidth, compression)
     return out
 
 
