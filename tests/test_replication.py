@@ -28,6 +28,7 @@ from .conftest import open_harness
 from .daemon import DaemonProcess, free_port
 from .digest import walk_digest, write_tree
 from .harness import PoolHarness, new_cid
+from .holds import Hold
 from .nativestream import enveloped, escaping_btrfs_stream, native_stream, when
 from .netns import Link, veth_namespace
 from .waiting import until
@@ -732,6 +733,42 @@ def test_an_https_target_is_trusted_through_its_tls_ca_only(tmp_path: Path) -> N
         assert job["state"] == "failed" and "certificate" in job["last_error"].lower(), job
         assert names(receiver, cid) == []
         replicate(sender, cid, "tls")
+        assert names(receiver, cid) == names(sender, cid)
+    finally:
+        if sender is not None:
+            assert sender.stop() == 0
+        assert receiver.stop() == 0
+
+
+def test_a_target_slow_to_answer_after_the_whole_stream_is_waited_for(tmp_path: Path) -> None:
+    """The stall limit is for a stream that stops moving, not for the target's verifying and
+    publishing after its last byte: held there three times the sender's limit, the job waits."""
+    stall = 1
+    hold = Hold(tmp_path / "hold")
+    receiver = DaemonProcess(tmp_path / "r", [f"overlay:{tmp_path / 'rpool'}"], tcp=True,
+                             env=hold.env("service.import.on-disk"))
+    (tmp_path / "rpool").mkdir()
+    receiver.start()
+    sender = None
+    try:
+        (tmp_path / "token").write_text(receiver.unix.post(f"{ADMIN}/tokens", {"replicate": True}).data["secret"])
+        (tmp_path / "s.toml").write_text(
+            f'stream_idle_timeout = {stall}\n[targets.r]\nurl = "http://127.0.0.1:{receiver.port}"\n'
+            f'token_file = "{tmp_path / "token"}"\n')
+        cid = new_cid()
+        write_tree(tmp_path / "spool" / cid, {"etc/hostname": "x\n", "f": os.urandom(1 << 20)})
+        sender = DaemonProcess(tmp_path / "s", [f"overlay:{tmp_path / 'spool'}"], tcp=False,
+                               extra=["--config", str(tmp_path / "s.toml")]).start()
+        snapshot(sender, cid)
+        hold.arm()
+        job = start(sender, cid, "r")
+        hold.reached("the receiver has the whole stream on disk, its answer held")
+        time.sleep(3 * stall)  # what is asserted is a limit NOT firing: time has to pass
+        job = sender.unix.get(f"{JOBS}/{job['id']}").data["job"]
+        assert job["state"] == "running", job
+        hold.release()
+        job = finished(sender, job)
+        assert job["state"] == "done", job
         assert names(receiver, cid) == names(sender, cid)
     finally:
         if sender is not None:

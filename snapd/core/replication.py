@@ -284,10 +284,13 @@ class Replications:
 
     async def _send(self, job: Job, remote: Remote, run: Callable, throttle: Throttle) -> None:
         """Stream one export into the target: a producer task fills a short queue, the
-        request body drains it; no progress for the service's stream_idle_timeout gives the send up."""
+        request body drains it; no progress for the service's stream_idle_timeout gives the send up.
+        Once the whole stream went out, the target's answer (it verifies and publishes) is
+        waited for as long as the HTTP client's answer timeout allows, not the stall's."""
         stall = self.service.stream_idle_timeout
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
         progress = [time.monotonic()]
+        all_sent = asyncio.Event()
 
         async def body() -> AsyncIterator[bytes]:
             while True:
@@ -295,6 +298,7 @@ class Replications:
                     failed = None if producer.cancelled() else producer.exception()
                     if failed is not None:  # cut off without its trailer: the target refuses it
                         raise RemoteError(f"the export of {job.current} failed: {failed}")
+                    all_sent.set()
                     return
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
@@ -313,7 +317,7 @@ class Replications:
         try:
             while not sender.done():
                 await asyncio.wait({sender}, timeout=min(1.0, stall))
-                if not sender.done() and time.monotonic() - progress[0] > stall:
+                if not sender.done() and not all_sent.is_set() and time.monotonic() - progress[0] > stall:
                     raise RemoteError(f"target {job.target} took no data for {stall:g} s "
                                       f"while receiving {job.current}; given up")
             sender.result()
